@@ -1,0 +1,85 @@
+"""``bin/check-config [FILE]``: validate a configuration file and the places it names (SPEC §4, §10)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import cli, config as config_module
+from .config import Config, ConfigError
+from .db import DatabaseUnusable, check_local
+
+
+def _writable_place(path: Path) -> str | None:
+    """None when ``path`` is a writable folder or can be created; else why not."""
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
+
+
+def check(config: Config) -> tuple[list[str], list[str]]:
+    """(problems, notes): problems stop the pipeline from working; notes are worth knowing."""
+    problems, notes = [], []
+    try:
+        check_local(config.paths.database)
+    except DatabaseUnusable as e:
+        problems.append(f"[paths] database: {e}")
+    p = config.paths
+    for key in ("hot_folder", "store", "failed", "error_log", "database"):
+        where = getattr(p, key)
+        reason = _writable_place(where.parent if key == "database" else where)
+        if reason:
+            problems.append(f"[paths] {key}: {reason}")
+    for route in config.routes:
+        if not route.to.is_dir():
+            if config.router.create_folders:
+                notes.append(f"route {route.name!r}: {route.to} does not exist yet; it will be created")
+            else:
+                notes.append(f"route {route.name!r}: {route.to} is missing (share not mounted?); jobs for it "
+                             "will wait until it is there (router.create_folders = false)")
+    if not config.routes:
+        notes.append("no [[route]] rules: every file is archived only")
+    if not config.api.endpoint:
+        notes.append("[api] endpoint is empty: routed is the final state, nothing is POSTed")
+    for name, value in config.api.headers.items():
+        if value.startswith("env:") and value[4:] not in os.environ:
+            notes.append(f"[api] headers {name}: environment variable {value[4:]} is not set")
+    if config.smtp.host and config.smtp.username and config.smtp.password_env not in os.environ:
+        notes.append(f"[smtp] password_env: environment variable {config.smtp.password_env} is not set")
+    return problems, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    argp = argparse.ArgumentParser(prog="bin/check-config", description="Validate a configuration file and the "
+                                                                        "places it names.")
+    argp.add_argument("file", nargs="?", metavar="FILE", help="the file to check (or use --config)")
+    argp.add_argument("--config", metavar="FILE", help="the file to check")
+    args = argp.parse_args(argv)
+    path = args.file or args.config
+    try:
+        config = config_module.load(path)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return cli.EXIT_CONFIG
+    problems, notes = check(config)
+    source = config.source or "built-in defaults"
+    for line in notes:
+        print(f"note: {line}")
+    for line in problems:
+        print(f"error: {source}: {line}", file=sys.stderr)
+    if problems:
+        return cli.EXIT_CONFIG
+    print(f"ok: {source}: hot folder {config.paths.hot_folder}, {len(config.routes)} routing rules, "
+          f"database {config.paths.database}")
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

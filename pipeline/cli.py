@@ -1,0 +1,154 @@
+"""What every entry point shares: arguments, logging, configuration, database, signals, exit codes.
+
+Exit codes (supervisord's ``exitcodes=0`` treats the others as unexpected; a program that fails at
+start is retried ``startretries`` times and then left FATAL instead of restarting in a loop):
+
+==  =====================================================================
+0   done (``--once`` finished, or a graceful stop)
+1   an unexpected error (a bug: the traceback is in the log)
+2   wrong command-line arguments
+69  the database is unusable (missing, corrupt, on a network filesystem)
+78  the configuration is invalid (the message names the key)
+==  =====================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import peewee
+
+from . import config as config_module
+from . import db as db_module
+from .config import Config, ConfigError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_DATABASE = 69
+EXIT_CONFIG = 78
+
+log = logging.getLogger(__name__)
+
+
+class _Formatter(logging.Formatter):
+    """``time level program message``, time in UTC with milliseconds."""
+
+    converter = time.gmtime
+
+    def formatTime(self, record, datefmt=None):
+        return time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+def setup_logging(program: str, level: int = logging.INFO) -> None:
+    """One line per event to stderr; supervisord writes and rotates the files."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(f"%(asctime)s %(levelname)s {program}[%(process)d] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("watchdog").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+class Stopper:
+    """Signal handlers only set a flag; the loops act on it (STYLE 5).
+
+    First SIGTERM/SIGINT: finish or release the current batch, then exit 0.
+    Second: exit at once.
+    """
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self._event.is_set():
+            os._exit(EXIT_ERROR)
+        log.info("%s received: finishing the current work, then stopping (again to stop at once)",
+                 signal.Signals(signum).name)
+        self._event.set()
+
+    def request(self) -> None:
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; returns True at once when a stop is requested."""
+        return self._event.wait(max(seconds, 0))
+
+
+@dataclass
+class Context:
+    """What a program is built from."""
+    name: str            # the program instance: scanner, router_00, ...
+    actor: str           # name:pid, as written in the audit trail
+    config: Config
+    db: peewee.SqliteDatabase
+    stopper: Stopper
+    args: argparse.Namespace
+
+
+def parser(program: str, description: str, once: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"bin/{program}", description=description)
+    p.add_argument("--config", metavar="FILE",
+                   help="configuration file (default: $PIPELINE_CONFIG, else ./pipeline.toml, else built-in defaults)")
+    if once:
+        p.add_argument("--once", action="store_true", help="do the work that is there now, then exit")
+    return p
+
+
+def load_config(path: str | None) -> Config:
+    cfg = config_module.load(path)
+    db_module.check_local(cfg.paths.database)
+    return cfg
+
+
+def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Context], None],
+                argv: list[str] | None = None) -> int:
+    """Parse arguments, load the config, open the database, install signals, call ``main``."""
+    args = argp.parse_args(argv)
+    name = os.environ.get("SUPERVISOR_PROCESS_NAME") or program
+    setup_logging(name)
+    try:
+        cfg = load_config(args.config)
+        db = db_module.connect(cfg.paths.database)
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return EXIT_CONFIG
+    except db_module.DatabaseUnusable as e:
+        log.error("database unusable: %s", e)
+        return EXIT_DATABASE
+    stopper = Stopper()
+    stopper.install()
+    try:
+        main(Context(name=name, actor=f"{name}:{os.getpid()}", config=cfg, db=db, stopper=stopper, args=args))
+    except db_module.DatabaseUnusable as e:
+        log.error("database unusable: %s", e)
+        return EXIT_DATABASE
+    except Exception:
+        log.exception("%s stopped by an unexpected error", name)
+        return EXIT_ERROR
+    finally:
+        db.close()
+    log.info("%s stopped", name)
+    return EXIT_OK
+
+
+def is_locked(error: BaseException) -> bool:
+    """SQLite's 'database is locked' / 'busy': another process held the lock past the busy timeout."""
+    return isinstance(error, peewee.OperationalError) and ("locked" in str(error) or "busy" in str(error))

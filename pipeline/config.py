@@ -1,0 +1,373 @@
+"""Configuration: one TOML file, validated once at the edge into plain frozen objects.
+
+Lookup order: ``--config FILE``, else ``$PIPELINE_CONFIG``, else ``./pipeline.toml``, else the
+built-in defaults, which keep everything under ``./var/``. Relative paths resolve against the
+config file's folder (the working directory when there is none). Every error names the key.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import tomllib
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+# --- converters: one small function per kind of value (after supervisor/datatypes.py) ---------
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_type_name(value)}")
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+def non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number of at least 0, got {value!r}")
+    return value
+
+
+def non_negative_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"expected a number of at least 0, got {value!r}")
+    return float(value)
+
+
+def positive_number(value: Any) -> float:
+    if non_negative_number(value) == 0:
+        raise ValueError(f"expected a number above 0, got {value!r}")
+    return float(value)
+
+
+def port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a port number from 1 to 65535, got {value!r}")
+    return value
+
+
+def octal_mode(value: Any) -> int:
+    """A permission mode written as an octal string, e.g. "0664"."""
+    if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError(f'expected an octal mode such as "0664", got {value!r}')
+    return int(value, 8)
+
+
+def string_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"expected a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def choice(*allowed: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+    return convert
+
+
+def time_of_day(value: Any) -> _dt.time:
+    try:
+        return _dt.time.fromisoformat(string(value))
+    except ValueError:
+        raise ValueError(f'expected a time of day such as "00:00", got {value!r}') from None
+
+
+def timezone(value: Any) -> str:
+    try:
+        zoneinfo.ZoneInfo(string(value))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+def url(value: Any) -> str:
+    value = string(value)
+    if value and not re.match(r"https?://[^\s/]+", value):
+        raise ValueError(f"expected an http:// or https:// address, got {value!r}")
+    return value
+
+
+def headers(value: Any) -> Mapping[str, str]:
+    """HTTP headers; a value "env:NAME" is read from the environment when used, not here."""
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError("expected a table of header names to string values")
+    return dict(value)
+
+
+# --- the configuration objects -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Paths:
+    hot_folder: Path
+    store: Path
+    failed: Path
+    error_log: Path
+    database: Path
+
+
+@dataclass(frozen=True)
+class Detect:
+    min_file_age: float
+    scan_interval: float
+    observer: str
+    slow_scan: float
+    scan_timeout: float
+
+
+@dataclass(frozen=True)
+class Router:
+    batch_size: int
+    lease: float
+    max_file_bytes: int
+    conflict: str
+    max_attempts: int
+    create_folders: bool
+    file_mode: int
+    dir_mode: int
+    poll_interval: float
+
+
+@dataclass(frozen=True)
+class Route:
+    """A routing rule: matches when every list it has contains the job's value."""
+    name: str
+    to: Path
+    clients: frozenset[str] | None = None      # upper-cased; None matches any client
+    categories: frozenset[str] | None = None   # upper-cased; None matches any category
+
+
+@dataclass(frozen=True)
+class Api:
+    endpoint: str
+    timeout: float
+    max_attempts: int
+    backoff_cap: float
+    concurrency: int
+    headers: Mapping[str, str]
+    verify_tls: bool
+
+
+@dataclass(frozen=True)
+class Report:
+    time: _dt.time
+    timezone: str
+    sender: str
+    recipients: tuple[str, ...]
+    title: str
+    retention_days: int
+
+
+@dataclass(frozen=True)
+class Smtp:
+    host: str
+    port: int
+    starttls: bool
+    username: str
+    password_env: str
+
+
+@dataclass(frozen=True)
+class Alerts:
+    recipients: tuple[str, ...]
+    min_interval: float
+    stuck_after: float
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: Paths
+    detect: Detect
+    router: Router
+    routes: tuple[Route, ...]
+    api: Api
+    report: Report
+    smtp: Smtp
+    alerts: Alerts
+    source: Path | None = field(default=None, compare=False)  # the file it came from
+
+
+# Each section: key -> (converter, default). Paths are converted separately (they resolve).
+_SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
+    "paths": {
+        "hot_folder": (string, "var/hot"),
+        "store": (string, "var/store"),
+        "failed": (string, "var/failed"),
+        "error_log": (string, "var/log/errors"),
+        "database": (string, "var/pipeline.db"),
+    },
+    "detect": {
+        "min_file_age": (non_negative_number, 1.0),
+        "scan_interval": (positive_number, 60),
+        "observer": (choice("inotify", "polling"), "inotify"),
+        "slow_scan": (positive_number, 30),
+        "scan_timeout": (positive_number, 120),
+    },
+    "router": {
+        "batch_size": (positive_int, 100),
+        "lease": (positive_number, 60),
+        "max_file_bytes": (positive_int, 52428800),
+        "conflict": (choice("replace", "keep", "fail"), "replace"),
+        "max_attempts": (non_negative_int, 0),
+        "create_folders": (boolean, True),
+        "file_mode": (octal_mode, "0664"),
+        "dir_mode": (octal_mode, "0775"),
+        "poll_interval": (positive_number, 0.01),
+    },
+    "api": {
+        "endpoint": (url, ""),
+        "timeout": (positive_number, 10),
+        "max_attempts": (positive_int, 5),
+        "backoff_cap": (positive_number, 60),
+        "concurrency": (positive_int, 8),
+        "headers": (headers, {}),
+        "verify_tls": (boolean, True),
+    },
+    "report": {
+        "time": (time_of_day, "00:00"),
+        "timezone": (timezone, "Europe/London"),
+        "sender": (string, ""),
+        "recipients": (string_list, []),
+        "title": (string, "JSON Workflow Daily Report"),
+        "retention_days": (positive_int, 90),
+    },
+    "smtp": {
+        "host": (string, ""),
+        "port": (port, 587),
+        "starttls": (boolean, True),
+        "username": (string, ""),
+        "password_env": (string, "SMTP_PASSWORD"),
+    },
+    "alerts": {
+        "recipients": (string_list, []),
+        "min_interval": (positive_number, 900),
+        "stuck_after": (positive_number, 600),
+    },
+}
+_ROUTE_KEYS = {"name", "to", "clients", "categories"}
+
+
+def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The file the programs use, by the documented lookup order; None means defaults."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("PIPELINE_CONFIG"):
+        return Path(os.environ["PIPELINE_CONFIG"])
+    local = Path("pipeline.toml")
+    return local if local.is_file() else None
+
+
+def load(explicit: str | os.PathLike | None = None) -> Config:
+    """Find, read and validate the configuration. Raises ConfigError naming the key."""
+    path = find_config_file(explicit)
+    if path is None:
+        return parse({}, base=Path.cwd())
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return parse(data, base=path.resolve().parent, source=path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
+    """Validate a parsed TOML document. Relative paths resolve against ``base``."""
+    unknown = sorted(set(data) - set(_SECTIONS) - {"route"})
+    if unknown:
+        raise ConfigError(f"[{unknown[0]}]: unknown section")
+    values = {name: _section(name, data.get(name, {})) for name in _SECTIONS}
+
+    def resolve(p: str) -> Path:
+        return Path(os.path.normpath(base / Path(p).expanduser()))
+
+    paths = Paths(**{k: resolve(v) for k, v in values["paths"].items()})
+    for key in ("store", "failed"):
+        if _inside(getattr(paths, key), paths.hot_folder):
+            raise ConfigError(f"[paths] {key}: {getattr(paths, key)} lies inside the hot folder "
+                              f"{paths.hot_folder}; it must be outside it")
+    routes = _routes(data.get("route", []), resolve)
+    for route in routes:
+        if _inside(route.to, paths.hot_folder):
+            raise ConfigError(f"[[route]] {route.name!r} to: {route.to} lies inside the hot folder")
+    return Config(paths=paths, detect=Detect(**values["detect"]), router=Router(**values["router"]),
+                  routes=routes, api=Api(**values["api"]), report=Report(**values["report"]),
+                  smtp=Smtp(**values["smtp"]), alerts=Alerts(**values["alerts"]), source=source)
+
+
+def _section(name: str, table: Any) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}]: expected a table")
+    spec = _SECTIONS[name]
+    unknown = sorted(set(table) - set(spec))
+    if unknown:
+        raise ConfigError(f"[{name}] {unknown[0]}: unknown key")
+    out = {}
+    for key, (convert, default) in spec.items():
+        try:
+            out[key] = convert(table.get(key, default))
+        except ValueError as e:
+            raise ConfigError(f"[{name}] {key}: {e}") from None
+    return out
+
+
+def _routes(tables: Any, resolve: Callable[[str], Path]) -> tuple[Route, ...]:
+    if not isinstance(tables, list):
+        raise ConfigError("[[route]]: expected an array of tables ([[route]])")
+    routes = []
+    for i, table in enumerate(tables, 1):
+        where = f"[[route]] #{i}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table")
+        unknown = sorted(set(table) - _ROUTE_KEYS)
+        if unknown:
+            raise ConfigError(f"{where} {unknown[0]}: unknown key")
+        for key in ("name", "to"):
+            if not isinstance(table.get(key), str) or not table[key].strip():
+                raise ConfigError(f"{where} {key}: required, a non-empty string")
+        lists = {}
+        for key in ("clients", "categories"):
+            if key in table:
+                try:
+                    lists[key] = frozenset(v.upper() for v in string_list(table[key]))
+                except ValueError as e:
+                    raise ConfigError(f"{where} {key}: {e}") from None
+                if not lists[key]:
+                    raise ConfigError(f"{where} {key}: an empty list matches nothing; leave it out to match anything")
+        routes.append(Route(name=table["name"], to=resolve(table["to"]), **lists))
+    return tuple(routes)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents

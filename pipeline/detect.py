@@ -1,0 +1,104 @@
+"""What counts as a job file in the hot folder, shared by the scanner and the watcher (SPEC §4).
+
+Eligible: a regular file ending in ``.json`` (any case) directly inside a client subfolder.
+Ignored: dotfiles, ``~$*``, ``*~``, temporary and partial downloads (they do not end in .json),
+other extensions, files in the hot folder's root (warned once), symlinks (never followed, warned
+once), FIFOs, devices and folders.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+
+from .jobs import Sighting
+
+log = logging.getLogger(__name__)
+
+
+def eligible_name(name: str) -> bool:
+    if name.startswith((".", "~$")) or name.endswith("~"):
+        return False
+    return name.lower().endswith(".json")
+
+
+class HotFolder:
+    """The hot folder as detection sees it. Remembers what it has warned about, to warn once."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._warned: set[str] = set()
+
+    def _warn_once(self, path: str, message: str) -> None:
+        if path not in self._warned:
+            self._warned.add(path)
+            log.warning(message, path)
+
+    def client_folders(self) -> list[Path]:
+        """The client subfolders; files in the root are warned about once; symlinks are not followed."""
+        folders = []
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            self.root.mkdir(parents=True, exist_ok=True)
+            return []
+        for entry in entries:
+            if entry.is_symlink():
+                self._warn_once(entry.path, "ignoring symbolic link %s (links are not followed)")
+            elif entry.is_dir(follow_symlinks=False):
+                if not entry.name.startswith("."):
+                    folders.append(Path(entry.path))
+            elif not entry.name.startswith("."):
+                self._warn_once(entry.path, "ignoring %s: files belong in a client subfolder, not the hot folder's root")
+        return sorted(folders)
+
+    def list(self, folders: list[Path] | None = None, deadline: float | None = None) -> tuple[list[Sighting], bool]:
+        """Sightings of every eligible file; True as second value when ``deadline`` cut the listing short."""
+        sightings = []
+        for folder in self.client_folders() if folders is None else folders:
+            if deadline is not None and time.monotonic() > deadline:
+                return sightings, True
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as e:
+                log.warning("cannot list %s: %s", folder, e.strerror)
+                continue
+            for entry in entries:
+                sighting = self._sighting(entry.path, folder.name, entry.name)
+                if sighting:
+                    sightings.append(sighting)
+        return sightings, False
+
+    def sighting(self, path: str) -> Sighting | None:
+        """A sighting for one path reported by an event, or None when it is not a job file."""
+        path = os.path.normpath(path)
+        folder, name = os.path.split(path)
+        parent, client = os.path.split(folder)
+        if parent != str(self.root):
+            if folder == str(self.root) and eligible_name(name):
+                self._warn_once(path, "ignoring %s: files belong in a client subfolder, not the hot folder's root")
+            return None
+        return self._sighting(path, client, name)
+
+    def _sighting(self, path: str, client: str, name: str) -> Sighting | None:
+        if not eligible_name(name) or client.startswith("."):
+            return None
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            self._warn_once(path, "ignoring symbolic link %s (links are not followed)")
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            self._warn_once(path, "ignoring %s: not a regular file")
+            return None
+        return Sighting(path=path, client_folder=client, file_name=name, st=st)
+
+    def restat(self, sighting: Sighting) -> Sighting | None:
+        return self._sighting(sighting.path, sighting.client_folder, sighting.file_name)

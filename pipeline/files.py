@@ -1,0 +1,226 @@
+"""File operations that are atomic, durable, and never touch a file that is not the one meant.
+
+* A copy is written to a hidden temporary name in the target folder, fsynced, then renamed; the
+  folder is fsynced once per batch (``Folders.sync``). A half-written file never appears.
+* A file is identified by (device, inode, size, mtime): removing or moving an original checks
+  that it is still the exact file the job took (SPEC §4).
+* Symbolic links are never followed: sources are opened with O_NOFOLLOW.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+
+class Identity(NamedTuple):
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "Identity":
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class NotRegular(Exception):
+    """The path is a symlink, FIFO, device or folder, not a regular file."""
+
+
+class Changed(Exception):
+    """The file at the path is no longer the one the job took."""
+
+
+@dataclass(frozen=True)
+class Modes:
+    file: int = 0o664
+    dir: int = 0o775
+
+
+def read_exact(path: str, identity: Identity, limit: int) -> bytes | None:
+    """Read the file at ``path`` if it is still ``identity``; None when it is larger than ``limit``.
+
+    Raises FileNotFoundError, NotRegular (symlink, FIFO, ...) or Changed.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO must not hang; O_NOFOLLOW: a symlink fails with ELOOP.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegular("is a symbolic link (not followed)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegular("is not a regular file")
+        if Identity.of(st) != identity:
+            raise Changed(_describe_change(identity, Identity.of(st)))
+        if st.st_size > limit:
+            return None
+        chunks, remaining = [], st.st_size
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        # A writer still appending between fstat and read shows up as a changed identity.
+        if Identity.of(os.fstat(fd)) != identity or len(data) != identity.size:
+            raise Changed("was written to while being read")
+        return data
+    finally:
+        os.close(fd)
+
+
+def _describe_change(old: Identity, new: Identity) -> str:
+    if (old.device, old.inode) != (new.device, new.inode):
+        return "was replaced by another file of the same name"
+    return f"was modified after it was detected (size {old.size} -> {new.size} bytes)"
+
+
+class Folders:
+    """Creates target folders (with their mode) and remembers which to fsync at the end of a batch."""
+
+    def __init__(self, modes: Modes, create: bool = True):
+        self.modes = modes
+        self.create = create
+        self._dirty: set[str] = set()
+        self._known: set[str] = set()
+
+    def ensure(self, folder: Path) -> None:
+        """Make sure ``folder`` exists; with ``create`` off, a missing folder is an error (unmounted share)."""
+        key = str(folder)
+        if key in self._known:
+            return
+        if not folder.is_dir():
+            if not self.create:
+                raise FileNotFoundError(errno.ENOENT, "destination folder is missing (share not mounted?)", key)
+            self._makedirs(folder)
+        self._known.add(key)
+
+    def _makedirs(self, folder: Path) -> None:
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, self.modes.dir)
+            except FileExistsError:
+                continue
+            os.chmod(d, self.modes.dir)  # mkdir's mode is filtered by the umask
+            self._dirty.add(str(d.parent))
+
+    def forget(self, folder: Path) -> None:
+        """Check the folder again next time (after an error it may have gone away)."""
+        self._known.discard(str(folder))
+
+    def touched(self, folder: Path | str) -> None:
+        self._dirty.add(str(folder))
+
+    def sync(self) -> None:
+        """fsync every folder whose entries changed since the last sync: one fsync per folder per batch."""
+        dirty, self._dirty = self._dirty, set()
+        for folder in sorted(dirty):
+            fsync_dir(folder)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(target: Path, data: bytes, folders: Folders, *, mtime_ns: int | None = None,
+                 replace: bool = True) -> bool:
+    """Write ``data`` to ``target`` durably; the folder fsync is left to ``folders.sync()``.
+
+    Returns False, writing nothing, when ``replace`` is off and ``target`` already exists.
+    The file keeps ``mtime_ns`` when given, so a copy carries its original's time.
+    """
+    folders.ensure(target.parent)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, folders.modes.file)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, folders.modes.file)
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)  # unlike rename, link never clobbers an existing name
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    folders.touched(target.parent)
+    return True
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def remove_exact(path: str, identity: Identity) -> bool:
+    """Remove ``path`` if it is still ``identity``. Already gone is fine (the step is idempotent).
+
+    Returns False when a different file now stands at ``path``: it is left alone.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    if Identity.of(st) != identity:
+        return False
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return True
+
+
+def move_exact(src: str, dst: Path, identity: Identity, folders: Folders) -> None:
+    """Move the exact file ``identity`` from ``src`` to ``dst`` without clobbering anything.
+
+    A hard link then an unlink: the link cannot replace an existing ``dst``, and what was linked is
+    checked to be the expected inode before the original name is removed. Across filesystems the
+    content is copied durably instead. Raises Changed when ``src`` is another file now.
+    """
+    folders.ensure(dst.parent)
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        data = read_exact(src, identity, limit=identity.size)
+        write_atomic(dst, data, folders, mtime_ns=identity.mtime_ns, replace=False)
+    else:
+        if Identity.of(os.lstat(dst)) != identity:
+            os.unlink(dst)
+            raise Changed("was replaced by another file of the same name")
+        folders.touched(dst.parent)
+    remove_exact(src, identity)
+    folders.touched(os.path.dirname(src))

@@ -1,0 +1,281 @@
+"""The job table and its transitions: the only code that writes to ``jobs``.
+
+Life of a job (SPEC §3)::
+
+    detected -> archived -> routed -> notified
+        \\___________\\__________\\_________\\___> failed  (failed_step says where)
+
+Rules every function here keeps (SPEC §14):
+
+* Writes happen inside ``Jobs.transaction()``, which is ``BEGIN IMMEDIATE``.
+* Work is claimed with a lease in the statement that selects it; ``next_attempt_at`` doubles as
+  the lease expiry, so a job whose owner died is simply due again. No reaper.
+* Every later update of a claimed job says ``WHERE id=? AND lease_token=? AND state=?`` and
+  checks the row count: a stale owner whose lease expired cannot overwrite the new owner's work.
+* Each transition appends its audit row to ``job_events`` in the same transaction.
+* The SQL is pre-written: building it per call costs more than running it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import peewee
+
+# A job claimed this many times without an outcome being recorded has crashed its worker each
+# time (a pathological file, say): it fails at its step instead of looping forever (SPEC §3).
+MAX_CLAIMS = 5
+
+ROUTE_QUEUE = "state IN ('detected', 'archived')"   # must match the partial index jobs_route_queue
+NOTIFY_QUEUE = "state = 'routed'"                   # must match the partial index jobs_notify_queue
+
+STEP_OF_STATE = {"detected": "validate", "archived": "route", "routed": "notify"}
+
+_CLAIMED_COLUMNS = ("id, uuid, state, source_path, client_folder, file_name, size, mtime_ns, "
+                    "device, inode, sha256, client_code, job_category, archive_path, failed_path, "
+                    "attempts, claims, last_error, detected_at")
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """A file seen in the hot folder by a scan or an event, ready to become a job."""
+    path: str
+    client_folder: str
+    file_name: str
+    st: os.stat_result
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job as its claimant sees it."""
+    id: int
+    uuid: str
+    state: str
+    source_path: str
+    client_folder: str
+    file_name: str
+    size: int
+    mtime_ns: int
+    device: int
+    inode: int
+    sha256: str | None
+    client_code: str | None
+    job_category: str | None
+    archive_path: str | None
+    failed_path: str | None
+    attempts: int
+    claims: int
+    last_error: str | None
+    detected_at: float
+
+
+@dataclass(frozen=True)
+class Batch:
+    token: str
+    jobs: tuple[Claimed, ...]
+
+
+class LeaseLost(Exception):
+    """The job is no longer ours: its lease expired and another owner took it."""
+
+
+_SQL_CREATE = """
+INSERT INTO jobs (uuid, state, source_path, client_folder, file_name, size, mtime_ns, ctime_ns,
+                  device, inode, detected_by, detected_at, updated_at, next_attempt_at)
+SELECT ?, 'detected', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+WHERE NOT EXISTS (
+    -- The same appearance is already a job: one in flight, or a finished one seen again by a
+    -- scan that listed the folder before the file was removed (its ctime is not newer).
+    SELECT 1 FROM jobs
+    WHERE inode = ? AND device = ? AND size = ? AND mtime_ns = ?
+      AND (state IN ('detected', 'archived') OR ctime_ns >= ?))
+RETURNING id"""
+
+_SQL_EVENT = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail) VALUES (?, ?, ?, ?, ?, ?)"
+
+_SQL_CLAIM = """
+UPDATE jobs SET lease_owner = ?, lease_token = ?, next_attempt_at = ?, claims = claims + 1
+WHERE id IN (SELECT id FROM jobs WHERE {queue} AND next_attempt_at <= ?
+             ORDER BY next_attempt_at, id LIMIT ?)
+RETURNING """ + _CLAIMED_COLUMNS
+
+_SQL_DUE = "SELECT 1 FROM jobs WHERE {queue} AND next_attempt_at <= ? LIMIT 1"
+
+_SQL_ARCHIVED = """
+UPDATE jobs SET state = 'archived', archived_at = ?, updated_at = ?, sha256 = ?, client_code = ?,
+                job_category = ?, studio_code = ?, title = ?, archive_path = ?,
+                attempts = 0, claims = 0, last_error = NULL
+WHERE id = ? AND lease_token = ? AND state = 'detected'"""
+
+_SQL_DELIVERED = """
+INSERT INTO deliveries (job_id, name, path, action, delivered_at)
+SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? AND lease_token = ?)
+ON CONFLICT (job_id, path) DO NOTHING"""
+
+_SQL_ROUTED = """
+UPDATE jobs SET state = 'routed', routed_at = ?, updated_at = ?, next_attempt_at = ?,
+                attempts = 0, claims = 0, last_error = NULL, lease_owner = NULL, lease_token = NULL
+WHERE id = ? AND lease_token = ? AND state = 'archived'"""
+
+_SQL_NOTIFIED = """
+UPDATE jobs SET state = 'notified', notified_at = ?, updated_at = ?, attempts = ?,
+                claims = 0, last_error = NULL, lease_owner = NULL, lease_token = NULL
+WHERE id = ? AND lease_token = ? AND state = 'routed'"""
+
+_SQL_WILL_FAIL = """
+UPDATE jobs SET failed_path = ?, last_error = ?, updated_at = ?
+WHERE id = ? AND lease_token = ? AND state = ?"""
+
+_SQL_FAILED = """
+UPDATE jobs SET state = 'failed', failed_at = ?, updated_at = ?, failed_step = ?, last_error = ?,
+                attempts = ?, claims = 0, lease_owner = NULL, lease_token = NULL
+WHERE id = ? AND lease_token = ? AND state = ?"""
+
+_SQL_WAIT = """
+UPDATE jobs SET next_attempt_at = ?, updated_at = ?, attempts = ?, last_error = ?,
+                claims = 0, lease_owner = NULL, lease_token = NULL
+WHERE id = ? AND lease_token = ? AND state = ?"""
+
+_SQL_RELEASE = """
+UPDATE jobs SET next_attempt_at = ?, claims = max(claims - 1, 0), lease_owner = NULL, lease_token = NULL
+WHERE id = ? AND lease_token = ?"""
+
+
+class Jobs:
+    """The job table as one program instance (the ``actor``) sees it.
+
+    ``clock`` returns UTC epoch seconds; tests inject their own.
+    """
+
+    def __init__(self, db: peewee.SqliteDatabase, actor: str, clock: Callable[[], float] = time.time):
+        self.db = db
+        self.actor = actor
+        self.clock = clock
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    def transaction(self):
+        """A write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error)."""
+        return self.db.atomic("IMMEDIATE")
+
+    def _sql(self, sql: str, params: Sequence = ()):
+        return self.db.execute_sql(sql, params)
+
+    def _event(self, job_id: int, now: float, from_state: str | None, to_state: str, detail: str | None):
+        self._sql(_SQL_EVENT, (job_id, now, from_state, to_state, self.actor, detail))
+
+    def _expect_one(self, cursor, job_id: int) -> None:
+        if cursor.rowcount != 1:
+            raise LeaseLost(f"job {job_id} is no longer held by {self.actor}")
+
+    # -- detection ------------------------------------------------------------------------------
+
+    def create(self, sightings: Iterable[Sighting], detected_by: str) -> list[int]:
+        """Turn sightings into jobs, one per appearance of a file; returns the new ids.
+
+        Runs its own transaction: the duplicate check and the insert must see the same table.
+        """
+        now = self.clock()
+        created = []
+        with self.transaction():
+            for s in sightings:
+                st = s.st
+                row = self._sql(_SQL_CREATE, (
+                    uuid.uuid4().hex, s.path, s.client_folder, s.file_name, st.st_size,
+                    st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino, detected_by, now, now, now,
+                    st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)).fetchone()
+                if row:
+                    created.append(row[0])
+                    self._event(row[0], now, None, "detected", f"{detected_by}: {s.path}")
+        return created
+
+    # -- claims ---------------------------------------------------------------------------------
+
+    def claim(self, queue: str, limit: int, lease: float) -> Batch:
+        """Lease up to ``limit`` due jobs of ``queue`` (ROUTE_QUEUE or NOTIFY_QUEUE)."""
+        now = self.clock()
+        token = uuid.uuid4().hex
+        with self.transaction():
+            rows = self._sql(_SQL_CLAIM.format(queue=queue),
+                             (self.actor, token, now + lease, now, limit)).fetchall()
+        jobs = sorted((Claimed(*row) for row in rows), key=lambda j: j.id)
+        return Batch(token, tuple(jobs))
+
+    def has_due(self, queue: str) -> bool:
+        """Whether a job of ``queue`` is due now: a cheap read for idle polling."""
+        return self._sql(_SQL_DUE.format(queue=queue), (self.clock(),)).fetchone() is not None
+
+    def owned(self, token: str, job_ids: Iterable[int]) -> set[int]:
+        """Which of ``job_ids`` this token still holds. Inside a transaction the answer stays true."""
+        ids = list(job_ids)
+        marks = ",".join("?" * len(ids))
+        rows = self._sql(f"SELECT id FROM jobs WHERE lease_token = ? AND id IN ({marks})", [token, *ids])
+        return {row[0] for row in rows}
+
+    def delivered_paths(self, job_ids: Iterable[int]) -> dict[int, set[str]]:
+        """The destination paths already committed for each job (so only failed copies are retried)."""
+        ids = list(job_ids)
+        out: dict[int, set[str]] = {i: set() for i in ids}
+        if ids:
+            marks = ",".join("?" * len(ids))
+            for job_id, path in self._sql(f"SELECT job_id, path FROM deliveries WHERE job_id IN ({marks})", ids):
+                out[job_id].add(path)
+        return out
+
+    def release(self, token: str, job_ids: Iterable[int]) -> None:
+        """Give claimed jobs back, due at once (a graceful stop: their claim does not count)."""
+        now = self.clock()
+        with self.transaction():
+            for job_id in job_ids:
+                self._sql(_SQL_RELEASE, (now, job_id, token))
+
+    # -- transitions (call inside transaction()) -------------------------------------------------
+
+    def archived(self, token: str, job_id: int, *, sha256: str, client_code: str, job_category: str,
+                 studio_code: str | None, title: str | None, archive_path: str) -> None:
+        """detected -> archived: the content is read, valid, and durable in the archive."""
+        now = self.clock()
+        self._expect_one(self._sql(_SQL_ARCHIVED, (
+            now, now, sha256, client_code, job_category, studio_code, title, archive_path,
+            job_id, token)), job_id)
+        self._event(job_id, now, "detected", "archived", archive_path)
+
+    def delivered(self, token: str, job_id: int, name: str, path: str, action: str) -> None:
+        """Record one committed copy to a destination (idempotent per job and path)."""
+        self._sql(_SQL_DELIVERED, (job_id, name, path, action, self.clock(), job_id, token))
+
+    def routed(self, token: str, job_id: int, detail: str) -> None:
+        """archived -> routed: every copy is committed and the original is gone."""
+        now = self.clock()
+        self._expect_one(self._sql(_SQL_ROUTED, (now, now, now, job_id, token)), job_id)
+        self._event(job_id, now, "archived", "routed", detail)
+
+    def notified(self, token: str, job_id: int, attempts: int, detail: str) -> None:
+        """routed -> notified: the API accepted the job."""
+        now = self.clock()
+        self._expect_one(self._sql(_SQL_NOTIFIED, (now, now, attempts, job_id, token)), job_id)
+        self._event(job_id, now, "routed", "notified", detail)
+
+    def will_fail(self, token: str, job: Claimed, failed_path: str, error: str) -> None:
+        """Record where a failing file is about to be moved, so a crash mid-move is recoverable."""
+        self._expect_one(self._sql(_SQL_WILL_FAIL, (
+            failed_path, error, self.clock(), job.id, token, job.state)), job.id)
+
+    def failed(self, token: str, job: Claimed, step: str, error: str, attempts: int | None = None) -> None:
+        """Any state -> failed, at ``step``, with a one-line reason a person understands."""
+        now = self.clock()
+        attempts = job.attempts if attempts is None else attempts
+        self._expect_one(self._sql(_SQL_FAILED, (
+            now, now, step, error, attempts, job.id, token, job.state)), job.id)
+        self._event(job.id, now, job.state, "failed", f"{step}: {error}")
+
+    def wait(self, token: str, job: Claimed, delay: float, error: str, attempts: int) -> None:
+        """Keep the job in its state and try again after ``delay`` seconds (a retry, not a claim)."""
+        now = self.clock()
+        self._expect_one(self._sql(_SQL_WAIT, (
+            now + delay, now, attempts, error, job.id, token, job.state)), job.id)
+        self._event(job.id, now, job.state, job.state, f"retry {attempts} in {delay:g}s: {error}")

@@ -1,0 +1,111 @@
+"""Peewee models of ``schema.sql``, for the command-line tools and reports.
+
+``schema.sql`` is the source of truth; ``tests/test_schema.py`` fails when these drift from it.
+The hot path (claims and transitions) uses pre-written SQL in ``jobs.py`` instead.
+"""
+
+from __future__ import annotations
+
+import peewee
+
+database_proxy = peewee.DatabaseProxy()
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class Job(BaseModel):
+    uuid = peewee.TextField(unique=True)
+    state = peewee.TextField()
+    source_path = peewee.TextField()
+    client_folder = peewee.TextField()
+    file_name = peewee.TextField()
+    size = peewee.IntegerField()
+    mtime_ns = peewee.IntegerField()
+    ctime_ns = peewee.IntegerField()
+    device = peewee.IntegerField()
+    inode = peewee.IntegerField()
+    sha256 = peewee.TextField(null=True)
+    client_code = peewee.TextField(null=True)
+    job_category = peewee.TextField(null=True)
+    studio_code = peewee.TextField(null=True)
+    title = peewee.TextField(null=True)
+    detected_by = peewee.TextField()
+    detected_at = peewee.FloatField()
+    archived_at = peewee.FloatField(null=True)
+    routed_at = peewee.FloatField(null=True)
+    notified_at = peewee.FloatField(null=True)
+    failed_at = peewee.FloatField(null=True)
+    updated_at = peewee.FloatField()
+    attempts = peewee.IntegerField(default=0)
+    claims = peewee.IntegerField(default=0)
+    next_attempt_at = peewee.FloatField()
+    lease_owner = peewee.TextField(null=True)
+    lease_token = peewee.TextField(null=True)
+    last_error = peewee.TextField(null=True)
+    failed_step = peewee.TextField(null=True)
+    archive_path = peewee.TextField(null=True)
+    failed_path = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "jobs"
+
+
+class JobEvent(BaseModel):
+    job = peewee.ForeignKeyField(Job, backref="events", column_name="job_id", on_delete="CASCADE")
+    at = peewee.FloatField()
+    from_state = peewee.TextField(null=True)
+    to_state = peewee.TextField()
+    actor = peewee.TextField()
+    detail = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "job_events"
+
+
+class Delivery(BaseModel):
+    job = peewee.ForeignKeyField(Job, backref="deliveries", column_name="job_id", on_delete="CASCADE")
+    name = peewee.TextField()
+    path = peewee.TextField()
+    action = peewee.TextField()
+    delivered_at = peewee.FloatField()
+
+    class Meta:
+        table_name = "deliveries"
+
+
+class Scan(BaseModel):
+    kind = peewee.TextField()
+    actor = peewee.TextField()
+    started_at = peewee.FloatField()
+    finished_at = peewee.FloatField(null=True)
+    files_seen = peewee.IntegerField(default=0)
+    jobs_created = peewee.IntegerField(default=0)
+    slow = peewee.IntegerField(default=0)
+    timed_out = peewee.IntegerField(default=0)
+
+    class Meta:
+        table_name = "scans"
+
+
+class Heartbeat(BaseModel):
+    program = peewee.TextField()
+    host = peewee.TextField()
+    pid = peewee.IntegerField()
+    started_at = peewee.FloatField()
+    beat_at = peewee.FloatField()
+
+    class Meta:
+        table_name = "heartbeats"
+        primary_key = peewee.CompositeKey("program", "host")
+
+
+MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat)
+
+
+def bind(db: peewee.Database) -> None:
+    """Point the models at an open database."""
+    database_proxy.initialize(db)

@@ -1,0 +1,384 @@
+"""The router: claims detected jobs in batches, validates, archives, copies, and cleans up (SPEC §5, §6).
+
+A batch goes through four phases so that no file operation happens inside a write transaction
+and a crash between any two of them is resumed by the next owner of the lease:
+
+A. read, validate, archive and copy each file (fsync per file; folders fsynced once per batch);
+B. commit: detected -> archived, the deliveries made, the failures about to be moved, the waits;
+C. remove the originals (only the exact file the job took) and move invalid files to FAILED;
+D. commit: archived -> routed, and the failures.
+
+A problem with the *job* (invalid file) fails it at once. A problem with the *place* (a folder
+missing, read-only or full) is not the job's fault: the job waits and retries with backoff, and
+only the deliveries that failed are tried again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cli, failures, rules
+from .activity import Heartbeat
+from .config import Config
+from .files import Changed, Folders, Identity, Modes, NotRegular, move_exact, read_exact, remove_exact, write_atomic
+from .jobs import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE, Claimed, Jobs
+from .validation import Invalid, JobDetails, parse
+
+log = logging.getLogger(__name__)
+
+PLACE_BACKOFF_CAP = 60.0   # seconds (SPEC §6)
+
+
+@dataclass
+class Work:
+    """One claimed job going through a batch."""
+    job: Claimed
+    state: str                                  # the job's state as committed so far
+    details: JobDetails | None = None
+    sha256: str | None = None
+    archive_path: Path | None = None
+    archived_now: bool = False                  # detected -> archived to commit in phase B
+    delivered: list[tuple[str, str, str]] = field(default_factory=list)   # (name, path, action)
+    outcome: str = ""                           # route | fail | move | wait | release
+    step: str = ""
+    error: str = ""
+    failed_path: Path | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def identity(self) -> Identity:
+        j = self.job
+        return Identity(j.device, j.inode, j.size, j.mtime_ns)
+
+    @property
+    def label(self) -> str:
+        return f"{self.job.client_folder}/{self.job.file_name}"
+
+    def fail(self, step: str, error: str, move: bool = False) -> "Work":
+        self.outcome, self.step, self.error = ("move" if move else "fail"), step, error
+        return self
+
+    def wait(self, step: str, error: str) -> "Work":
+        self.outcome, self.step, self.error = "wait", step, error
+        return self
+
+
+class Router:
+    def __init__(self, config: Config, jobs: Jobs, stopper: cli.Stopper | None = None):
+        self.config = config
+        self.jobs = jobs
+        self.stopper = stopper or cli.Stopper()
+        rc = config.router
+        modes = Modes(file=rc.file_mode, dir=rc.dir_mode)
+        self.places = Folders(modes, create=True)                       # archive, FAILED, error log
+        self.destinations = Folders(modes, create=rc.create_folders)     # client destinations
+        self.hot = Folders(modes, create=False)                         # only fsynced after removals
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, once: bool = False, heartbeat: Heartbeat | None = None) -> None:
+        """Route batches until stopped; with ``once``, until nothing is due now."""
+        cfg = self.config.router
+        backoff = cfg.poll_interval
+        while not self.stopper.requested:
+            if heartbeat:
+                heartbeat.beat()
+            try:
+                done = self.run_batch() if once or self.jobs.has_due(ROUTE_QUEUE) else 0
+                backoff = cfg.poll_interval
+            except Exception as e:
+                if not cli.is_locked(e):
+                    raise
+                backoff = min(backoff * 2 or 0.1, 5.0)
+                log.warning("database busy past the timeout (%s); trying again in %.1fs", e, backoff)
+                self.stopper.wait(backoff)
+                continue
+            if once and not done:
+                return
+            if not done:
+                self.stopper.wait(cfg.poll_interval)
+
+    def run_batch(self) -> int:
+        """Claim and finish one batch; returns how many jobs it claimed."""
+        cfg = self.config.router
+        batch = self.jobs.claim(ROUTE_QUEUE, cfg.batch_size, cfg.lease)
+        if not batch.jobs:
+            return 0
+        delivered = self.jobs.delivered_paths(j.id for j in batch.jobs if j.state == "archived")
+        works = []
+        for job in batch.jobs:
+            work = Work(job=job, state=job.state)
+            if self.stopper.requested:
+                work.outcome = "release"
+            else:
+                self._prepare(work, delivered.get(job.id, set()))
+            works.append(work)
+        self.places.sync()
+        self.destinations.sync()
+        self._commit_progress(batch.token, works)
+        self._clean_up(works)
+        self._commit_outcomes(batch.token, works)
+        self._report(works)
+        return len(batch.jobs)
+
+    # -- phase A: read, validate, archive, copy ------------------------------------------------------
+
+    def _prepare(self, work: Work, delivered: set[str]) -> None:
+        job = work.job
+        if job.claims > MAX_CLAIMS:
+            step = STEP_OF_STATE[job.state]
+            work.fail(step, f"claimed {job.claims - 1} times without finishing (its worker stopped each "
+                            "time); not tried again", move=job.state == "detected")
+            return
+        if job.failed_path:                      # a crash interrupted the move to FAILED: finish it
+            work.failed_path = Path(job.failed_path)
+            work.fail("validate", job.last_error or "invalid file", move=True)
+            return
+        data = self._read(work)
+        if data is None:
+            return
+        try:
+            work.details = parse(data, job.client_folder)
+        except Invalid as e:
+            work.fail("validate", str(e), move=work.state == "detected")
+            return
+        self._deliver(work, data, delivered)
+
+    def _read(self, work: Work) -> bytes | None:
+        """The job's content: from the hot folder while detected, from the archive once archived."""
+        job = work.job
+        limit = self.config.router.max_file_bytes
+        archive = self.config.paths.store / job.client_folder / job.file_name
+        if work.state == "archived":
+            return self._read_archive(work, Path(job.archive_path or archive))
+        try:
+            data = read_exact(job.source_path, work.identity, limit)
+        except FileNotFoundError:
+            # Gone from the hot folder: if our archive copy is there (a crash after the removal,
+            # before the commit), carry on from it; otherwise someone else removed the file.
+            if _is_copy_of(archive, work.identity):
+                return self._read_archive(work, archive)
+            work.fail("detect", "file disappeared from the hot folder before it could be read")
+            return None
+        except NotRegular as e:
+            work.fail("detect", f"file {e}; left where it is")
+            return None
+        except Changed as e:
+            work.fail("detect", f"file {e}; the new version is handled as a job of its own")
+            return None
+        except OSError as e:
+            work.wait("archive", f"cannot read the file: {_os_reason(e)}")
+            return None
+        if data is None:
+            work.fail("validate", f"file is {job.size:,} bytes, over the limit of {limit:,} "
+                                  "(router.max_file_bytes)", move=True)
+            return None
+        work.sha256 = hashlib.sha256(data).hexdigest()
+        return data
+
+    def _read_archive(self, work: Work, path: Path) -> bytes | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            work.fail("route", f"archived copy {path} is missing")
+            return None
+        except OSError as e:
+            work.wait("route", f"cannot read the archived copy: {_os_reason(e)}")
+            return None
+        sha = hashlib.sha256(data).hexdigest()
+        if work.job.sha256 and sha != work.job.sha256:
+            work.fail("route", "its archived copy was replaced by a newer file of the same name "
+                               "before every copy was made")
+            return None
+        work.sha256, work.archive_path = sha, path
+        return data
+
+    def _deliver(self, work: Work, data: bytes, delivered: set[str]) -> None:
+        job, details = work.job, work.details
+        if work.state == "detected" and work.archive_path is None:
+            target = self.config.paths.store / job.client_folder / job.file_name
+            try:
+                write_atomic(target, data, self.places, mtime_ns=job.mtime_ns)
+            except OSError as e:
+                self.places.forget(target.parent)
+                work.wait("archive", f"cannot write the archive copy {target}: {_os_reason(e)}")
+                return
+            work.archive_path = target
+        if work.state == "detected":
+            work.archived_now = True
+        problems = []
+        conflict = self.config.router.conflict
+        for dest in rules.destinations(self.config.routes, details.client_code, details.job_category):
+            target = dest.folder / job.file_name
+            if str(target) in delivered:
+                continue
+            try:
+                written = write_atomic(target, data, self.destinations, mtime_ns=job.mtime_ns,
+                                       replace=conflict == "replace")
+            except OSError as e:
+                self.destinations.forget(dest.folder)
+                problems.append(f"{dest.name}: {_os_reason(e)} ({dest.folder})")
+                continue
+            action = "written"
+            if not written and not _same_content(target, work.sha256):
+                if conflict == "fail":
+                    work.fail("route", f"a different file named {job.file_name} is already in {dest.name} "
+                                       f"({dest.folder}) and router.conflict is fail")
+                    return
+                action = "kept"
+            work.delivered.append((dest.name, str(target), action))
+        if problems:
+            work.wait("route", "; ".join(problems))
+        else:
+            work.outcome = "route"
+
+    # -- phase B: commit progress -----------------------------------------------------------------
+
+    def _commit_progress(self, token: str, works: list[Work]) -> None:
+        now = self.jobs.clock()
+        releases = [w.job.id for w in works if w.outcome == "release"]
+        for w in works:
+            if w.outcome == "move" and not w.job.failed_path:
+                w.failed_path = failures.failed_path(self.config.paths.failed, w.job, now)
+        with self.jobs.transaction():
+            owned = self.jobs.owned(token, [w.job.id for w in works])
+            for w in works:
+                if w.job.id not in owned:
+                    log.warning("%s: lease lost to another router; leaving the job to it", w.label)
+                    w.outcome = "lost"
+                    continue
+                if w.archived_now:
+                    d = w.details
+                    self.jobs.archived(token, w.job.id, sha256=w.sha256, client_code=d.client_code,
+                                       job_category=d.job_category, studio_code=d.studio_code,
+                                       title=d.title, archive_path=str(w.archive_path))
+                    w.state = "archived"
+                for name, path, action in w.delivered:
+                    self.jobs.delivered(token, w.job.id, name, path, action)
+                if w.outcome == "wait":
+                    self._wait(token, w)
+                elif w.outcome == "move" and not w.job.failed_path:
+                    self.jobs.will_fail(token, self._as_committed(w), str(w.failed_path), w.error)
+                elif w.outcome == "fail" and w.step == "detect":
+                    self.jobs.failed(token, self._as_committed(w), w.step, w.error)
+        if releases:
+            self.jobs.release(token, releases)
+
+    def _wait(self, token: str, w: Work) -> None:
+        attempts = w.job.attempts + 1
+        limit = self.config.router.max_attempts
+        if limit and attempts >= limit:
+            w.outcome, w.error = "fail", f"{w.error} (gave up after {attempts} attempts, router.max_attempts)"
+            if w.state == "archived":
+                return                  # failed in phase D, after the original is removed
+            self.jobs.failed(token, self._as_committed(w), w.step, w.error, attempts)
+            w.outcome = "failed"
+            return
+        delay = min(2.0 ** attempts, PLACE_BACKOFF_CAP)
+        self.jobs.wait(token, self._as_committed(w), delay, w.error, attempts)
+
+    @staticmethod
+    def _as_committed(w: Work) -> Claimed:
+        return dataclasses.replace(w.job, state=w.state)
+
+    # -- phase C: remove originals, move failures ---------------------------------------------------
+
+    def _clean_up(self, works: list[Work]) -> None:
+        now = self.jobs.clock()
+        for w in works:
+            # After a failure the original goes only if the archive copy is verified to hold it.
+            if w.state == "archived" and (w.outcome == "route" or w.outcome == "fail" and w.archive_path):
+                if not remove_exact(w.job.source_path, w.identity):
+                    log.warning("%s: left in the hot folder: a newer file of that name replaced it", w.label)
+                self.hot.touched(Path(w.job.source_path).parent)
+            elif w.outcome == "move":
+                self._move_to_failed(w, now)
+        self.places.sync()
+        self.hot.sync()
+
+    def _move_to_failed(self, w: Work, now: float) -> None:
+        try:
+            move_exact(w.job.source_path, w.failed_path, w.identity, self.places)
+        except FileNotFoundError:
+            if not w.failed_path.exists():      # not moved by an earlier attempt either
+                w.error += "; the file disappeared before it could be moved to FAILED"
+        except Changed as e:
+            w.error += f"; not moved to FAILED: the file {e}"
+        except OSError as e:
+            w.outcome = "wait"
+            w.error = f"cannot move the file to FAILED: {_os_reason(e)}"
+            return
+        failures.write_sidecar(w.failed_path, w.job, w.step, w.error, w.job.attempts, now, self.places)
+
+    # -- phase D: commit outcomes -----------------------------------------------------------------
+
+    def _commit_outcomes(self, token: str, works: list[Work]) -> None:
+        with self.jobs.transaction():
+            for w in works:
+                if w.outcome == "route":
+                    self.jobs.routed(token, w.job.id, _route_detail(w))
+                elif w.outcome == "move" or (w.outcome == "fail" and w.step != "detect"):
+                    self.jobs.failed(token, self._as_committed(w), w.step, w.error)
+                elif w.outcome == "wait" and w.failed_path:        # the move to FAILED must wait
+                    self._wait(token, w)
+
+    def _report(self, works: list[Work]) -> None:
+        now = self.jobs.clock()
+        for w in works:
+            ms = (time.monotonic() - w.started) * 1000
+            if w.outcome == "route":
+                where = ", ".join(name for name, _, _ in w.delivered) or "archive only"
+                log.info("routed %s -> %s (%.0f ms)", w.label, where, ms)
+            elif w.outcome == "wait":
+                log.warning("%s waits: %s", w.label, w.error)
+            elif w.outcome in ("fail", "move", "failed"):
+                place = f"; moved to {w.failed_path}" if w.outcome == "move" else ""
+                log.error("failed %s at %s: %s%s", w.label, w.step, w.error, place)
+                file_path = str(w.failed_path or w.archive_path or w.job.source_path)
+                failures.write_error_log(self.config.paths.error_log, w.job, w.error, w.job.attempts,
+                                         file_path, now, self.places)
+        self.places.sync()
+
+
+def _route_detail(w: Work) -> str:
+    names = [f"{name}{' (kept existing)' if action == 'kept' else ''}" for name, _, action in w.delivered]
+    return "to " + (", ".join(names) if names else "archive only") + "; original removed"
+
+
+def _is_copy_of(path: Path, identity: Identity) -> bool:
+    """Our archive copies keep the original's size and mtime: a match means the copy was made."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == (identity.size, identity.mtime_ns)
+
+
+def _same_content(path: Path, sha256: str) -> bool:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argp = cli.parser("router", "Claim detected job files in batches, validate, archive and route them.")
+
+    def start(ctx: cli.Context) -> None:
+        router = Router(ctx.config, Jobs(ctx.db, ctx.actor), ctx.stopper)
+        router.run(once=ctx.args.once, heartbeat=Heartbeat(ctx.db, ctx.name))
+
+    return cli.run_program("router", argp, start, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

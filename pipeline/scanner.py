@@ -1,0 +1,95 @@
+"""The scanner: a startup scan (crash recovery), then periodic scans as a safety net (SPEC §4).
+
+A scan takes only files whose size and mtime stayed unchanged for ``detect.min_file_age``: it
+lists the hot folder, waits out that age, and looks again. A file still being written changes in
+between and is left for the next scan (or for the watcher's close-after-write event).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from . import activity, cli
+from .activity import Heartbeat
+from .config import Config
+from .detect import HotFolder
+from .files import Identity
+from .jobs import Jobs
+
+log = logging.getLogger(__name__)
+
+CREATE_CHUNK = 500   # jobs per insert transaction: routers start on the first ones at once
+
+
+class Scanner:
+    def __init__(self, config: Config, jobs: Jobs, stopper: cli.Stopper | None = None):
+        self.config = config
+        self.jobs = jobs
+        self.stopper = stopper or cli.Stopper()
+        self.hot = HotFolder(config.paths.hot_folder)
+
+    def scan(self, kind: str, detected_by: str, folders: list[Path] | None = None) -> int:
+        """Scan the hot folder (or some client folders); returns the number of jobs created."""
+        cfg = self.config.detect
+        clock = self.jobs.clock
+        started, t0 = clock(), time.monotonic()
+        scan_id = activity.scan_started(self.jobs.db, kind, self.jobs.actor, started)
+        first, timed_out = self.hot.list(folders, deadline=t0 + cfg.scan_timeout)
+        if first:
+            self.stopper.wait(cfg.min_file_age - (time.monotonic() - t0))
+        stable = []
+        for sighting in first:
+            again = self.hot.restat(sighting)
+            if again and Identity.of(again.st) == Identity.of(sighting.st):
+                stable.append(again)
+        stable.sort(key=lambda s: s.st.st_mtime_ns)          # oldest drops first
+        created = 0
+        for i in range(0, len(stable), CREATE_CHUNK):
+            created += len(self.jobs.create(stable[i:i + CREATE_CHUNK], detected_by))
+        seconds = time.monotonic() - t0
+        slow = seconds > cfg.slow_scan
+        activity.scan_finished(self.jobs.db, scan_id, clock(), len(first), created, slow, timed_out)
+        level = logging.WARNING if slow or timed_out else logging.INFO
+        log.log(level, "%s scan: %d files seen, %d new jobs, %.2fs%s%s", kind, len(first), created, seconds,
+                " (slow)" if slow else "", " (timed out: the rest waits for the next scan)" if timed_out else "")
+        return created
+
+    def run(self, once: bool = False, heartbeat: Heartbeat | None = None) -> None:
+        """The startup scan, then one scan every ``detect.scan_interval`` seconds until stopped."""
+        kind = "startup"
+        interval = self.config.detect.scan_interval
+        while not self.stopper.requested:
+            if heartbeat:
+                heartbeat.beat(force=True)
+            started = time.monotonic()
+            try:
+                self.scan(kind, kind)
+                kind = "periodic"
+            except Exception as e:
+                if not cli.is_locked(e):
+                    raise
+                log.warning("database busy past the timeout (%s); scanning again shortly", e)
+            if once:
+                return
+            # Beat while waiting, so a long interval never looks like a silent program.
+            deadline = started + interval
+            while not self.stopper.requested and time.monotonic() < deadline:
+                if heartbeat:
+                    heartbeat.beat()
+                self.stopper.wait(min(activity.HEARTBEAT_INTERVAL, deadline - time.monotonic()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argp = cli.parser("scanner", "Scan the hot folder at start and periodically; create a job per new file.")
+
+    def start(ctx: cli.Context) -> None:
+        scanner = Scanner(ctx.config, Jobs(ctx.db, ctx.actor), ctx.stopper)
+        scanner.run(once=ctx.args.once, heartbeat=Heartbeat(ctx.db, ctx.name))
+
+    return cli.run_program("scanner", argp, start, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Validation of a job file's content: every failure is one line a person understands (SPEC §5, §13)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_.-]+")
+_TITLE_LIMIT = 500   # a Title is for reports; the file itself keeps the whole text
+
+
+class Invalid(Exception):
+    """The file is not a valid job; str() is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class JobDetails:
+    client_code: str
+    job_category: str
+    studio_code: str | None
+    title: str | None
+
+
+def is_safe_component(name: str) -> bool:
+    """Letters, digits, ``_``, ``-`` and ``.``, and not a name that means a folder (``.``, ``..``)."""
+    return bool(_SAFE_COMPONENT.fullmatch(name)) and name.strip(".") != ""
+
+
+def parse(data: bytes, client_folder: str) -> JobDetails:
+    """Decode, parse and check a job file found in ``client_folder``; raises Invalid."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]                           # a UTF-8 byte order mark is tolerated
+    if not data:
+        raise Invalid("file is empty")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Invalid(f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    if not text.strip():
+        raise Invalid("file contains only whitespace")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise Invalid(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise Invalid("invalid JSON: nested too deeply") from None
+    if not isinstance(document, dict):
+        raise Invalid(f"JSON top level is {_kind(document)}, expected an object")
+
+    details = document.get("JobSpecification")
+    if not isinstance(details, dict):
+        raise Invalid(_missing_or_wrong("JobSpecification", details, "an object"))
+    details = details.get("JobDetails")
+    if not isinstance(details, dict):
+        raise Invalid(_missing_or_wrong("JobSpecification.JobDetails", details, "an object"))
+    client_code = _required_string(details, "ClientCode")
+    job_category = _required_string(details, "JobCategory")
+
+    if not is_safe_component(client_code):
+        raise Invalid(f"ClientCode {client_code!r} is not a safe folder name "
+                      "(only letters, digits, _, - and . are allowed)")
+    if client_code.upper() != client_folder.upper():
+        raise Invalid(f"ClientCode {client_code!r} does not match its client folder {client_folder!r}")
+    return JobDetails(client_code=client_code.upper(), job_category=job_category,
+                      studio_code=_optional_string(details.get("StudioCode")),
+                      title=_optional_string(details.get("Title"), _TITLE_LIMIT))
+
+
+def _required_string(details: dict, key: str) -> str:
+    name = f"JobSpecification.JobDetails.{key}"
+    value = details.get(key)
+    if not isinstance(value, str):
+        raise Invalid(_missing_or_wrong(name, value, "a non-empty string"))
+    if not value.strip():
+        raise Invalid(f"{name} is empty")
+    return value.strip()
+
+
+def _missing_or_wrong(name: str, value: Any, expected: str) -> str:
+    if value is None:
+        return f"missing {name}"
+    return f"{name} must be {expected}, not {_kind(value)}"
+
+
+def _optional_string(value: Any, limit: int | None = None) -> str | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    return value[:limit] if limit else value
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "an array", dict: "an object"}[type(value)]

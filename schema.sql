@@ -1,0 +1,167 @@
+-- The pipeline's one database: the job table, its audit trail, and what the programs record.
+-- Programs apply this file on start (every statement is IF NOT EXISTS); PRAGMA user_version
+-- holds its version. Times are UTC seconds since the epoch (REAL); the views show them readable.
+-- Operator's entry point: sqlite3 var/pipeline.db, then the views at the end of this file.
+
+-- One row per appearance of a file in the hot folder.
+CREATE TABLE IF NOT EXISTS jobs (
+    id              INTEGER PRIMARY KEY,
+    uuid            TEXT    NOT NULL UNIQUE,          -- sent as Idempotency-Key
+    state           TEXT    NOT NULL CHECK (state IN ('detected', 'archived', 'routed', 'notified', 'failed')),
+    source_path     TEXT    NOT NULL,                 -- where the file was found
+    client_folder   TEXT    NOT NULL,                 -- the hot folder's subfolder it was in
+    file_name       TEXT    NOT NULL,
+    size            INTEGER NOT NULL,
+    mtime_ns        INTEGER NOT NULL,                 -- the file's last write: drop time for latency
+    ctime_ns        INTEGER NOT NULL,
+    device          INTEGER NOT NULL,
+    inode           INTEGER NOT NULL,
+    sha256          TEXT,                             -- of the content, once read
+    client_code     TEXT,
+    job_category    TEXT,
+    studio_code     TEXT,
+    title           TEXT,
+    detected_by     TEXT    NOT NULL CHECK (detected_by IN ('startup', 'realtime', 'periodic')),
+    detected_at     REAL    NOT NULL,
+    archived_at     REAL,
+    routed_at       REAL,
+    notified_at     REAL,
+    failed_at       REAL,
+    updated_at      REAL    NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,       -- retries of the current step (place or API)
+    claims          INTEGER NOT NULL DEFAULT 0,       -- claims since the last recorded outcome
+    next_attempt_at REAL    NOT NULL,                 -- due time; while claimed, the lease expiry
+    lease_owner     TEXT,
+    lease_token     TEXT,
+    last_error      TEXT,
+    failed_step     TEXT    CHECK (failed_step IN ('detect', 'validate', 'archive', 'route', 'notify')),
+    archive_path    TEXT,
+    failed_path     TEXT                              -- FAILED/{CLIENT}/{stamp}_{name} when moved there
+);
+
+-- The routers' queue and the notifier's queue: partial, so finished jobs cost nothing.
+CREATE INDEX IF NOT EXISTS jobs_route_queue  ON jobs (next_attempt_at) WHERE state IN ('detected', 'archived');
+CREATE INDEX IF NOT EXISTS jobs_notify_queue ON jobs (next_attempt_at) WHERE state = 'routed';
+-- Detection's duplicate check: one appearance of a file gives one job.
+CREATE INDEX IF NOT EXISTS jobs_inode        ON jobs (inode, device);
+CREATE INDEX IF NOT EXISTS jobs_updated      ON jobs (updated_at);
+CREATE INDEX IF NOT EXISTS jobs_failed       ON jobs (failed_at) WHERE state = 'failed';
+
+-- The audit trail: one row per transition, written in the same transaction.
+CREATE TABLE IF NOT EXISTS job_events (
+    id         INTEGER PRIMARY KEY,
+    job_id     INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    at         REAL    NOT NULL,
+    from_state TEXT,                                  -- NULL when the job is created
+    to_state   TEXT    NOT NULL,
+    actor      TEXT    NOT NULL,                      -- program:pid
+    detail     TEXT
+);
+CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, id);
+CREATE INDEX IF NOT EXISTS job_events_at  ON job_events (at);
+
+-- One row per committed copy of a job's file to a routing destination.
+CREATE TABLE IF NOT EXISTS deliveries (
+    id           INTEGER PRIMARY KEY,
+    job_id       INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    name         TEXT    NOT NULL,                    -- the rule's label
+    path         TEXT    NOT NULL,
+    action       TEXT    NOT NULL CHECK (action IN ('written', 'kept')),
+    delivered_at REAL    NOT NULL,
+    UNIQUE (job_id, path)
+);
+CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (delivered_at);
+
+-- One row per scan of the hot folder.
+CREATE TABLE IF NOT EXISTS scans (
+    id           INTEGER PRIMARY KEY,
+    kind         TEXT    NOT NULL CHECK (kind IN ('startup', 'periodic', 'rescan')),
+    actor        TEXT    NOT NULL,
+    started_at   REAL    NOT NULL,
+    finished_at  REAL,
+    files_seen   INTEGER NOT NULL DEFAULT 0,
+    jobs_created INTEGER NOT NULL DEFAULT 0,
+    slow         INTEGER NOT NULL DEFAULT 0,
+    timed_out    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS scans_started ON scans (started_at);
+
+-- One row per running program instance, beaten every few seconds.
+CREATE TABLE IF NOT EXISTS heartbeats (
+    program    TEXT    NOT NULL,                      -- scanner, watcher, router:router_00, ...
+    host       TEXT    NOT NULL,
+    pid        INTEGER NOT NULL,
+    started_at REAL    NOT NULL,
+    beat_at    REAL    NOT NULL,
+    PRIMARY KEY (program, host)
+);
+
+-- ---------------------------------------------------------------------------------------------
+-- Audit views. Times are shown in UTC as YYYY-MM-DD HH:MM:SS.SSS.
+
+-- Every transition of every job, oldest first:  SELECT * FROM job_history WHERE job_id = 42;
+CREATE VIEW IF NOT EXISTS job_history AS
+SELECT e.job_id,
+       j.client_folder || '/' || j.file_name          AS file,
+       strftime('%Y-%m-%d %H:%M:%f', e.at, 'unixepoch') AS at,
+       coalesce(e.from_state, '-')                     AS from_state,
+       e.to_state,
+       e.actor,
+       e.detail
+FROM job_events e JOIN jobs j ON j.id = e.job_id
+ORDER BY e.job_id, e.id;
+
+-- Jobs detected today (UTC) by client and state:  SELECT * FROM today_by_client;
+CREATE VIEW IF NOT EXISTS today_by_client AS
+SELECT client_folder AS client, state, count(*) AS jobs
+FROM jobs
+WHERE detected_at >= unixepoch('now', 'start of day')
+GROUP BY client_folder, state
+ORDER BY client_folder, state;
+
+-- Failed jobs, newest first, with where the file is now:  SELECT * FROM current_failures;
+CREATE VIEW IF NOT EXISTS current_failures AS
+SELECT id AS job_id,
+       strftime('%Y-%m-%d %H:%M:%S', failed_at, 'unixepoch') AS failed_at,
+       client_folder || '/' || file_name                     AS file,
+       failed_step AS step,
+       attempts,
+       last_error  AS reason,
+       coalesce(failed_path, archive_path, source_path)     AS file_now
+FROM jobs
+WHERE state = 'failed'
+ORDER BY failed_at DESC;
+
+-- Jobs waiting or in flight, oldest first, with their lease:  SELECT * FROM work_in_progress;
+CREATE VIEW IF NOT EXISTS work_in_progress AS
+SELECT id AS job_id,
+       state,
+       client_folder || '/' || file_name                            AS file,
+       strftime('%Y-%m-%d %H:%M:%S', detected_at, 'unixepoch')      AS detected_at,
+       strftime('%Y-%m-%d %H:%M:%S', next_attempt_at, 'unixepoch')  AS next_attempt_at,
+       attempts,
+       lease_owner,
+       last_error
+FROM jobs
+WHERE state IN ('detected', 'archived', 'routed')
+ORDER BY detected_at;
+
+-- Each file's copies, newest first:  SELECT * FROM delivery_log WHERE file LIKE 'RANK/%';
+CREATE VIEW IF NOT EXISTS delivery_log AS
+SELECT d.job_id,
+       j.client_folder || '/' || j.file_name                         AS file,
+       d.name                                                       AS destination,
+       d.path,
+       d.action,
+       strftime('%Y-%m-%d %H:%M:%f', d.delivered_at, 'unixepoch')   AS delivered_at
+FROM deliveries d JOIN jobs j ON j.id = d.job_id
+ORDER BY d.delivered_at DESC;
+
+-- The last scans:  SELECT * FROM recent_scans LIMIT 5;
+CREATE VIEW IF NOT EXISTS recent_scans AS
+SELECT id, kind, actor,
+       strftime('%Y-%m-%d %H:%M:%S', started_at, 'unixepoch') AS started_at,
+       round(finished_at - started_at, 3)                     AS seconds,
+       files_seen, jobs_created, slow, timed_out
+FROM scans
+ORDER BY started_at DESC;
