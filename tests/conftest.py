@@ -1,0 +1,209 @@
+"""Shared fixtures: a real SQLite file, real folders, real programs. Everything in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import config as config_module
+from pipeline import db as db_module
+from pipeline.jobs import Jobs
+from pipeline.models import Job, bind
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "bin"
+
+BASE_CONFIG = """
+[paths]
+hot_folder = "hot"
+store = "store"
+failed = "failed"
+error_log = "log/errors"
+database = "pipeline.db"
+
+[detect]
+min_file_age = 0.3
+scan_interval = 1
+
+[router]
+lease = 5
+"""
+
+MATRIX = """
+[[route]]
+name = "Monday Rank"
+clients = ["RANK"]
+to = "dest/Monday Rank"
+
+[[route]]
+name = "Monday RB"
+clients = ["RECKITTBENCKISER"]
+to = "dest/Monday RB"
+
+[[route]]
+name = "BISSELL-WRIKE/IN"
+clients = ["BISSELL"]
+to = "dest/CLIENT-STORES/BISSELL-WRIKE/IN"
+
+[[route]]
+name = "LOREAL/IN"
+clients = ["LOREAL"]
+to = "dest/CLIENT-STORES/LOREAL/IN"
+
+[[route]]
+name = "Celtra"
+clients = ["CELTRA"]
+to = "dest/Celtra - Create_Rename - Project_Design File"
+
+[[route]]
+name = "Celtra"
+clients = ["CIBC", "OLIVER", "ADIDAS", "PAYPAL", "RECKITTBENCKISER", "BAYER", "3M", "RANK"]
+categories = ["CELTRA"]
+to = "dest/Celtra - Create_Rename - Project_Design File"
+"""
+
+
+def job_document(client: str, category: str = "PRODUCTION", **extra) -> dict:
+    details = {"ClientCode": client, "JobCategory": category, "StudioCode": f"{client}_STUDIO",
+               "Title": f"{client} campaign"}
+    details.update(extra)
+    return {"JobSpecification": {"JobDetails": details}}
+
+
+class Tree:
+    """A pipeline installation in a temporary folder: config, folders and database."""
+
+    def __init__(self, root: Path, extra: str = ""):
+        self.root = root
+        self.config_path = root / "pipeline.toml"
+        self.write_config(extra)
+
+    def write_config(self, extra: str = "", routes: str = MATRIX) -> None:
+        self.config_path.write_text(BASE_CONFIG + extra + routes)
+        self.config = config_module.load(self.config_path)
+
+    @property
+    def hot(self) -> Path:
+        return self.config.paths.hot_folder
+
+    @property
+    def store(self) -> Path:
+        return self.config.paths.store
+
+    @property
+    def failed(self) -> Path:
+        return self.config.paths.failed
+
+    def dest(self, name: str) -> Path:
+        return self.root / "dest" / name
+
+    def drop(self, client: str, name: str, content: bytes | str | dict | None = None, *,
+             folder: str | None = None, atomic: bool = True) -> Path:
+        """Put a job file into the hot folder the way upstream does: written aside, renamed in."""
+        if content is None:
+            content = job_document(client)
+        if isinstance(content, dict):
+            content = json.dumps(content)
+        if isinstance(content, str):
+            content = content.encode("utf-8")
+        target = self.hot / (folder or client) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if atomic:
+            tmp = target.parent / f".{name}.part"
+            tmp.write_bytes(content)
+            os.replace(tmp, target)
+        else:
+            target.write_bytes(content)
+        return target
+
+    def age(self, path: Path, seconds: float = 5) -> None:
+        """Make a file look written ``seconds`` ago (scans take files unchanged for min_file_age)."""
+        t = time.time() - seconds
+        os.utime(path, (t, t))
+
+    def env(self, **extra) -> dict:
+        env = dict(os.environ, PIPELINE_CONFIG=str(self.config_path))
+        env.update(extra)
+        return env
+
+    def run(self, program: str, *args: str, check: bool = True, timeout: float = 60, **env) -> subprocess.CompletedProcess:
+        """Run a real bin/ program against this tree."""
+        proc = subprocess.run([str(BIN / program), *args], cwd=self.root, env=self.env(**env),
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"bin/{program} {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+        return proc
+
+    def spawn(self, program: str, *args: str, **env) -> subprocess.Popen:
+        log = open(self.root / f"{program}.{time.monotonic_ns()}.log", "wb")
+        return subprocess.Popen([str(BIN / program), *args], cwd=self.root, env=self.env(**env),
+                                stdout=log, stderr=subprocess.STDOUT)
+
+    def files(self, folder: Path) -> list[str]:
+        """Files below ``folder`` as sorted relative paths, hidden temporaries included."""
+        if not folder.exists():
+            return []
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def tree(tmp_path) -> Tree:
+    return Tree(tmp_path)
+
+
+@pytest.fixture
+def db(tree):
+    database = db_module.connect(tree.config.paths.database)
+    bind(database)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def jobs(db) -> Jobs:
+    return Jobs(db, "test:1")
+
+
+class FakeClock:
+    """Injected time: advances only when told to."""
+
+    def __init__(self, start: float = 1_800_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def states(db) -> dict[str, int]:
+    """Job counts by state."""
+    return {row[0]: row[1] for row in db.execute_sql("SELECT state, count(*) FROM jobs GROUP BY state")}
+
+
+def wait_for(predicate, timeout: float = 20, interval: float = 0.05, message: str = "condition"):
+    """Poll until ``predicate()`` is truthy; the test's own patience, not a timed assertion."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def all_jobs(db) -> list[Job]:
+    return list(Job.select().order_by(Job.id))
+
+
