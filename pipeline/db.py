@@ -59,14 +59,14 @@ def apply_schema(db: peewee.SqliteDatabase) -> None:
     log.info("database schema version %d ready in %s", SCHEMA_VERSION, db.database)
 
 
-def filesystem_type(path: Path) -> str:
+def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str:
     """The type of the filesystem holding ``path`` (its nearest existing ancestor), from mountinfo."""
     path = path.resolve()
     while not path.exists():
         path = path.parent
     best, fstype = "", "unknown"
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        with open(mountinfo, encoding="utf-8") as f:
             for line in f:
                 left, _, right = line.partition(" - ")
                 mount_point = left.split()[4].replace("\\040", " ")
@@ -78,9 +78,9 @@ def filesystem_type(path: Path) -> str:
     return fstype
 
 
-def check_local(path: Path) -> None:
+def check_local(path: Path, mountinfo: str = "/proc/self/mountinfo") -> None:
     """Refuse a database on a network filesystem, where WAL's shared memory does not work."""
-    fstype = filesystem_type(path)
+    fstype = filesystem_type(path, mountinfo)
     if fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse.") and fstype != "fuse.overlayfs":
         raise DatabaseUnusable(f"{path}: lies on a {fstype} network filesystem; SQLite in WAL mode "
                                "needs a local disk")

@@ -48,6 +48,7 @@ class Work:
     step: str = ""
     error: str = ""
     failed_path: Path | None = None
+    attempts: int | None = None                 # set when this batch counted a retry
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -270,7 +271,7 @@ class Router:
             self.jobs.release(token, releases)
 
     def _wait(self, token: str, w: Work) -> None:
-        attempts = w.job.attempts + 1
+        attempts = w.attempts = w.job.attempts + 1
         limit = self.config.router.max_attempts
         if limit and attempts >= limit:
             w.outcome, w.error = "fail", f"{w.error} (gave up after {attempts} attempts, router.max_attempts)"
@@ -323,7 +324,7 @@ class Router:
                 if w.outcome == "route":
                     self.jobs.routed(token, w.job.id, _route_detail(w))
                 elif w.outcome == "move" or (w.outcome == "fail" and w.step != "detect"):
-                    self.jobs.failed(token, self._as_committed(w), w.step, w.error)
+                    self.jobs.failed(token, self._as_committed(w), w.step, w.error, w.attempts)
                 elif w.outcome == "wait" and w.failed_path:        # the move to FAILED must wait
                     self._wait(token, w)
 
@@ -340,7 +341,8 @@ class Router:
                 place = f"; moved to {w.failed_path}" if w.outcome == "move" else ""
                 log.error("failed %s at %s: %s%s", w.label, w.step, w.error, place)
                 file_path = str(w.failed_path or w.archive_path or w.job.source_path)
-                failures.write_error_log(self.config.paths.error_log, w.job, w.error, w.job.attempts,
+                attempts = w.job.attempts if w.attempts is None else w.attempts
+                failures.write_error_log(self.config.paths.error_log, w.job, w.error, attempts,
                                          file_path, now, self.places)
         self.places.sync()
 

@@ -29,9 +29,6 @@ database = "pipeline.db"
 [detect]
 min_file_age = 0.3
 scan_interval = 1
-
-[router]
-lease = 5
 """
 
 MATRIX = """
@@ -83,8 +80,9 @@ class Tree:
         self.config_path = root / "pipeline.toml"
         self.write_config(extra)
 
-    def write_config(self, extra: str = "", routes: str = MATRIX) -> None:
-        self.config_path.write_text(BASE_CONFIG + extra + routes)
+    def write_config(self, extra: str = "", routes: str = MATRIX, router: str = "") -> None:
+        """Write and load pipeline.toml: the base settings, ``router`` lines, ``extra`` tables, ``routes``."""
+        self.config_path.write_text(f"{BASE_CONFIG}\n[router]\nlease = 5\n{router}\n{extra}\n{routes}")
         self.config = config_module.load(self.config_path)
 
     @property

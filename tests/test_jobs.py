@@ -1,0 +1,169 @@
+"""The job table's transitions: one job per appearance, leases, stale owners, audit rows (SPEC §3, §14)."""
+
+import os
+import time
+
+import pytest
+
+from pipeline.detect import HotFolder
+from pipeline.jobs import MAX_CLAIMS, NOTIFY_QUEUE, ROUTE_QUEUE, Jobs, LeaseLost
+from pipeline.models import Job, JobEvent
+
+
+def sight(tree, path):
+    return HotFolder(tree.hot).sighting(str(path))
+
+
+def test_create_gives_one_job_per_appearance(tree, jobs):
+    path = tree.drop("RANK", "a.json")
+    s = sight(tree, path)
+    assert len(jobs.create([s], "realtime")) == 1
+    assert jobs.create([s], "periodic") == []                # the same file seen again
+    assert jobs.create([sight(tree, path)], "startup") == []  # and stat'ed again
+    assert Job.select().count() == 1
+    job = Job.get()
+    assert (job.state, job.detected_by, job.client_folder, job.file_name) == ("detected", "realtime", "RANK", "a.json")
+    assert (job.inode, job.size, job.mtime_ns) == (s.st.st_ino, s.st.st_size, s.st.st_mtime_ns)
+
+
+def test_a_chmod_of_a_file_in_flight_does_not_make_a_second_job(tree, jobs):
+    path = tree.drop("RANK", "a.json")
+    jobs.create([sight(tree, path)], "realtime")
+    os.chmod(path, 0o600)          # changes ctime only
+    assert jobs.create([sight(tree, path)], "periodic") == []
+
+
+def test_a_stale_sighting_of_a_finished_job_makes_no_job(tree, jobs):
+    path = tree.drop("RANK", "a.json")
+    stale = sight(tree, path)
+    [job_id] = jobs.create([stale], "realtime")
+    jobs.db.execute_sql("UPDATE jobs SET state = 'routed' WHERE id = ?", (job_id,))
+    # A scan that listed the folder before the router removed the file reports it late.
+    assert jobs.create([stale], "periodic") == []
+
+
+def test_the_same_name_dropped_again_later_is_a_new_job(tree, jobs):
+    path = tree.drop("RANK", "a.json")
+    first = sight(tree, path)
+    [job_id] = jobs.create([first], "realtime")
+    jobs.db.execute_sql("UPDATE jobs SET state = 'routed' WHERE id = ?", (job_id,))
+    path.unlink()
+    time.sleep(0.01)
+    path = tree.drop("RANK", "a.json")                     # same content, same name, later
+    st = os.lstat(path)
+    os.utime(path, ns=(first.st.st_atime_ns, first.st.st_mtime_ns))   # even with the same mtime (cp -p)
+    assert len(jobs.create([sight(tree, path)], "realtime")) == 1
+    assert Job.select().count() == 2
+    assert st.st_ctime_ns > first.st.st_ctime_ns
+
+
+def test_creation_is_audited(tree, jobs):
+    [job_id] = jobs.create([sight(tree, tree.drop("RANK", "a.json"))], "startup")
+    [event] = JobEvent.select().where(JobEvent.job == job_id)
+    assert (event.from_state, event.to_state, event.actor) == (None, "detected", "test:1")
+    assert event.detail.startswith("startup: ")
+
+
+def _one_job(tree, jobs, clock=None):
+    [job_id] = jobs.create([sight(tree, tree.drop("RANK", f"{time.monotonic_ns()}.json"))], "realtime")
+    return job_id
+
+
+def test_claim_leases_and_hides_the_job_until_the_lease_expires(tree, db, clock):
+    a, b = Jobs(db, "router_00:1", clock), Jobs(db, "router_01:2", clock)
+    job_id = _one_job(tree, a)
+    batch = a.claim(ROUTE_QUEUE, 10, lease=60)
+    assert [j.id for j in batch.jobs] == [job_id] and batch.jobs[0].claims == 1
+    assert b.claim(ROUTE_QUEUE, 10, lease=60).jobs == ()
+    row = Job.get_by_id(job_id)
+    assert row.lease_owner == "router_00:1" and row.next_attempt_at == clock.now + 60
+    clock.advance(61)                                    # the owner died: its lease ran out
+    again = b.claim(ROUTE_QUEUE, 10, lease=60)
+    assert [j.id for j in again.jobs] == [job_id] and again.jobs[0].claims == 2
+    assert again.token != batch.token
+
+
+def test_a_stale_owner_cannot_overwrite_the_new_owners_work(tree, db, clock):
+    a, b = Jobs(db, "router_00:1", clock), Jobs(db, "router_01:2", clock)
+    _one_job(tree, a)
+    old = a.claim(ROUTE_QUEUE, 10, lease=5)
+    clock.advance(6)
+    new = b.claim(ROUTE_QUEUE, 10, lease=5)
+    job = old.jobs[0]
+    with pytest.raises(LeaseLost):
+        with a.transaction():
+            a.archived(old.token, job.id, sha256="0" * 64, client_code="RANK", job_category="X",
+                       studio_code=None, title=None, archive_path="/x")
+    assert a.owned(old.token, [job.id]) == set()
+    assert b.owned(new.token, [job.id]) == {job.id}
+    with b.transaction():
+        b.archived(new.token, job.id, sha256="1" * 64, client_code="RANK", job_category="X",
+                   studio_code=None, title=None, archive_path="/y")
+    row = Job.get_by_id(job.id)
+    assert (row.state, row.sha256, row.claims) == ("archived", "1" * 64, 0)
+
+
+def test_transitions_write_their_audit_row_in_the_same_transaction(tree, jobs):
+    job_id = _one_job(tree, jobs)
+    batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    with pytest.raises(RuntimeError):
+        with jobs.transaction():
+            jobs.archived(batch.token, job_id, sha256="0" * 64, client_code="RANK", job_category="X",
+                          studio_code=None, title=None, archive_path="/x")
+            raise RuntimeError("crash before commit")
+    assert Job.get_by_id(job_id).state == "detected"
+    assert JobEvent.select().where(JobEvent.job == job_id).count() == 1   # only 'detected'
+    with jobs.transaction():
+        jobs.archived(batch.token, job_id, sha256="0" * 64, client_code="RANK", job_category="X",
+                      studio_code=None, title=None, archive_path="/x")
+        jobs.delivered(batch.token, job_id, "Monday Rank", "/d/a.json", "written")
+        jobs.delivered(batch.token, job_id, "Monday Rank", "/d/a.json", "written")   # idempotent
+        jobs.routed(batch.token, job_id, "to Monday Rank")
+    history = [(e.from_state, e.to_state) for e in JobEvent.select().where(JobEvent.job == job_id).order_by(JobEvent.id)]
+    assert history == [(None, "detected"), ("detected", "archived"), ("archived", "routed")]
+    assert jobs.db.execute_sql("SELECT count(*) FROM deliveries").fetchone()[0] == 1
+    row = Job.get_by_id(job_id)
+    assert row.lease_token is None and row.routed_at is not None
+
+
+def test_routed_jobs_move_to_the_notify_queue(tree, jobs):
+    job_id = _one_job(tree, jobs)
+    batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    with jobs.transaction():
+        jobs.archived(batch.token, job_id, sha256="0" * 64, client_code="RANK", job_category="X",
+                      studio_code=None, title=None, archive_path="/x")
+        jobs.routed(batch.token, job_id, "archive only")
+    assert jobs.has_due(NOTIFY_QUEUE) and not jobs.has_due(ROUTE_QUEUE)
+    assert [j.id for j in jobs.claim(NOTIFY_QUEUE, 10, lease=60).jobs] == [job_id]
+
+
+def test_release_makes_a_job_claimable_at_once_without_counting_the_claim(tree, db, clock):
+    jobs = Jobs(db, "router:1", clock)
+    job_id = _one_job(tree, jobs)
+    batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    jobs.release(batch.token, [job_id])
+    again = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    assert [j.id for j in again.jobs] == [job_id] and again.jobs[0].claims == 1
+
+
+def test_wait_schedules_a_retry_and_counts_the_attempt(tree, db, clock):
+    jobs = Jobs(db, "router:1", clock)
+    job_id = _one_job(tree, jobs)
+    batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    with jobs.transaction():
+        jobs.wait(batch.token, batch.jobs[0], 8, "Monday Rank: Read-only file system", 3)
+    row = Job.get_by_id(job_id)
+    assert (row.state, row.attempts, row.claims, row.next_attempt_at) == ("detected", 3, 0, clock.now + 8)
+    assert row.last_error == "Monday Rank: Read-only file system" and row.lease_token is None
+    assert jobs.claim(ROUTE_QUEUE, 10, lease=60).jobs == ()
+    clock.advance(8)
+    assert len(jobs.claim(ROUTE_QUEUE, 10, lease=60).jobs) == 1
+
+
+def test_claims_are_counted_until_an_outcome_is_recorded(tree, db, clock):
+    jobs = Jobs(db, "router:1", clock)
+    _one_job(tree, jobs)
+    for expected in range(1, MAX_CLAIMS + 2):
+        batch = jobs.claim(ROUTE_QUEUE, 10, lease=1)
+        assert batch.jobs[0].claims == expected
+        clock.advance(2)                                 # the worker died each time

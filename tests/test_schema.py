@@ -1,0 +1,85 @@
+"""schema.sql is the source of truth; the peewee models must match it column for column."""
+
+import sqlite3
+
+import peewee
+import pytest
+
+from pipeline import db as db_module
+from pipeline.models import MODELS
+
+_AFFINITY = {peewee.TextField: "TEXT", peewee.IntegerField: "INTEGER", peewee.FloatField: "REAL",
+             peewee.AutoField: "INTEGER", peewee.ForeignKeyField: "INTEGER"}
+
+
+def _schema_tables(conn) -> dict[str, list[tuple]]:
+    names = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    return {name: [(c[1], c[2].upper(), bool(c[3]), c[5] > 0)
+                   for c in conn.execute(f"PRAGMA table_info({name})")] for name in names}
+
+
+def _model_columns(model) -> list[tuple]:
+    pk_fields = {f.name for f in model._meta.get_primary_keys()}
+    columns = []
+    for field in model._meta.sorted_fields:
+        affinity = next(a for cls, a in _AFFINITY.items() if isinstance(field, cls))
+        not_null = not field.null
+        is_pk = field.name in pk_fields
+        # SQLite reports an INTEGER PRIMARY KEY as nullable (it is the rowid alias).
+        if isinstance(field, peewee.AutoField):
+            not_null = False
+        columns.append((field.column_name, affinity, not_null, is_pk))
+    return columns
+
+
+@pytest.fixture
+def schema_conn(tmp_path):
+    conn = sqlite3.connect(tmp_path / "schema.db")
+    conn.executescript(db_module.SCHEMA_FILE.read_text())
+    yield conn
+    conn.close()
+
+
+def test_every_table_has_a_model_and_every_model_a_table(schema_conn):
+    tables = set(_schema_tables(schema_conn))
+    models = {m._meta.table_name for m in MODELS}
+    assert tables == models
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m._meta.table_name)
+def test_model_columns_match_schema(schema_conn, model):
+    schema = _schema_tables(schema_conn)[model._meta.table_name]
+    assert sorted(_model_columns(model)) == sorted(schema)
+
+
+def test_audit_views_run_on_an_empty_database(schema_conn):
+    views = [r[0] for r in schema_conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")]
+    assert {"job_history", "today_by_client", "current_failures", "work_in_progress",
+            "delivery_log", "recent_scans"} <= set(views)
+    for view in views:
+        schema_conn.execute(f"SELECT * FROM {view}").fetchall()
+
+
+def test_connect_sets_wal_and_pragmas(tree):
+    database = db_module.connect(tree.config.paths.database)
+    try:
+        pragma = lambda name: database.execute_sql(f"PRAGMA {name}").fetchone()[0]
+        assert pragma("journal_mode") == "wal"
+        assert pragma("synchronous") == 1          # NORMAL
+        assert pragma("foreign_keys") == 1
+        assert pragma("busy_timeout") == db_module.BUSY_TIMEOUT_MS
+        assert pragma("user_version") == db_module.SCHEMA_VERSION
+    finally:
+        database.close()
+
+
+def test_connect_refuses_a_file_that_is_not_a_database(tmp_path):
+    bad = tmp_path / "pipeline.db"
+    bad.write_bytes(b"this is not an sqlite database at all" * 100)
+    with pytest.raises(db_module.DatabaseUnusable, match="pipeline.db"):
+        db_module.connect(bad)
+
+
+def test_filesystem_type_finds_the_mount(tmp_path):
+    assert db_module.filesystem_type(tmp_path / "missing" / "pipeline.db") not in ("", "unknown")
