@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
+
+
+_TEMP_SUFFIX = re.compile(r"\.[0-9a-f]{12}\.tmp")
 
 
 class Identity(NamedTuple):
@@ -148,7 +152,7 @@ def write_atomic(target: Path, data: bytes, folders: Folders, *, mtime_ns: int |
     The file keeps ``mtime_ns`` when given, so a copy carries its original's time.
     """
     folders.ensure(target.parent)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"   # matches _TEMP_SUFFIX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, folders.modes.file)
     try:
         try:
@@ -175,6 +179,27 @@ def write_atomic(target: Path, data: bytes, folders: Folders, *, mtime_ns: int |
         raise
     folders.touched(target.parent)
     return True
+
+
+def remove_stale_temporaries(folder: Path, name: str) -> int:
+    """Remove temporaries of ``name`` that a writer killed mid-copy left in ``folder``.
+
+    Called only for a job resumed after its previous owner died, for that job's own file name.
+    """
+    removed = 0
+    try:
+        candidates = [p for p in folder.glob(f".{glob_escape(name)}.*.tmp")]
+    except OSError:
+        return 0
+    for path in candidates:
+        if _TEMP_SUFFIX.fullmatch(path.name[len(name) + 1:]):
+            _unlink_quietly(path)
+            removed += 1
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -25,7 +25,8 @@ from pathlib import Path
 from . import cli, failures, rules
 from .activity import Heartbeat
 from .config import Config
-from .files import Changed, Folders, Identity, Modes, NotRegular, move_exact, read_exact, remove_exact, write_atomic
+from .files import (Changed, Folders, Identity, Modes, NotRegular, move_exact, read_exact, remove_exact,
+                    remove_stale_temporaries, write_atomic)
 from .jobs import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE, Claimed, Jobs
 from .validation import Invalid, JobDetails, parse
 
@@ -201,6 +202,10 @@ class Router:
 
     def _deliver(self, work: Work, data: bytes, delivered: set[str]) -> None:
         job, details = work.job, work.details
+        targets = rules.destinations(self.config.routes, details.client_code, details.job_category)
+        if job.claims > 1:      # its previous owner died, maybe mid-copy: clear what it left
+            for folder in [self.config.paths.store / job.client_folder] + [d.folder for d in targets]:
+                remove_stale_temporaries(folder, job.file_name)
         if work.state == "detected" and work.archive_path is None:
             target = self.config.paths.store / job.client_folder / job.file_name
             try:
@@ -214,7 +219,7 @@ class Router:
             work.archived_now = True
         problems = []
         conflict = self.config.router.conflict
-        for dest in rules.destinations(self.config.routes, details.client_code, details.job_category):
+        for dest in targets:
             target = dest.folder / job.file_name
             if str(target) in delivered:
                 continue

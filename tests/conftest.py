@@ -25,10 +25,6 @@ store = "store"
 failed = "failed"
 error_log = "log/errors"
 database = "pipeline.db"
-
-[detect]
-min_file_age = 0.3
-scan_interval = 1
 """
 
 MATRIX = """
@@ -80,9 +76,14 @@ class Tree:
         self.config_path = root / "pipeline.toml"
         self.write_config(extra)
 
-    def write_config(self, extra: str = "", routes: str = MATRIX, router: str = "") -> None:
-        """Write and load pipeline.toml: the base settings, ``router`` lines, ``extra`` tables, ``routes``."""
-        self.config_path.write_text(f"{BASE_CONFIG}\n[router]\nlease = 5\n{router}\n{extra}\n{routes}")
+    def write_config(self, extra: str = "", routes: str = MATRIX, router: str = "", detect: str = "") -> None:
+        """Write and load pipeline.toml: base paths, [detect] and [router] lines, ``extra`` tables, ``routes``.
+
+        Detection waits 0.3 s for stability and routers lease for 5 s unless the lines given say otherwise.
+        """
+        detect = "min_file_age = 0.3\nscan_interval = 1\n" * ("min_file_age" not in detect) + detect
+        router = "lease = 5\n" * ("lease" not in router) + router
+        self.config_path.write_text(f"{BASE_CONFIG}\n[detect]\n{detect}\n[router]\n{router}\n{extra}\n{routes}")
         self.config = config_module.load(self.config_path)
 
     @property

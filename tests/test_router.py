@@ -315,3 +315,18 @@ def test_audit_trail_tells_the_whole_story(tree, db):
     rows = db.execute_sql("SELECT from_state, to_state, detail FROM job_history").fetchall()
     assert [(r[0], r[1]) for r in rows] == [("-", "detected"), ("detected", "archived"), ("archived", "routed")]
     assert rows[2][2] == "to Monday Rank, Celtra; original removed"
+
+
+def test_a_resumed_job_clears_the_temporaries_its_dead_owner_left(tree, db, clock):
+    jobs = Jobs(db, "t:1", clock)
+    _detect(tree, jobs, tree.drop("RANK", "a.json"))
+    jobs.claim(ROUTE_QUEUE, 10, lease=5)                    # the first owner died mid-copy ...
+    tree.dest(RANK).mkdir(parents=True)
+    left = tree.dest(RANK) / ".a.json.0123456789ab.tmp"
+    left.write_text('{"half": ')
+    other = tree.dest(RANK) / ".b.json.0123456789ab.tmp"     # another file's: not ours to remove
+    other.write_text("{}")
+    clock.advance(6)
+    Router(tree.config, jobs).run(once=True)
+    assert Job.get().state == "routed"
+    assert sorted(os.listdir(tree.dest(RANK))) == [".b.json.0123456789ab.tmp", "a.json"]

@@ -1,0 +1,202 @@
+"""Detection: the watcher's events, the scanner's stability rule, and what is never a job (SPEC §4)."""
+
+import json
+import logging
+import os
+import threading
+import time
+
+import pytest
+
+from conftest import job_document, wait_for
+from pipeline.cli import Stopper
+from pipeline.jobs import Jobs
+from pipeline.models import Job, Scan
+from pipeline.scanner import Scanner
+from pipeline.watcher import Watcher
+
+
+@pytest.fixture
+def watch(tree, db):
+    """Run a real watcher (inotify, or polling by config) in a thread against the tree."""
+    running = []
+
+    def start():
+        stopper = Stopper()
+        watcher = Watcher(tree.config, Jobs(db, "watcher:1"), stopper)
+        thread = threading.Thread(target=watcher.run, daemon=True)
+        thread.start()
+        assert watcher.ready.wait(10)
+        running.append((stopper, thread))
+        return watcher
+
+    yield start
+    for stopper, thread in running:
+        stopper.request()
+        thread.join(10)
+
+
+def job_names():
+    return sorted(f"{j.client_folder}/{j.file_name}" for j in Job.select())
+
+
+def test_an_atomic_rename_drop_is_detected_at_once(tree, db, watch):
+    (tree.hot / "RANK").mkdir(parents=True)
+    watch()
+    tree.drop("RANK", "5903771.json")
+    wait_for(lambda: Job.select().count() == 1, message="the job")
+    job = Job.get()
+    assert (job.detected_by, job.client_folder, job.file_name) == ("realtime", "RANK", "5903771.json")
+
+
+def test_a_file_written_slowly_is_only_taken_once_it_is_closed(tree, db, watch):
+    (tree.hot / "RANK").mkdir(parents=True)
+    watch()
+    path = tree.hot / "RANK" / "slow.json"
+    body = str.encode(json.dumps(job_document("RANK")))
+    with open(path, "wb") as f:
+        for i in range(0, len(body), 10):
+            f.write(body[i:i + 10])
+            f.flush()
+            time.sleep(0.05)
+            assert Job.select().count() == 0          # still open: never taken
+    wait_for(lambda: Job.select().count() == 1, message="the job after close")
+    assert Job.get().size == len(body)
+
+
+def test_the_scanner_leaves_a_file_that_is_still_growing(tree, db):
+    jobs = Jobs(db, "scanner:1")
+    scanner = Scanner(tree.config, jobs)
+    path = tree.hot / "RANK" / "growing.json"
+    path.parent.mkdir(parents=True)
+    stop = threading.Event()
+
+    def writer():
+        with open(path, "wb") as f:
+            while not stop.is_set():
+                f.write(b" ")
+                f.flush()
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.1)
+        assert scanner.scan("periodic", "periodic") == 0
+        assert scanner.scan("periodic", "periodic") == 0
+    finally:
+        stop.set()
+        thread.join()
+    assert scanner.scan("periodic", "periodic") == 1        # unchanged for min_file_age now
+
+
+def test_the_same_file_seen_by_the_watcher_and_by_scans_gives_one_job(tree, db, watch):
+    (tree.hot / "RANK").mkdir(parents=True)
+    watch()
+    tree.drop("RANK", "a.json")
+    wait_for(lambda: Job.select().count() == 1, message="the watcher's job")
+    scanner = Scanner(tree.config, Jobs(db, "scanner:1"))
+    assert scanner.scan("startup", "startup") == 0
+    assert scanner.scan("periodic", "periodic") == 0
+    assert Job.select().count() == 1
+
+
+def test_scans_are_recorded(tree, db):
+    tree.drop("RANK", "a.json")
+    tree.drop("LOREAL", "b.json")
+    Scanner(tree.config, Jobs(db, "scanner:1")).scan("startup", "startup")
+    scan = Scan.get()
+    assert (scan.kind, scan.files_seen, scan.jobs_created, scan.slow, scan.timed_out) == ("startup", 2, 2, 0, 0)
+    assert scan.finished_at >= scan.started_at and scan.actor == "scanner:1"
+
+
+IGNORED = [".DS_Store", "._5903771.json", ".hidden.json", "~$lock.json", "a.json.tmp", "a.part",
+           "a.partial", "a.inprogress", "a.crdownload", "a.download", "a.json~", "a.txt", "a.xml"]
+
+
+def test_ignored_names_and_places_never_become_jobs(tree, db, caplog):
+    client = tree.hot / "RANK"
+    client.mkdir(parents=True)
+    for name in IGNORED:
+        (client / name).write_text("{}")
+    (tree.hot / "root.json").write_text("{}")                    # in the hot folder's root
+    (client / "deeper").mkdir()
+    (client / "deeper" / "x.json").write_text("{}")                # below a client folder
+    (client / "folder.json").mkdir()                               # a folder named like a job
+    os.mkfifo(client / "pipe.json")                                # a FIFO must not hang anything
+    outside = tree.root / "outside.json"
+    outside.write_text(json.dumps(job_document("RANK")))
+    os.symlink(outside, client / "link.json")                      # a symlink is never followed
+    os.symlink(tree.root, tree.hot / "LINKED")                     # nor a linked client folder
+    (client / "UPPER.JSON").write_text("{}")                       # .json in any case is eligible
+    caplog.set_level(logging.WARNING)
+    scanner = Scanner(tree.config, Jobs(db, "scanner:1"))
+    scanner.scan("startup", "startup")
+    scanner.scan("periodic", "periodic")
+    assert job_names() == ["RANK/UPPER.JSON"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("root.json" in w for w in warnings) == 1            # warned once, not every scan
+    assert sum("link.json" in w and "not followed" in w for w in warnings) == 1
+    assert sum("LINKED" in w for w in warnings) == 1
+
+
+def test_the_watcher_ignores_the_same_names(tree, db, watch):
+    client = tree.hot / "RANK"
+    client.mkdir(parents=True)
+    watch()
+    for name in IGNORED:
+        (client / name).write_text("{}")
+    (tree.hot / "root.json").write_text("{}")
+    os.symlink(tree.root / "pipeline.toml", client / "link.json")
+    tree.drop("RANK", "last.json")
+    wait_for(lambda: Job.select().count() >= 1, message="the eligible file")
+    time.sleep(0.2)
+    assert job_names() == ["RANK/last.json"]
+
+
+def test_a_client_folder_created_after_start_is_watched_and_early_files_found(tree, db, watch):
+    watch()
+    client = tree.hot / "NEWCLIENT"
+    client.mkdir()
+    tree.drop("NEWCLIENT", "early.json")      # may land before the folder's watch exists
+    time.sleep(0.3)
+    tree.drop("NEWCLIENT", "later.json")
+    wait_for(lambda: job_names() == ["NEWCLIENT/early.json", "NEWCLIENT/later.json"], message="both files")
+
+
+def test_a_file_moved_in_from_outside_the_hot_folder_is_detected(tree, db, watch):
+    (tree.hot / "RANK").mkdir(parents=True)
+    watch()
+    outside = tree.root / "staging.json"
+    outside.write_text(json.dumps(job_document("RANK")))
+    os.rename(outside, tree.hot / "RANK" / "moved.json")
+    wait_for(lambda: job_names() == ["RANK/moved.json"], message="the moved-in file")
+
+
+def test_an_inotify_overflow_triggers_a_full_rescan(tree, db, watch):
+    tree.drop("RANK", "missed.json")              # present before the watch: no event for it
+    tree.age(tree.hot / "RANK" / "missed.json")
+    watch()
+    time.sleep(0.1)
+    assert Job.select().count() == 0
+    # What watchdog does when the kernel reports IN_Q_OVERFLOW: it logs and carries on.
+    logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; filesystem events were lost")
+    wait_for(lambda: Job.select().count() == 1, message="the rescan's job")
+    assert Job.get().detected_by == "periodic"
+    assert Scan.get().kind == "rescan"
+
+
+def test_polling_observer_takes_files_once_they_are_stable(tree, db, watch):
+    tree.write_config(detect='observer = "polling"\nmin_file_age = 0.3\nscan_interval = 60')
+    (tree.hot / "RANK").mkdir(parents=True)
+    watch()
+    tree.drop("RANK", "polled.json", atomic=False)
+    wait_for(lambda: Job.select().count() == 1, message="the polled file")
+    assert Job.get().detected_by == "realtime"
+
+
+def test_scanner_once_exits_zero_and_records_a_startup_scan(tree, db):
+    tree.drop("RANK", "a.json")
+    proc = tree.run("scanner", "--once")
+    assert "startup scan: 1 files seen, 1 new jobs" in proc.stderr
+    assert Job.get().detected_by == "startup"

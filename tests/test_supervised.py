@@ -1,0 +1,104 @@
+"""The real programs under a real supervisord, with this repository's supervisord.conf (SPEC §2, §11)."""
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, job_document, wait_for
+from pipeline.models import Heartbeat, Job
+
+VENV_BIN = ROOT / ".venv" / "bin"
+
+
+def supervisorctl(conf: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "supervisorctl"), "-c", str(conf), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def all_running(conf: Path, expected: int) -> bool:
+    lines = supervisorctl(conf, "status").stdout.splitlines()
+    return len(lines) == expected and all(" RUNNING " in line for line in lines)
+
+
+@pytest.fixture
+def installation(tmp_path):
+    """This repository's supervisord.conf beside a link to its bin/, so %(here)s is a fresh place."""
+    here = tmp_path / "install"
+    here.mkdir()
+    shutil.copy(ROOT / "supervisord.conf", here / "supervisord.conf")
+    os.symlink(ROOT / "bin", here / "bin")
+    (here / "var" / "log").mkdir(parents=True)
+    return here
+
+
+def start_supervisord(conf: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([str(VENV_BIN / "supervisord"), "--nodaemon", "-c", str(conf)], env=env,
+                            cwd=conf.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
+    proc.send_signal(sig)
+    try:
+        return proc.wait(40)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+def test_supervisord_runs_every_program_and_files_get_routed(tree, db, installation):
+    conf = installation / "supervisord.conf"
+    proc = start_supervisord(conf, tree.env())
+    try:
+        wait_for(lambda: all_running(conf, 4), timeout=30, interval=0.3, message="4 programs RUNNING")
+        status = supervisorctl(conf, "status").stdout
+        for name in ("scanner", "watcher", "router:router_00", "router:router_01"):
+            assert name in status
+        for i, (client, category) in enumerate([("RANK", "CELTRA"), ("LOREAL", "X"), ("ACME", "Y")]):
+            tree.drop(client, f"{i}.json", job_document(client, category))
+        wait_for(lambda: Job.select().where(Job.state == "routed").count() == 3, message="3 routed jobs")
+        assert (tree.dest("Celtra - Create_Rename - Project_Design File") / "0.json").exists()
+        assert (tree.dest("CLIENT-STORES/LOREAL/IN") / "1.json").exists()
+        assert (tree.store / "ACME" / "2.json").exists() and tree.files(tree.hot) == []
+        assert {h.program for h in Heartbeat.select()} >= {"scanner", "watcher", "router_00", "router_01"}
+        assert supervisorctl(conf, "stop", "router:*").returncode == 0
+        assert "STOPPED" in supervisorctl(conf, "status", "router:router_00").stdout
+        log = (installation / "var" / "log" / "router_00.log").read_text()
+        assert "router_00 stopped" in log            # a graceful stop, not a kill
+    finally:
+        stop(proc)
+
+
+def test_the_readme_start_command_works_from_a_fresh_copy(tmp_path):
+    """bin/start on built-in defaults: venv (here linked, already built), database, supervisord in front."""
+    clone = tmp_path / "clone"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    untracked_new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=ROOT,
+                                   capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked + untracked_new:
+        if (ROOT / name).exists():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name, follow_symlinks=False)
+    os.symlink(ROOT / ".venv", clone / ".venv")
+    readme = (clone / "README.md").read_text().splitlines()
+    start = next(line.strip().strip("`") for line in readme[:15] if "bin/start" in line).split()[0]
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_CONFIG"}
+    proc = subprocess.Popen([str(clone / start)], cwd=clone, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        conf = clone / "supervisord.conf"
+        wait_for(lambda: all_running(conf, 4), timeout=30, interval=0.3, message="the pipeline to start")
+        target = clone / "var" / "hot" / "RANK" / "1.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(str(job_document("RANK")).replace("'", '"'))
+        wait_for(lambda: (clone / "var" / "store" / "RANK" / "1.json").exists(), message="the file archived")
+        assert (clone / "var" / "pipeline.db").exists()
+    finally:
+        code = stop(proc, signal.SIGINT)                 # Ctrl-C stops everything
+    assert code == 0
+    assert not (clone / "var" / "supervisor.sock").exists() or supervisorctl(conf, "status").returncode != 0
