@@ -1,7 +1,11 @@
 """The scanner: a startup scan (crash recovery), then periodic scans as a safety net (SPEC §4).
 
-A scan takes only files whose size and mtime stayed unchanged for ``detect.min_file_age``: it
-lists the hot folder, waits out that age, and looks again. A file still being written changes in
+A scan takes only files whose size and mtime stayed unchanged for ``detect.min_file_age``. On a
+local disk a file whose mtime and ctime are both older than that has been unchanged that long (any
+write moves mtime, any change moves ctime, and nobody can set ctime back), so it is taken at once:
+a backlog found after downtime starts routing without delay. Any other file, and every file when
+the hot folder is a network mount (``observer = "polling"``, where the file server's clock stamps
+the times), is looked at twice, ``min_file_age`` apart; a file still being written changes in
 between and is left for the next scan (or for the watcher's close-after-write event).
 """
 
@@ -16,7 +20,7 @@ from .activity import Heartbeat
 from .config import Config
 from .detect import HotFolder
 from .files import Identity
-from .jobs import Jobs
+from .jobs import Jobs, Sighting
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +41,13 @@ class Scanner:
         started, t0 = clock(), time.monotonic()
         scan_id = activity.scan_started(self.jobs.db, kind, self.jobs.actor, started)
         first, timed_out = self.hot.list(folders, deadline=t0 + cfg.scan_timeout)
-        if first:
+        settled, unsure = self._split_by_age(first)
+        created = self._create(settled, detected_by)
+        if unsure:
             self.stopper.wait(cfg.min_file_age - (time.monotonic() - t0))
-        stable = []
-        for sighting in first:
-            again = self.hot.restat(sighting)
-            if again and Identity.of(again.st) == Identity.of(sighting.st):
-                stable.append(again)
-        stable.sort(key=lambda s: s.st.st_mtime_ns)          # oldest drops first
-        created = 0
-        for i in range(0, len(stable), CREATE_CHUNK):
-            created += len(self.jobs.create(stable[i:i + CREATE_CHUNK], detected_by))
+            again = [self.hot.restat(s) for s in unsure]
+            created += self._create([a for s, a in zip(unsure, again)
+                                     if a and Identity.of(a.st) == Identity.of(s.st)], detected_by)
         seconds = time.monotonic() - t0
         slow = seconds > cfg.slow_scan
         activity.scan_finished(self.jobs.db, scan_id, clock(), len(first), created, slow, timed_out)
@@ -55,6 +55,20 @@ class Scanner:
         log.log(level, "%s scan: %d files seen, %d new jobs, %.2fs%s%s", kind, len(first), created, seconds,
                 " (slow)" if slow else "", " (timed out: the rest waits for the next scan)" if timed_out else "")
         return created
+
+    def _split_by_age(self, sightings: list[Sighting]) -> tuple[list[Sighting], list[Sighting]]:
+        """(unchanged for min_file_age by their own times, to be looked at again)."""
+        if self.config.detect.observer != "inotify":
+            return [], sightings
+        limit = (time.time() - self.config.detect.min_file_age) * 1e9
+        settled = [s for s in sightings if max(s.st.st_mtime_ns, s.st.st_ctime_ns) <= limit]
+        return settled, [s for s in sightings if max(s.st.st_mtime_ns, s.st.st_ctime_ns) > limit]
+
+    def _create(self, sightings: list[Sighting], detected_by: str) -> int:
+        """Jobs for the sightings, oldest drop first, in chunks so routers start on the first at once."""
+        sightings = sorted(sightings, key=lambda s: s.st.st_mtime_ns)
+        return sum(len(self.jobs.create(sightings[i:i + CREATE_CHUNK], detected_by))
+                   for i in range(0, len(sightings), CREATE_CHUNK))
 
     def run(self, once: bool = False, heartbeat: Heartbeat | None = None) -> None:
         """The startup scan, then one scan every ``detect.scan_interval`` seconds until stopped."""

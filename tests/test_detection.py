@@ -200,3 +200,37 @@ def test_scanner_once_exits_zero_and_records_a_startup_scan(tree, db):
     proc = tree.run("scanner", "--once")
     assert "startup scan: 1 files seen, 1 new jobs" in proc.stderr
     assert Job.get().detected_by == "startup"
+
+
+class RecordingStopper(Stopper):
+    def __init__(self):
+        super().__init__()
+        self.waits = []
+
+    def wait(self, seconds):
+        self.waits.append(seconds)
+        return super().wait(seconds)
+
+
+def test_a_file_unchanged_for_min_file_age_by_its_own_times_is_taken_without_waiting(tree, db):
+    tree.drop("RANK", "old.json")
+    time.sleep(0.35)                                  # ctime cannot be set back: really wait it out
+    stopper = RecordingStopper()
+    assert Scanner(tree.config, Jobs(db, "scanner:1"), stopper).scan("startup", "startup") == 1
+    assert stopper.waits == []
+
+
+def test_a_fresh_file_is_looked_at_twice(tree, db):
+    tree.drop("RANK", "fresh.json")
+    stopper = RecordingStopper()
+    assert Scanner(tree.config, Jobs(db, "scanner:1"), stopper).scan("startup", "startup") == 1
+    assert len(stopper.waits) == 1 and 0 < stopper.waits[0] <= 0.3
+
+
+def test_on_a_network_mount_every_file_is_looked_at_twice(tree, db):
+    tree.write_config(detect='observer = "polling"')
+    tree.drop("RANK", "old.json")
+    time.sleep(0.35)
+    stopper = RecordingStopper()
+    assert Scanner(tree.config, Jobs(db, "scanner:1"), stopper).scan("startup", "startup") == 1
+    assert len(stopper.waits) == 1
