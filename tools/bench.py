@@ -1,0 +1,324 @@
+"""Benchmarks of SPEC §12, each next to a baseline measured in the same run.
+
+    tools/bench [--n 5000] [--quick] [--no-record]
+
+Every figure is measured on a temporary tree with the real programs under a real supervisord,
+using this repository's supervisord.conf, fsync on, leases on. Results are printed and appended to
+BENCHMARKS.md with the date and the commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workload import CLIENTS, drop, write_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+sys.path.insert(0, str(ROOT))
+from pipeline import rules  # noqa: E402
+from pipeline import config as config_module  # noqa: E402
+from pipeline import db as db_module  # noqa: E402
+
+
+@dataclass
+class Line:
+    what: str
+    figure: str
+    baseline: str
+    ratio: str
+    target: str
+    ok: bool | None = None
+
+
+@dataclass
+class Results:
+    lines: list[Line] = field(default_factory=list)
+
+    def add(self, *args, **kwargs) -> None:
+        line = Line(*args, **kwargs)
+        self.lines.append(line)
+        mark = {True: "ok", False: "MISSED", None: ""}[line.ok]
+        print(f"  {line.what}: {line.figure} | baseline {line.baseline} | ratio {line.ratio} | "
+              f"target {line.target} {mark}", flush=True)
+
+
+# --- a pipeline under supervisord on a temporary tree ----------------------------------------------
+
+class Pipeline:
+    """This repository's supervisord.conf on a temporary tree (its bin/ linked)."""
+
+    def __init__(self, root: Path, config_extra: str = ""):
+        self.root = root
+        self.config_path = write_config(root, config_extra)
+        self.config = config_module.load(self.config_path)
+        (root / "bin").symlink_to(ROOT / "bin")
+        shutil.copy(ROOT / "supervisord.conf", root / "supervisord.conf")
+        (root / "var" / "log").mkdir(parents=True)
+        db_module.connect(self.config.paths.database).close()     # the schema, before anyone polls
+        self.proc: subprocess.Popen | None = None
+        self.first_id = 0
+
+    def mark_prefilled(self) -> None:
+        with self.db() as conn:
+            self.first_id = conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
+
+    def start(self) -> float:
+        env = dict(os.environ, PIPELINE_CONFIG=str(self.config_path))
+        started = time.time()
+        self.proc = subprocess.Popen([str(VENV_BIN / "supervisord"), "--nodaemon", "-c",
+                                      str(self.root / "supervisord.conf")], env=env, cwd=self.root,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return started
+
+    def ctl(self, *args: str) -> str:
+        return subprocess.run([str(VENV_BIN / "supervisorctl"), "-c", str(self.root / "supervisord.conf"), *args],
+                              capture_output=True, text=True).stdout
+
+    def wait_running(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            lines = self.ctl("status").splitlines()
+            if lines and all(" RUNNING " in line for line in lines):
+                return
+            time.sleep(0.2)
+        raise SystemExit("the pipeline did not start: " + self.ctl("status"))
+
+    def peak_rss(self) -> dict[str, float]:
+        """Peak resident memory (VmHWM) of each program, in MB."""
+        out = {}
+        for name in (line.split()[0] for line in self.ctl("status").splitlines() if line.strip()):
+            pid = self.ctl("pid", name).strip()
+            if pid.isdigit() and pid != "0":
+                for status_line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if status_line.startswith("VmHWM:"):
+                        out[name] = int(status_line.split()[1]) / 1024
+        return out
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.config.paths.database, timeout=30)
+
+    def count(self, state: str) -> int:
+        """Jobs in ``state`` among those this run created (a pre-filled table is not counted)."""
+        with self.db() as conn:
+            return conn.execute("SELECT count(*) FROM jobs WHERE state = ? AND id > ?",
+                                (state, self.first_id)).fetchone()[0]
+
+    def wait_count(self, state: str, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count(state) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {self.count(state)} of {n} jobs {state} after {timeout}s")
+            time.sleep(0.02)
+
+
+def pre_drop(hot: Path, n: int, seed: int = 1) -> list[Path]:
+    rng = random.Random(seed)
+    return [drop(hot, i, rng) for i in range(n)]
+
+
+def settle(seconds: float = 1.1) -> None:
+    """Let a pre-dropped backlog age past min_file_age, as files dropped during downtime have."""
+    time.sleep(seconds)
+
+
+# --- the measurements ---------------------------------------------------------------------------
+
+def baseline_loop(n: int) -> float:
+    """A plain Python loop doing the router's file work with fsync, no database: files/s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        config = config_module.load(write_config(root))
+        files = pre_drop(config.paths.hot_folder, n)
+        t0 = time.perf_counter()
+        touched = set()
+        for path in files:
+            data = path.read_bytes()
+            details = json.loads(data)["JobSpecification"]["JobDetails"]
+            client = path.parent.name
+            targets = [config.paths.store / client] + [d.folder for d in rules.destinations(
+                config.routes, details["ClientCode"], details["JobCategory"])]
+            for folder in targets:
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp_path = folder / f".{path.name}.tmp"
+                with open(tmp_path, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp_path, folder / path.name)
+                touched.add(folder)
+            os.unlink(path)
+            touched.add(path.parent)
+        for folder in touched:
+            fd = os.open(folder, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        return n / (time.perf_counter() - t0)
+
+
+def pipeline_backlog(n: int, finished_rows: int = 0) -> tuple[float, dict[str, float]]:
+    """N files pre-dropped, the whole supervised pipeline from start to the last routed: files/s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Pipeline(Path(tmp))
+        if finished_rows:
+            fill_finished(p.config.paths.database, finished_rows)
+            p.mark_prefilled()
+        pre_drop(p.config.paths.hot_folder, n)
+        settle()
+        try:
+            started = p.start()
+            p.wait_count("routed", n, timeout=600)
+            with p.db() as conn:
+                last = conn.execute("SELECT max(routed_at) FROM jobs WHERE id > ?", (p.first_id,)).fetchone()[0]
+            rss = p.peak_rss()
+        finally:
+            p.stop()
+        return n / (last - started), rss
+
+
+def fill_finished(database: Path, rows: int) -> None:
+    """A table of ``rows`` finished jobs over the last 90 days, with their audit rows and deliveries."""
+    now = time.time()
+    conn = sqlite3.connect(database)
+    conn.executescript(f"""
+        BEGIN;
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+        INSERT INTO jobs (uuid, state, source_path, client_folder, file_name, size, mtime_ns, ctime_ns,
+                          device, inode, sha256, client_code, job_category, detected_by, detected_at,
+                          archived_at, routed_at, updated_at, next_attempt_at, archive_path)
+        SELECT lower(hex(randomblob(16))), 'routed', '/old/hot/C' || (i % 9) || '/' || i || '.json',
+               'C' || (i % 9), i || '.json', 2000, ({now} - i * 7.7) * 1e9, ({now} - i * 7.7) * 1e9,
+               1, 10000000 + i, lower(hex(randomblob(32))), 'C' || (i % 9), 'PRODUCTION', 'realtime',
+               {now} - i * 7.7, {now} - i * 7.7 + 0.01, {now} - i * 7.7 + 0.02, {now} - i * 7.7 + 0.02,
+               {now} - i * 7.7 + 0.02, '/old/store/C' || (i % 9) || '/' || i || '.json'
+        FROM n;
+        INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail)
+        SELECT id, detected_at, NULL, 'detected', 'scanner:1', 'realtime' FROM jobs;
+        INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail)
+        SELECT id, archived_at, 'detected', 'archived', 'router_00:1', archive_path FROM jobs;
+        INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail)
+        SELECT id, routed_at, 'archived', 'routed', 'router_00:1', 'to X' FROM jobs;
+        INSERT INTO deliveries (job_id, name, path, action, delivered_at)
+        SELECT id, 'Dest', '/old/dest/' || file_name, 'written', routed_at FROM jobs;
+        COMMIT;
+    """)
+    conn.close()
+
+
+def latency(count: int, rate: float = 20.0) -> list[float]:
+    """Files dropped at ``rate``/s into an idle running pipeline: drop-to-routed seconds each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Pipeline(Path(tmp))
+        for client, _ in CLIENTS:                  # a real hot folder has its client folders
+            (p.config.paths.hot_folder / client).mkdir(parents=True)
+        try:
+            p.start()
+            p.wait_running()
+            time.sleep(2)                          # let every program reach its idle loop
+            rng = random.Random(2)
+            dropped = {}
+            next_at = time.monotonic()
+            for i in range(count):
+                next_at += 1 / rate
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                path = drop(p.config.paths.hot_folder, i, rng)
+                dropped[path.name] = time.time()   # the file is complete and in place from here
+            p.wait_count("routed", count, timeout=120)
+            with p.db() as conn:
+                routed = dict(conn.execute("SELECT file_name, routed_at FROM jobs"))
+        finally:
+            p.stop()
+        return sorted(routed[name] - at for name, at in dropped.items())
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def main() -> None:
+    argp = argparse.ArgumentParser(prog="tools/bench", description=__doc__.splitlines()[0])
+    argp.add_argument("--n", type=int, default=5000, help="backlog files (default 5000)")
+    argp.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a record")
+    argp.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    args = argp.parse_args()
+    n = 1000 if args.quick else args.n
+    finished = 100_000 if args.quick else 1_000_000
+    drops = 60 if args.quick else 300
+    results = Results()
+    print(f"backlog of {n} files (baseline loop, then the supervised pipeline)", flush=True)
+    base = baseline_loop(n)
+    empty, rss = pipeline_backlog(n)
+    results.add(f"backlog throughput, N={n}", f"{empty:.0f} files/s", f"{base:.0f} files/s",
+                f"{empty / base:.2f}", ">= 0.50", empty / base >= 0.5)
+
+    print(f"latency: {drops} files dropped at 20/s into an idle pipeline", flush=True)
+    lat = latency(drops)
+    per_file = 1000 / base
+    for q, target in ((50, 0.050), (95, None), (99, 0.250)):
+        v = percentile(lat, q)
+        results.add(f"latency p{q}", f"{v * 1000:.1f} ms", f"{per_file:.1f} ms/file (loop)",
+                    f"{v * 1000 / per_file:.1f}", f"<= {target * 1000:.0f} ms" if target else "-",
+                    v <= target if target else None)
+    results.add("latency max", f"{max(lat) * 1000:.1f} ms", f"{per_file:.1f} ms/file (loop)",
+                f"{max(lat) * 1000 / per_file:.1f}", "-")
+
+    print(f"the same backlog on a table of {finished:,} finished jobs", flush=True)
+    full, _ = pipeline_backlog(n, finished_rows=finished)
+    results.add(f"backlog on {finished:,} finished jobs", f"{full:.0f} files/s", f"{empty:.0f} files/s (empty table)",
+                f"{full / empty:.2f}", ">= 0.90", full / empty >= 0.9)
+
+    for program, mb in sorted(rss.items()):
+        results.add(f"peak RSS {program}", f"{mb:.1f} MB", "-", "-", "< 60 MB", mb < 60)
+
+    if not args.no_record and not args.quick:
+        record(results, n, finished)
+
+
+def record(results: Results, n: int, finished: int) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"\n## {when}, commit {commit}{' (with uncommitted changes)' if dirty else ''}\n",
+             f"`tools/bench --n {n}` on {os.cpu_count()} cores; {finished:,}-row table.\n",
+             "| what | figure | baseline | ratio | target | |", "| --- | --- | --- | --- | --- | --- |"]
+    for line in results.lines:
+        mark = {True: "ok", False: "**missed**", None: ""}[line.ok]
+        lines.append(f"| {line.what} | {line.figure} | {line.baseline} | {line.ratio} | {line.target} | {mark} |")
+    path = ROOT / "BENCHMARKS.md"
+    if not path.exists():
+        path.write_text("# Benchmarks\n\nFigures of SPEC §12 from `tools/bench`, newest last. Each figure is "
+                        "measured next to its baseline in the same run.\n")
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"appended to {path}")
+
+
+if __name__ == "__main__":
+    main()
