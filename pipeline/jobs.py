@@ -35,6 +35,10 @@ NOTIFY_QUEUE = "state = 'routed'"                   # must match the partial ind
 
 STEP_OF_STATE = {"detected": "validate", "archived": "route", "routed": "notify"}
 
+# Where ``bin/requeue`` puts a job back, by the step it failed at. A validation failure goes back
+# to detected too, but with its file (Jobs.requeue_file); a detect failure has nothing to put back.
+REQUEUE_STATE = {"archive": "detected", "route": "archived", "notify": "routed"}
+
 _CLAIMED_COLUMNS = ("id, uuid, state, source_path, client_folder, file_name, size, mtime_ns, "
                     "device, inode, sha256, client_code, job_category, archive_path, failed_path, "
                     "attempts, claims, last_error, detected_at")
@@ -139,6 +143,22 @@ _SQL_WAIT = """
 UPDATE jobs SET next_attempt_at = ?, updated_at = ?, attempts = ?, last_error = ?,
                 claims = 0, lease_owner = NULL, lease_token = NULL
 WHERE id = ? AND lease_token = ? AND state = ?"""
+
+_SQL_REQUEUE = """
+UPDATE jobs SET state = ?, updated_at = ?, next_attempt_at = ?, attempts = 0, claims = 0,
+                last_error = NULL, failed_step = NULL, failed_at = NULL
+WHERE id = ? AND state = 'failed' AND failed_step = ?"""
+
+_SQL_REQUEUE_FILE = """
+UPDATE jobs SET state = 'detected', updated_at = ?, source_path = ?, device = ?, inode = ?, size = ?,
+                mtime_ns = ?, ctime_ns = ?, failed_path = NULL, attempts = 0, claims = 0,
+                last_error = NULL, failed_step = NULL, failed_at = NULL,
+                lease_owner = ?, lease_token = ?, next_attempt_at = ?
+WHERE id = ? AND state = 'failed' AND failed_step = 'validate'"""
+
+_SQL_FILE_IN_PLACE = """
+UPDATE jobs SET source_path = ?, ctime_ns = ?, next_attempt_at = ?, lease_owner = NULL, lease_token = NULL
+WHERE id = ? AND lease_token = ? AND state = 'detected'"""
 
 _SQL_RELEASE = """
 UPDATE jobs SET next_attempt_at = ?, claims = max(claims - 1, 0), lease_owner = NULL, lease_token = NULL
@@ -279,3 +299,65 @@ class Jobs:
         self._expect_one(self._sql(_SQL_WAIT, (
             now + delay, now, attempts, error, job.id, token, job.state)), job.id)
         self._event(job.id, now, job.state, job.state, f"retry {attempts} in {delay:g}s: {error}")
+
+    # -- requeue (bin/requeue; failed jobs hold no lease) -----------------------------------------
+
+    def requeue(self, job_id: int, step: str, detail: str) -> bool:
+        """failed -> the state before ``step`` (REQUEUE_STATE), due now with a fresh retry budget.
+
+        Returns False when the job is no longer failed at ``step`` (someone requeued it first).
+        """
+        now = self.clock()
+        to_state = REQUEUE_STATE[step]
+        if self._sql(_SQL_REQUEUE, (to_state, now, now, job_id, step)).rowcount != 1:
+            return False
+        self._event(job_id, now, "failed", to_state, detail)
+        return True
+
+    def requeue_file(self, job_id: int, path: str, st: os.stat_result, hold: float, detail: str) -> str | None:
+        """failed at validate -> detected, as the file ``st`` at ``path`` (a hidden copy in the hot folder).
+
+        The job stays leased to this actor for ``hold`` seconds while the copy is put in place
+        (``file_in_place``). Should the actor die meanwhile, the lease expires and a router takes
+        the job from the hidden copy, which is the exact file the job records. Returns the lease
+        token, or None when the job is no longer failed at validate.
+        """
+        now = self.clock()
+        token = uuid.uuid4().hex
+        if self._sql(_SQL_REQUEUE_FILE, (
+                now, path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                self.actor, token, now + hold, job_id)).rowcount != 1:
+            return None
+        self._event(job_id, now, "failed", "detected", detail)
+        return token
+
+    def file_in_place(self, token: str, job_id: int, path: str, ctime_ns: int) -> None:
+        """The requeued file is now at ``path`` (same inode and mtime): record it and make the job due.
+
+        The new ctime (a link or rename changes it) lets ``create`` recognise a later sighting.
+        """
+        self._expect_one(self._sql(_SQL_FILE_IN_PLACE, (path, ctime_ns, self.clock(), job_id, token)), job_id)
+
+
+# -- retention (the reporter, nightly) -------------------------------------------------------------
+
+_SQL_PRUNE = """
+DELETE FROM jobs WHERE id IN (
+    SELECT id FROM jobs WHERE updated_at < ? AND state IN ('routed', 'notified', 'failed') LIMIT ?)"""
+
+PRUNE_CHUNK = 2000   # jobs per delete transaction: routers wait for each chunk, never for the whole prune
+
+
+def prune(db: peewee.SqliteDatabase, before: float, chunk: int = PRUNE_CHUNK) -> int:
+    """Delete finished jobs whose last change is older than ``before``; returns how many.
+
+    Their audit rows and deliveries go with them (ON DELETE CASCADE); the daily reports keep their
+    figures. Jobs still in flight are kept whatever their age: they are someone's work.
+    """
+    deleted = 0
+    while True:
+        with db.atomic("IMMEDIATE"):
+            count = db.execute_sql(_SQL_PRUNE, (before, chunk)).rowcount
+        deleted += count
+        if count < chunk:
+            return deleted

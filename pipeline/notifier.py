@@ -1,0 +1,415 @@
+"""The notifier: POSTs each routed job's JSON to the API, with retries and backoff (SPEC §7).
+
+The main thread claims due jobs and commits their outcomes; a pool of ``api.concurrency`` worker
+threads only makes the HTTP calls, so one slow call never holds the others. No HTTP call happens
+inside a write transaction: claim (commit), POST, commit the outcome.
+
+The retry schedule lives in the table: a failed attempt commits ``attempts`` and the time of the
+next one (``next_attempt_at``), so a notifier killed between attempts resumes the same schedule
+and neither loses an attempt nor makes one early. Every request carries ``Idempotency-Key: <job
+uuid>``, the same on every attempt, so the receiver can drop the duplicate that a crash between
+POST and commit produces.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import hashlib
+import http.client
+import itertools
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import backoff
+import requests
+from requests.structures import CaseInsensitiveDict
+
+from . import activity, cli, failures
+from .activity import Heartbeat
+from .config import Config, ConfigError
+from .files import Folders, Modes
+from .jobs import MAX_CLAIMS, NOTIFY_QUEUE, Claimed, Jobs, LeaseLost
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.05        # seconds between looks at the queue while nothing is due
+UTF8_BOM = b"\xef\xbb\xbf"      # stripped: JSON on the wire must not start with one
+RETRIED_STATUSES = {408, 429}
+
+
+def resolve_headers(configured: Mapping[str, str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The configured headers with each ``env:NAME`` value read from the environment, once at start.
+
+    A missing variable is a configuration error naming the header and the variable, never a value.
+    """
+    resolved = {}
+    for name, value in configured.items():
+        if value.startswith("env:"):
+            variable = value[4:]
+            if variable not in environ:
+                raise ConfigError(f"[api] headers {name}: the environment variable {variable} is not set")
+            value = environ[variable]
+        resolved[name] = value
+    return resolved
+
+
+def backoff_delay(attempt: int, cap: float) -> float:
+    """Seconds to wait after failed attempt number ``attempt``: 2**attempt, capped at ``cap``.
+
+    backoff.expo yields 1, 2, 4, ... once primed, so the value at index ``attempt`` is 2**attempt:
+    2 s after the first attempt, 4 s after the second. No jitter: the schedule is exact.
+    """
+    waits = backoff.expo(base=2, factor=1, max_value=cap)
+    next(waits)             # backoff's wait generators first yield None (they are primed by send)
+    return float(next(itertools.islice(waits, attempt, None)))
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """A Retry-After header in seconds from ``now``: delay-seconds or an HTTP date; None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:             # "-0000" in a date means UTC with no zone information
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(when.timestamp() - now, 0.0)
+
+
+def redact(url: str) -> str:
+    """The endpoint as it may be logged: credentials in the address are hidden."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else "")))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one call came to, as a worker thread found it."""
+    kind: str                       # "ok", "retry" (worth another attempt) or "fail" (never will be)
+    message: str                    # one line a person understands
+    attempted: bool = True          # False when nothing was sent (the archived copy is missing)
+    retry_after: str | None = None  # the raw header, turned into a delay with the injected clock
+
+
+@dataclass
+class Call:
+    """A claimed job on its way to the API."""
+    token: str
+    job: Claimed
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def label(self) -> str:
+        return f"{self.job.client_folder}/{self.job.file_name}"
+
+
+@dataclass
+class Outcome:
+    """What to commit for a call: notified, wait (a retry later) or failed."""
+    call: Call
+    kind: str
+    attempts: int
+    message: str
+    delay: float = 0.0
+
+
+class Notifier:
+    def __init__(self, config: Config, jobs: Jobs, stopper: cli.Stopper | None = None,
+                 environ: Mapping[str, str] = os.environ):
+        self.config = config
+        self.jobs = jobs
+        self.stopper = stopper or cli.Stopper()
+        api = config.api
+        self.headers = resolve_headers(api.headers, environ)
+        # A claimed job may wait in the pool behind one full timeout before its own call starts.
+        self.lease = api.timeout * 2 + 30
+        self.in_flight_limit = api.concurrency * 2
+        self.places = Folders(Modes(file=config.router.file_mode, dir=config.router.dir_mode), create=True)
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, once: bool = False, heartbeat: Heartbeat | None = None) -> None:
+        """Notify due jobs until stopped; with ``once``, until nothing is due or in flight."""
+        if not self.config.api.endpoint:
+            self._idle(once, heartbeat)
+            return
+        log.info("notifying %s with %d requests in flight at most", redact(self.config.api.endpoint),
+                 self.config.api.concurrency)
+        try:
+            with ThreadPoolExecutor(self.config.api.concurrency, thread_name_prefix="notify") as pool:
+                self._loop(pool, once, heartbeat)
+        finally:
+            with self._sessions_lock:
+                for session in self._sessions:
+                    session.close()
+
+    def _idle(self, once: bool, heartbeat: Heartbeat | None) -> None:
+        log.info("no api.endpoint configured: routed is the final state, nothing to notify")
+        while True:
+            if heartbeat:
+                heartbeat.beat()
+            if once or self.stopper.wait(activity.HEARTBEAT_INTERVAL):
+                return
+
+    def _loop(self, pool: ThreadPoolExecutor, once: bool, heartbeat: Heartbeat | None) -> None:
+        in_flight: dict[Future, Call] = {}
+        ready: list[Outcome] = []           # decided, not yet committed
+        unsent: list[Call] = []             # claimed, never sent, to give back on a stop
+        pause = POLL_INTERVAL
+        while True:
+            if heartbeat:
+                heartbeat.beat()
+            stopping = self.stopper.requested
+            if stopping:
+                unsent += [in_flight.pop(f) for f in list(in_flight) if f.cancel()]
+            claimed = 0
+            try:
+                if not stopping and len(in_flight) < self.in_flight_limit and self.jobs.has_due(NOTIFY_QUEUE):
+                    claimed = self._claim(pool, in_flight, ready)
+                if ready:
+                    self._commit(ready)
+                    ready = []
+                if unsent:
+                    self._release(unsent)
+                    unsent = []
+                pause = POLL_INTERVAL
+            except Exception as e:
+                if not cli.is_locked(e):
+                    raise
+                pause = min(pause * 2, 5.0)
+                log.warning("database busy past the timeout (%s); trying again in %.1fs", e, pause)
+                self.stopper.wait(pause)
+                continue
+            if not in_flight:
+                if stopping or once and not claimed:
+                    return
+                if not claimed:
+                    self.stopper.wait(POLL_INTERVAL)
+                continue
+            done, _ = wait(in_flight, timeout=POLL_INTERVAL, return_when=FIRST_COMPLETED)
+            now = self.jobs.clock()
+            for future in done:
+                call, answer = in_flight.pop(future), future.result()
+                if answer is None:
+                    unsent.append(call)
+                else:
+                    ready.append(self._decide(call, answer, now))
+
+    def _claim(self, pool: ThreadPoolExecutor, in_flight: dict[Future, Call], ready: list[Outcome]) -> int:
+        """Claim due jobs up to the in-flight limit and hand them to the pool; returns how many."""
+        batch = self.jobs.claim(NOTIFY_QUEUE, self.in_flight_limit - len(in_flight), self.lease)
+        for job in batch.jobs:
+            call = Call(batch.token, job)
+            if job.claims > MAX_CLAIMS:
+                ready.append(Outcome(call, "failed", job.attempts,
+                                     f"claimed {job.claims - 1} times without an outcome being recorded "
+                                     "(the notifier stopped each time); not tried again"))
+            else:
+                in_flight[pool.submit(self._call, job)] = call
+        return len(batch.jobs)
+
+    def _release(self, calls: list[Call]) -> None:
+        """Give back jobs claimed but never sent (a stop): due at once, their claim not counted."""
+        tokens: dict[str, list[int]] = {}
+        for call in calls:
+            tokens.setdefault(call.token, []).append(call.job.id)
+        for token, job_ids in tokens.items():
+            self.jobs.release(token, job_ids)
+
+    # -- one call (in a worker thread) ------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        """One pooled session per worker thread: requests does not promise that sharing is safe."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.verify = self.config.api.verify_tls
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def _call(self, job: Claimed) -> Answer | None:
+        """POST the job's archived JSON; None when a stop came first. Never raises: an unexpected
+        error is logged and retried."""
+        if self.stopper.requested:          # queued behind a call that finished after the stop
+            return None
+        try:
+            return self._post(job)
+        except Exception as e:
+            log.exception("%s/%s: unexpected error while notifying", job.client_folder, job.file_name)
+            return Answer("retry", f"unexpected error while notifying: {type(e).__name__}")
+
+    def _post(self, job: Claimed) -> Answer:
+        api = self.config.api
+        if not job.archive_path:
+            return Answer("fail", "no archived copy is recorded for the job: nothing to send", attempted=False)
+        try:
+            data = Path(job.archive_path).read_bytes()
+        except FileNotFoundError:
+            return Answer("fail", f"archived copy {job.archive_path} is missing: nothing to send", attempted=False)
+        except OSError as e:
+            return Answer("fail", f"cannot read the archived copy {job.archive_path}: {e.strerror}",
+                          attempted=False)
+        if job.sha256 and hashlib.sha256(data).hexdigest() != job.sha256:
+            return Answer("fail", f"archived copy {job.archive_path} was replaced by a newer file of the same name "
+                                  "before it was sent (the newer job sends its own)", attempted=False)
+        body = data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
+        headers = CaseInsensitiveDict(self.headers)
+        headers["Content-Type"] = "application/json"
+        headers["Idempotency-Key"] = job.uuid
+        try:
+            # Redirects are not followed: requests would turn the POST into a GET.
+            response = self._session().post(api.endpoint, data=body, headers=headers, timeout=api.timeout,
+                                            allow_redirects=False)
+        except requests.RequestException as e:
+            return Answer("retry", describe_error(e, api.timeout))
+        with response:
+            return classify(response, secrets=self.headers.values())
+
+    # -- outcomes (main thread) -------------------------------------------------------------------
+
+    def _decide(self, call: Call, answer: Answer, now: float) -> Outcome:
+        api = self.config.api
+        attempts = call.job.attempts + (1 if answer.attempted else 0)
+        if answer.kind == "ok":
+            return Outcome(call, "notified", attempts, answer.message)
+        if answer.kind == "fail":
+            return Outcome(call, "failed", attempts, answer.message)
+        if attempts >= api.max_attempts:
+            return Outcome(call, "failed", attempts,
+                           f"{answer.message} (attempt {attempts} of {api.max_attempts}; giving up)")
+        delay = retry_after(answer.retry_after, now)
+        if delay is None:
+            delay = backoff_delay(attempts, api.backoff_cap)
+        return Outcome(call, "wait", attempts, f"{answer.message} (attempt {attempts} of {api.max_attempts})",
+                       delay)
+
+    def _commit(self, outcomes: list[Outcome]) -> None:
+        """Commit decided outcomes in one transaction, then log them and write the error logs."""
+        with self.jobs.transaction():
+            for o in outcomes:
+                try:
+                    self._record(o)
+                except LeaseLost:
+                    log.warning("%s: lease lost (the call took longer than %gs); leaving the job to its new "
+                                "owner", o.call.label, self.lease)
+                    o.kind = "lost"
+        now = self.jobs.clock()
+        for o in outcomes:
+            self._report(o, now)
+        self.places.sync()
+
+    def _record(self, o: Outcome) -> None:
+        token, job = o.call.token, o.call.job
+        if o.kind == "notified":
+            self.jobs.notified(token, job.id, o.attempts, f"{o.message} on attempt {o.attempts}")
+        elif o.kind == "wait":
+            self.jobs.wait(token, job, o.delay, o.message, o.attempts)
+        else:
+            self.jobs.failed(token, job, "notify", o.message, o.attempts)
+
+    def _report(self, o: Outcome, now: float) -> None:
+        ms = (time.monotonic() - o.call.started) * 1000
+        if o.kind == "notified":
+            log.info("notified %s: %s on attempt %d (%.0f ms)", o.call.label, o.message, o.attempts, ms)
+        elif o.kind == "wait":
+            log.warning("%s: %s; trying again in %gs", o.call.label, o.message, o.delay)
+        elif o.kind == "failed":
+            log.error("failed %s at notify: %s", o.call.label, o.message)
+            job = o.call.job
+            failures.write_error_log(self.config.paths.error_log, job, o.message, o.attempts,
+                                     job.archive_path or job.source_path, now, self.places)
+
+
+def classify(response: requests.Response, secrets: Iterable[str] = ()) -> Answer:
+    """2xx succeeds; 408, 429 and 5xx are worth another attempt; anything else never will be.
+
+    A refusal quotes the start of the answer's body (it often says what is wrong), with any header
+    value masked: an API that echoes the request must not put a token into the log.
+    """
+    status = response.status_code
+    said = f"API answered {status} {response.reason or http.client.responses.get(status, '')}".rstrip()
+    if 200 <= status < 300:
+        return Answer("ok", said)
+    if status in RETRIED_STATUSES or 500 <= status < 600:
+        return Answer("retry", said, retry_after=response.headers.get("Retry-After"))
+    if 300 <= status < 400:
+        where = response.headers.get("Location")
+        return Answer("fail", f"{said}{f' to {where}' if where else ''}; redirects are not followed, "
+                              "check api.endpoint")
+    excerpt = " ".join(response.text.split())
+    for secret in secrets:
+        if secret:
+            excerpt = excerpt.replace(secret, "***")
+    excerpt = excerpt[:200]
+    return Answer("fail", f"{said}{f': {excerpt}' if excerpt else ''} (not retried)")
+
+
+def describe_error(error: requests.RequestException, timeout: float) -> str:
+    """One line for a call that got no answer: unreachable, timed out, TLS."""
+    if isinstance(error, requests.ConnectTimeout):
+        return f"API did not accept a connection within {timeout:g} s"
+    if isinstance(error, requests.Timeout):
+        return f"API did not answer within {timeout:g} s"
+    if isinstance(error, requests.exceptions.SSLError):
+        return f"API TLS error: {_root_reason(error)}"
+    if isinstance(error, requests.ConnectionError):
+        return f"API unreachable: {_root_reason(error)}"
+    return f"API call failed: {_root_reason(error)}"
+
+
+def _root_reason(error: BaseException) -> str:
+    """The innermost cause worth telling a person (urllib3 wraps it three levels deep)."""
+    reason, seen = type(error).__name__, set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            return "host name not found"
+        if isinstance(current, http.client.RemoteDisconnected):
+            return "the connection was closed without an answer"
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current.verify_message or "certificate verify failed"
+        if isinstance(current, OSError) and current.strerror:
+            reason = current.strerror[0].lower() + current.strerror[1:]
+        inner = [current.__cause__, getattr(current, "reason", None), *current.args[:1], current.__context__]
+        current = next((e for e in inner if isinstance(e, BaseException)), None)
+    return reason
+
+
+def main(argv: list[str] | None = None) -> int:
+    argp = cli.parser("notifier", "POST each routed job's JSON to api.endpoint, retrying with backoff.")
+
+    def start(ctx: cli.Context) -> None:
+        try:
+            notifier = Notifier(ctx.config, Jobs(ctx.db, ctx.actor), ctx.stopper)
+        except ConfigError as e:
+            log.error("configuration error: %s", e)
+            raise SystemExit(cli.EXIT_CONFIG) from None
+        notifier.run(once=ctx.args.once, heartbeat=Heartbeat(ctx.db, ctx.name))
+
+    return cli.run_program("notifier", argp, start, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
