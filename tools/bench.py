@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.server
 import json
 import os
 import random
@@ -21,9 +22,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workload import CLIENTS, drop, write_config  # noqa: E402
@@ -254,6 +258,60 @@ def latency(count: int, rate: float = 20.0) -> list[float]:
         return sorted(routed[name] - at for name, at in dropped.items())
 
 
+class _Ok(http.server.BaseHTTPRequestHandler):
+    """Answers every POST at once with 200, keeping the connection open."""
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True     # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+def api_server() -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def notifier_throughput(n: int) -> tuple[float, float]:
+    """(bin/notifier jobs/s, a plain requests loop posting the same bodies: posts/s)."""
+    server = api_server()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}/jobs"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            config = write_config(root)
+            pre_drop(root / "hot", n)
+            settle()
+            env = dict(os.environ, PIPELINE_CONFIG=str(config))
+            for program in ("scanner", "router"):
+                subprocess.run([ROOT / "bin" / program, "--once"], env=env, check=True, stderr=subprocess.DEVNULL)
+            bodies = [p.read_bytes() for p in sorted((root / "store").rglob("*.json"))]
+            session = requests.Session()
+            t0 = time.perf_counter()
+            for body in bodies:
+                session.post(endpoint, data=body, headers={"Content-Type": "application/json"}, timeout=10)
+            loop = len(bodies) / (time.perf_counter() - t0)
+            write_config(root, f'[api]\nendpoint = "{endpoint}"\n')
+            started = time.time()
+            subprocess.run([ROOT / "bin" / "notifier", "--once"], env=env, check=True, stderr=subprocess.DEVNULL)
+            with sqlite3.connect(root / "pipeline.db") as conn:
+                done, last = conn.execute("SELECT count(*), max(notified_at) FROM jobs WHERE state = 'notified'").fetchone()
+            if done != n:
+                raise SystemExit(f"only {done} of {n} jobs notified")
+            return n / (last - started), loop
+    finally:
+        server.shutdown()
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -286,6 +344,12 @@ def main() -> None:
                     v <= target if target else None)
     results.add("latency max", f"{max(lat) * 1000:.1f} ms", f"{per_file:.1f} ms/file (loop)",
                 f"{max(lat) * 1000 / per_file:.1f}", "-")
+
+    jobs_n = 500 if args.quick else 2000
+    print(f"notifier: {jobs_n} routed jobs against a local HTTP server answering at once", flush=True)
+    notified, loop = notifier_throughput(jobs_n)
+    results.add("notifier throughput", f"{notified:.0f} jobs/s", f"{loop:.0f} posts/s (plain requests loop)",
+                f"{notified / loop:.2f}", ">= 300 jobs/s", notified >= 300)
 
     print(f"the same backlog on a table of {finished:,} finished jobs", flush=True)
     full, _ = pipeline_backlog(n, finished_rows=finished)
