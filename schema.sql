@@ -96,6 +96,47 @@ CREATE TABLE IF NOT EXISTS heartbeats (
     PRIMARY KEY (program, host)
 );
 
+-- The reporter's index: the day's report and the retention pruning look jobs up by outcome time.
+CREATE INDEX IF NOT EXISTS jobs_routed       ON jobs (routed_at);
+
+-- One row per report of a period (kind 'daily': a calendar day in report.timezone), created
+-- before it is due. Claimed with a lease like a job, so two reporters send it once; its figures
+-- are kept as JSON, so they outlive the jobs that retention prunes.
+CREATE TABLE IF NOT EXISTS reports (
+    id              INTEGER PRIMARY KEY,
+    kind            TEXT    NOT NULL CHECK (kind IN ('daily')),
+    day             TEXT    NOT NULL,                 -- YYYY-MM-DD, local to report.timezone
+    -- pending until sent; recorded: figures kept but not sent (no smtp.host or recipients)
+    state           TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'recorded')),
+    created_at      REAL    NOT NULL,
+    next_attempt_at REAL    NOT NULL,                 -- due time; while claimed, the lease expiry
+    claimed_by      TEXT,                             -- program:pid of the last claimant
+    claimed_at      REAL,
+    lease_token     TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,       -- sends tried
+    last_error      TEXT,                             -- why the last send failed (shown by bin/status)
+    sent_at         REAL,
+    recipients      TEXT,                             -- who it went to, comma-separated
+    figures         TEXT,                             -- the report's figures as JSON
+    UNIQUE (kind, day)
+);
+CREATE INDEX IF NOT EXISTS reports_due ON reports (next_attempt_at) WHERE state = 'pending';
+
+-- One row per failure alert tried: what it covered and whether it went out.
+CREATE TABLE IF NOT EXISTS alerts (
+    id            INTEGER PRIMARY KEY,
+    at            REAL    NOT NULL,                   -- when it was claimed
+    actor         TEXT    NOT NULL,
+    state         TEXT    NOT NULL CHECK (state IN ('sending', 'sent', 'failed')),
+    covered_until REAL    NOT NULL,                   -- failures up to this time are in it
+    failures      INTEGER NOT NULL,                   -- new failed jobs it lists
+    stuck         INTEGER NOT NULL,                   -- jobs waiting past alerts.stuck_after
+    recipients    TEXT    NOT NULL,
+    sent_at       REAL,
+    error         TEXT
+);
+CREATE INDEX IF NOT EXISTS alerts_at ON alerts (at);
+
 -- ---------------------------------------------------------------------------------------------
 -- Audit views. Times are shown in UTC as YYYY-MM-DD HH:MM:SS.SSS.
 

@@ -106,6 +106,13 @@ def timezone(value: Any) -> str:
     return value
 
 
+def color(value: Any) -> str:
+    """A CSS colour as #RGB or #RRGGBB: it goes into the report's styles, so nothing else is let in."""
+    if not isinstance(value, str) or not re.fullmatch(r"#(?:[0-9a-fA-F]{3}){1,2}", value):
+        raise ValueError(f'expected a colour such as "#1f2937", got {value!r}')
+    return value
+
+
 def url(value: Any) -> str:
     value = string(value)
     if value and not re.match(r"https?://[^\s/]+", value):
@@ -181,6 +188,10 @@ class Report:
     recipients: tuple[str, ...]
     title: str
     retention_days: int
+    brand_color: str              # header and table-header background
+    accent_color: str             # title text on the header, card borders, activity bars
+    footer: str
+    highlight_destination: str    # deliveries with this name get their own column per client; "" hides it
 
 
 @dataclass(frozen=True)
@@ -190,6 +201,7 @@ class Smtp:
     starttls: bool
     username: str
     password_env: str
+    timeout: float
 
 
 @dataclass(frozen=True)
@@ -255,6 +267,10 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "recipients": (string_list, []),
         "title": (string, "JSON Workflow Daily Report"),
         "retention_days": (positive_int, 90),
+        "brand_color": (color, "#1f2937"),
+        "accent_color": (color, "#3b82f6"),
+        "footer": (string, "Sent by the hot-folder pipeline's reporter."),
+        "highlight_destination": (string, "Celtra"),
     },
     "smtp": {
         "host": (string, ""),
@@ -262,6 +278,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "starttls": (boolean, True),
         "username": (string, ""),
         "password_env": (string, "SMTP_PASSWORD"),
+        "timeout": (positive_number, 30),
     },
     "alerts": {
         "recipients": (string_list, []),

@@ -103,7 +103,42 @@ class Heartbeat(BaseModel):
         primary_key = peewee.CompositeKey("program", "host")
 
 
-MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat)
+class Report(BaseModel):
+    kind = peewee.TextField()
+    day = peewee.TextField()
+    state = peewee.TextField(default="pending")
+    created_at = peewee.FloatField()
+    next_attempt_at = peewee.FloatField()
+    claimed_by = peewee.TextField(null=True)
+    claimed_at = peewee.FloatField(null=True)
+    lease_token = peewee.TextField(null=True)
+    attempts = peewee.IntegerField(default=0)
+    last_error = peewee.TextField(null=True)
+    sent_at = peewee.FloatField(null=True)
+    recipients = peewee.TextField(null=True)
+    figures = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "reports"
+        indexes = ((("kind", "day"), True),)
+
+
+class Alert(BaseModel):
+    at = peewee.FloatField()
+    actor = peewee.TextField()
+    state = peewee.TextField()
+    covered_until = peewee.FloatField()
+    failures = peewee.IntegerField()
+    stuck = peewee.IntegerField()
+    recipients = peewee.TextField()
+    sent_at = peewee.FloatField(null=True)
+    error = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "alerts"
+
+
+MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Report, Alert)
 
 
 def bind(db: peewee.Database) -> None:

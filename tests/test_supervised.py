@@ -53,9 +53,9 @@ def test_supervisord_runs_every_program_and_files_get_routed(tree, db, installat
     conf = installation / "supervisord.conf"
     proc = start_supervisord(conf, tree.env())
     try:
-        wait_for(lambda: all_running(conf, 5), timeout=30, interval=0.3, message="5 programs RUNNING")
+        wait_for(lambda: all_running(conf, 6), timeout=30, interval=0.3, message="6 programs RUNNING")
         status = supervisorctl(conf, "status").stdout
-        for name in ("scanner", "watcher", "router:router_00", "router:router_01", "notifier"):
+        for name in ("scanner", "watcher", "router:router_00", "router:router_01", "notifier", "reporter"):
             assert name in status
         for i, (client, category) in enumerate([("RANK", "CELTRA"), ("LOREAL", "X"), ("ACME", "Y")]):
             tree.drop(client, f"{i}.json", job_document(client, category))
@@ -92,7 +92,7 @@ def test_the_readme_start_command_works_from_a_fresh_copy(tmp_path):
                             stderr=subprocess.DEVNULL)
     try:
         conf = clone / "supervisord.conf"
-        wait_for(lambda: all_running(conf, 5), timeout=30, interval=0.3, message="the pipeline to start")
+        wait_for(lambda: all_running(conf, 6), timeout=30, interval=0.3, message="the pipeline to start")
         target = clone / "var" / "hot" / "RANK" / "1.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(str(job_document("RANK")).replace("'", '"'))

@@ -1,0 +1,230 @@
+"""The reporter: the nightly report, failure alerts, retention and the WAL checkpoint (SPEC §8, §9).
+
+No cron: it sleeps until ``report.time`` in ``report.timezone`` (zoneinfo, so the nights the
+clocks change are handled) and sends the report of the day that just ended. Every day it runs
+has a row in ``reports`` created ahead of time, so a report missed while the reporter was down
+is simply overdue when it starts again, and is sent then, once (reportlog.py says how).
+
+After a day's report is sent (or recorded, when mail is not configured) it prunes jobs older than
+``report.retention_days`` and checkpoints the WAL. Between reports it looks for new failures every
+ALERT_POLL seconds when alerts are configured.
+
+Time and sleep are injected (``clock``, ``sleep``), so tests run a night, or a daylight-saving
+change, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import time
+from typing import Callable
+
+import peewee
+
+from . import alerts, cli, jobs, mail, render, reportlog
+from . import db as db_module
+from .activity import HEARTBEAT_INTERVAL, Heartbeat
+from .config import Config
+from .report import Day, figures as day_figures
+
+log = logging.getLogger(__name__)
+
+ALERT_POLL = 15.0        # seconds between looks for new failures
+IDLE_WAKE = 3600.0       # wake at least this often even with nothing due (a clock set forward)
+BUSY_RETRY = 5.0         # seconds to wait when the database stayed locked past its timeout
+
+_SQL_PRUNE_SCANS = "DELETE FROM scans WHERE started_at < ?"
+_SQL_PRUNE_ALERTS = "DELETE FROM alerts WHERE at < ?"
+
+
+class Reporter:
+    def __init__(self, config: Config, db: peewee.SqliteDatabase, actor: str, stopper: cli.Stopper | None = None,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] | None = None):
+        self.config = config
+        self.db = db
+        self.actor = actor
+        self.stopper = stopper or cli.Stopper()
+        self.clock = clock
+        self.sleep = sleep or self._wait
+        self.heartbeat: Heartbeat | None = None
+        # Why reports / alerts cannot be mailed (None: they can).
+        self.reports_off = mail.configured(config.smtp, config.report.recipients, "[report] recipients")
+        self.alerts_off = mail.configured(config.smtp, config.alerts.recipients, "[alerts] recipients")
+
+    @property
+    def sender(self) -> str:
+        return self.config.report.sender or self.config.smtp.username or f"hotfolder-pipeline@{socket.getfqdn()}"
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, once: bool = False, heartbeat: Heartbeat | None = None) -> None:
+        """Send what is due, then sleep until the next thing is; with ``once``, return instead."""
+        self.heartbeat = heartbeat
+        r = self.config.report
+        if self.reports_off:
+            log.warning("reports will be recorded but not sent: %s", self.reports_off)
+        if self.alerts_off:
+            log.info("alerts are not configured: %s", self.alerts_off)
+        log.info("daily report at %s %s", r.time.strftime("%H:%M"), r.timezone)
+        while not self.stopper.requested:
+            if heartbeat:
+                heartbeat.beat()
+            wake = None
+            try:
+                self.tick()
+            except Exception as e:
+                if not cli.is_locked(e):
+                    raise
+                log.warning("database busy past the timeout (%s); trying again in %.0fs", e, BUSY_RETRY)
+                wake = self.clock() + BUSY_RETRY
+            if once:
+                return
+            self.sleep(max(0.0, (wake or self.next_wake()) - self.clock()))
+
+    def tick(self) -> None:
+        """One round: schedule the days, send the due reports, maintain, then alerts."""
+        self.schedule(self.clock())
+        done = 0
+        while not self.stopper.requested:
+            claim = reportlog.claim_due(self.db, self.actor, self.clock())
+            if claim is None:
+                break
+            try:
+                done += self.handle(claim)
+            except reportlog.LeaseLost as e:
+                log.warning("report for %s: %s", claim.day, e)
+        if done:
+            self.maintain(self.clock())
+        if not self.alerts_off:
+            self.alert(self.clock())
+
+    def next_wake(self) -> float:
+        """When something may be due: the next report, the next look for failures, or IDLE_WAKE."""
+        now = self.clock()
+        wake = min(reportlog.next_due(self.db) or now + IDLE_WAKE, now + IDLE_WAKE)
+        if not self.alerts_off:
+            wake = min(wake, now + ALERT_POLL)
+        return wake
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep on the wall clock in heartbeat-sized slices, so a stop or a clock change is seen."""
+        deadline = self.clock() + seconds
+        while not self.stopper.requested:
+            left = deadline - self.clock()
+            if left <= 0:
+                return
+            if self.heartbeat:
+                self.heartbeat.beat()
+            self.stopper.wait(min(HEARTBEAT_INTERVAL, left))
+
+    # -- daily reports ----------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> None:
+        """Create the rows of the days up to the one whose report comes next.
+
+        That day is today, or yesterday while its report is not yet due (``report.time`` after
+        midnight). A new database starts with it; a reporter that was down fills the gap since the
+        last row (at most ``retention_days`` back: older jobs are gone anyway).
+        """
+        r = self.config.report
+        current = Day.containing(now, r.timezone)
+        yesterday = Day.of(current.date - dt.timedelta(days=1), r.timezone)
+        if yesterday.due_at(r.time) > now:
+            current = yesterday
+        latest = reportlog.latest_day(self.db)
+        first = current.date if latest is None else latest + dt.timedelta(days=1)
+        first = max(first, current.date - dt.timedelta(days=r.retention_days))
+        days = []
+        while first <= current.date:
+            days.append((first, Day.of(first, r.timezone).due_at(r.time)))
+            first += dt.timedelta(days=1)
+        if days:
+            reportlog.schedule(self.db, days, now)
+
+    def handle(self, claim: reportlog.Claim) -> int:
+        """Compute (once), render and send a claimed report; 1 when it is done, 0 when it will retry."""
+        r = self.config.report
+        numbers = claim.figures
+        if numbers is None:
+            numbers = self.figures(Day.of(claim.day, r.timezone))
+            reportlog.save_figures(self.db, claim, numbers)
+        if self.reports_off:
+            reportlog.recorded(self.db, claim, f"not sent: {self.reports_off}")
+            log.warning("report for %s recorded, not sent: %s (%d processed, %d errors)",
+                        claim.day, self.reports_off, numbers["processed"], numbers["errors"])
+            return 1
+        msg = mail.build(render.report(numbers, self.config), self.sender, r.recipients, self.clock())
+        try:
+            mail.send(self.config.smtp, msg)
+        except mail.MailError as e:
+            retry_at = reportlog.failed(self.db, claim, str(e), self.clock())
+            log.error("report for %s not sent (attempt %d): %s; trying again at %s", claim.day,
+                      claim.attempts + 1, e, _utc(retry_at))
+            return 0
+        reportlog.sent(self.db, claim, r.recipients, self.clock())
+        log.info("report for %s sent to %s: %d processed, %d errors", claim.day, ", ".join(r.recipients),
+                 numbers["processed"], numbers["errors"])
+        return 1
+
+    def figures(self, day: Day) -> dict:
+        """The day's figures with this configuration (bin/report uses the same)."""
+        return day_figures(self.db, day, highlight=self.config.report.highlight_destination,
+                       scan_interval=self.config.detect.scan_interval, now=self.clock())
+
+    def maintain(self, now: float) -> None:
+        """Retention (jobs, scans and alerts older than retention_days), then a WAL checkpoint."""
+        days = self.config.report.retention_days
+        cutoff = now - days * 86400
+        pruned = jobs.prune(self.db, cutoff)
+        with self.db.atomic("IMMEDIATE"):
+            scans = self.db.execute_sql(_SQL_PRUNE_SCANS, (cutoff,)).rowcount
+            self.db.execute_sql(_SQL_PRUNE_ALERTS, (cutoff,))
+        log.info("retention: pruned %d jobs and %d scans older than %d days", pruned, scans, days)
+        try:
+            db_module.checkpoint(self.db)
+        except Exception as e:
+            if not cli.is_locked(e):
+                raise
+            log.warning("WAL checkpoint skipped, the database stayed busy (%s); SQLite's own "
+                        "checkpoints carry on meanwhile", e)
+
+    # -- alerts -----------------------------------------------------------------------------------
+
+    def alert(self, now: float) -> None:
+        """Send an alert when there are new failures or newly stuck jobs and the interval allows."""
+        claimed = alerts.claim(self.db, self.actor, now, self.config.alerts)
+        if claimed is None:
+            return
+        alert_id, found = claimed
+        recipients = self.config.alerts.recipients
+        msg = mail.build(render.alert(found.asdict(), self.config), self.sender, recipients, self.clock())
+        try:
+            mail.send(self.config.smtp, msg)
+        except mail.MailError as e:
+            alerts.failed(self.db, alert_id, str(e))
+            log.error("alert (%d failed, %d stuck) not sent: %s; trying again in %.0fs", found.failed_total,
+                      found.stuck_total, e, min(alerts.RETRY, self.config.alerts.min_interval))
+            return
+        alerts.sent(self.db, alert_id, self.clock())
+        log.warning("alert sent to %s: %d failed, %d stuck", ", ".join(recipients), found.failed_total,
+                    found.stuck_total)
+
+
+def _utc(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argp = cli.parser("reporter", "Send the daily report at report.time, failure alerts, and prune old jobs.")
+
+    def start(ctx: cli.Context) -> None:
+        reporter = Reporter(ctx.config, ctx.db, ctx.actor, ctx.stopper)
+        reporter.run(once=ctx.args.once, heartbeat=Heartbeat(ctx.db, ctx.name))
+
+    return cli.run_program("reporter", argp, start, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
