@@ -45,6 +45,7 @@ CREATE INDEX IF NOT EXISTS jobs_notify_queue ON jobs (next_attempt_at) WHERE sta
 -- Detection's duplicate check: one appearance of a file gives one job.
 CREATE INDEX IF NOT EXISTS jobs_inode        ON jobs (inode, device);
 CREATE INDEX IF NOT EXISTS jobs_updated      ON jobs (updated_at);
+CREATE INDEX IF NOT EXISTS jobs_detected     ON jobs (detected_at);   -- today's counts, bin/status
 CREATE INDEX IF NOT EXISTS jobs_failed       ON jobs (failed_at) WHERE state = 'failed';
 
 -- The audit trail: one row per transition, written in the same transaction.

@@ -15,6 +15,7 @@ _SQL_BEAT = """
 INSERT INTO heartbeats (program, host, pid, started_at, beat_at) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (program, host) DO UPDATE SET pid = excluded.pid, started_at = excluded.started_at,
                                           beat_at = excluded.beat_at"""
+_SQL_RETIRE = "DELETE FROM heartbeats WHERE program = ? AND host = ? AND pid = ?"
 _SQL_SCAN_START = "INSERT INTO scans (kind, actor, started_at) VALUES (?, ?, ?) RETURNING id"
 _SQL_SCAN_END = """
 UPDATE scans SET finished_at = ?, files_seen = ?, jobs_created = ?, slow = ?, timed_out = ? WHERE id = ?"""
@@ -35,6 +36,13 @@ class Heartbeat:
             with self.db.atomic("IMMEDIATE"):
                 self.db.execute_sql(_SQL_BEAT, (self.program, self.host, self.pid, self.started_at, now))
             self._last = now
+
+
+def retire(db: peewee.SqliteDatabase, program: str) -> None:
+    """A program that stops on purpose removes its heartbeat: only a program that died leaves a
+    stale one behind, which is what bin/status calls silent."""
+    with db.atomic("IMMEDIATE"):
+        db.execute_sql(_SQL_RETIRE, (program, socket.gethostname(), os.getpid()))
 
 
 def scan_started(db: peewee.SqliteDatabase, kind: str, actor: str, now: float) -> int:

@@ -112,3 +112,15 @@ def sent(db: peewee.SqliteDatabase, alert_id: int, now: float) -> None:
 def failed(db: peewee.SqliteDatabase, alert_id: int, error: str) -> None:
     with db.atomic("IMMEDIATE"):
         db.execute_sql(_SQL_FAILED_SEND, (error, alert_id))
+
+
+def stuck(db: peewee.SqliteDatabase, now: float, stuck_after: float, limit: int = LISTED) -> tuple[int, list[dict]]:
+    """Jobs still not routed ``stuck_after`` seconds after detection: (how many, the oldest ``limit``).
+
+    The one definition of "stuck", shared by the alerts and ``bin/status``.
+    """
+    before = now - stuck_after
+    total = db.execute_sql(f"SELECT count(*) FROM jobs WHERE {_STUCK}", (before,)).fetchone()[0]
+    rows = [{"id": i, "detected_at": at, "client": client, "file": name, "state": state, "reason": reason}
+            for i, at, client, name, state, reason in db.execute_sql(_SQL_STUCK, (before, limit))]
+    return total, rows

@@ -26,6 +26,7 @@ from typing import Callable
 
 import peewee
 
+from . import activity
 from . import config as config_module
 from . import db as db_module
 from .config import Config, ConfigError
@@ -137,6 +138,7 @@ def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Con
     stopper.install()
     try:
         main(Context(name=name, actor=f"{name}:{os.getpid()}", config=cfg, db=db, stopper=stopper, args=args))
+        activity.retire(db, name)
     except db_module.DatabaseUnusable as e:
         log.error("database unusable: %s", e)
         return EXIT_DATABASE

@@ -127,6 +127,7 @@ class Tree:
 
     def env(self, **extra) -> dict:
         env = dict(os.environ, PIPELINE_CONFIG=str(self.config_path))
+        env.setdefault("PIPELINE_ROUTERS", "2")
         env.update(extra)
         return env
 
@@ -142,6 +143,10 @@ class Tree:
         log = open(self.root / f"{program}.{time.monotonic_ns()}.log", "wb")
         return subprocess.Popen([str(BIN / program), *args], cwd=self.root, env=self.env(**env),
                                 stdout=log, stderr=subprocess.STDOUT)
+
+    def logs(self, program: str) -> str:
+        """What the programs ``spawn`` started under that name have logged so far."""
+        return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob(f"{program}.*.log")))
 
     def files(self, folder: Path) -> list[str]:
         """Files below ``folder`` as sorted relative paths, hidden temporaries included."""

@@ -102,3 +102,59 @@ def test_the_readme_start_command_works_from_a_fresh_copy(tmp_path):
         code = stop(proc, signal.SIGINT)                 # Ctrl-C stops everything
     assert code == 0
     assert not (clone / "var" / "supervisor.sock").exists() or supervisorctl(conf, "status").returncode != 0
+
+
+def test_status_is_healthy_when_idle_and_not_when_the_router_is_stopped_with_work_waiting(tree, db, installation):
+    conf = installation / "supervisord.conf"
+    proc = start_supervisord(conf, tree.env(PIPELINE_ROUTERS="3"))
+    try:
+        wait_for(lambda: all_running(conf, 7), timeout=30, interval=0.3, message="7 programs RUNNING")
+        assert "router:router_02" in supervisorctl(conf, "status").stdout      # numprocs from the environment
+        wait_for(lambda: tree.run("status", check=False).returncode == 0, message="a healthy idle pipeline")
+        assert supervisorctl(conf, "stop", "router:*").returncode == 0
+        tree.drop("RANK", "waiting.json")
+        wait_for(lambda: Job.select().count() == 1, message="the job detected")
+        proc_status = tree.run("status", check=False)
+        assert proc_status.returncode == 1
+        assert "router: not running (no heartbeat)" in proc_status.stdout
+        assert supervisorctl(conf, "start", "router:*").returncode == 0
+        wait_for(lambda: Job.get().state == "routed", message="the waiting job routed")
+    finally:
+        stop(proc)
+
+
+def test_stop_all_during_a_busy_run_leaves_nothing_half_done(tree, db, installation):
+    from api_server import ApiServer
+    api = ApiServer()
+    tree.write_config(extra=f'[api]\nendpoint = "{api.url}"\n')
+    n = 800
+    for i in range(n):
+        tree.age(tree.drop(("RANK", "BISSELL")[i % 2], f"{i:04d}.json", job_document(("RANK", "BISSELL")[i % 2], "CELTRA")))
+    conf = installation / "supervisord.conf"
+    proc = start_supervisord(conf, tree.env())
+    try:
+        wait_for(lambda: Job.select().where(Job.state == "notified").count() >= 50, interval=0.01,
+                 message="the pipeline busy")
+        assert supervisorctl(conf, "stop", "all").returncode == 0
+        assert "RUNNING" not in supervisorctl(conf, "status").stdout
+        # Every job is in a committed state that matches the files, and none is held by a lease.
+        assert Job.select().where(Job.lease_token.is_null(False)).count() == 0
+        jobs = list(Job.select())
+        assert any(j.state != "notified" for j in jobs), "the run finished before the stop: nothing tested"
+        for job in jobs:
+            source = tree.hot / job.client_folder / job.file_name
+            archived = tree.store / job.client_folder / job.file_name
+            if job.state == "detected":
+                assert source.exists()
+            else:
+                assert archived.exists() and job.state in ("archived", "routed", "notified")
+            if job.state in ("routed", "notified"):
+                assert not source.exists()
+        assert supervisorctl(conf, "start", "all").returncode == 0
+        wait_for(lambda: Job.select().where(Job.state == "notified").count() == n, timeout=60,
+                 message="every job notified after start all")
+        assert tree.files(tree.hot) == []
+        assert len(set(api.keys())) == n
+    finally:
+        stop(proc)
+        api.close()

@@ -84,6 +84,7 @@ class Pipeline:
 
     def start(self) -> float:
         env = dict(os.environ, PIPELINE_CONFIG=str(self.config_path))
+        env.setdefault("PIPELINE_ROUTERS", "2")
         started = time.time()
         self.proc = subprocess.Popen([str(VENV_BIN / "supervisord"), "--nodaemon", "-c",
                                       str(self.root / "supervisord.conf")], env=env, cwd=self.root,

@@ -1,0 +1,190 @@
+"""``bin/status``: the pipeline at a glance, and a health check (SPEC §9).
+
+Prints counts by state, the oldest waiting job per state, today's per-client counts, the last
+scans, each program's heartbeat, the last errors and the last report; ``--json`` prints the same
+for monitoring systems. Exit status: 0 healthy, 1 unhealthy (a program silent or missing, a job
+stuck past ``alerts.stuck_after``, a report that cannot be sent), 69 database unusable, 78 bad
+configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import socket
+import sys
+import time
+import zoneinfo
+from typing import Any
+
+import peewee
+
+from . import alerts, cli
+from . import db as db_module
+from .config import Config, ConfigError
+
+EXIT_UNHEALTHY = 1
+SILENT_AFTER = 30.0          # seconds without a heartbeat before a program counts as silent
+# The states in which a job waits for a program, and the column saying since when. Routed waits for
+# the notifier only when an API is configured; otherwise it is final.
+WAITING_STATES = {"detected": "detected_at", "archived": "archived_at", "routed": "routed_at"}
+
+
+def required_programs(config: Config) -> list[str]:
+    """The programs that must be beating: the notifier only with an API, the reporter only with SMTP."""
+    programs = ["scanner", "watcher", "router"]
+    if config.api.endpoint:
+        programs.append("notifier")
+    if config.smtp.host:
+        programs.append("reporter")
+    return programs
+
+
+def _rows(db: peewee.SqliteDatabase, sql: str, params: tuple = ()) -> list[dict]:
+    cursor = db.execute_sql(sql, params)
+    names = [c[0] for c in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, Any]:
+    """Everything bin/status shows, read in one snapshot, with the problems found."""
+    tz = zoneinfo.ZoneInfo(config.report.timezone)
+    midnight = dt.datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    with db.atomic("DEFERRED"):          # one read snapshot: the figures agree with each other
+        by_state = dict(db.execute_sql("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+        oldest = {}
+        waiting = WAITING_STATES if config.api.endpoint else {s: c for s, c in WAITING_STATES.items() if s != "routed"}
+        for state, column in waiting.items():
+            since = db.execute_sql(f"SELECT min({column}) FROM jobs WHERE state = ?", (state,)).fetchone()[0]
+            if since is not None:
+                oldest[state] = round(now - since, 1)
+        today = _rows(db, "SELECT client_folder AS client, state, count(*) AS jobs FROM jobs WHERE detected_at >= ? "
+                          "GROUP BY client_folder, state ORDER BY client_folder, state", (midnight.timestamp(),))
+        scans = _rows(db, "SELECT kind, actor, started_at, round(finished_at - started_at, 3) AS seconds, files_seen, "
+                          "jobs_created, slow, timed_out FROM scans ORDER BY started_at DESC LIMIT 5")
+        beats = _rows(db, "SELECT program, host, pid, started_at, beat_at FROM heartbeats ORDER BY program, host")
+        errors = _rows(db, "SELECT id, failed_at, client_folder AS client, file_name AS file, failed_step AS step, "
+                           "last_error AS reason FROM jobs WHERE state = 'failed' ORDER BY failed_at DESC LIMIT 5")
+        stuck_total, stuck = alerts.stuck(db, now, config.alerts.stuck_after, limit=5)
+        report = _rows(db, "SELECT day, state, attempts, last_error, sent_at FROM reports "
+                           "WHERE state != 'pending' OR attempts > 0 ORDER BY day DESC LIMIT 1")
+    for beat in beats:
+        beat["age"] = round(now - beat["beat_at"], 1)
+    status = {"time": now, "database": str(config.paths.database), "jobs_by_state": by_state,
+              "oldest_waiting_seconds": oldest, "today": today, "last_scans": scans, "programs": beats,
+              "last_errors": errors, "stuck_jobs": stuck_total, "stuck": stuck,
+              "last_report": report[0] if report else None}
+    status["problems"] = problems(status, config)
+    status["healthy"] = not status["problems"]
+    return status
+
+
+def problems(status: dict[str, Any], config: Config) -> list[str]:
+    """Why the pipeline is unhealthy, one line each; empty when it is healthy."""
+    found = []
+    beats = status["programs"]
+    for program in required_programs(config):
+        mine = [b for b in beats if b["program"] == program or b["program"].startswith(program + "_")]
+        if not mine:
+            found.append(f"{program}: not running (no heartbeat)")
+    for beat in beats:
+        if beat["age"] > SILENT_AFTER:
+            found.append(f"{beat['program']} (pid {beat['pid']} on {beat['host']}): silent for {beat['age']:.0f}s")
+    if status["stuck_jobs"]:
+        first = status["stuck"][0]
+        found.append(f"{status['stuck_jobs']} job(s) waiting longer than {config.alerts.stuck_after:g}s; the oldest: "
+                     f"{first['client']}/{first['file']} ({first['state']}) {first['reason'] or ''}".rstrip())
+    report = status["last_report"]
+    if report and report["state"] == "pending" and report["last_error"]:
+        found.append(f"the report for {report['day']} could not be sent ({report['attempts']} attempts): "
+                     f"{report['last_error']}")
+    return found
+
+
+def _clock(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def render_text(status: dict[str, Any]) -> str:
+    """The compact human table."""
+    out = [f"pipeline status at {_clock(status['time'])} UTC: {'HEALTHY' if status['healthy'] else 'UNHEALTHY'}",
+           f"database: {status['database']}", ""]
+    counts = status["jobs_by_state"]
+    out.append("jobs      " + "  ".join(f"{s} {counts.get(s, 0)}" for s in
+                                        ("detected", "archived", "routed", "notified", "failed")))
+    waiting = status["oldest_waiting_seconds"]
+    out.append("waiting   " + ("  ".join(f"oldest {s} {_age(a)}" for s, a in waiting.items()) or "nothing waiting"))
+    out.append("")
+    if status["today"]:
+        clients: dict[str, dict[str, int]] = {}
+        for row in status["today"]:
+            clients.setdefault(row["client"], {})[row["state"]] = row["jobs"]
+        out.append(f"{'today':<20}{'detected':>9}{'archived':>9}{'routed':>9}{'notified':>9}{'failed':>8}")
+        for client, c in clients.items():
+            out.append(f"{client[:19]:<20}" + "".join(f"{c.get(s, 0):>9}" for s in ("detected", "archived", "routed",
+                                                                                     "notified")) + f"{c.get('failed', 0):>8}")
+    else:
+        out.append("today     no jobs yet")
+    out.append("")
+    out.append(f"{'program':<20}{'pid':>8}  {'host':<16}{'up':>8}{'beat':>8}")
+    for b in status["programs"]:
+        flag = "  SILENT" if b["age"] > SILENT_AFTER else ""
+        out.append(f"{b['program'][:19]:<20}{b['pid']:>8}  {b['host'][:15]:<16}{_age(status['time'] - b['started_at']):>8}"
+                   f"{_age(b['age']) + ' ago':>8}{flag}")
+    if not status["programs"]:
+        out.append("(no program is running)")
+    out.append("")
+    for scan in status["last_scans"][:3]:
+        out.append(f"scan      {_clock(scan['started_at'])} {scan['kind']:<8} {scan['files_seen']} seen, "
+                   f"{scan['jobs_created']} new, {scan['seconds'] or 0:.2f}s{' SLOW' if scan['slow'] else ''}")
+    for error in status["last_errors"]:
+        out.append(f"error     {_clock(error['failed_at'])} {error['client']}/{error['file']} at {error['step']}: "
+                   f"{error['reason']}")
+    report = status["last_report"]
+    if report:
+        how = f"sent {_clock(report['sent_at'])}" if report["state"] == "sent" else report["state"]
+        out.append(f"report    {report['day']}: {how}" + (f" ({report['last_error']})" if report["last_error"] else ""))
+    if status["problems"]:
+        out.append("")
+        out += [f"PROBLEM   {p}" for p in status["problems"]]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argp = argparse.ArgumentParser(prog="bin/status", description="Show the pipeline's state; exit non-zero when "
+                                                                  "it is unhealthy (a health check).")
+    argp.add_argument("--config", metavar="FILE", help="configuration file (default: as the programs find it)")
+    argp.add_argument("--json", action="store_true", help="print JSON for monitoring systems")
+    args = argp.parse_args(argv)
+    try:
+        config = cli.load_config(args.config)
+        db = db_module.connect(config.paths.database, create=False)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return cli.EXIT_CONFIG
+    except db_module.DatabaseUnusable as e:
+        print(f"UNHEALTHY: database unusable: {e}", file=sys.stderr)
+        return cli.EXIT_DATABASE
+    try:
+        status = gather(db, config, time.time())
+    except peewee.DatabaseError as e:
+        print(f"UNHEALTHY: database unusable: {e}", file=sys.stderr)
+        return cli.EXIT_DATABASE
+    finally:
+        db.close()
+    status["host"] = socket.gethostname()
+    print(json.dumps(status, indent=2) if args.json else render_text(status))
+    return cli.EXIT_OK if status["healthy"] else EXIT_UNHEALTHY
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""bin/status: what it shows, and its exit code as a health check (SPEC §9)."""
+
+import json
+import os
+import time
+
+from pipeline.activity import Heartbeat
+from pipeline.jobs import Jobs
+from pipeline.router import Router
+from pipeline.scanner import Scanner
+
+
+def beat_all(db, programs=("scanner", "watcher", "router_00", "router_01"), at=None):
+    for name in programs:
+        Heartbeat(db, name, clock=(lambda: at) if at else time.time).beat(force=True)
+
+
+def status(tree, *args):
+    proc = tree.run("status", *args, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_a_healthy_idle_pipeline_exits_zero(tree, db):
+    tree.drop("RANK", "a.json")
+    jobs = Jobs(db, "t:1")
+    Scanner(tree.config, jobs).scan("startup", "startup")
+    Router(tree.config, jobs).run(once=True)
+    beat_all(db)
+    code, out, _ = status(tree)
+    assert code == 0, out
+    assert "HEALTHY" in out and "routed 1" in out and "RANK" in out
+    for program in ("scanner", "watcher", "router_00", "router_01"):
+        assert program in out
+
+
+def test_json_carries_the_same_figures(tree, db):
+    tree.drop("RANK", "bad.json", "{not json")
+    jobs = Jobs(db, "t:1")
+    Scanner(tree.config, jobs).scan("startup", "startup")
+    Router(tree.config, jobs).run(once=True)
+    beat_all(db)
+    code, out, _ = status(tree, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["healthy"] is True and data["problems"] == []
+    assert data["jobs_by_state"] == {"failed": 1}
+    assert data["last_errors"][0]["step"] == "validate"
+    assert {p["program"] for p in data["programs"]} == {"scanner", "watcher", "router_00", "router_01"}
+    assert data["last_scans"][0]["kind"] == "startup"
+
+
+def test_no_router_running_is_unhealthy(tree, db):
+    beat_all(db, ("scanner", "watcher"))
+    code, out, _ = status(tree)
+    assert code == 1
+    assert "PROBLEM   router: not running (no heartbeat)" in out
+
+
+def test_a_silent_program_is_unhealthy(tree, db):
+    beat_all(db, ("scanner", "watcher", "router_00"))
+    beat_all(db, ("router_01",), at=time.time() - 45)          # died without retiring its heartbeat
+    code, out, _ = status(tree)
+    assert code == 1
+    assert "router_01" in out and "silent for 45s" in out
+
+
+def test_a_job_waiting_past_stuck_after_is_unhealthy(tree, db):
+    tree.write_config(extra="[alerts]\nstuck_after = 1\n")
+    jobs = Jobs(db, "t:1", clock=lambda: time.time() - 5)      # detected five seconds ago
+    tree.drop("RANK", "a.json")
+    Scanner(tree.config, jobs).scan("startup", "startup")
+    beat_all(db)
+    code, out, _ = status(tree)
+    assert code == 1
+    assert "1 job(s) waiting longer than 1s; the oldest: RANK/a.json (detected)" in out
+
+
+def test_the_notifier_is_required_only_with_an_api(tree, db):
+    beat_all(db)
+    assert status(tree)[0] == 0
+    tree.write_config(extra='[api]\nendpoint = "http://127.0.0.1:9/jobs"\n')
+    code, out, _ = status(tree)
+    assert code == 1 and "notifier: not running" in out
+
+
+def test_an_unusable_database_exits_69(tree):
+    tree.config.paths.database.write_bytes(b"garbage, not a database" * 100)
+    code, out, err = status(tree)
+    assert code == 69 and "database unusable" in err
+
+
+def test_a_missing_database_exits_69(tree):
+    code, _, err = status(tree)
+    assert code == 69 and "no such database" in err
+    assert not os.path.exists(tree.config.paths.database)       # status never creates one
