@@ -313,6 +313,25 @@ def notifier_throughput(n: int) -> tuple[float, float]:
         server.shutdown()
 
 
+def report_render(day_jobs: int, other_jobs: int) -> tuple[float, float]:
+    """(seconds to compute and render a day's report, seconds to merely load that day's rows into
+    Python, the naive way the reporter avoids), on a table built by tools/report_bench.py."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run([sys.executable, str(ROOT / "tools" / "report_bench.py"), "--jobs", str(day_jobs),
+                              "--other", str(other_jobs), "--keep", tmp], capture_output=True, text=True, check=True)
+        line = next(line for line in out.stdout.splitlines() if line.startswith("report for"))
+        seconds = float(line.rsplit("= ", 1)[1].split("s")[0])
+        with sqlite3.connect(Path(tmp) / "pipeline.db") as conn:
+            start, end = conn.execute("SELECT min(detected_at), max(coalesce(routed_at, failed_at)) FROM jobs "
+                                      "WHERE detected_at >= (SELECT max(detected_at) - 86400 FROM jobs)").fetchone()
+            t0 = time.perf_counter()
+            rows = conn.execute("SELECT * FROM jobs WHERE coalesce(routed_at, failed_at) BETWEEN ? AND ?",
+                                (start, end)).fetchall()
+            naive = time.perf_counter() - t0
+        print(f"  ({line}; naive load: {len(rows):,} rows)", flush=True)
+        return seconds, naive
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -356,6 +375,12 @@ def main() -> None:
     full, _ = pipeline_backlog(n, finished_rows=finished)
     results.add(f"backlog on {finished:,} finished jobs", f"{full:.0f} files/s", f"{empty:.0f} files/s (empty table)",
                 f"{full / empty:.2f}", ">= 0.90", full / empty >= 0.9)
+
+    day_jobs = 20_000 if args.quick else 100_000
+    print(f"report: a day of {day_jobs:,} jobs in a table of {finished:,}", flush=True)
+    seconds, naive = report_render(day_jobs, finished - day_jobs)
+    results.add(f"report, a {day_jobs:,}-job day", f"{seconds:.2f} s", f"{naive:.2f} s (loading the day's rows)",
+                f"{seconds / naive:.2f}", "< 5 s", seconds < 5)
 
     for program, mb in sorted(rss.items()):
         results.add(f"peak RSS {program}", f"{mb:.1f} MB", "-", "-", "< 60 MB", mb < 60)
