@@ -119,6 +119,26 @@ def load_config(path: str | None) -> Config:
     return cfg
 
 
+class ToolError(Exception):
+    """An operator's tool cannot start; str() is the one line for stderr, ``code`` the exit status."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def open_existing(config_path: str | None) -> tuple[Config, peewee.SqliteDatabase]:
+    """The configuration and the existing database, for the tools that read or mend it (bin/status,
+    bin/requeue): a missing database is an error here, never created."""
+    try:
+        cfg = load_config(config_path)
+        return cfg, db_module.connect(cfg.paths.database, create=False)
+    except ConfigError as e:
+        raise ToolError(EXIT_CONFIG, f"configuration error: {e}") from None
+    except db_module.DatabaseUnusable as e:
+        raise ToolError(EXIT_DATABASE, f"database unusable: {e}") from None
+
+
 def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Context], None],
                 argv: list[str] | None = None) -> int:
     """Parse arguments, load the config, open the database, install signals, call ``main``."""

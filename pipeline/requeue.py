@@ -29,8 +29,7 @@ from pathlib import Path
 import peewee
 
 from . import cli
-from . import db as db_module
-from .config import Config, ConfigError
+from .config import Config
 from .files import Changed, Folders, Identity, Modes, NotRegular, fsync_dir, read_exact, remove_exact, write_atomic
 from .jobs import REQUEUE_STATE, Jobs, LeaseLost
 from .models import Job, bind
@@ -186,14 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     args = argp.parse_args(argv)
     cli.setup_logging("requeue")
     try:
-        config = cli.load_config(args.config)
-        db = db_module.connect(config.paths.database, create=False)
-    except ConfigError as e:
-        print(f"configuration error: {e}", file=sys.stderr)
-        return cli.EXIT_CONFIG
-    except db_module.DatabaseUnusable as e:
-        print(f"database unusable: {e}", file=sys.stderr)
-        return cli.EXIT_DATABASE
+        config, db = cli.open_existing(args.config)
+    except cli.ToolError as e:
+        print(e, file=sys.stderr)
+        return e.code
     try:
         bind(db)
         chosen = failed_jobs(args.ids, args.client, args.step, args.since)

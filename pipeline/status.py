@@ -21,8 +21,7 @@ from typing import Any
 import peewee
 
 from . import alerts, cli
-from . import db as db_module
-from .config import Config, ConfigError
+from .config import Config
 
 EXIT_UNHEALTHY = 1
 SILENT_AFTER = 30.0          # seconds without a heartbeat before a program counts as silent
@@ -166,14 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     argp.add_argument("--json", action="store_true", help="print JSON for monitoring systems")
     args = argp.parse_args(argv)
     try:
-        config = cli.load_config(args.config)
-        db = db_module.connect(config.paths.database, create=False)
-    except ConfigError as e:
-        print(f"configuration error: {e}", file=sys.stderr)
-        return cli.EXIT_CONFIG
-    except db_module.DatabaseUnusable as e:
-        print(f"UNHEALTHY: database unusable: {e}", file=sys.stderr)
-        return cli.EXIT_DATABASE
+        config, db = cli.open_existing(args.config)
+    except cli.ToolError as e:
+        print(f"UNHEALTHY: {e}", file=sys.stderr)
+        return e.code
     try:
         status = gather(db, config, time.time())
     except peewee.DatabaseError as e:

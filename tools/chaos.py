@@ -18,7 +18,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import sys
 import tempfile
 import threading
