@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 from typing import Callable
 
 import peewee
+
+from .db import is_locked
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 5.0   # seconds; bin/status calls a program silent after 30 s (SPEC §9)
 
@@ -31,10 +36,18 @@ class Heartbeat:
         self._last = 0.0
 
     def beat(self, force: bool = False) -> None:
+        """Record that the program is alive. A database locked past its busy timeout skips this beat
+        (logged) instead of stopping the program: the next beat comes a few seconds later."""
         now = self.clock()
         if force or now - self._last >= HEARTBEAT_INTERVAL:
-            with self.db.atomic("IMMEDIATE"):
-                self.db.execute_sql(_SQL_BEAT, (self.program, self.host, self.pid, self.started_at, now))
+            try:
+                with self.db.atomic("IMMEDIATE"):
+                    self.db.execute_sql(_SQL_BEAT, (self.program, self.host, self.pid, self.started_at, now))
+            except peewee.OperationalError as e:
+                if not is_locked(e):
+                    raise
+                log.warning("database busy past the timeout (%s); heartbeat skipped", e)
+                return
             self._last = now
 
 

@@ -39,6 +39,8 @@ EXIT_CONFIG = 78
 
 log = logging.getLogger(__name__)
 
+is_locked = db_module.is_locked     # the programs' loops ask cli.is_locked(e)
+
 
 class _Formatter(logging.Formatter):
     """``time level program message``, time in UTC with milliseconds."""
@@ -170,7 +172,3 @@ def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Con
     log.info("%s stopped", name)
     return EXIT_OK
 
-
-def is_locked(error: BaseException) -> bool:
-    """SQLite's 'database is locked' / 'busy': another process held the lock past the busy timeout."""
-    return isinstance(error, peewee.OperationalError) and ("locked" in str(error) or "busy" in str(error))

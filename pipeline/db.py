@@ -90,3 +90,7 @@ def checkpoint(db: peewee.SqliteDatabase) -> None:
     """Fold the WAL back into the database so it does not grow without bound."""
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
+
+def is_locked(error: BaseException) -> bool:
+    """SQLite's 'database is locked' / 'busy': another process held the lock past the busy timeout."""
+    return isinstance(error, peewee.OperationalError) and ("locked" in str(error) or "busy" in str(error))
