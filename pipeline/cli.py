@@ -47,6 +47,11 @@ class _Formatter(logging.Formatter):
 
     converter = time.gmtime
 
+    def formatMessage(self, record):
+        # One line per event, even when a message quotes a file name with a newline in it.
+        record.message = record.message.replace("\r", "\\r").replace("\n", "\\n")
+        return super().formatMessage(record)
+
     def formatTime(self, record, datefmt=None):
         return time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created)) + f".{int(record.msecs):03d}Z"
 

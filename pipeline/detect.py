@@ -3,7 +3,8 @@
 Eligible: a regular file ending in ``.json`` (any case) directly inside a client subfolder.
 Ignored: dotfiles, ``~$*``, ``*~``, temporary and partial downloads (they do not end in .json),
 other extensions, files in the hot folder's root (warned once), symlinks (never followed, warned
-once), FIFOs, devices and folders.
+once), FIFOs, devices and folders, and names that are not valid UTF-8 (warned once: they cannot be
+recorded, so they stay where they are until someone renames them).
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ class HotFolder:
     def _sighting(self, path: str, client: str, name: str) -> Sighting | None:
         if not eligible_name(name) or client.startswith("."):
             return None
+        if not (_is_utf8(client) and _is_utf8(name)):
+            # Such a name cannot be stored, logged or put into an email as it is: it stays where it
+            # is, and a person renames it.
+            self._warn_once(os.fsencode(path).decode("utf-8", "backslashreplace"),
+                            "ignoring %s: its name is not valid UTF-8; rename the file to have it processed")
+            return None
         try:
             st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -102,3 +109,12 @@ class HotFolder:
 
     def restat(self, sighting: Sighting) -> Sighting | None:
         return self._sighting(sighting.path, sighting.client_folder, sighting.file_name)
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a name holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -7,8 +7,10 @@ import json
 import os
 from pathlib import Path
 
-from .files import Folders, write_atomic
+from .files import Folders, fit_name, write_atomic
 from .jobs import Claimed
+
+SIDECAR_SUFFIX = ".error.json"   # NAME.error.json beside a FAILED file; error log files end so too
 
 # Exactly these keys, in this order (SPEC §7): monitoring tools parse them.
 ERROR_LOG_KEYS = ("timestamp", "file_name", "file_path", "error_message", "retry_count",
@@ -23,9 +25,9 @@ def failed_path(failed_root: Path, job: Claimed, now: float) -> Path:
     """FAILED/{CLIENT}/{YYYYmmdd_HHMMSS}_{name}, with the job id added if that name is taken."""
     stamp = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y%m%d_%H%M%S")
     folder = failed_root / job.client_folder
-    path = folder / f"{stamp}_{job.file_name}"
+    path = folder / fit_name(f"{stamp}_{job.file_name}", len(SIDECAR_SUFFIX))
     if os.path.lexists(path):
-        path = folder / f"{stamp}_{job.id}_{job.file_name}"
+        path = folder / fit_name(f"{stamp}_{job.id}_{job.file_name}", len(SIDECAR_SUFFIX))
     return path
 
 
@@ -36,7 +38,7 @@ def write_sidecar(path: Path, job: Claimed, step: str, reason: str, attempts: in
             "reason": reason, "attempts": attempts, "job_id": job.id, "job_uuid": job.uuid,
             "source_path": job.source_path, "failed_at": iso(now),
             "requeue": f"bin/requeue --failed --id {job.id}"}
-    write_atomic(path.with_name(path.name + ".error.json"), _dump(body), folders)
+    write_atomic(path.with_name(path.name + SIDECAR_SUFFIX), _dump(body), folders)
 
 
 def write_error_log(folder: Path, job: Claimed, reason: str, retry_count: int, file_path: str,
@@ -45,7 +47,7 @@ def write_error_log(folder: Path, job: Claimed, reason: str, retry_count: int, f
     values = (iso(now), job.file_name, file_path, reason, retry_count, iso(job.detected_at),
               round(now - job.detected_at, 3))
     stamp = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y%m%d_%H%M%S")
-    path = folder / f"{stamp}_job{job.id}_{job.file_name}.error.json"
+    path = folder / (fit_name(f"{stamp}_job{job.id}_{job.file_name}", len(SIDECAR_SUFFIX)) + SIDECAR_SUFFIX)
     write_atomic(path, _dump(dict(zip(ERROR_LOG_KEYS, values))), folders)
     return path
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import stat
@@ -20,6 +21,27 @@ from typing import NamedTuple
 
 
 _TEMP_SUFFIX = re.compile(r"\.[0-9a-f]{12}\.tmp")
+_TEMP_ROOM = len("." + "." + "0123456789ab" + ".tmp")   # what a temporary adds to the name it copies
+NAME_MAX = 255   # bytes in one file name on Linux filesystems (ext4, xfs, tmpfs, NFS, SMB)
+
+
+def fit_name(name: str, room: int = 0) -> str:
+    """``name`` itself when it and ``room`` more bytes fit in one file name; else a shortened name.
+
+    A name near the 255-byte limit is legal in the hot folder, but the names made from it (a
+    temporary, the FAILED name with its time stamp, the ``.error.json`` beside it) would not be.
+    The shortened name keeps the start of the name and its extension, with ``~`` and a hash of
+    the whole name between them, so two long names that differ only near their end stay apart.
+    """
+    raw = os.fsencode(name)
+    if len(raw) + room <= NAME_MAX:
+        return name
+    stem, ext = os.path.splitext(name)
+    ext = ext if len(os.fsencode(ext)) <= 16 else ""
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:8]
+    keep = NAME_MAX - room - len(tag) - len(os.fsencode(ext))
+    head = os.fsencode(stem)[:max(keep, 1)].decode("utf-8", "ignore")   # never half a character
+    return head + tag + ext
 
 
 class Identity(NamedTuple):
@@ -152,7 +174,7 @@ def write_atomic(target: Path, data: bytes, folders: Folders, *, mtime_ns: int |
     The file keeps ``mtime_ns`` when given, so a copy carries its original's time.
     """
     folders.ensure(target.parent)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"   # matches _TEMP_SUFFIX
+    tmp = target.parent / f".{fit_name(target.name, _TEMP_ROOM)}.{uuid.uuid4().hex[:12]}.tmp"   # matches _TEMP_SUFFIX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, folders.modes.file)
     try:
         try:
@@ -187,6 +209,7 @@ def remove_stale_temporaries(folder: Path, name: str) -> int:
     Called only for a job resumed after its previous owner died, for that job's own file name.
     """
     removed = 0
+    name = fit_name(name, _TEMP_ROOM)               # as write_atomic named them
     try:
         candidates = [p for p in folder.glob(f".{glob_escape(name)}.*.tmp")]
     except OSError:

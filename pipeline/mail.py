@@ -67,7 +67,8 @@ def send(smtp: Smtp, msg: EmailMessage) -> None:
     except smtplib.SMTPAuthenticationError as e:
         raise MailError(f"SMTP server {where} refused the login of {smtp.username!r}: {_reply(e)}") from None
     except smtplib.SMTPNotSupportedError as e:
-        raise MailError(f"SMTP server {where} does not support {e}") from None
+        # smtplib's text names what is missing: "STARTTLS extension not supported by server."
+        raise MailError(f"SMTP server {where}: {str(e).rstrip('.')}; nothing was sent") from None
     except smtplib.SMTPRecipientsRefused as e:
         raise MailError(f"SMTP server {where} refused every recipient: {', '.join(e.recipients)}") from None
     except smtplib.SMTPResponseException as e:

@@ -28,7 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import backoff
 import requests
@@ -278,13 +278,23 @@ class Notifier:
         headers["Content-Type"] = "application/json"
         headers["Idempotency-Key"] = job.uuid
         try:
-            # Redirects are not followed: requests would turn the POST into a GET.
+            # Redirects are not followed: requests would turn the POST into a GET. verify is given per
+            # request because requests lets REQUESTS_CA_BUNDLE override a session's verify=False.
             response = self._session().post(api.endpoint, data=body, headers=headers, timeout=api.timeout,
-                                            allow_redirects=False)
+                                            allow_redirects=False, verify=api.verify_tls)
         except requests.RequestException as e:
             return Answer("retry", describe_error(e, api.timeout))
         with response:
-            return classify(response, secrets=self.headers.values())
+            return classify(response, secrets=self._secrets(response.request))
+
+    def _secrets(self, request: requests.PreparedRequest) -> list[str]:
+        """What an answer must never be quoted with: every configured header value and the credentials
+        sent (Basic auth from a user:password@ endpoint), whole and by their last word (the token)."""
+        values = [*self.headers.values(), request.headers.get("Authorization", ""),
+                  request.headers.get("Proxy-Authorization", ""),
+                  unquote(urlsplit(self.config.api.endpoint).password or "")]
+        forms = {form for value in values if value.strip() for form in (value, value.split()[-1])}
+        return sorted(forms, key=len, reverse=True)
 
     # -- outcomes (main thread) -------------------------------------------------------------------
 

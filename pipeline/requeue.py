@@ -30,7 +30,8 @@ import peewee
 
 from . import cli
 from .config import Config
-from .files import Changed, Folders, Identity, Modes, NotRegular, fsync_dir, read_exact, remove_exact, write_atomic
+from .files import (Changed, Folders, Identity, Modes, NotRegular, fit_name, fsync_dir, read_exact, remove_exact,
+                    write_atomic)
 from .jobs import REQUEUE_STATE, Jobs, LeaseLost
 from .models import Job, bind
 
@@ -137,7 +138,8 @@ class Requeue:
     def _move_back(self, job: Job, source: Path, identity: Identity, target: Path) -> Path:
         """Put the FAILED file back at ``target`` (see the module's docstring); returns where it is."""
         data = read_exact(str(source), identity, limit=identity.size)
-        hidden = target.with_name(f".{target.name}.requeue-{job.id}")
+        suffix = f".requeue-{job.id}"
+        hidden = target.with_name(f".{fit_name(target.name, 1 + len(suffix))}{suffix}")   # fits in NAME_MAX
         write_atomic(hidden, data, self.folders, mtime_ns=identity.mtime_ns)
         self.folders.sync()
         with self.jobs.transaction():

@@ -49,12 +49,8 @@ def parse(data: bytes, client_folder: str) -> JobDetails:
     if not isinstance(document, dict):
         raise Invalid(f"JSON top level is {_kind(document)}, expected an object")
 
-    details = document.get("JobSpecification")
-    if not isinstance(details, dict):
-        raise Invalid(_missing_or_wrong("JobSpecification", details, "an object"))
-    details = details.get("JobDetails")
-    if not isinstance(details, dict):
-        raise Invalid(_missing_or_wrong("JobSpecification.JobDetails", details, "an object"))
+    details = _required(document, "JobSpecification", dict, "an object")
+    details = _required(details, "JobDetails", dict, "an object", "JobSpecification.")
     client_code = _required_string(details, "ClientCode")
     job_category = _required_string(details, "JobCategory")
 
@@ -68,20 +64,21 @@ def parse(data: bytes, client_folder: str) -> JobDetails:
                       title=_optional_string(details.get("Title"), _TITLE_LIMIT))
 
 
+def _required(container: dict, key: str, kind: type, expected: str, parent: str = "") -> Any:
+    """``container[key]`` when it is a ``kind``; else Invalid: missing, or what it is instead (null too)."""
+    if key not in container:
+        raise Invalid(f"missing {parent}{key}")
+    value = container[key]
+    if not isinstance(value, kind):
+        raise Invalid(f"{parent}{key} must be {expected}, not {_kind(value)}")
+    return value
+
+
 def _required_string(details: dict, key: str) -> str:
-    name = f"JobSpecification.JobDetails.{key}"
-    value = details.get(key)
-    if not isinstance(value, str):
-        raise Invalid(_missing_or_wrong(name, value, "a non-empty string"))
+    value = _required(details, key, str, "a non-empty string", "JobSpecification.JobDetails.")
     if not value.strip():
-        raise Invalid(f"{name} is empty")
+        raise Invalid(f"JobSpecification.JobDetails.{key} is empty")
     return value.strip()
-
-
-def _missing_or_wrong(name: str, value: Any, expected: str) -> str:
-    if value is None:
-        return f"missing {name}"
-    return f"{name} must be {expected}, not {_kind(value)}"
 
 
 def _optional_string(value: Any, limit: int | None = None) -> str | None:

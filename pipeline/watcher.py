@@ -87,7 +87,12 @@ class Watcher:
         """Watch until stopped. ``once``: rescan the hot folder once, as a scan would, and exit."""
         self.root.mkdir(parents=True, exist_ok=True)
         if once:
-            self.scanner.scan("rescan", "realtime")
+            try:
+                self.scanner.scan("rescan", "realtime")
+            except Exception as e:
+                if not cli.is_locked(e):
+                    raise
+                log.warning("database busy past the timeout (%s); nothing detected this time", e)
             return
         alarm = _OverflowAlarm(self.overflow)
         logging.getLogger("watchdog").addHandler(alarm)
@@ -187,8 +192,12 @@ class Watcher:
                 else:
                     log.info("new client folder %s: scanning it for files written before its watch", item.name)
                     self.scanner.scan("rescan", "realtime", folders=[item])
-            except Exception:
-                log.exception("rescan failed; the scanner's next periodic scan will cover it")
+            except Exception as e:
+                if cli.is_locked(e):
+                    log.warning("database busy past the timeout (%s); the rescan is left to the scanner's "
+                                "next periodic scan", e)
+                else:
+                    log.exception("rescan failed; the scanner's next periodic scan will cover it")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,17 +31,23 @@ def test_a_router_killed_mid_batch_loses_nothing_and_duplicates_nothing(tree, db
     tree.run("scanner", "--once")
     assert Job.select().count() == n
 
-    router = tree.spawn("router")
-    try:
-        wait_for(lambda: routed_count(db) >= 60, interval=0.005, message="the router to get going")
-        os.kill(router.pid, signal.SIGKILL)
-        router.wait(10)
-    finally:
-        if router.poll() is None:
-            router.kill()
-    # Killed mid-batch: some jobs are still leased by the dead router.
-    leased = Job.select().where(Job.lease_token.is_null(False), Job.state.in_(["detected", "archived"])).count()
-    assert leased > 0
+    # Kill the router while it holds a batch; a kill that lands in the instant between two
+    # batches holds nothing, so try again (a few times at most) until one lands mid-batch.
+    leased = 0
+    for attempt in range(5):
+        router = tree.spawn("router")
+        target = routed_count(db) + 60
+        try:
+            wait_for(lambda: routed_count(db) >= target, interval=0.005, message="the router to get going")
+            os.kill(router.pid, signal.SIGKILL)
+            router.wait(10)
+        finally:
+            if router.poll() is None:
+                router.kill()
+        leased = Job.select().where(Job.lease_token.is_null(False), Job.state.in_(["detected", "archived"])).count()
+        if leased:
+            break
+    assert leased > 0, "no kill landed mid-batch"
     assert routed_count(db) < n
 
     tree.run("router", "--once")                   # leased jobs are not due yet: the rest is done

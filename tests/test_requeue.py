@@ -279,3 +279,18 @@ def test_help():
     assert proc.returncode == 0
     for option in ("--failed", "--id", "--client", "--step", "--since", "--dry-run"):
         assert option in proc.stdout
+
+
+def test_a_file_with_a_name_near_the_limit_goes_back_too(tree, db):
+    name = "x" * 240 + ".json"                        # 245 bytes: the FAILED name is shortened
+    tree.drop("RANK", name, "{broken")
+    tree.run("scanner", "--once")
+    tree.run("router", "--once")
+    job = Job.get()
+    assert job.state == "failed" and job.failed_step == "validate"
+    (tree.failed / "RANK" / os.path.basename(job.failed_path)).write_text(json.dumps(job_document("RANK")))
+    out = requeue(tree, "--failed", "--id", str(job.id)).stdout
+    assert "went back to detected" in out
+    assert (tree.hot / "RANK" / name).exists()
+    tree.run("router", "--once")
+    assert Job.get().state == "routed" and (tree.store / "RANK" / name).exists()

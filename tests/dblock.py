@@ -1,0 +1,54 @@
+"""Another process that holds the database's write lock, for the tests of a locked database (SPEC §13)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+_HOLDER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+print("released", flush=True)
+"""
+
+
+class Locker:
+    """A separate process holding ``BEGIN EXCLUSIVE`` on ``database`` for ``seconds``.
+
+    In WAL mode readers carry on; every writer waits for its busy timeout and then gets "database
+    is locked". ``start`` returns once the lock is held.
+    """
+
+    def __init__(self, database: Path, seconds: float):
+        self.database, self.seconds = database, seconds
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Locker":
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(self.database), str(self.seconds)],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if line != "locked":
+            self.proc.kill()
+            raise AssertionError(f"the lock holder did not get the lock: {line!r}")
+        return self
+
+    def wait(self) -> None:
+        """Until the lock is released."""
+        assert self.proc.stdout.readline().strip() == "released"
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def __enter__(self) -> "Locker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
