@@ -166,6 +166,9 @@ def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Con
     try:
         main(Context(name=name, actor=f"{name}:{os.getpid()}", config=cfg, db=db, stopper=stopper, args=args))
         activity.retire(db, name)
+    except ConfigError as e:            # a check that needs more than the file (an environment variable)
+        log.error("configuration error: %s", e)
+        return EXIT_CONFIG
     except db_module.DatabaseUnusable as e:
         log.error("database unusable: %s", e)
         return EXIT_DATABASE
@@ -177,3 +180,11 @@ def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Con
     log.info("%s stopped", name)
     return EXIT_OK
 
+
+def serve(program: str, description: str, build: Callable[[Context], object], argv: list[str] | None = None) -> int:
+    """The whole main() of a long-running program: ``build`` makes it from the context, and it runs
+    (``run(once, heartbeat)``) until stopped, or with ``--once`` until its work is done."""
+    def start(ctx: Context) -> None:
+        build(ctx).run(once=ctx.args.once, heartbeat=activity.Heartbeat(ctx.db, ctx.name))
+
+    return run_program(program, parser(program, description), start, argv)

@@ -408,18 +408,8 @@ def _root_reason(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argp = cli.parser("notifier", "POST each routed job's JSON to api.endpoint, retrying with backoff.")
-
-    def start(ctx: cli.Context) -> None:
-        try:
-            notifier = Notifier(ctx.config, Jobs(ctx.db, ctx.actor), ctx.stopper)
-        except ConfigError as e:
-            log.error("configuration error: %s", e)
-            raise SystemExit(cli.EXIT_CONFIG) from None
-        notifier.run(once=ctx.args.once, heartbeat=Heartbeat(ctx.db, ctx.name))
-
-    return cli.run_program("notifier", argp, start, argv)
-
+    return cli.serve("notifier", "POST each routed job's JSON to api.endpoint, retrying with backoff.",
+                     lambda ctx: Notifier(ctx.config, Jobs(ctx.db, ctx.actor), ctx.stopper), argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

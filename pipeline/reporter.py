@@ -217,14 +217,8 @@ def _utc(ts: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argp = cli.parser("reporter", "Send the daily report at report.time, failure alerts, and prune old jobs.")
-
-    def start(ctx: cli.Context) -> None:
-        reporter = Reporter(ctx.config, ctx.db, ctx.actor, ctx.stopper)
-        reporter.run(once=ctx.args.once, heartbeat=Heartbeat(ctx.db, ctx.name))
-
-    return cli.run_program("reporter", argp, start, argv)
-
+    return cli.serve("reporter", "Send the daily report at report.time, failure alerts, and prune old jobs.",
+                     lambda ctx: Reporter(ctx.config, ctx.db, ctx.actor, ctx.stopper), argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -378,14 +378,8 @@ def _os_reason(e: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argp = cli.parser("router", "Claim detected job files in batches, validate, archive and route them.")
-
-    def start(ctx: cli.Context) -> None:
-        router = Router(ctx.config, Jobs(ctx.db, ctx.actor), ctx.stopper)
-        router.run(once=ctx.args.once, heartbeat=Heartbeat(ctx.db, ctx.name))
-
-    return cli.run_program("router", argp, start, argv)
-
+    return cli.serve("router", "Claim detected job files in batches, validate, archive and route them.",
+                     lambda ctx: Router(ctx.config, Jobs(ctx.db, ctx.actor), ctx.stopper), argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -96,14 +96,8 @@ class Scanner:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argp = cli.parser("scanner", "Scan the hot folder at start and periodically; create a job per new file.")
-
-    def start(ctx: cli.Context) -> None:
-        scanner = Scanner(ctx.config, Jobs(ctx.db, ctx.actor), ctx.stopper)
-        scanner.run(once=ctx.args.once, heartbeat=Heartbeat(ctx.db, ctx.name))
-
-    return cli.run_program("scanner", argp, start, argv)
-
+    return cli.serve("scanner", "Scan the hot folder at start and periodically; create a job per new file.",
+                     lambda ctx: Scanner(ctx.config, Jobs(ctx.db, ctx.actor), ctx.stopper), argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -201,14 +201,8 @@ class Watcher:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argp = cli.parser("watcher", "Watch the hot folder and create a job as soon as a file is complete.")
-
-    def start(ctx: cli.Context) -> None:
-        watcher = Watcher(ctx.config, Jobs(ctx.db, ctx.actor), ctx.stopper)
-        watcher.run(once=ctx.args.once, heartbeat=Heartbeat(ctx.db, ctx.name))
-
-    return cli.run_program("watcher", argp, start, argv)
-
+    return cli.serve("watcher", "Watch the hot folder and create a job as soon as a file is complete.",
+                     lambda ctx: Watcher(ctx.config, Jobs(ctx.db, ctx.actor), ctx.stopper), argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -14,6 +14,7 @@ from pipeline import config as config_module
 from pipeline import db as db_module
 from pipeline.jobs import Jobs
 from pipeline.models import Job, bind
+from smtp_server import Inbox, free_port, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
@@ -158,6 +159,16 @@ class Tree:
 @pytest.fixture
 def tree(tmp_path) -> Tree:
     return Tree(tmp_path)
+
+
+@pytest.fixture
+def inbox():
+    """A real SMTP server on 127.0.0.1 keeping what it receives (its port as ``inbox.port``)."""
+    box = Inbox()
+    box.port = free_port()
+    controller = start_server(box, box.port)
+    yield box
+    controller.stop()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from conftest import Tree, job_document
 from pipeline import db as db_module
 from pipeline.detect import eligible_name
-NAME_MAX = 255   # bytes in one file name on Linux
+from pipeline.files import NAME_MAX
 from pipeline.jobs import Jobs
 from pipeline.router import Router
 from pipeline.scanner import Scanner

@@ -21,7 +21,7 @@ from pipeline.models import Delivery, Job
 from pipeline.reporter import Reporter
 from pipeline.router import PLACE_BACKOFF_CAP, Router
 from pipeline.scanner import Scanner
-from test_reporter import Inbox, free_port, parts, start_server
+from test_reporter import parts
 
 RANK, LOREAL, CELTRA = "Monday Rank", "CLIENT-STORES/LOREAL/IN", "Celtra - Create_Rename - Project_Design File"
 STUCK_AFTER = 600
@@ -38,15 +38,6 @@ def tmpfs():
     mounts = Tmpfs()
     yield mounts
     mounts.unmount_all()
-
-
-@pytest.fixture
-def inbox():
-    box = Inbox()
-    box.port = free_port()
-    controller = start_server(box, box.port)
-    yield box
-    controller.stop()
 
 
 def configure(tree, port: int, router: str = "") -> None:

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import email
-import email.policy
 import html as html_module
 import json
 import logging
 import re
-import shutil
-import socket
-import ssl
-import subprocess
-import threading
 import time
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
 
 import report_day
+from smtp_server import Inbox, free_port, self_signed, start_server
 from conftest import FakeClock
 from pipeline import cli
 from pipeline.jobs import Jobs
@@ -32,49 +24,6 @@ UTC = dt.timezone.utc
 
 def utc(*args) -> float:
     return dt.datetime(*args, tzinfo=UTC).timestamp()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Inbox:
-    """aiosmtpd handler: keeps every message it is given, and the logins it accepted."""
-
-    def __init__(self, password: str | None = None):
-        self.messages: list[email.message.EmailMessage] = []
-        self.logins: list[tuple[str, str]] = []
-        self.password = password
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server, session, envelope):
-        with self.lock:
-            self.messages.append(email.message_from_bytes(envelope.original_content, policy=email.policy.default))
-        return "250 OK"
-
-    def authenticate(self, server, session, envelope, mechanism, auth_data):
-        login, password = auth_data.login.decode(), auth_data.password.decode()
-        ok = password == self.password
-        if ok:
-            self.logins.append((login, password))
-        return AuthResult(success=ok, handled=False)    # handled=False: aiosmtpd answers 535 itself
-
-
-def start_server(inbox: Inbox, port: int, **smtp_options) -> Controller:
-    controller = Controller(inbox, hostname="127.0.0.1", port=port, **smtp_options)
-    controller.start()
-    return controller
-
-
-@pytest.fixture
-def inbox():
-    box = Inbox()
-    box.port = free_port()
-    controller = start_server(box, box.port)
-    yield box
-    controller.stop()
 
 
 def mail_config(tree, port: int, extra: str = "", detect: str = "", smtp: str = "starttls = false\n") -> None:
@@ -306,14 +255,7 @@ def test_smtp_down_is_logged_recorded_and_retried_later(tree, db, caplog):
 @pytest.fixture
 def tls_inbox(tmp_path, monkeypatch):
     """An SMTP server that requires STARTTLS and a login, with a self-signed certificate we trust."""
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    cert, context = self_signed(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))       # what an operator does for a private CA
     box = Inbox(password="s3cret-Pa55")
     box.port = free_port()

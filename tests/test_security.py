@@ -9,9 +9,7 @@ import html as html_module
 import json
 import os
 import re
-import shutil
 import ssl
-import subprocess
 import threading
 import time
 import zoneinfo
@@ -30,7 +28,7 @@ from pipeline.notifier import Notifier
 from pipeline.router import Router
 from pipeline.scanner import Scanner
 from pipeline.validation import is_safe_component
-from test_reporter import Inbox, free_port, start_server
+from smtp_server import Inbox, free_port, self_signed, start_server
 
 RANK = "Monday Rank"
 
@@ -309,15 +307,7 @@ def test_the_smtp_password_never_appears_in_logs_the_table_or_status(tree, db):
 @pytest.fixture
 def certificate(tmp_path):
     """A self-signed certificate for 127.0.0.1, as (certificate, server context)."""
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return cert, context
+    return self_signed(tmp_path)
 
 
 def notify_once(tree, db, monkeypatch, ca_bundle: Path | None = None) -> Job:
