@@ -15,6 +15,7 @@ import http.server
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -332,6 +333,15 @@ def report_render(day_jobs: int, other_jobs: int) -> tuple[float, float]:
         return seconds, naive
 
 
+def chaos(files: int) -> dict[str, str]:
+    """tools/chaos's figures for a run of ``files`` files with a SIGKILL every 0.5 s."""
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "chaos.py"), "--files", str(files)],
+                         capture_output=True, text=True)
+    figures = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+    figures["passed"] = str(out.returncode == 0)
+    return figures
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -382,6 +392,14 @@ def main() -> None:
     results.add(f"report, a {day_jobs:,}-job day", f"{seconds:.2f} s", f"{naive:.2f} s (loading the day's rows)",
                 f"{seconds / naive:.2f}", "< 5 s", seconds < 5)
 
+    chaos_files = 300 if args.quick else 5000
+    print(f"SIGKILL chaos: {chaos_files} files, a random program killed every 0.5 s", flush=True)
+    c = chaos(chaos_files)
+    kills = sum(int(n) for n in re.findall(r"\d+", c.get("SIGKILLs", "")))
+    results.add(f"SIGKILL chaos, {chaos_files} files, {kills} kills",
+                f"{c.get('files lost')} lost, {c.get('drops with two jobs')} duplicated, {c.get('jobs stuck')} stuck, "
+                f"integrity {c.get('integrity_check')}", "-", "-", "0 / 0 / 0 / ok", c["passed"] == "True")
+
     for program, mb in sorted(rss.items()):
         results.add(f"peak RSS {program}", f"{mb:.1f} MB", "-", "-", "< 60 MB", mb < 60)
 
@@ -402,9 +420,6 @@ def record(results: Results, n: int, finished: int) -> None:
         mark = {True: "ok", False: "**missed**", None: ""}[line.ok]
         lines.append(f"| {line.what} | {line.figure} | {line.baseline} | {line.ratio} | {line.target} | {mark} |")
     path = ROOT / "BENCHMARKS.md"
-    if not path.exists():
-        path.write_text("# Benchmarks\n\nFigures of SPEC §12 from `tools/bench`, newest last. Each figure is "
-                        "measured next to its baseline in the same run.\n")
     with open(path, "a") as f:
         f.write("\n".join(lines) + "\n")
     print(f"appended to {path}")
