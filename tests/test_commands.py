@@ -10,8 +10,9 @@ COMMANDS = sorted(p.name for p in BIN.iterdir()
                   if p.is_file() and not p.name.startswith("_") and p.name not in ("start", "test"))
 
 
-def test_every_command_of_the_spec_that_exists_is_covered():
-    assert {"scanner", "watcher", "router", "route", "check-config"} <= set(COMMANDS)
+def test_every_command_the_spec_names_exists():
+    assert {"scanner", "watcher", "router", "notifier", "reporter", "status", "requeue", "report", "route",
+            "check-config"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
