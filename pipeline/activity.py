@@ -51,6 +51,20 @@ class Heartbeat:
             self._last = now
 
 
+def sleep(stopper, seconds: float, heartbeat: Heartbeat | None = None,
+          clock: Callable[[], float] = time.monotonic) -> None:
+    """Sleep up to ``seconds`` (``math.inf``: until stopped) in heartbeat-sized slices, beating
+    between them, so a long wait never looks like a silent program; returns early on a stop."""
+    deadline = clock() + seconds
+    while not stopper.requested:
+        left = deadline - clock()
+        if left <= 0:
+            return
+        if heartbeat:
+            heartbeat.beat()
+        stopper.wait(min(HEARTBEAT_INTERVAL, left))
+
+
 def retire(db: peewee.SqliteDatabase, program: str) -> None:
     """A program that stops on purpose removes its heartbeat: only a program that died leaves a
     stale one behind, which is what bin/status calls silent."""

@@ -19,6 +19,7 @@ import hashlib
 import http.client
 import itertools
 import logging
+import math
 import os
 import socket
 import ssl
@@ -165,11 +166,10 @@ class Notifier:
 
     def _idle(self, once: bool, heartbeat: Heartbeat | None) -> None:
         log.info("no api.endpoint configured: routed is the final state, nothing to notify")
-        while True:
-            if heartbeat:
-                heartbeat.beat()
-            if once or self.stopper.wait(activity.HEARTBEAT_INTERVAL):
-                return
+        if heartbeat:
+            heartbeat.beat()
+        if not once:
+            activity.sleep(self.stopper, math.inf, heartbeat)
 
     def _loop(self, pool: ThreadPoolExecutor, once: bool, heartbeat: Heartbeat | None) -> None:
         in_flight: dict[Future, Call] = {}

@@ -23,9 +23,9 @@ from typing import Callable
 
 import peewee
 
-from . import alerts, cli, jobs, mail, render, reportlog
+from . import activity, alerts, cli, jobs, mail, render, reportlog
 from . import db as db_module
-from .activity import HEARTBEAT_INTERVAL, Heartbeat
+from .activity import Heartbeat
 from .config import Config
 from .report import Day, figures as day_figures
 
@@ -109,15 +109,8 @@ class Reporter:
         return wake
 
     def _wait(self, seconds: float) -> None:
-        """Sleep on the wall clock in heartbeat-sized slices, so a stop or a clock change is seen."""
-        deadline = self.clock() + seconds
-        while not self.stopper.requested:
-            left = deadline - self.clock()
-            if left <= 0:
-                return
-            if self.heartbeat:
-                self.heartbeat.beat()
-            self.stopper.wait(min(HEARTBEAT_INTERVAL, left))
+        """Sleep on the (injected) wall clock, so a stop or a clock change is seen."""
+        activity.sleep(self.stopper, seconds, self.heartbeat, self.clock)
 
     # -- daily reports ----------------------------------------------------------------------------
 
@@ -219,6 +212,7 @@ def _utc(ts: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     return cli.serve("reporter", "Send the daily report at report.time, failure alerts, and prune old jobs.",
                      lambda ctx: Reporter(ctx.config, ctx.db, ctx.actor, ctx.stopper), argv)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -87,12 +87,7 @@ class Scanner:
                 log.warning("database busy past the timeout (%s); scanning again shortly", e)
             if once:
                 return
-            # Beat while waiting, so a long interval never looks like a silent program.
-            deadline = started + interval
-            while not self.stopper.requested and time.monotonic() < deadline:
-                if heartbeat:
-                    heartbeat.beat()
-                self.stopper.wait(min(activity.HEARTBEAT_INTERVAL, deadline - time.monotonic()))
+            activity.sleep(self.stopper, started + interval - time.monotonic(), heartbeat)
 
 
 def main(argv: list[str] | None = None) -> int:
