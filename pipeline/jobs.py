@@ -18,6 +18,7 @@ Rules every function here keeps (SPEC §14):
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -106,6 +107,11 @@ UPDATE jobs SET lease_owner = ?, lease_token = ?, next_attempt_at = ?, claims = 
 WHERE id IN (SELECT id FROM jobs WHERE {queue} AND next_attempt_at <= ?
              ORDER BY next_attempt_at, id LIMIT ?)
 RETURNING """ + _CLAIMED_COLUMNS
+
+# A batch's ids go in as one JSON array, so these statements are written once and cached by
+# SQLite instead of being built with a placeholder per id for every batch.
+_SQL_OWNED = "SELECT id FROM jobs WHERE lease_token = ? AND id IN (SELECT value FROM json_each(?))"
+_SQL_DELIVERED_PATHS = "SELECT job_id, path FROM deliveries WHERE job_id IN (SELECT value FROM json_each(?))"
 
 _SQL_DUE = "SELECT 1 FROM jobs WHERE {queue} AND next_attempt_at <= ? LIMIT 1"
 
@@ -231,18 +237,14 @@ class Jobs:
 
     def owned(self, token: str, job_ids: Iterable[int]) -> set[int]:
         """Which of ``job_ids`` this token still holds. Inside a transaction the answer stays true."""
-        ids = list(job_ids)
-        marks = ",".join("?" * len(ids))
-        rows = self._sql(f"SELECT id FROM jobs WHERE lease_token = ? AND id IN ({marks})", [token, *ids])
-        return {row[0] for row in rows}
+        return {row[0] for row in self._sql(_SQL_OWNED, (token, json.dumps(list(job_ids))))}
 
     def delivered_paths(self, job_ids: Iterable[int]) -> dict[int, set[str]]:
         """The destination paths already committed for each job (so only failed copies are retried)."""
         ids = list(job_ids)
         out: dict[int, set[str]] = {i: set() for i in ids}
         if ids:
-            marks = ",".join("?" * len(ids))
-            for job_id, path in self._sql(f"SELECT job_id, path FROM deliveries WHERE job_id IN ({marks})", ids):
+            for job_id, path in self._sql(_SQL_DELIVERED_PATHS, (json.dumps(ids),)):
                 out[job_id].add(path)
         return out
 
