@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -182,6 +184,32 @@ def db(tree):
 @pytest.fixture
 def jobs(db) -> Jobs:
     return Jobs(db, "test:1")
+
+
+@contextlib.contextmanager
+def growing(path: Path, head: bytes = b"", tail: bytes = b"", every: float = 0.03):
+    """A file open for writing that gains a space every ``every`` seconds for as long as the block
+    runs; ``tail`` is written last, then it is closed. (Spaces keep JSON valid after a "{".)"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    with open(path, "wb") as f:
+        f.write(head)
+        f.flush()
+
+        def writer():
+            while not stop.is_set():
+                f.write(b" ")
+                f.flush()
+                time.sleep(every)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            yield path
+        finally:
+            stop.set()
+            thread.join()
+        f.write(tail)
 
 
 class FakeClock:

@@ -13,15 +13,13 @@ import json
 import os
 import re
 import subprocess
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from api_server import HANG, ApiServer, closed_port
-from conftest import BIN, MATRIX, Tree, job_document
+from conftest import BIN, MATRIX, Tree, growing, job_document
 from dblock import Locker
 from mounts import Tmpfs, fill
 from pipeline import cli
@@ -286,26 +284,8 @@ def test_13_file_still_being_written_is_not_taken_until_it_is_complete(tree, db)
     body = json.dumps(job_document("RANK", Title="written slowly")).encode()
     head, tail = body[:1], body[1:]          # spaces after the "{" keep the finished JSON valid
     path = tree.hot / "RANK" / "growing.json"
-    path.parent.mkdir(parents=True)
-    stop = threading.Event()
-    with open(path, "wb") as f:
-        f.write(head)
-        f.flush()
-
-        def writer():
-            while not stop.is_set():
-                f.write(b" ")
-                f.flush()
-                time.sleep(0.03)
-
-        thread = threading.Thread(target=writer)
-        thread.start()
-        try:
-            batch = run_batch(tree)                                # the scanner looks while it grows
-        finally:
-            stop.set()
-            thread.join()
-        f.write(tail)
+    with growing(path, head, tail):
+        batch = run_batch(tree)                                    # the scanner looks while it grows
     assert Job.select().where(Job.file_name == "growing.json").count() == 0
     assert path.read_bytes().endswith(tail)                          # untouched, still in the hot folder
     assert_good_routed(batch)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import job_document, wait_for
+from conftest import growing, job_document, wait_for
 from pipeline.cli import Stopper
 from pipeline.jobs import Jobs
 from pipeline.models import Job, Scan
@@ -67,26 +67,10 @@ def test_a_file_written_slowly_is_only_taken_once_it_is_closed(tree, db, watch):
 def test_the_scanner_leaves_a_file_that_is_still_growing(tree, db):
     jobs = Jobs(db, "scanner:1")
     scanner = Scanner(tree.config, jobs)
-    path = tree.hot / "RANK" / "growing.json"
-    path.parent.mkdir(parents=True)
-    stop = threading.Event()
-
-    def writer():
-        with open(path, "wb") as f:
-            while not stop.is_set():
-                f.write(b" ")
-                f.flush()
-                time.sleep(0.05)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    with growing(tree.hot / "RANK" / "growing.json", every=0.05):
         time.sleep(0.1)
         assert scanner.scan("periodic", "periodic") == 0
         assert scanner.scan("periodic", "periodic") == 0
-    finally:
-        stop.set()
-        thread.join()
     assert scanner.scan("periodic", "periodic") == 1        # unchanged for min_file_age now
 
 
