@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
+import time
 from pathlib import Path
 
-from . import cli, rules
+from . import cli, failures, rules
 from .config import Config, ConfigError
 from .detect import eligible_name
-from .validation import Invalid, parse
+from .validation import Invalid, parse, too_large
 
 
 def explain(config: Config, path: Path) -> list[str]:
@@ -27,12 +27,11 @@ def explain(config: Config, path: Path) -> list[str]:
                      "not be hidden or temporary)")
     if path.is_symlink():
         return lines + ["outcome:     ignored: symbolic links are never followed"]
-    failed = config.paths.failed / client / f"{dt.datetime.now(dt.timezone.utc):%Y%m%d_%H%M%S}_{path.name}"
+    failed = failures.failed_path(config.paths.failed, client, path.name, time.time())
     try:
         size = path.stat().st_size
         if size > config.router.max_file_bytes:
-            raise Invalid(f"file is {size:,} bytes, over the limit of {config.router.max_file_bytes:,} "
-                          "(router.max_file_bytes)")
+            raise too_large(size, config.router.max_file_bytes)
         details = parse(path.read_bytes(), client)
     except Invalid as e:
         return lines + [f"outcome:     fails validation: {e}",

@@ -21,13 +21,14 @@ def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def failed_path(failed_root: Path, job: Claimed, now: float) -> Path:
-    """FAILED/{CLIENT}/{YYYYmmdd_HHMMSS}_{name}, with the job id added if that name is taken."""
+def failed_path(failed_root: Path, client_folder: str, file_name: str, now: float, job_id: int | None = None) -> Path:
+    """FAILED/{CLIENT}/{YYYYmmdd_HHMMSS}_{name} (shortened to fit beside its sidecar), with the job
+    id added if that name is taken."""
     stamp = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y%m%d_%H%M%S")
-    folder = failed_root / job.client_folder
-    path = folder / fit_name(f"{stamp}_{job.file_name}", len(SIDECAR_SUFFIX))
-    if os.path.lexists(path):
-        path = folder / fit_name(f"{stamp}_{job.id}_{job.file_name}", len(SIDECAR_SUFFIX))
+    folder = failed_root / client_folder
+    path = folder / fit_name(f"{stamp}_{file_name}", len(SIDECAR_SUFFIX))
+    if job_id is not None and os.path.lexists(path):
+        path = folder / fit_name(f"{stamp}_{job_id}_{file_name}", len(SIDECAR_SUFFIX))
     return path
 
 

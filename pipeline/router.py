@@ -28,7 +28,7 @@ from .config import Config
 from .files import (Changed, Folders, Identity, Modes, NotRegular, move_exact, read_exact, remove_exact,
                     remove_stale_temporaries, write_atomic)
 from .jobs import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE, Claimed, Jobs
-from .validation import Invalid, JobDetails, parse
+from .validation import Invalid, JobDetails, parse, too_large
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,7 @@ class Router:
             work.wait("archive", f"cannot read the file: {_os_reason(e)}")
             return None
         if data is None:
-            work.fail("validate", f"file is {job.size:,} bytes, over the limit of {limit:,} "
-                                  "(router.max_file_bytes)", move=True)
+            work.fail("validate", str(too_large(job.size, limit)), move=True)
             return None
         work.sha256 = hashlib.sha256(data).hexdigest()
         return data
@@ -250,7 +249,8 @@ class Router:
         releases = [w.job.id for w in works if w.outcome == "release"]
         for w in works:
             if w.outcome == "move" and not w.job.failed_path:
-                w.failed_path = failures.failed_path(self.config.paths.failed, w.job, now)
+                w.failed_path = failures.failed_path(self.config.paths.failed, w.job.client_folder,
+                                                     w.job.file_name, now, w.job.id)
         with self.jobs.transaction():
             owned = self.jobs.owned(token, [w.job.id for w in works])
             for w in works:

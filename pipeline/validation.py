@@ -23,6 +23,11 @@ class JobDetails:
     title: str | None
 
 
+def too_large(size: int, limit: int) -> Invalid:
+    """The reason for a file over ``router.max_file_bytes`` (it is never read)."""
+    return Invalid(f"file is {size:,} bytes, over the limit of {limit:,} (router.max_file_bytes)")
+
+
 def is_safe_component(name: str) -> bool:
     """Letters, digits, ``_``, ``-`` and ``.``, and not a name that means a folder (``.``, ``..``)."""
     return bool(_SAFE_COMPONENT.fullmatch(name)) and name.strip(".") != ""
