@@ -115,6 +115,10 @@ _SQL_DELIVERED_PATHS = "SELECT job_id, path FROM deliveries WHERE job_id IN (SEL
 
 _SQL_DUE = "SELECT 1 FROM jobs WHERE {queue} AND next_attempt_at <= ? LIMIT 1"
 
+# The claim and the idle poll of each queue, formatted once: the routers poll every few ms.
+_CLAIM = {queue: _SQL_CLAIM.format(queue=queue) for queue in (ROUTE_QUEUE, NOTIFY_QUEUE)}
+_DUE = {queue: _SQL_DUE.format(queue=queue) for queue in (ROUTE_QUEUE, NOTIFY_QUEUE)}
+
 _SQL_ARCHIVED = """
 UPDATE jobs SET state = 'archived', archived_at = ?, updated_at = ?, sha256 = ?, client_code = ?,
                 job_category = ?, studio_code = ?, title = ?, archive_path = ?,
@@ -226,14 +230,13 @@ class Jobs:
         now = self.clock()
         token = uuid.uuid4().hex
         with self.transaction():
-            rows = self._sql(_SQL_CLAIM.format(queue=queue),
-                             (self.actor, token, now + lease, now, limit)).fetchall()
+            rows = self._sql(_CLAIM[queue], (self.actor, token, now + lease, now, limit)).fetchall()
         jobs = sorted((Claimed(*row) for row in rows), key=lambda j: j.id)
         return Batch(token, tuple(jobs))
 
     def has_due(self, queue: str) -> bool:
         """Whether a job of ``queue`` is due now: a cheap read for idle polling."""
-        return self._sql(_SQL_DUE.format(queue=queue), (self.clock(),)).fetchone() is not None
+        return self._sql(_DUE[queue], (self.clock(),)).fetchone() is not None
 
     def owned(self, token: str, job_ids: Iterable[int]) -> set[int]:
         """Which of ``job_ids`` this token still holds. Inside a transaction the answer stays true."""
