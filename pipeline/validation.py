@@ -7,8 +7,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import strictjson
+
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_.-]+")
 _TITLE_LIMIT = 500   # a Title is for reports; the file itself keeps the whole text
+_DETAILS = ("ClientCode", "JobCategory", "StudioCode", "Title")
+# The parts of a job file validation reads; the parser checks the rest and keeps none of it.
+_WANTED = {"JobSpecification": {"JobDetails": {key: strictjson.KEEP for key in _DETAILS}}}
 
 
 class Invalid(Exception):
@@ -46,11 +51,13 @@ def parse(data: bytes, client_folder: str) -> JobDetails:
     if not text.strip():
         raise Invalid("file contains only whitespace")
     try:
-        document = json.loads(text)
+        document = strictjson.loads(text, _WANTED)
     except json.JSONDecodeError as e:
         raise Invalid(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise Invalid("invalid JSON: nested too deeply") from None
+    except strictjson.Refused as e:
+        raise Invalid(f"not allowed in a job file: {e}") from None
     if not isinstance(document, dict):
         raise Invalid(f"JSON top level is {_kind(document)}, expected an object")
 
@@ -65,8 +72,8 @@ def parse(data: bytes, client_folder: str) -> JobDetails:
     if client_code.upper() != client_folder.upper():
         raise Invalid(f"ClientCode {client_code!r} does not match its client folder {client_folder!r}")
     return JobDetails(client_code=client_code.upper(), job_category=job_category,
-                      studio_code=_optional_string(details.get("StudioCode")),
-                      title=_optional_string(details.get("Title"), _TITLE_LIMIT))
+                      studio_code=_optional_string(details, "StudioCode"),
+                      title=_optional_string(details, "Title", _TITLE_LIMIT))
 
 
 def _required(container: dict, key: str, kind: type, expected: str, parent: str = "") -> Any:
@@ -83,15 +90,27 @@ def _required_string(details: dict, key: str) -> str:
     value = _required(details, key, str, "a non-empty string", "JobSpecification.JobDetails.")
     if not value.strip():
         raise Invalid(f"JobSpecification.JobDetails.{key} is empty")
-    return value.strip()
+    return _storable(value.strip(), key)
 
 
-def _optional_string(value: Any, limit: int | None = None) -> str | None:
+def _optional_string(details: dict, key: str, limit: int | None = None) -> str | None:
+    value = details.get(key)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
         return None
-    return value[:limit] if limit else value
+    return _storable(value[:limit] if limit else value, key)
+
+
+def _storable(value: str, key: str) -> str:
+    """A lone UTF-16 surrogate (``"\\ud800"`` in the file) parses but is not Unicode text: no
+    database, log or report can hold it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise Invalid(f"JobSpecification.JobDetails.{key} holds a lone UTF-16 surrogate "
+                      f"(\\u{ord(value[e.start]):04x}), which is not text") from None
+    return value
 
 
 def _kind(value: Any) -> str:
