@@ -73,6 +73,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (delivered_at);
 
+-- Error-log records (SPEC §7) waiting to be written to paths.error_log. Each is inserted in the
+-- transaction that fails its job and deleted once its file is written, so a record whose disk is
+-- full, or whose writer dies, is written later, never lost.
+CREATE TABLE IF NOT EXISTS error_log_outbox (
+    id     INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,                          -- no foreign key: pruning never loses a record
+    name   TEXT    NOT NULL,                          -- the file's name in paths.error_log
+    record TEXT    NOT NULL                           -- its JSON text
+);
+
 -- One row per scan of the hot folder.
 CREATE TABLE IF NOT EXISTS scans (
     id           INTEGER PRIMARY KEY,

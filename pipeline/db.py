@@ -11,7 +11,7 @@ import peewee
 log = logging.getLogger(__name__)
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.sql"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4      # 4: error_log_outbox
 BUSY_TIMEOUT_MS = 5000
 
 # Filesystems on which SQLite's WAL locking does not work (§4: the database must be local).

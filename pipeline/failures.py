@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .files import Folders, fit_name, write_atomic
-from .jobs import Claimed
+
+if TYPE_CHECKING:
+    from .jobs import Claimed, Jobs
+
+log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".error.json"   # NAME.error.json beside a FAILED file; error log files end so too
 
@@ -42,15 +49,54 @@ def write_sidecar(path: Path, job: Claimed, step: str, reason: str, attempts: in
     write_atomic(path.with_name(path.name + SIDECAR_SUFFIX), _dump(body), folders)
 
 
-def write_error_log(folder: Path, job: Claimed, reason: str, retry_count: int, file_path: str,
-                    now: float, folders: Folders) -> Path:
-    """One JSON file per failure in paths.error_log, with exactly ERROR_LOG_KEYS."""
+def error_log_record(job: Claimed, reason: str, retry_count: int, file_path: str, now: float) -> tuple[str, str]:
+    """The name in paths.error_log and the JSON text of one failure's record, with exactly ERROR_LOG_KEYS."""
     values = (iso(now), job.file_name, file_path, reason, retry_count, iso(job.detected_at),
               round(now - job.detected_at, 3))
     stamp = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y%m%d_%H%M%S")
-    path = folder / (fit_name(f"{stamp}_job{job.id}_{job.file_name}", len(SIDECAR_SUFFIX)) + SIDECAR_SUFFIX)
-    write_atomic(path, _dump(dict(zip(ERROR_LOG_KEYS, values))), folders)
-    return path
+    name = fit_name(f"{stamp}_job{job.id}_{job.file_name}", len(SIDECAR_SUFFIX)) + SIDECAR_SUFFIX
+    return name, _dump(dict(zip(ERROR_LOG_KEYS, values))).decode("utf-8")
+
+
+class ErrorLog:
+    """Writes the error-log records that failures committed (``Jobs.failed``) into paths.error_log.
+
+    A record leaves the database only once its file is written and its folder fsynced; when the
+    disk refuses, the records stay and are tried again ``retry`` seconds later. Two programs
+    writing the same record write the same file under the same name: nothing is duplicated.
+    """
+    CHUNK = 100
+
+    def __init__(self, folder: Path, jobs: Jobs, folders: Folders, retry: float = 30.0):
+        self.folder = folder
+        self.jobs = jobs
+        self.folders = folders
+        self.retry = retry
+        self.pending = True             # records a previous run left behind
+        self.retry_at = 0.0
+
+    def flush(self, new: bool = False) -> None:
+        """Write what is waiting; ``new``: failures were just committed."""
+        self.pending = self.pending or new
+        if not self.pending or time.monotonic() < self.retry_at:
+            return
+        rows = self.jobs.error_log_pending(self.CHUNK)
+        written = []
+        try:
+            for record_id, name, record in rows:
+                write_atomic(self.folder / name, record.encode("utf-8"), self.folders)
+                written.append(record_id)
+            self.folders.sync()
+        except OSError as e:
+            self.folders.forget(self.folder)
+            written = []                # not durable until the folder is synced: written again later
+            self.retry_at = time.monotonic() + self.retry
+            log.warning("cannot write to the error log %s: %s; %d record(s) kept in the database, "
+                        "trying again in %gs", self.folder, e.strerror or e, len(rows), self.retry)
+        if written:
+            with self.jobs.transaction():
+                self.jobs.error_log_written(written)
+        self.pending = len(rows) == self.CHUNK or len(written) < len(rows)
 
 
 def _dump(body: dict) -> bytes:

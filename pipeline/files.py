@@ -153,9 +153,20 @@ class Folders:
 
     def sync(self) -> None:
         """fsync every folder whose entries changed since the last sync: one fsync per folder per batch."""
+        for error in self.sync_each().values():
+            raise error
+
+    def sync_each(self) -> dict[str, OSError]:
+        """Like ``sync``, but every folder is tried: returns the folders that failed, with why."""
         dirty, self._dirty = self._dirty, set()
+        failed = {}
         for folder in sorted(dirty):
-            fsync_dir(folder)
+            try:
+                fsync_dir(folder)
+            except OSError as e:
+                failed[folder] = e
+                self._known.discard(folder)
+        return failed
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -260,11 +271,19 @@ def move_exact(src: str, dst: Path, identity: Identity, folders: Folders) -> Non
     folders.ensure(dst.parent)
     try:
         os.link(src, dst, follow_symlinks=False)
+    except FileExistsError:
+        # An earlier attempt linked it and then could not remove the original: finish that one.
+        if Identity.of(os.lstat(dst)) != identity:
+            raise
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise
         data = read_exact(src, identity, limit=identity.size)
-        write_atomic(dst, data, folders, mtime_ns=identity.mtime_ns, replace=False)
+        if not write_atomic(dst, data, folders, mtime_ns=identity.mtime_ns, replace=False):
+            fd = os.open(dst, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)   # an earlier attempt's copy?
+            with os.fdopen(fd, "rb") as f:
+                if f.read(identity.size + 1) != data:
+                    raise FileExistsError(errno.EEXIST, "another file has that name", str(dst))
     else:
         if Identity.of(os.lstat(dst)) != identity:
             os.unlink(dst)

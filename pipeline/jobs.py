@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Sequence
 
 import peewee
 
+from . import failures
+
 # A job claimed this many times without an outcome being recorded has crashed its worker each
 # time (a pathological file, say): it fails at its step instead of looping forever (SPEC §3).
 MAX_CLAIMS = 5
@@ -148,6 +150,10 @@ _SQL_FAILED = """
 UPDATE jobs SET state = 'failed', failed_at = ?, updated_at = ?, failed_step = ?, last_error = ?,
                 attempts = ?, claims = 0, lease_owner = NULL, lease_token = NULL
 WHERE id = ? AND lease_token = ? AND state = ?"""
+
+_SQL_ERROR_LOG_ADD = "INSERT INTO error_log_outbox (job_id, name, record) VALUES (?, ?, ?)"
+_SQL_ERROR_LOG_PENDING = "SELECT id, name, record FROM error_log_outbox ORDER BY id LIMIT ?"
+_SQL_ERROR_LOG_WRITTEN = "DELETE FROM error_log_outbox WHERE id IN (SELECT value FROM json_each(?))"
 
 _SQL_WAIT = """
 UPDATE jobs SET next_attempt_at = ?, updated_at = ?, attempts = ?, last_error = ?,
@@ -290,20 +296,42 @@ class Jobs:
         self._expect_one(self._sql(_SQL_WILL_FAIL, (
             failed_path, error, self.clock(), job.id, token, job.state)), job.id)
 
-    def failed(self, token: str, job: Claimed, step: str, error: str, attempts: int | None = None) -> None:
-        """Any state -> failed, at ``step``, with a one-line reason a person understands."""
+    def failed(self, token: str, job: Claimed, step: str, error: str, attempts: int | None = None,
+               file_path: str | None = None) -> None:
+        """Any state -> failed, at ``step``, with a one-line reason a person understands.
+
+        With ``file_path`` (where the file is now), its error-log record is committed with the
+        failure, for ``failures.ErrorLog`` to write after the commit.
+        """
         now = self.clock()
         attempts = job.attempts if attempts is None else attempts
         self._expect_one(self._sql(_SQL_FAILED, (
             now, now, step, error, attempts, job.id, token, job.state)), job.id)
         self._event(job.id, now, job.state, "failed", f"{step}: {error}")
+        if file_path is not None:
+            name, record = failures.error_log_record(job, error, attempts, file_path, now)
+            self._sql(_SQL_ERROR_LOG_ADD, (job.id, name, record))
 
-    def wait(self, token: str, job: Claimed, delay: float, error: str, attempts: int) -> None:
-        """Keep the job in its state and try again after ``delay`` seconds (a retry, not a claim)."""
+    def wait(self, token: str, job: Claimed, delay: float, error: str, attempts: int,
+             problem: str | None = None) -> None:
+        """Keep the job in its state and try again after ``delay`` seconds (a retry, not a claim).
+
+        ``error`` becomes the job's last error; ``problem``, when given, is what stops it now and
+        goes to the audit trail beside it (a failing job that cannot reach FAILED keeps its reason).
+        """
         now = self.clock()
         self._expect_one(self._sql(_SQL_WAIT, (
             now + delay, now, attempts, error, job.id, token, job.state)), job.id)
-        self._event(job.id, now, job.state, job.state, f"retry {attempts} in {delay:g}s: {error}")
+        self._event(job.id, now, job.state, job.state, f"retry {attempts} in {delay:g}s: {problem or error}")
+
+    # -- the error-log outbox -----------------------------------------------------------------------
+
+    def error_log_pending(self, limit: int) -> list[tuple[int, str, str]]:
+        """Error-log records not yet written, oldest first: (id, file name, JSON text)."""
+        return list(self._sql(_SQL_ERROR_LOG_PENDING, (limit,)))
+
+    def error_log_written(self, record_ids: list[int]) -> None:
+        self._sql(_SQL_ERROR_LOG_WRITTEN, (json.dumps(record_ids),))
 
     # -- requeue (bin/requeue; failed jobs hold no lease) -----------------------------------------
 

@@ -138,7 +138,16 @@ class Alert(BaseModel):
         table_name = "alerts"
 
 
-MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Report, Alert)
+class ErrorLogRecord(BaseModel):
+    job_id = peewee.IntegerField()
+    name = peewee.TextField()
+    record = peewee.TextField()
+
+    class Meta:
+        table_name = "error_log_outbox"
+
+
+MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Report, Alert, ErrorLogRecord)
 
 
 def bind(db: peewee.Database) -> None:

@@ -142,7 +142,8 @@ class Notifier:
         # A claimed job may wait in the pool behind one full timeout before its own call starts.
         self.lease = api.timeout * 2 + 30
         self.in_flight_limit = api.concurrency * 2
-        self.places = Folders(Modes(file=config.router.file_mode, dir=config.router.dir_mode), create=True)
+        self.error_log = failures.ErrorLog(config.paths.error_log, jobs, Folders(
+            Modes(file=config.router.file_mode, dir=config.router.dir_mode), create=True))
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
@@ -324,10 +325,9 @@ class Notifier:
                     log.warning("%s: lease lost (the call took longer than %gs); leaving the job to its new "
                                 "owner", o.call.label, self.lease)
                     o.kind = "lost"
-        now = self.jobs.clock()
         for o in outcomes:
-            self._report(o, now)
-        self.places.sync()
+            self._report(o)
+        self.error_log.flush(new=any(o.kind == "failed" for o in outcomes))
 
     def _record(self, o: Outcome) -> None:
         token, job = o.call.token, o.call.job
@@ -336,9 +336,10 @@ class Notifier:
         elif o.kind == "wait":
             self.jobs.wait(token, job, o.delay, o.message, o.attempts)
         else:
-            self.jobs.failed(token, job, "notify", o.message, o.attempts)
+            self.jobs.failed(token, job, "notify", o.message, o.attempts,
+                             file_path=job.archive_path or job.source_path)
 
-    def _report(self, o: Outcome, now: float) -> None:
+    def _report(self, o: Outcome) -> None:
         ms = (time.monotonic() - o.call.started) * 1000
         if o.kind == "notified":
             log.info("notified %s: %s on attempt %d (%.0f ms)", o.call.label, o.message, o.attempts, ms)
@@ -346,9 +347,6 @@ class Notifier:
             log.warning("%s: %s; trying again in %gs", o.call.label, o.message, o.delay)
         elif o.kind == "failed":
             log.error("failed %s at notify: %s", o.call.label, o.message)
-            job = o.call.job
-            failures.write_error_log(self.config.paths.error_log, job, o.message, o.attempts,
-                                     job.archive_path or job.source_path, now, self.places)
 
 
 def classify(response: requests.Response, secrets: Iterable[str] = ()) -> Answer:

@@ -22,12 +22,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import peewee
+
 from . import cli, failures, rules
 from .activity import Heartbeat
 from .config import Config
 from .files import (Changed, Folders, Identity, Modes, NotRegular, move_exact, read_exact, remove_exact,
                     remove_stale_temporaries, write_atomic)
-from .jobs import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE, Claimed, Jobs
+from .jobs import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE, Claimed, Jobs, LeaseLost
 from .validation import Invalid, JobDetails, parse, too_large
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class Work:
     error: str = ""
     failed_path: Path | None = None
     attempts: int | None = None                 # set when this batch counted a retry
+    problem: str = ""                           # a place problem found after phase B, beside error
+    late: bool = False                          # its wait is committed in phase D, not B
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -69,6 +73,12 @@ class Work:
         self.outcome, self.step, self.error = "wait", step, error
         return self
 
+    def wait_late(self, step: str, problem: str) -> None:
+        """Phase C found a place problem: wait, keeping the reason of a failure about to be recorded."""
+        if self.outcome not in ("fail", "move"):
+            self.step, self.error = step, problem
+        self.outcome, self.problem, self.late = "wait", problem, True
+
 
 class Router:
     def __init__(self, config: Config, jobs: Jobs, stopper: cli.Stopper | None = None):
@@ -77,9 +87,10 @@ class Router:
         self.stopper = stopper or cli.Stopper()
         rc = config.router
         modes = Modes(file=rc.file_mode, dir=rc.dir_mode)
-        self.places = Folders(modes, create=True)                       # archive, FAILED, error log
+        self.places = Folders(modes, create=True)                       # archive, FAILED
         self.destinations = Folders(modes, create=rc.create_folders)     # client destinations
         self.hot = Folders(modes, create=False)                         # only fsynced after removals
+        self.error_log = failures.ErrorLog(config.paths.error_log, jobs, Folders(modes, create=True))
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -92,6 +103,7 @@ class Router:
                 heartbeat.beat()
             try:
                 done = self.run_batch() if once or self.jobs.has_due(ROUTE_QUEUE) else 0
+                self.error_log.flush()      # what an earlier run or a full disk left behind
                 backoff = cfg.poll_interval
             except Exception as e:
                 if not cli.is_locked(e):
@@ -112,20 +124,23 @@ class Router:
         if not batch.jobs:
             return 0
         delivered = self.jobs.delivered_paths(j.id for j in batch.jobs if j.state == "archived")
-        works = []
-        for job in batch.jobs:
-            work = Work(job=job, state=job.state)
+        works = [Work(job=job, state=job.state) for job in batch.jobs]
+        for work in works:
             if self.stopper.requested:
                 work.outcome = "release"
-            else:
-                self._prepare(work, delivered.get(job.id, set()))
-            works.append(work)
-        self.places.sync()
-        self.destinations.sync()
+                continue
+            try:
+                self._prepare(work, delivered.get(work.job.id, set()))
+            except Exception as e:      # a defect met by this one job: it fails, its batch flows
+                log.exception("%s: unexpected error", work.label)
+                work.fail(STEP_OF_STATE[work.state], f"unexpected error: {_describe(e)}",
+                          move=work.state == "detected")
+        self._sync_copies(works)
         self._commit_progress(batch.token, works)
         self._clean_up(works)
         self._commit_outcomes(batch.token, works)
         self._report(works)
+        self.error_log.flush(new=any(w.outcome in FAILED_NOW for w in works))
         return len(batch.jobs)
 
     # -- phase A: read, validate, archive, copy ------------------------------------------------------
@@ -242,6 +257,22 @@ class Router:
         else:
             work.outcome = "route"
 
+    def _sync_copies(self, works: list[Work]) -> None:
+        """fsync the folders phase A wrote to; a copy whose folder did not sync is not made."""
+        failed = {**self.places.sync_each(), **self.destinations.sync_each()}
+        if not failed:
+            return
+        for w in works:
+            if w.archived_now and str(w.archive_path.parent) in failed:
+                w.archived_now, w.delivered = False, []
+                w.wait("archive", f"cannot sync the archive folder: {_os_reason(failed[str(w.archive_path.parent)])}")
+                continue
+            unsynced = [(name, path) for name, path, _ in w.delivered if str(Path(path).parent) in failed]
+            if unsynced:
+                w.delivered = [d for d in w.delivered if (d[0], d[1]) not in unsynced]
+                w.wait("route", "; ".join(f"{name}: cannot sync the folder: "
+                                         f"{_os_reason(failed[str(Path(path).parent)])}" for name, path in unsynced))
+
     # -- phase B: commit progress -----------------------------------------------------------------
 
     def _commit_progress(self, token: str, works: list[Work]) -> None:
@@ -251,42 +282,69 @@ class Router:
             if w.outcome == "move" and not w.job.failed_path:
                 w.failed_path = failures.failed_path(self.config.paths.failed, w.job.client_folder,
                                                      w.job.file_name, now, w.job.id)
+        self._commit_each(token, works, self._record_progress)
+        if releases:
+            self.jobs.release(token, releases)
+
+    def _record_progress(self, token: str, w: Work) -> None:
+        if w.archived_now:
+            d = w.details
+            self.jobs.archived(token, w.job.id, sha256=w.sha256, client_code=d.client_code,
+                               job_category=d.job_category, studio_code=d.studio_code,
+                               title=d.title, archive_path=str(w.archive_path))
+            w.state = "archived"
+        for name, path, action in w.delivered:
+            self.jobs.delivered(token, w.job.id, name, path, action)
+        if w.outcome == "wait":
+            self._wait(token, w)
+        elif w.outcome == "move" and not w.job.failed_path:
+            self.jobs.will_fail(token, self._as_committed(w), str(w.failed_path), w.error)
+        elif w.outcome == "fail" and w.step == "detect":
+            self._failed(token, w)
+
+    def _commit_each(self, token: str, works: list[Work], record) -> None:
+        """One transaction for the batch, one savepoint per job: a job whose record cannot be
+        written (its lease lost to another router, a value the database refuses) is rolled back
+        alone and the others are committed. The database itself failing fails the whole batch."""
         with self.jobs.transaction():
             owned = self.jobs.owned(token, [w.job.id for w in works])
             for w in works:
+                if w.outcome in ("lost", "release", "unrecorded"):
+                    continue
                 if w.job.id not in owned:
                     log.warning("%s: lease lost to another router; leaving the job to it", w.label)
                     w.outcome = "lost"
                     continue
-                if w.archived_now:
-                    d = w.details
-                    self.jobs.archived(token, w.job.id, sha256=w.sha256, client_code=d.client_code,
-                                       job_category=d.job_category, studio_code=d.studio_code,
-                                       title=d.title, archive_path=str(w.archive_path))
-                    w.state = "archived"
-                for name, path, action in w.delivered:
-                    self.jobs.delivered(token, w.job.id, name, path, action)
-                if w.outcome == "wait":
-                    self._wait(token, w)
-                elif w.outcome == "move" and not w.job.failed_path:
-                    self.jobs.will_fail(token, self._as_committed(w), str(w.failed_path), w.error)
-                elif w.outcome == "fail" and w.step == "detect":
-                    self.jobs.failed(token, self._as_committed(w), w.step, w.error)
-        if releases:
-            self.jobs.release(token, releases)
+                state, attempts = w.state, w.attempts
+                try:
+                    with self.jobs.db.atomic():
+                        record(token, w)
+                except LeaseLost:
+                    log.warning("%s: lease lost to another router; leaving the job to it", w.label)
+                    w.outcome = "lost"
+                except peewee.OperationalError:
+                    raise
+                except Exception as e:
+                    log.exception("%s: cannot record its outcome", w.label)
+                    w.state, w.attempts, w.outcome = state, attempts, "unrecorded"
+                    w.error = f"cannot record its outcome: {_describe(e)}"
+
+    def _failed(self, token: str, w: Work) -> None:
+        self.jobs.failed(token, self._as_committed(w), w.step, w.error, w.attempts,
+                         file_path=str(w.failed_path or w.archive_path or w.job.source_path))
 
     def _wait(self, token: str, w: Work) -> None:
         attempts = w.attempts = w.job.attempts + 1
         limit = self.config.router.max_attempts
         if limit and attempts >= limit:
             w.outcome, w.error = "fail", f"{w.error} (gave up after {attempts} attempts, router.max_attempts)"
-            if w.state == "archived":
+            if w.state == "archived" and not w.late:
                 return                  # failed in phase D, after the original is removed
-            self.jobs.failed(token, self._as_committed(w), w.step, w.error, attempts)
+            self._failed(token, w)
             w.outcome = "failed"
             return
         delay = min(2.0 ** attempts, PLACE_BACKOFF_CAP)
-        self.jobs.wait(token, self._as_committed(w), delay, w.error, attempts)
+        self.jobs.wait(token, self._as_committed(w), delay, w.error, attempts, problem=w.problem or None)
 
     @staticmethod
     def _as_committed(w: Work) -> Claimed:
@@ -297,15 +355,38 @@ class Router:
     def _clean_up(self, works: list[Work]) -> None:
         now = self.jobs.clock()
         for w in works:
-            # After a failure the original goes only if the archive copy is verified to hold it.
-            if w.state == "archived" and (w.outcome == "route" or w.outcome == "fail" and w.archive_path):
-                if not remove_exact(w.job.source_path, w.identity):
-                    log.warning("%s: left in the hot folder: a newer file of that name replaced it", w.label)
-                self.hot.touched(Path(w.job.source_path).parent)
-            elif w.outcome == "move":
-                self._move_to_failed(w, now)
-        self.places.sync()
-        self.hot.sync()
+            try:
+                self._clean_up_one(w, now)
+            except Exception as e:      # a defect met by this one job: it waits, its batch flows
+                log.exception("%s: unexpected error while cleaning up", w.label)
+                w.wait_late(w.step or "route", f"unexpected error: {_describe(e)}")
+        moved = {str(w.failed_path.parent): w for w in works if w.outcome == "move"}
+        for folder, error in self.places.sync_each().items():
+            if folder in moved:
+                moved[folder].wait_late("validate", f"cannot sync the FAILED folder: {_os_reason(error)}")
+        for folder, error in self.hot.sync_each().items():
+            # The originals are gone; should one come back after a crash, detection knows its job.
+            log.warning("cannot sync the hot folder %s after removing files: %s", folder, _os_reason(error))
+
+    def _clean_up_one(self, w: Work, now: float) -> None:
+        # After a failure the original goes only if the archive copy is verified to hold it.
+        if w.state == "archived" and (w.outcome == "route" or w.outcome == "fail" and w.archive_path):
+            try:
+                removed = remove_exact(w.job.source_path, w.identity)
+            except OSError as e:
+                # A place problem (an immutable or read-only client folder, a deny-delete ACL):
+                # routed once it can be removed; a failure is recorded with the file left in place.
+                reason = f"cannot remove the original from the hot folder: {_os_reason(e)}"
+                if w.outcome == "route":
+                    w.wait_late("route", reason)
+                else:
+                    w.error += f"; {reason}"
+                return
+            if not removed:
+                log.warning("%s: left in the hot folder: a newer file of that name replaced it", w.label)
+            self.hot.touched(Path(w.job.source_path).parent)
+        elif w.outcome == "move":
+            self._move_to_failed(w, now)
 
     def _move_to_failed(self, w: Work, now: float) -> None:
         try:
@@ -316,40 +397,45 @@ class Router:
         except Changed as e:
             w.error += f"; not moved to FAILED: the file {e}"
         except OSError as e:
-            w.outcome = "wait"
-            w.error = f"cannot move the file to FAILED: {_os_reason(e)}"
+            w.wait_late("validate", f"cannot move the file to FAILED: {_os_reason(e)}")
             return
-        failures.write_sidecar(w.failed_path, w.job, w.step, w.error, w.job.attempts, now, self.places)
+        try:
+            failures.write_sidecar(w.failed_path, w.job, w.step, w.error, w.job.attempts, now, self.places)
+        except OSError as e:
+            self.places.forget(w.failed_path.parent)
+            w.wait_late("validate", f"cannot write the reason beside the file in FAILED: {_os_reason(e)}")
 
     # -- phase D: commit outcomes -----------------------------------------------------------------
 
     def _commit_outcomes(self, token: str, works: list[Work]) -> None:
-        with self.jobs.transaction():
-            for w in works:
-                if w.outcome == "route":
-                    self.jobs.routed(token, w.job.id, _route_detail(w))
-                elif w.outcome == "move" or (w.outcome == "fail" and w.step != "detect"):
-                    self.jobs.failed(token, self._as_committed(w), w.step, w.error, w.attempts)
-                elif w.outcome == "wait" and w.failed_path:        # the move to FAILED must wait
-                    self._wait(token, w)
+        self._commit_each(token, [w for w in works if w.outcome == "route" or w.outcome == "move" or
+                                  (w.outcome == "fail" and w.step != "detect") or
+                                  (w.outcome == "wait" and w.late)], self._record_outcome)
+
+    def _record_outcome(self, token: str, w: Work) -> None:
+        if w.outcome == "route":
+            self.jobs.routed(token, w.job.id, _route_detail(w))
+        elif w.outcome == "wait":
+            self._wait(token, w)
+        else:
+            self._failed(token, w)
 
     def _report(self, works: list[Work]) -> None:
-        now = self.jobs.clock()
         for w in works:
             ms = (time.monotonic() - w.started) * 1000
             if w.outcome == "route":
                 where = ", ".join(name for name, _, _ in w.delivered) or "archive only"
                 log.info("routed %s -> %s (%.0f ms)", w.label, where, ms)
             elif w.outcome == "wait":
-                log.warning("%s waits: %s", w.label, w.error)
-            elif w.outcome in ("fail", "move", "failed"):
+                log.warning("%s waits: %s", w.label, w.problem or w.error)
+            elif w.outcome in FAILED_NOW:
                 place = f"; moved to {w.failed_path}" if w.outcome == "move" else ""
                 log.error("failed %s at %s: %s%s", w.label, w.step, w.error, place)
-                file_path = str(w.failed_path or w.archive_path or w.job.source_path)
-                attempts = w.job.attempts if w.attempts is None else w.attempts
-                failures.write_error_log(self.config.paths.error_log, w.job, w.error, attempts,
-                                         file_path, now, self.places)
-        self.places.sync()
+            elif w.outcome == "unrecorded":
+                log.error("%s: left for a later claim: %s", w.label, w.error)
+
+
+FAILED_NOW = ("fail", "move", "failed")     # the outcomes that record a failure in this batch
 
 
 def _route_detail(w: Work) -> str:
@@ -375,6 +461,12 @@ def _same_content(path: Path, sha256: str) -> bool:
 
 def _os_reason(e: OSError) -> str:
     return e.strerror or str(e)
+
+
+def _describe(e: Exception) -> str:
+    """An unexpected exception in one line: its type and the first line of its message."""
+    message = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

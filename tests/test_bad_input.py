@@ -167,6 +167,24 @@ def test_13_invalid_json_fails_validation_with_the_parsers_line_and_column(tree,
         "cut.json": (b'{"JobSpecification": {"JobDetails":\n', "invalid JSON: Expecting value at line 2 column 1")})
 
 
+def test_13_json_a_receiver_may_read_otherwise_fails_validation_in_one_batch(tree, db):
+    """Standard JSON only, one reading only: NaN, a duplicate key (which ClientCode did upstream
+    mean?), a number no receiver holds, text no database holds. One batch, each fails alone."""
+    doc = '{"JobSpecification": {"JobDetails": {"ClientCode": "RANK", "JobCategory": "X", %s}}}'
+    assert_validation_fails(tree, {
+        "nan.json": (doc % '"Qty": NaN', "not allowed in a job file: NaN is not allowed (not standard JSON)"),
+        "inf.json": (doc % '"Qty": [1, -Infinity]',
+                     "not allowed in a job file: -Infinity is not allowed (not standard JSON)"),
+        "dup.json": ('{"JobSpecification": {"JobDetails": {"ClientCode": "RANK", "ClientCode": "LOREAL", '
+                     '"JobCategory": "X"}}}', "not allowed in a job file: duplicate key 'ClientCode' in an object"),
+        "digits.json": (doc % ('"Qty": ' + "7" * 5000),
+                        "not allowed in a job file: a number of 5,000 characters (at most 100 are allowed)"),
+        "huge.json": (doc % '"Qty": 1e999', "not allowed in a job file: the number 1e999 is too large"),
+        "surrogate.json": (doc % '"Title": "caf\\udce9"',
+                           "JobSpecification.JobDetails.Title holds a lone UTF-16 surrogate (\\udce9), which is not text"),
+    })
+
+
 def test_13_empty_file_fails_validation(tree, db):
     assert_validation_fails(tree, {"empty.json": (b"", "file is empty"),
                                    "bom-only.json": (b"\xef\xbb\xbf", "file is empty")})
