@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import cli, config as config_module
+from . import cli, config as config_module, separation
 from .config import Config, ConfigError
 from .db import DatabaseUnusable, check_local
 
@@ -37,6 +37,7 @@ def check(config: Config) -> tuple[list[str], list[str]]:
         reason = _writable_place(where.parent if key == "database" else where)
         if reason:
             problems.append(f"[paths] {key}: {reason}")
+    problems += separation.problems(config)
     for route in config.routes:
         if not route.to.is_dir():
             if config.router.create_folders:

@@ -26,7 +26,7 @@ from typing import Callable
 
 import peewee
 
-from . import activity
+from . import activity, separation
 from . import config as config_module
 from . import db as db_module
 from .config import Config, ConfigError
@@ -123,6 +123,8 @@ def parser(program: str, description: str, once: bool = True) -> argparse.Argume
 def load_config(path: str | None) -> Config:
     cfg = config_module.load(path)
     db_module.check_local(cfg.paths.database)
+    for problem in separation.problems(cfg):
+        raise ConfigError(problem)
     return cfg
 
 
