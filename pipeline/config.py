@@ -8,6 +8,7 @@ config file's folder (the working directory when there is none). Every error nam
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import re
 import tomllib
@@ -53,14 +54,16 @@ def non_negative_int(value: Any) -> int:
 
 
 def non_negative_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"expected a number of at least 0, got {value!r}")
+    # TOML has nan and inf floats: nan compares false with everything, so it slips past "< 0" (a
+    # lease of nan broke every claim), and an infinite lease or interval never comes due.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"expected a finite number of at least 0, got {value!r}")
     return float(value)
 
 
 def positive_number(value: Any) -> float:
-    if non_negative_number(value) == 0:
-        raise ValueError(f"expected a number above 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"expected a finite number above 0, got {value!r}")
     return float(value)
 
 

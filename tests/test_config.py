@@ -100,6 +100,28 @@ def test_bad_values_are_rejected_naming_the_key(tmp_path, text, message):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("section, key, value", [
+    ("router", "lease", "nan"),
+    ("router", "lease", "inf"),
+    ("router", "poll_interval", "-nan"),
+    ("detect", "min_file_age", "inf"),
+    ("detect", "scan_interval", "+inf"),
+    ("detect", "scan_timeout", "nan"),
+    ("api", "timeout", "inf"),
+    ("api", "backoff_cap", "nan"),
+    ("smtp", "timeout", "inf"),
+    ("alerts", "min_interval", "nan"),
+    ("alerts", "stuck_after", "inf"),
+    ("detect", "min_file_age", "-inf"),
+])
+def test_nan_and_infinity_are_refused_for_every_number_key(tmp_path, section, key, value):
+    path = write(tmp_path, f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError) as e:
+        config_module.load(path)
+    assert f"[{section}] {key}: expected a finite number" in str(e.value)
+    assert value.lstrip("+-") in str(e.value)
+
+
 def test_missing_config_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="no such configuration file"):
         config_module.load(tmp_path / "nope.toml")
@@ -141,6 +163,13 @@ def test_check_config_names_the_bad_key_and_exits_78(tree):
     proc = tree.run("check-config", str(bad), check=False)
     assert proc.returncode == 78
     assert "[router] batch_size" in proc.stderr and "-5" in proc.stderr
+
+
+def test_check_config_refuses_an_infinite_lease_and_exits_78(tree):
+    bad = write(tree.root, '[router]\nlease = inf\n', "bad.toml")
+    proc = tree.run("check-config", str(bad), check=False)
+    assert proc.returncode == 78
+    assert "[router] lease: expected a finite number above 0, got inf" in proc.stderr
 
 
 def test_check_config_refuses_a_place_that_cannot_be_a_folder(tree):
