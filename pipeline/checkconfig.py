@@ -10,6 +10,7 @@ from pathlib import Path
 from . import cli, config as config_module, separation
 from .config import Config, ConfigError
 from .db import DatabaseUnusable, check_local
+from .notifier import resolve_headers
 
 
 def _writable_place(path: Path) -> str | None:
@@ -52,6 +53,11 @@ def check(config: Config) -> tuple[list[str], list[str]]:
     for name, value in config.api.headers.items():
         if value.startswith("env:") and value[4:] not in os.environ:
             notes.append(f"[api] headers {name}: environment variable {value[4:]} is not set")
+        else:
+            try:
+                resolve_headers({name: value})      # what the notifier refuses at start
+            except ConfigError as e:
+                problems.append(str(e))
     if config.smtp.host and config.smtp.username and config.smtp.password_env not in os.environ:
         notes.append(f"[smtp] password_env: environment variable {config.smtp.password_env} is not set")
     return problems, notes

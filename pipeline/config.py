@@ -29,10 +29,46 @@ def _type_name(value: Any) -> str:
             list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
 
 
+# C0 and C1 control characters, DEL, and Unicode's line and paragraph separators. None belongs in
+# an HTTP header, a mail header or a log line: a CR or LF there starts a header or line of its own.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+# An HTTP header name is a token (RFC 9110 5.6.2): anything else is refused by requests at send time.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def control_character(text: str) -> str | None:
+    """The first control character in ``text`` written as U+XXXX, or None when there is none."""
+    found = CONTROL_CHARACTERS.search(text)
+    return None if found is None else f"U+{ord(found.group()):04X}"
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an HTTP header value, or None. Never quotes it: it may be a secret."""
+    found = control_character(value)
+    return f"contains the control character {found}" if found else None
+
+
 def string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {_type_name(value)}")
     return value
+
+
+def address(value: Any) -> str:
+    """An email address (or "Name <address>"): it goes into a mail header, so it must be one line."""
+    value = string(value)
+    found = control_character(value)
+    if found:
+        raise ValueError(f"contains the control character {found}, got {value!r}")
+    return value
+
+
+def address_list(value: Any) -> tuple[str, ...]:
+    addresses = string_list(value)
+    for one in addresses:
+        address(one)
+    return addresses
 
 
 def boolean(value: Any) -> bool:
@@ -124,9 +160,15 @@ def url(value: Any) -> str:
 
 
 def headers(value: Any) -> Mapping[str, str]:
-    """HTTP headers; a value "env:NAME" is read from the environment when used, not here."""
+    """HTTP headers; a value "env:NAME" is read from the environment at start (notifier.resolve_headers)."""
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ValueError("expected a table of header names to string values")
+    for name, text in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~ only)")
+        problem = header_value_problem(text)
+        if problem:
+            raise ValueError(f"the value of {name} {problem} (the value is not shown)")
     return dict(value)
 
 
@@ -266,8 +308,8 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "report": {
         "time": (time_of_day, "00:00"),
         "timezone": (timezone, "Europe/London"),
-        "sender": (string, ""),
-        "recipients": (string_list, []),
+        "sender": (address, ""),
+        "recipients": (address_list, []),
         "title": (string, "JSON Workflow Daily Report"),
         "retention_days": (positive_int, 90),
         "brand_color": (color, "#1f2937"),
@@ -279,12 +321,12 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "host": (string, ""),
         "port": (port, 587),
         "starttls": (boolean, True),
-        "username": (string, ""),
+        "username": (address, ""),        # also the sender when report.sender is empty
         "password_env": (string, "SMTP_PASSWORD"),
         "timeout": (positive_number, 30),
     },
     "alerts": {
-        "recipients": (string_list, []),
+        "recipients": (address_list, []),
         "min_interval": (positive_number, 900),
         "stuck_after": (positive_number, 600),
     },

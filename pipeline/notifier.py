@@ -37,7 +37,7 @@ from requests.structures import CaseInsensitiveDict
 
 from . import activity, cli, failures
 from .activity import Heartbeat
-from .config import Config, ConfigError
+from .config import Config, ConfigError, header_value_problem
 from .files import Folders, Modes
 from .jobs import MAX_CLAIMS, NOTIFY_QUEUE, Claimed, Jobs, LeaseLost
 
@@ -51,7 +51,8 @@ RETRIED_STATUSES = {408, 429}
 def resolve_headers(configured: Mapping[str, str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The configured headers with each ``env:NAME`` value read from the environment, once at start.
 
-    A missing variable is a configuration error naming the header and the variable, never a value.
+    A missing variable, or one holding a CR, LF or other control character (header injection), is
+    a configuration error naming the header and the variable, never the value.
     """
     resolved = {}
     for name, value in configured.items():
@@ -60,6 +61,10 @@ def resolve_headers(configured: Mapping[str, str], environ: Mapping[str, str] = 
             if variable not in environ:
                 raise ConfigError(f"[api] headers {name}: the environment variable {variable} is not set")
             value = environ[variable]
+            problem = header_value_problem(value)
+            if problem:
+                raise ConfigError(f"[api] headers {name}: the environment variable {variable} {problem} "
+                                  "(its value is not shown)")
         resolved[name] = value
     return resolved
 

@@ -100,6 +100,39 @@ def test_bad_values_are_rejected_naming_the_key(tmp_path, text, message):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("text, message", [
+    ('[api]\nheaders = { X-Token = "abc-secret\\r\\nX-Evil: 1" }\n',
+     "[api] headers: the value of X-Token contains the control character U+000D (the value is not shown)"),
+    ('[api]\nheaders = { X-Token = "abc-secret\\nX-Evil: 1" }\n', "the value of X-Token contains the control character U+000A"),
+    ('[api]\nheaders = { X-Token = "abc-secret\\u0085" }\n', "the value of X-Token contains the control character U+0085"),
+    ('[api]\nheaders = { "X-Token\\r\\nX-Evil" = "1" }\n', "[api] headers: 'X-Token\\r\\nX-Evil' is not a header name"),
+    ('[api]\nheaders = { "X Token" = "1" }\n', "[api] headers: 'X Token' is not a header name"),
+    ('[api]\nheaders = { "" = "1" }\n', "[api] headers: '' is not a header name"),
+    ('[report]\nsender = "pipeline@example.com\\r\\nBcc: all@example.com"\n',
+     "[report] sender: contains the control character U+000D"),
+    ('[report]\nrecipients = ["ops@example.com", "b@example.com\\nBcc: x@example.com"]\n',
+     "[report] recipients: contains the control character U+000A"),
+    ('[alerts]\nrecipients = ["oncall@example.com\\r"]\n', "[alerts] recipients: contains the control character U+000D"),
+    ('[alerts]\nrecipients = ["oncall@example.com\\u001b"]\n', "[alerts] recipients: contains the control character U+001B"),
+    ('[smtp]\nusername = "pipeline\\nMAIL FROM:<x>"\n', "[smtp] username: contains the control character U+000A"),
+])
+def test_control_characters_in_headers_and_mail_addresses_are_refused(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        config_module.load(path)
+    assert message in str(e.value)
+    assert "abc-secret" not in str(e.value)             # a header value may be a secret: never shown
+    assert "\n" not in str(e.value) and "\r" not in str(e.value)
+
+
+def test_ordinary_headers_and_addresses_are_accepted(tmp_path):
+    cfg = config_module.load(write(tmp_path, '[api]\nheaders = { Authorization = "Bearer a b", X-Api_Key = "env:K" }\n'
+                                             '[report]\nsender = "Pipeline <pipeline@example.com>"\n'
+                                             'recipients = ["ops@example.com", "Zoë <zoe@example.com>"]\n'))
+    assert cfg.api.headers == {"Authorization": "Bearer a b", "X-Api_Key": "env:K"}
+    assert cfg.report.recipients == ("ops@example.com", "Zoë <zoe@example.com>")
+
+
 @pytest.mark.parametrize("section, key, value", [
     ("router", "lease", "nan"),
     ("router", "lease", "inf"),

@@ -276,6 +276,24 @@ def test_api_headers_and_credentials_never_appear_in_logs_the_table_error_files_
         assert secret not in written, f"{secret!r} leaked"
 
 
+@pytest.mark.parametrize("secret", ["tok-secret\r\nX-Evil: 1", "tok-secret\n", "tok-secret\x1b[2J"])
+def test_a_header_from_the_environment_with_a_line_break_stops_the_notifier_without_showing_it(tree, secret):
+    """Header injection through an ``env:NAME`` value: refused at start (exit 78), naming the header
+    and the variable, never the value; check-config refuses it too."""
+    tree.write_config('[api]\nendpoint = "http://127.0.0.1:9/jobs"\n'
+                      'headers = { X-Auth-Token = "env:SECURITY_TEST_TOKEN" }\n')
+    proc = tree.run("notifier", "--once", check=False, SECURITY_TEST_TOKEN=secret)
+    assert proc.returncode == 78
+    [line] = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert "configuration error: [api] headers X-Auth-Token: the environment variable SECURITY_TEST_TOKEN " \
+           "contains the control character U+00" in line
+    check = tree.run("check-config", check=False, SECURITY_TEST_TOKEN=secret)
+    assert check.returncode == 78 and "[api] headers X-Auth-Token: the environment variable" in check.stderr
+    for output in (proc.stdout, proc.stderr, check.stdout, check.stderr):
+        assert "tok-secret" not in output
+    assert tree.run("check-config", SECURITY_TEST_TOKEN="tok-secret").returncode == 0     # a clean one is fine
+
+
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 def test_the_smtp_password_never_appears_in_logs_the_table_or_status(tree, db):
     password, wrong = "smtp-Pa55-secret", "smtp-Wr0ng-secret"
