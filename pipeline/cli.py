@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -29,7 +30,7 @@ import peewee
 from . import activity, separation
 from . import config as config_module
 from . import db as db_module
-from .config import Config, ConfigError
+from .config import CONTROL_CHARACTERS, Config, ConfigError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -42,14 +43,20 @@ log = logging.getLogger(__name__)
 is_locked = db_module.is_locked     # the programs' loops ask cli.is_locked(e)
 
 
+def _escape(match: re.Match) -> str:
+    return ascii(match.group())[1:-1]          # Python's own escape: \n, \x1b, \x85, \u2028
+
+
 class _Formatter(logging.Formatter):
     """``time level program message``, time in UTC with milliseconds."""
 
     converter = time.gmtime
 
     def formatMessage(self, record):
-        # One line per event, even when a message quotes a file name with a newline in it.
-        record.message = record.message.replace("\r", "\\r").replace("\n", "\\n")
+        # One line per event, and nothing a terminal acts on, even when a message quotes a file
+        # name with a newline, an ESC sequence or a BEL in it: each control character is written
+        # as its escape (\n, \x1b, \x85, \u2028); other unicode stays as it is.
+        record.message = CONTROL_CHARACTERS.sub(_escape, record.message)
         return super().formatMessage(record)
 
     def formatTime(self, record, datefmt=None):

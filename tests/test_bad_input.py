@@ -554,3 +554,17 @@ def test_13_a_name_with_a_newline_still_gives_one_log_line_per_event(tree):
     lines = proc.stderr.splitlines()
     assert any("two\\nlines.json" in line and "invalid JSON" in line for line in lines)
     assert all(line[:4].isdigit() and line[10] == "T" for line in lines)    # each line is an event
+
+
+def test_13_control_characters_in_a_name_reach_the_logs_escaped_and_unicode_stays(tree):
+    """ESC (a terminal escape sequence), BEL, a C1 NEL and U+2028 in a file name: the real
+    programs' log lines show them as escapes, so viewing a log cannot drive the terminal."""
+    name = "bell\x07 esc\x1b[2J nel\x85 ls\u2028 café.json"
+    tree.drop("RANK", name, "{broken")
+    scanner = tree.run("scanner", "--once").stderr
+    router = tree.run("router", "--once").stderr
+    shown = "bell\\x07 esc\\x1b[2J nel\\x85 ls\\u2028 café.json"
+    assert any(shown in line and "invalid JSON" in line for line in router.splitlines())
+    for log in (scanner, router):
+        assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]", log), log    # only the newlines between lines
+        assert all(line[:4].isdigit() and line[10] == "T" for line in log.splitlines())
