@@ -130,7 +130,6 @@ class Tree:
 
     def env(self, **extra) -> dict:
         env = dict(os.environ, PIPELINE_CONFIG=str(self.config_path))
-        env.setdefault("PIPELINE_ROUTERS", "2")
         env.update(extra)
         return env
 

@@ -1,7 +1,9 @@
 """The real programs under a real supervisord, with this repository's supervisord.conf (SPEC §2, §11)."""
 
 import os
+import re
 import shutil
+import sys
 import signal
 import subprocess
 from pathlib import Path
@@ -35,6 +37,11 @@ def installation(tmp_path):
     return here
 
 
+def set_routers(conf: Path, n: int) -> None:
+    """The router count is numprocs in [program:router]; an installation edits it there."""
+    conf.write_text(re.sub(r"(?m)^numprocs = 2$", f"numprocs = {n}", conf.read_text(), count=1))
+
+
 def start_supervisord(conf: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen([str(VENV_BIN / "supervisord"), "--nodaemon", "-c", str(conf)], env=env,
                             cwd=conf.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -50,8 +57,11 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
 
 
 def test_supervisord_runs_every_program_and_files_get_routed(tree, db, installation):
+    """`supervisord -c supervisord.conf` as it is: no PIPELINE_ROUTERS or other variable it needs."""
     conf = installation / "supervisord.conf"
-    proc = start_supervisord(conf, tree.env())
+    env = tree.env()
+    env.pop("PIPELINE_ROUTERS", None)
+    proc = start_supervisord(conf, env)
     try:
         wait_for(lambda: all_running(conf, 6), timeout=30, interval=0.3, message="6 programs RUNNING")
         status = supervisorctl(conf, "status").stdout
@@ -106,10 +116,11 @@ def test_the_readme_start_command_works_from_a_fresh_copy(tmp_path):
 
 def test_status_is_healthy_when_idle_and_not_when_the_router_is_stopped_with_work_waiting(tree, db, installation):
     conf = installation / "supervisord.conf"
-    proc = start_supervisord(conf, tree.env(PIPELINE_ROUTERS="3"))
+    set_routers(conf, 3)
+    proc = start_supervisord(conf, tree.env())
     try:
         wait_for(lambda: all_running(conf, 7), timeout=30, interval=0.3, message="7 programs RUNNING")
-        assert "router:router_02" in supervisorctl(conf, "status").stdout      # numprocs from the environment
+        assert "router:router_02" in supervisorctl(conf, "status").stdout      # numprocs as edited
         wait_for(lambda: tree.run("status", check=False).returncode == 0, message="a healthy idle pipeline")
         assert supervisorctl(conf, "stop", "router:*").returncode == 0
         tree.drop("RANK", "waiting.json")
@@ -158,3 +169,17 @@ def test_stop_all_during_a_busy_run_leaves_nothing_half_done(tree, db, installat
     finally:
         stop(proc)
         api.close()
+
+
+def test_the_benchmark_chooses_its_router_count_in_its_copy_of_the_conf(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    assert bench.router_count((ROOT / "supervisord.conf").read_text()) == 2
+    for routers, root in ((4, tmp_path / "four"), (None, tmp_path / "default")):
+        root.mkdir()
+        bench.Pipeline(root, routers=routers)
+        assert bench.router_count((root / "supervisord.conf").read_text()) == (routers or 2)
+    assert (ROOT / "supervisord.conf").read_text().count("numprocs = 2") == 1        # the original untouched

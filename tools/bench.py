@@ -1,6 +1,6 @@
 """Benchmarks of SPEC §12, each next to a baseline measured in the same run.
 
-    tools/bench [--n 5000] [--quick] [--no-record]
+    tools/bench [--n 5000] [--routers 2] [--quick] [--no-record]
 
 Every figure is measured on a temporary tree with the real programs under a real supervisord,
 using this repository's supervisord.conf, fsync on, leases on. Results are printed and appended to
@@ -65,15 +65,24 @@ class Results:
 
 # --- a pipeline under supervisord on a temporary tree ----------------------------------------------
 
-class Pipeline:
-    """This repository's supervisord.conf on a temporary tree (its bin/ linked)."""
+def router_count(conf: str) -> int:
+    """numprocs of [program:router] in supervisord.conf's text (the only program with copies)."""
+    return int(re.search(r"(?m)^numprocs = (\d+)$", conf).group(1))
 
-    def __init__(self, root: Path, config_extra: str = ""):
+
+class Pipeline:
+    """This repository's supervisord.conf on a temporary tree (its bin/ linked); ``routers``, when
+    given, replaces its router count (numprocs) in the copy."""
+
+    def __init__(self, root: Path, config_extra: str = "", routers: int | None = None):
         self.root = root
         self.config_path = write_config(root, config_extra)
         self.config = config_module.load(self.config_path)
         (root / "bin").symlink_to(ROOT / "bin")
-        shutil.copy(ROOT / "supervisord.conf", root / "supervisord.conf")
+        conf = (ROOT / "supervisord.conf").read_text()
+        if routers is not None:
+            conf = re.sub(r"(?m)^numprocs = \d+$", f"numprocs = {routers}", conf)
+        (root / "supervisord.conf").write_text(conf)
         (root / "var" / "log").mkdir(parents=True)
         db_module.connect(self.config.paths.database).close()     # the schema, before anyone polls
         self.proc: subprocess.Popen | None = None
@@ -85,7 +94,6 @@ class Pipeline:
 
     def start(self) -> float:
         env = dict(os.environ, PIPELINE_CONFIG=str(self.config_path))
-        env.setdefault("PIPELINE_ROUTERS", "2")
         started = time.time()
         self.proc = subprocess.Popen([str(VENV_BIN / "supervisord"), "--nodaemon", "-c",
                                       str(self.root / "supervisord.conf")], env=env, cwd=self.root,
@@ -185,10 +193,10 @@ def baseline_loop(n: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
-def pipeline_backlog(n: int, finished_rows: int = 0) -> tuple[float, dict[str, float]]:
+def pipeline_backlog(n: int, routers: int, finished_rows: int = 0) -> tuple[float, dict[str, float]]:
     """N files pre-dropped, the whole supervised pipeline from start to the last routed: files/s."""
     with tempfile.TemporaryDirectory() as tmp:
-        p = Pipeline(Path(tmp))
+        p = Pipeline(Path(tmp), routers=routers)
         if finished_rows:
             fill_finished(p.config.paths.database, finished_rows)
             p.mark_prefilled()
@@ -234,10 +242,10 @@ def fill_finished(database: Path, rows: int) -> None:
     conn.close()
 
 
-def latency(count: int, rate: float = 20.0) -> list[float]:
+def latency(count: int, routers: int, rate: float = 20.0) -> list[float]:
     """Files dropped at ``rate``/s into an idle running pipeline: drop-to-routed seconds each."""
     with tempfile.TemporaryDirectory() as tmp:
-        p = Pipeline(Path(tmp))
+        p = Pipeline(Path(tmp), routers=routers)
         for client, _ in CLIENTS:                  # a real hot folder has its client folders
             (p.config.paths.hot_folder / client).mkdir(parents=True)
         try:
@@ -351,6 +359,9 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     argp = argparse.ArgumentParser(prog="tools/bench", description=__doc__.splitlines()[0])
     argp.add_argument("--n", type=int, default=5000, help="backlog files (default 5000)")
+    default_routers = router_count((ROOT / "supervisord.conf").read_text())
+    argp.add_argument("--routers", type=int, default=default_routers,
+                      help=f"router processes (default {default_routers}, supervisord.conf's numprocs)")
     argp.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a record")
     argp.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
     args = argp.parse_args()
@@ -360,12 +371,12 @@ def main() -> None:
     results = Results()
     print(f"backlog of {n} files (baseline loop, then the supervised pipeline)", flush=True)
     base = baseline_loop(n)
-    empty, rss = pipeline_backlog(n)
+    empty, rss = pipeline_backlog(n, args.routers)
     results.add(f"backlog throughput, N={n}", f"{empty:.0f} files/s", f"{base:.0f} files/s",
                 f"{empty / base:.2f}", ">= 0.50", empty / base >= 0.5)
 
     print(f"latency: {drops} files dropped at 20/s into an idle pipeline", flush=True)
-    lat = latency(drops)
+    lat = latency(drops, args.routers)
     per_file = 1000 / base
     for q, target in ((50, 0.050), (95, None), (99, 0.250)):
         v = percentile(lat, q)
@@ -382,7 +393,7 @@ def main() -> None:
                 f"{notified / loop:.2f}", ">= 300 jobs/s", notified >= 300)
 
     print(f"the same backlog on a table of {finished:,} finished jobs", flush=True)
-    full, _ = pipeline_backlog(n, finished_rows=finished)
+    full, _ = pipeline_backlog(n, args.routers, finished_rows=finished)
     results.add(f"backlog on {finished:,} finished jobs", f"{full:.0f} files/s", f"{empty:.0f} files/s (empty table)",
                 f"{full / empty:.2f}", ">= 0.90", full / empty >= 0.9)
 
@@ -404,17 +415,17 @@ def main() -> None:
         results.add(f"peak RSS {program}", f"{mb:.1f} MB", "-", "-", "< 60 MB", mb < 60)
 
     if not args.no_record and not args.quick:
-        record(results, n, finished)
+        record(results, n, finished, args.routers)
 
 
-def record(results: Results, n: int, finished: int) -> None:
+def record(results: Results, n: int, finished: int, routers: int) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"\n## {when}, commit {commit}{' (with uncommitted changes)' if dirty else ''}\n",
-             f"`tools/bench --n {n}` on {os.cpu_count()} cores; {finished:,}-row table.\n",
+             f"`tools/bench --n {n} --routers {routers}` on {os.cpu_count()} cores; {finished:,}-row table.\n",
              "| what | figure | baseline | ratio | target | |", "| --- | --- | --- | --- | --- | --- |"]
     for line in results.lines:
         mark = {True: "ok", False: "**missed**", None: ""}[line.ok]

@@ -220,7 +220,6 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{server.server_address[1]}/jobs"
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("PIPELINE_ROUTERS", "2")      # PROGRAMS names router_00 and router_01
         pipeline = Pipeline(Path(tmp), "[detect]\nmin_file_age = 0.3\nscan_interval = 5\n"
                                        "[router]\nlease = 5\n"
                                        f'[api]\nendpoint = "{endpoint}"\nbackoff_cap = 2\nmax_attempts = 30\n'
