@@ -1,7 +1,8 @@
-"""The database: one SQLite file in WAL mode, its pragmas, and its schema from ``schema.sql``."""
+"""The database: one SQLite file in WAL mode, its pragmas, and its schema from ``pipeline/schema.sql``."""
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import sqlite3
 from pathlib import Path
@@ -10,7 +11,6 @@ import peewee
 
 log = logging.getLogger(__name__)
 
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.sql"
 SCHEMA_VERSION = 4      # 4: error_log_outbox
 BUSY_TIMEOUT_MS = 5000
 
@@ -51,9 +51,14 @@ def connect(path: Path, *, create: bool = True) -> peewee.SqliteDatabase:
     return db
 
 
+def schema_script() -> str:
+    """The text of schema.sql, package data beside this module (so an installed copy has it too)."""
+    return importlib.resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+
+
 def apply_schema(db: peewee.SqliteDatabase) -> None:
     """Create what is missing, in one immediate transaction so concurrent starts agree."""
-    script = SCHEMA_FILE.read_text(encoding="utf-8")
+    script = schema_script()
     conn = db.connection()
     conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
     log.info("database schema version %d ready in %s", SCHEMA_VERSION, db.database)

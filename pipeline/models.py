@@ -1,4 +1,4 @@
-"""Peewee models of ``schema.sql``, for the command-line tools and reports.
+"""Peewee models of ``pipeline/schema.sql``, for the command-line tools and reports.
 
 ``schema.sql`` is the source of truth; ``tests/test_schema.py`` fails when these drift from it.
 The hot path (claims and transitions) uses pre-written SQL in ``jobs.py`` instead.

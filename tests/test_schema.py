@@ -1,4 +1,4 @@
-"""schema.sql is the source of truth; the peewee models must match it column for column."""
+"""pipeline/schema.sql is the source of truth; the peewee models must match it column for column."""
 
 import sqlite3
 
@@ -36,7 +36,7 @@ def _model_columns(model) -> list[tuple]:
 @pytest.fixture
 def schema_conn(tmp_path):
     conn = sqlite3.connect(tmp_path / "schema.db")
-    conn.executescript(db_module.SCHEMA_FILE.read_text())
+    conn.executescript(db_module.schema_script())
     yield conn
     conn.close()
 
