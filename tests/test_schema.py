@@ -1,6 +1,8 @@
 """pipeline/schema.sql is the source of truth; the peewee models must match it column for column."""
 
+import shutil
 import sqlite3
+from pathlib import Path
 
 import peewee
 import pytest
@@ -83,3 +85,50 @@ def test_connect_refuses_a_file_that_is_not_a_database(tmp_path):
 
 def test_filesystem_type_finds_the_mount(tmp_path):
     assert db_module.filesystem_type(tmp_path / "missing" / "pipeline.db") not in ("", "unknown")
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _rows(path: Path, tables) -> dict[str, list[tuple]]:
+    conn = sqlite3.connect(path)
+    try:
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+    finally:
+        conn.close()
+
+
+def test_8_a_schema_3_database_is_upgraded_in_place_with_every_row_kept(tree, schema_conn):
+    """schema-v3.db was made by the release before the error-log outbox (scanner and router --once
+    on three files: two routed, one failed at validate). Every later schema change adds such a file."""
+    path = tree.config.paths.database
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(FIXTURES / "schema-v3.db", path)
+    conn = sqlite3.connect(path)
+    old_version = conn.execute("PRAGMA user_version").fetchone()[0]
+    old_tables = list(_schema_tables(conn))
+    conn.close()
+    assert old_version == 3
+    before = _rows(path, old_tables)
+    assert len(before["jobs"]) == 3 and before["job_events"]
+
+    db_module.connect(path).close()
+
+    assert _rows(path, old_tables) == before
+    upgraded = sqlite3.connect(path)
+    try:
+        assert upgraded.execute("PRAGMA user_version").fetchone()[0] == db_module.SCHEMA_VERSION
+        assert _schema_tables(upgraded) == _schema_tables(schema_conn)
+        objects = "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY 1, 2"
+        assert upgraded.execute(objects).fetchall() == schema_conn.execute(objects).fetchall()
+    finally:
+        upgraded.close()
+
+    # The upgraded file carries on: a new job is numbered after the old ones and flows.
+    tree.drop("RANK", "after-upgrade.json")
+    tree.age(tree.hot / "RANK" / "after-upgrade.json")
+    tree.run("scanner", "--once")
+    tree.run("router", "--once")
+    assert (tree.dest("Monday Rank") / "after-upgrade.json").exists()
+    jobs = sqlite3.connect(path).execute("SELECT id, state FROM jobs ORDER BY id").fetchall()
+    assert [j[0] for j in jobs] == [1, 2, 3, 4] and jobs[3][1] in ("routed", "done")

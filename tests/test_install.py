@@ -1,0 +1,59 @@
+"""A non-editable install works: the package carries its schema and templates, nothing reads the source tree.
+
+The wheel is built from this checkout without build isolation and installed without dependencies into
+a fresh virtual environment (no network); the dependencies come from the test environment's
+site-packages through a plain path entry, so ``pipeline`` itself can only come from the wheel.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from conftest import BASE_CONFIG, MATRIX, ROOT, job_document
+
+
+def _run(*args, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300, **kwargs)
+    assert proc.returncode == 0, f"{' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The python of a fresh virtual environment with the project's wheel installed in it."""
+    work = tmp_path_factory.mktemp("install")
+    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "-w", work / "dist", ROOT)
+    wheel, = (work / "dist").glob("*.whl")
+    _run(sys.executable, "-m", "venv", "--without-pip", work / "venv")
+    python = work / "venv" / "bin" / "python"
+    _run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", wheel)
+    purelib = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").stdout.strip())
+    # Only a path entry: .pth files in the test environment (its editable install of this checkout)
+    # are not processed, so they cannot make the source tree importable.
+    (purelib / "test_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    return python
+
+
+def test_8_the_installed_package_runs_from_another_folder_without_the_source_tree(installed, tmp_path):
+    site_dir = tmp_path / "site"
+    (site_dir / "hot" / "RANK").mkdir(parents=True)
+    (site_dir / "pipeline.toml").write_text(f"{BASE_CONFIG}\n[detect]\nmin_file_age = 0\n{MATRIX}")
+    (site_dir / "hot" / "RANK" / "a.json").write_text(json.dumps(job_document("RANK")))
+    env = {"PATH": "/usr/bin:/bin", "PIPELINE_CONFIG": str(site_dir / "pipeline.toml")}
+
+    where = _run(installed, "-c", "import pipeline; print(pipeline.__file__)", cwd=site_dir, env=env).stdout
+    assert str(installed.parent.parent) in where and str(ROOT) not in where
+    for program in ("pipeline.scanner", "pipeline.router"):
+        _run(installed, "-m", program, "--once", cwd=site_dir, env=env)
+    assert (site_dir / "dest" / "Monday Rank" / "a.json").exists()
+    assert not (site_dir / "hot" / "RANK" / "a.json").exists()
+    # The report's templates are package data too.
+    _run(installed, "-c", "from pipeline import render; render._env.get_template('report.html.j2')",
+         cwd=site_dir, env=env)
