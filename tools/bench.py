@@ -213,6 +213,37 @@ def pipeline_backlog(n: int, routers: int, finished_rows: int = 0) -> tuple[floa
         return n / (last - started), rss
 
 
+def largest_file_document(limit: int) -> bytes:
+    """A valid job of just under ``limit`` bytes made of small objects, the parser's worst case
+    for memory (each object and string a Python object of its own when loaded whole)."""
+    head = b'{"JobSpecification": {"JobDetails": {"ClientCode": "RANK", "JobCategory": "PRODUCTION", ' \
+           b'"StudioCode": "RANK_STUDIO", "Title": "largest allowed file"}, "Items": ['
+    item = b'{"i": 1, "s": "ab"}, '
+    count = (limit - len(head) - 64) // len(item)
+    return head + item * count + b'{"i": 0}]}}'
+
+
+def largest_file_peak(limit: int) -> tuple[int, float, float]:
+    """The router's peak RSS routing one valid file of about router.max_file_bytes, against its
+    peak on a small file in the same run: (file bytes, MB with the big file, MB with a small one)."""
+    big = largest_file_document(limit)
+    peaks = []
+    for body in (largest_file_document(4096), big):
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Pipeline(Path(tmp), routers=1)
+            folder = p.config.paths.hot_folder / "RANK"
+            folder.mkdir(parents=True)
+            (folder / "large.json").write_bytes(body)
+            settle()
+            try:
+                p.start()
+                p.wait_count("routed", 1, timeout=300)
+                peaks.append(max(mb for name, mb in p.peak_rss().items() if name.startswith("router")))
+            finally:
+                p.stop()
+    return len(big), peaks[1], peaks[0]
+
+
 def fill_finished(database: Path, rows: int) -> None:
     """A table of ``rows`` finished jobs over the last 90 days, with their audit rows and deliveries."""
     now = time.time()
@@ -410,6 +441,14 @@ def main() -> None:
     results.add(f"SIGKILL chaos, {chaos_files} files, {kills} kills",
                 f"{c.get('files lost')} lost, {c.get('drops with two jobs')} duplicated, {c.get('jobs stuck')} stuck, "
                 f"integrity {c.get('integrity_check')}", "-", "-", "0 / 0 / 0 / ok", c["passed"] == "True")
+
+    limit = config_module.load(os.devnull).router.max_file_bytes      # the default
+    print(f"memory: one valid job of router.max_file_bytes ({limit:,} bytes) made of small objects", flush=True)
+    size, big_mb, small_mb = largest_file_peak(limit)
+    ceiling = 4 * size / 2**20 + 60
+    results.add(f"router peak RSS, one {size / 2**20:.0f} MiB job", f"{big_mb:.0f} MB",
+                f"{small_mb:.0f} MB (a 4 KB job)", f"{big_mb / (size / 2**20):.1f} x file",
+                f"< {ceiling:.0f} MB (4 x file + 60 MB)", big_mb < ceiling)
 
     for program, mb in sorted(rss.items()):
         results.add(f"peak RSS {program}", f"{mb:.1f} MB", "-", "-", "< 60 MB", mb < 60)
