@@ -1,9 +1,11 @@
 """Failure alerts (SPEC §8): what is new since the last alert, and the ``alerts`` table.
 
-An alert goes out when jobs failed since the last alert that went out, or when jobs became stuck
-(still not routed ``alerts.stuck_after`` seconds after detection: a destination offline, no
-router running). It lists the new failures and every job stuck now. At most one alert is sent per
-``alerts.min_interval``; a failed send is retried sooner (``RETRY``), since nobody has been told.
+An alert goes out when jobs failed since the last alert that went out, or when jobs became stuck:
+still not routed ``alerts.stuck_after`` seconds after detection (a destination offline, no router
+running), or, with an API configured, still not notified ``stuck_after`` seconds after being routed
+(the API down or rate-limiting, no notifier running). It lists the new failures and every job
+stuck now. At most one alert is sent per ``alerts.min_interval``; a failed send is retried sooner
+(``RETRY``), since nobody has been told.
 
 Deciding and recording happen in one ``BEGIN IMMEDIATE`` transaction that inserts a 'sending'
 row, so two reporters never send the same alert: the second sees the first one's row.
@@ -51,11 +53,17 @@ FROM jobs WHERE state = 'failed' AND failed_at > ? AND failed_at <= ?
 ORDER BY failed_at, id LIMIT ?"""
 _SQL_FAILED_COUNT = "SELECT count(*) FROM jobs WHERE state = 'failed' AND failed_at > ? AND failed_at <= ?"
 
-_STUCK = "state IN ('detected', 'archived') AND detected_at < ?"
-_SQL_STUCK = f"""
-SELECT id, detected_at, client_folder, file_name, state, last_error
-FROM jobs WHERE {_STUCK} ORDER BY detected_at, id LIMIT ?"""
-_SQL_STUCK_COUNT = f"SELECT count(*), coalesce(sum(detected_at >= ?), 0) FROM jobs WHERE {_STUCK}"
+# A job waits for a router from detection, and for the notifier from routing: each wait, its states and
+# the column saying since when. The "+" keeps SQLite on the small partial queue index (the states)
+# rather than a range over the time column, which holds nearly every job in the table.
+_WAITS = {"route": ("state IN ('detected', 'archived')", "detected_at"),
+          "notify": ("state = 'routed'", "routed_at")}
+_SQL_STUCK_COUNT = {wait: f"SELECT count(*), coalesce(sum(CASE WHEN {since} >= ? THEN 1 ELSE 0 END), 0) "
+                          f"FROM jobs WHERE {states} AND +{since} < ?"
+                    for wait, (states, since) in _WAITS.items()}
+_SQL_STUCK = {wait: f"SELECT id, {since}, detected_at, client_folder, file_name, state, last_error "
+                    f"FROM jobs WHERE {states} AND +{since} < ? ORDER BY +{since}, id LIMIT ?"
+              for wait, (states, since) in _WAITS.items()}
 
 _SQL_INSERT = """
 INSERT INTO alerts (at, actor, state, covered_until, failures, stuck, recipients)
@@ -74,29 +82,27 @@ def _held_off(db: peewee.SqliteDatabase, now: float, cfg: Alerts) -> bool:
     return now < at + wait
 
 
-def findings(db: peewee.SqliteDatabase, now: float, cfg: Alerts) -> Findings:
-    """New failures since the last alert sent, and the jobs stuck now."""
+def findings(db: peewee.SqliteDatabase, now: float, cfg: Alerts, *, notify: bool) -> Findings:
+    """New failures since the last alert sent, and the jobs stuck now (``notify``: an API is configured)."""
     covered = db.execute_sql(_SQL_COVERED).fetchone()[0]
     since = covered if covered is not None else now - FIRST_LOOKBACK
     failed = [{"id": i, "at": at, "client": client, "file": name, "step": step, "reason": reason}
               for i, at, client, name, step, reason in db.execute_sql(_SQL_FAILED, (since, now, LISTED))]
     failed_total = db.execute_sql(_SQL_FAILED_COUNT, (since, now)).fetchone()[0]
-    stuck_before = now - cfg.stuck_after
     # Newly stuck: crossed the threshold after the last alert, so each stuck job triggers once.
-    stuck_total, newly_stuck = db.execute_sql(_SQL_STUCK_COUNT, (since - cfg.stuck_after, stuck_before)).fetchone()
-    stuck = [{"id": i, "detected_at": at, "client": client, "file": name, "state": state, "reason": reason}
-             for i, at, client, name, state, reason in db.execute_sql(_SQL_STUCK, (stuck_before, LISTED))]
-    return Findings(since, now, failed_total, failed, stuck_total, newly_stuck, stuck)
+    stuck_total, newly_stuck, listed = _stuck(db, now - cfg.stuck_after, since - cfg.stuck_after, LISTED, notify)
+    return Findings(since, now, failed_total, failed, stuck_total, newly_stuck, listed)
 
 
-def claim(db: peewee.SqliteDatabase, actor: str, now: float, cfg: Alerts) -> tuple[int, Findings] | None:
+def claim(db: peewee.SqliteDatabase, actor: str, now: float, cfg: Alerts, *,
+          notify: bool) -> tuple[int, Findings] | None:
     """An alert to send now, recorded as 'sending'; None when there is nothing new or it is too soon."""
     if _held_off(db, now, cfg):                  # the cheap read first: most calls end here
         return None
     with db.atomic("IMMEDIATE"):
         if _held_off(db, now, cfg):
             return None
-        found = findings(db, now, cfg)
+        found = findings(db, now, cfg, notify=notify)
         if not found.worth_sending:
             return None
         alert_id = db.execute_sql(_SQL_INSERT, (now, actor, now, found.failed_total, found.stuck_total,
@@ -114,13 +120,38 @@ def failed(db: peewee.SqliteDatabase, alert_id: int, error: str) -> None:
         db.execute_sql(_SQL_FAILED_SEND, (error, alert_id))
 
 
-def stuck(db: peewee.SqliteDatabase, now: float, stuck_after: float, limit: int = LISTED) -> tuple[int, list[dict]]:
-    """Jobs still not routed ``stuck_after`` seconds after detection: (how many, the oldest ``limit``).
+def stuck(db: peewee.SqliteDatabase, now: float, stuck_after: float, limit: int = LISTED, *,
+          notify: bool) -> tuple[int, list[dict]]:
+    """Jobs still not routed ``stuck_after`` seconds after detection and, with ``notify`` (an API is
+    configured), jobs still not notified ``stuck_after`` seconds after routing: (how many, the
+    ``limit`` waiting longest).
 
     The one definition of "stuck", shared by the alerts and ``bin/status``.
     """
     before = now - stuck_after
-    total = db.execute_sql(f"SELECT count(*) FROM jobs WHERE {_STUCK}", (before,)).fetchone()[0]
-    rows = [{"id": i, "detected_at": at, "client": client, "file": name, "state": state, "reason": reason}
-            for i, at, client, name, state, reason in db.execute_sql(_SQL_STUCK, (before, limit))]
+    total, _, rows = _stuck(db, before, before, limit, notify)
     return total, rows
+
+
+def _stuck(db: peewee.SqliteDatabase, before: float, newly_from: float, limit: int,
+           notify: bool) -> tuple[int, int, list[dict]]:
+    """Jobs waiting since before ``before``: (how many, how many of them since ``newly_from`` or
+    later, the ``limit`` waiting longest)."""
+    total = newly = 0
+    rows = []
+    for wait in ("route", "notify") if notify else ("route",):
+        count, new = db.execute_sql(_SQL_STUCK_COUNT[wait], (newly_from, before)).fetchone()
+        total, newly = total + count, newly + new
+        rows += [{"id": i, "since": since, "detected_at": detected, "client": client, "file": name,
+                  "state": state, "reason": _waiting_for(state, error)}
+                 for i, since, detected, client, name, state, error
+                 in db.execute_sql(_SQL_STUCK[wait], (before, limit))]
+    rows.sort(key=lambda r: (r["since"], r["id"]))
+    return total, newly, rows[:limit]
+
+
+def _waiting_for(state: str, error: str | None) -> str | None:
+    """Why a stuck job waits: its last error; a routed one says it is the notification that is late."""
+    if state != "routed":
+        return error
+    return f"routed but not yet notified: {error}" if error else "routed but not yet notified (no attempt recorded)"

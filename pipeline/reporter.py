@@ -187,7 +187,7 @@ class Reporter:
 
     def alert(self, now: float) -> None:
         """Send an alert when there are new failures or newly stuck jobs and the interval allows."""
-        claimed = alerts.claim(self.db, self.actor, now, self.config.alerts)
+        claimed = alerts.claim(self.db, self.actor, now, self.config.alerts, notify=bool(self.config.api.endpoint))
         if claimed is None:
             return
         alert_id, found = claimed

@@ -65,7 +65,8 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
         beats = _rows(db, "SELECT program, host, pid, started_at, beat_at FROM heartbeats ORDER BY program, host")
         errors = _rows(db, "SELECT id, failed_at, client_folder AS client, file_name AS file, failed_step AS step, "
                            "last_error AS reason FROM jobs WHERE state = 'failed' ORDER BY failed_at DESC LIMIT 5")
-        stuck_total, stuck = alerts.stuck(db, now, config.alerts.stuck_after, limit=5)
+        stuck_total, stuck = alerts.stuck(db, now, config.alerts.stuck_after, limit=5,
+                                          notify=bool(config.api.endpoint))
         report = _rows(db, "SELECT day, state, attempts, last_error, sent_at FROM reports "
                            "WHERE state != 'pending' OR attempts > 0 ORDER BY day DESC LIMIT 1")
     for beat in beats:

@@ -393,6 +393,24 @@ def test_a_stuck_job_is_alerted_once_when_it_crosses_stuck_after(tree, db, clock
     assert len(alerts_sent(inbox)) == 1                  # still stuck, but not newly
 
 
+def test_a_routed_job_not_notified_within_stuck_after_is_alerted_when_an_api_is_configured(tree, db, clock, inbox):
+    j = Jobs(db, "test:1", clock)
+    t0 = report_day.at(12)
+    report_day.put_job(tree, j, clock, "CIBC", "late.json", drop=t0, detected=t0, archived=t0 + 1, routed=t0 + 2)
+    clock.now = t0 + 2 + 601
+    alert_config(tree, inbox.port)
+    reporter(tree, db, clock).run(once=True)
+    assert alerts_sent(inbox) == []                      # no API: routed is the final state
+    tree.write_config(extra=f'[smtp]\nhost = "127.0.0.1"\nport = {inbox.port}\nstarttls = false\n{ALERTS}'
+                            '[api]\nendpoint = "http://127.0.0.1:9/jobs"\n')
+    reporter(tree, db, clock).run(once=True)
+    [alert] = alerts_sent(inbox)
+    assert alert["Subject"].startswith("Alert: 1 stuck job")
+    text, html = parts(alert)
+    assert ("CIBC/late.json  [routed]  routed but not yet notified (no attempt recorded)") in text
+    assert "routed but not yet notified" in html
+
+
 def test_an_alert_that_cannot_be_sent_is_recorded_and_retried(tree, db, clock, caplog):
     port = free_port()
     alert_config(tree, port)

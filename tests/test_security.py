@@ -182,7 +182,8 @@ def test_the_report_and_alert_templates_escape_every_value_taken_from_a_file(tre
     assert HOSTILE_NAME in text.read_text()                           # the plain-text part shows them as they are
 
     # The alert: the failure and the job stuck on the missing destination.
-    found = alerts.findings(db, time.time() + tree.config.alerts.stuck_after + 1, tree.config.alerts)
+    found = alerts.findings(db, time.time() + tree.config.alerts.stuck_after + 1, tree.config.alerts,
+                            notify=bool(tree.config.api.endpoint))
     assert (found.failed_total, found.stuck_total) == (1, 1)
     rendered = render.alert(found.asdict(), tree.config)
     assert_escaped(rendered.html, HOSTILE_FOLDER, HOSTILE_NAME, reason, Job.get(Job.state == "archived").last_error)

@@ -74,6 +74,23 @@ def test_a_job_waiting_past_stuck_after_is_unhealthy(tree, db):
     assert "1 job(s) waiting longer than 1s; the oldest: RANK/a.json (detected)" in out
 
 
+def test_a_job_routed_but_not_notified_past_stuck_after_is_unhealthy_with_an_api(tree, db):
+    tree.write_config(extra="[alerts]\nstuck_after = 1\n")
+    jobs = Jobs(db, "t:1", clock=lambda: time.time() - 5)      # detected and routed five seconds ago
+    tree.drop("RANK", "a.json")
+    Scanner(tree.config, jobs).scan("startup", "startup")
+    Router(tree.config, jobs).run(once=True)
+    beat_all(db, ("scanner", "watcher", "router_00", "notifier"))
+    assert status(tree)[0] == 0                                 # no API: routed is the final state
+    tree.write_config(extra='[api]\nendpoint = "http://127.0.0.1:9/jobs"\n[alerts]\nstuck_after = 1\n')
+    code, out, _ = status(tree)
+    assert code == 1
+    assert ("1 job(s) waiting longer than 1s; the oldest: RANK/a.json (routed) routed but not yet notified "
+            "(no attempt recorded)") in out
+    data = json.loads(status(tree, "--json")[1])
+    assert data["stuck_jobs"] == 1 and data["stuck"][0]["state"] == "routed"
+
+
 def test_the_notifier_is_required_only_with_an_api(tree, db):
     beat_all(db)
     assert status(tree)[0] == 0
