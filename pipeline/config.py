@@ -220,6 +220,7 @@ class Api:
     timeout: float
     max_attempts: int
     backoff_cap: float
+    max_retry_after: float        # seconds: a longer Retry-After is cut to this
     concurrency: int
     headers: Mapping[str, str]
     verify_tls: bool
@@ -301,6 +302,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "timeout": (positive_number, 10),
         "max_attempts": (positive_int, 5),
         "backoff_cap": (positive_number, 60),
+        "max_retry_after": (positive_number, 600),
         "concurrency": (positive_int, 8),
         "headers": (headers, {}),
         "verify_tls": (boolean, True),

@@ -85,11 +85,11 @@ def retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():     # str.isdigit alone takes "²", which float() refuses
+        return float(value)                     # 400 nines: inf, which the caller caps
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:             # "-0000" in a date means UTC with no zone information
         when = when.replace(tzinfo=dt.timezone.utc)
@@ -314,11 +314,15 @@ class Notifier:
         if attempts >= api.max_attempts:
             return Outcome(call, "failed", attempts,
                            f"{answer.message} (attempt {attempts} of {api.max_attempts}; giving up)")
+        attempt = f"attempt {attempts} of {api.max_attempts}"
         delay = retry_after(answer.retry_after, now)
         if delay is None:
             delay = backoff_delay(attempts, api.backoff_cap)
-        return Outcome(call, "wait", attempts, f"{answer.message} (attempt {attempts} of {api.max_attempts})",
-                       delay)
+        elif delay > api.max_retry_after:       # an API asking for days (or for ever) gets the cap
+            asked = f"{delay:.0f} s" if delay < 1e12 else "of over 10^12 s"
+            attempt += f"; Retry-After {asked} cut to api.max_retry_after, {api.max_retry_after:g} s"
+            delay = api.max_retry_after
+        return Outcome(call, "wait", attempts, f"{answer.message} ({attempt})", delay)
 
     def _commit(self, outcomes: list[Outcome]) -> None:
         """Commit decided outcomes in one transaction, then log them and write the error logs."""

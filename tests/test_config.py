@@ -34,6 +34,7 @@ def test_defaults_keep_everything_under_var(tmp_path, monkeypatch):
         (100, 60, 52428800, "replace", 0, True)
     assert (r.file_mode, r.dir_mode) == (0o664, 0o775)
     assert cfg.api.endpoint == "" and cfg.api.max_attempts == 5 and cfg.api.verify_tls is True
+    assert cfg.api.max_retry_after == 600
     assert cfg.report.timezone == "Europe/London" and cfg.alerts.stuck_after == 600
     assert cfg.routes == ()
 
@@ -75,6 +76,11 @@ def test_relative_paths_resolve_against_the_config_files_folder(tmp_path, monkey
     ('[detect]\nmin_file_age = -1\n', "[detect] min_file_age"),
     ('[api]\nendpoint = "ftp://example"\n', "[api] endpoint: expected an http:// or https:// address"),
     ('[api]\nheaders = { X = 1 }\n', "[api] headers"),
+    ('[api]\nmax_retry_after = 0\n', "[api] max_retry_after: expected a finite number above 0, got 0"),
+    ('[api]\nmax_retry_after = -60\n', "[api] max_retry_after: expected a finite number above 0, got -60"),
+    ('[api]\nmax_retry_after = "600"\n', "[api] max_retry_after: expected a finite number above 0, got '600'"),
+    ('[api]\nmax_retry_after = true\n', "[api] max_retry_after: expected a finite number above 0, got True"),
+    ('[api]\nmax_retry_after = 0.5\n', None),
     ('[report]\ntime = "25:00"\n', "[report] time"),
     ('[report]\ntimezone = "Mars/Olympus"\n', "[report] timezone: unknown time zone"),
     ('[report]\nrecipients = "ops@example.com"\n', "[report] recipients: expected a list"),
@@ -142,6 +148,8 @@ def test_ordinary_headers_and_addresses_are_accepted(tmp_path):
     ("detect", "scan_timeout", "nan"),
     ("api", "timeout", "inf"),
     ("api", "backoff_cap", "nan"),
+    ("api", "max_retry_after", "inf"),
+    ("api", "max_retry_after", "nan"),
     ("smtp", "timeout", "inf"),
     ("alerts", "min_interval", "nan"),
     ("alerts", "stuck_after", "inf"),

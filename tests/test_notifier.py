@@ -176,7 +176,9 @@ def test_429_and_503_honour_retry_after_in_seconds_and_as_an_http_date(tree, db,
     ("3", 3.0), ("0", 0.0), (" 120 ", 120.0),
     ("Wed, 15 Jan 2027 08:00:10 GMT", 10.0),
     ("Wed, 15 Jan 2027 07:00:00 GMT", 0.0),        # a date in the past: at once
-    ("soon", None), ("", None), (None, None), ("-5", None),
+    ("soon", None), ("", None), (None, None), ("-5", None), ("1.5", None),
+    ("²", None), ("\u0663", None),                 # digits to str.isdigit, not to HTTP
+    ("9" * 400, float("inf")),                     # capped by api.max_retry_after
 ])
 def test_retry_after_values(value, delay):
     now = email.utils.parsedate_to_datetime("Wed, 15 Jan 2027 08:00:00 GMT").timestamp()
