@@ -9,6 +9,10 @@ next one (``next_attempt_at``), so a notifier killed between attempts resumes th
 and neither loses an attempt nor makes one early. Every request carries ``Idempotency-Key: <job
 uuid>``, the same on every attempt, so the receiver can drop the duplicate that a crash between
 POST and commit produces.
+
+The API is not trusted to behave: ``api.timeout`` bounds each whole call (a ``deadline.Watchdog``
+ends one that trickles), only the first ``BODY_CAP`` bytes of an answer are read, and a
+``Retry-After`` is honoured up to ``api.max_retry_after``.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import backoff
 import requests
+import urllib3
 from requests.structures import CaseInsensitiveDict
 
-from . import activity, cli, failures
+from . import activity, cli, deadline, failures
 from .activity import Heartbeat
 from .config import Config, ConfigError, header_value_problem
 from .files import Folders, Modes
@@ -46,6 +51,8 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.05        # seconds between looks at the queue while nothing is due
 UTF8_BOM = b"\xef\xbb\xbf"      # stripped: JSON on the wire must not start with one
 RETRIED_STATUSES = {408, 429}
+BODY_CAP = 64 * 1024            # bytes of an answer read at most: its status says what happened, the
+                                # start of its body why; the rest is never read (nor held in memory)
 
 
 def resolve_headers(configured: Mapping[str, str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -149,6 +156,7 @@ class Notifier:
         self.in_flight_limit = api.concurrency * 2
         self.error_log = failures.ErrorLog(config.paths.error_log, jobs, Folders(
             Modes(file=config.router.file_mode, dir=config.router.dir_mode), create=True))
+        self.watchdog = deadline.Watchdog()
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
@@ -162,10 +170,12 @@ class Notifier:
             return
         log.info("notifying %s with %d requests in flight at most", redact(self.config.api.endpoint),
                  self.config.api.concurrency)
+        self.watchdog.start()
         try:
             with ThreadPoolExecutor(self.config.api.concurrency, thread_name_prefix="notify") as pool:
                 self._loop(pool, once, heartbeat)
         finally:
+            self.watchdog.stop()
             with self._sessions_lock:
                 for session in self._sessions:
                     session.close()
@@ -248,7 +258,7 @@ class Notifier:
         """One pooled session per worker thread: requests does not promise that sharing is safe."""
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
+            session = self._local.session = deadline.session()
             session.verify = self.config.api.verify_tls
             with self._sessions_lock:
                 self._sessions.append(session)
@@ -283,15 +293,40 @@ class Notifier:
         headers = CaseInsensitiveDict(self.headers)
         headers["Content-Type"] = "application/json"
         headers["Idempotency-Key"] = job.uuid
+        # Only the start of an answer is read, as it came: a compressed one would say nothing.
+        headers.setdefault("Accept-Encoding", "identity")
+        with self.watchdog.deadline(api.timeout) as limit:
+            try:
+                # Redirects are not followed: requests would turn the POST into a GET. verify is given per
+                # request because requests lets REQUESTS_CA_BUNDLE override a session's verify=False.
+                response = self._session().post(api.endpoint, data=body, headers=headers, timeout=api.timeout,
+                                                allow_redirects=False, verify=api.verify_tls, stream=True)
+            except requests.RequestException as e:
+                if limit.expired:
+                    return Answer("retry", f"API did not answer within {api.timeout:g} s")
+                return Answer("retry", describe_error(e, api.timeout))
+            # Closing an answer read to its end keeps the connection for the next call; closing one
+            # that was not closes the connection, so the rest of it is never read.
+            with response:
+                return self._read(response, limit)
+
+    def _read(self, response: requests.Response, limit: deadline.Deadline) -> Answer:
+        """The answer, once its body has ended or ``BODY_CAP`` bytes of it came within the deadline.
+
+        An answer cut short is no answer, whatever its status said: the call is retried (the
+        Idempotency-Key makes that safe).
+        """
+        timeout = self.config.api.timeout
         try:
-            # Redirects are not followed: requests would turn the POST into a GET. verify is given per
-            # request because requests lets REQUESTS_CA_BUNDLE override a session's verify=False.
-            response = self._session().post(api.endpoint, data=body, headers=headers, timeout=api.timeout,
-                                            allow_redirects=False, verify=api.verify_tls)
-        except requests.RequestException as e:
-            return Answer("retry", describe_error(e, api.timeout))
-        with response:
-            return classify(response, secrets=self._secrets(response.request))
+            start = read_start(response.raw)
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
+            if not limit.expired:
+                return Answer("retry", f"{said(response)} but the answer broke off: {_root_reason(e)}")
+            start = b""
+        if limit.expired:
+            return Answer("retry", f"{said(response)} but sent no complete answer within api.timeout "
+                                   f"({timeout:g} s)")
+        return classify(response, start, secrets=self._secrets(response.request))
 
     def _secrets(self, request: requests.PreparedRequest) -> list[str]:
         """What an answer must never be quoted with: every configured header value and the credentials
@@ -358,28 +393,61 @@ class Notifier:
             log.error("failed %s at notify: %s", o.call.label, o.message)
 
 
-def classify(response: requests.Response, secrets: Iterable[str] = ()) -> Answer:
+def read_start(raw: urllib3.BaseHTTPResponse) -> bytes:
+    """The body's first ``BODY_CAP`` bytes, or all of it when shorter; raises when it breaks off.
+
+    A read may return less than asked; only an empty one says the body ended (and makes urllib3 check
+    that it ended where Content-Length said). Undecoded: a compressed body could grow without bound.
+    """
+    start = b""
+    while len(start) < BODY_CAP:
+        chunk = raw.read(BODY_CAP - len(start), decode_content=False)
+        if not chunk:
+            break
+        start += chunk
+    return start
+
+
+def said(response: requests.Response) -> str:
+    """What the answer's status line says, e.g. "API answered 503 Service Unavailable"."""
+    status = response.status_code
+    return f"API answered {status} {response.reason or http.client.responses.get(status, '')}".rstrip()
+
+
+def classify(response: requests.Response, start: bytes, secrets: Iterable[str] = ()) -> Answer:
     """2xx succeeds; 408, 429 and 5xx are worth another attempt; anything else never will be.
 
-    A refusal quotes the start of the answer's body (it often says what is wrong), with any header
-    value masked: an API that echoes the request must not put a token into the log.
+    A refusal quotes ``start``, the start of the answer's body (it often says what is wrong), with
+    any header value masked: an API that echoes the request must not put a token into the log.
     """
-    status = response.status_code
-    said = f"API answered {status} {response.reason or http.client.responses.get(status, '')}".rstrip()
+    status, line = response.status_code, said(response)
     if 200 <= status < 300:
-        return Answer("ok", said)
+        return Answer("ok", line)
     if status in RETRIED_STATUSES or 500 <= status < 600:
-        return Answer("retry", said, retry_after=response.headers.get("Retry-After"))
+        return Answer("retry", line, retry_after=response.headers.get("Retry-After"))
     if 300 <= status < 400:
         where = response.headers.get("Location")
-        return Answer("fail", f"{said}{f' to {where}' if where else ''}; redirects are not followed, "
+        return Answer("fail", f"{line}{f' to {where}' if where else ''}; redirects are not followed, "
                               "check api.endpoint")
-    excerpt = " ".join(response.text.split())
+    secrets = [secret for secret in secrets if secret]
+    text = _text(response, start)
+    if len(start) >= BODY_CAP:      # cut: a secret running past the cut could not be matched below
+        text = text[:len(text) - max(map(len, secrets), default=0)]
+    excerpt = " ".join(text.split())
     for secret in secrets:
-        if secret:
-            excerpt = excerpt.replace(secret, "***")
+        excerpt = excerpt.replace(secret, "***")
     excerpt = excerpt[:200]
-    return Answer("fail", f"{said}{f': {excerpt}' if excerpt else ''} (not retried)")
+    return Answer("fail", f"{line}{f': {excerpt}' if excerpt else ''} (not retried)")
+
+
+def _text(response: requests.Response, start: bytes) -> str:
+    """The body's start as text; nothing when the API compressed it although asked not to."""
+    if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return ""
+    try:
+        return start.decode(response.encoding or "utf-8", errors="replace")
+    except LookupError:                     # a charset Python does not know
+        return start.decode("utf-8", errors="replace")
 
 
 def describe_error(error: requests.RequestException, timeout: float) -> str:
@@ -405,6 +473,8 @@ def _root_reason(error: BaseException) -> str:
             return "host name not found"
         if isinstance(current, http.client.RemoteDisconnected):
             return "the connection was closed without an answer"
+        if isinstance(current, http.client.IncompleteRead):
+            return "the connection was closed before the end of the answer"
         if isinstance(current, ssl.SSLCertVerificationError):
             return current.verify_message or "certificate verify failed"
         if isinstance(current, OSError) and current.strerror:
