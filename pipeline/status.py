@@ -2,7 +2,7 @@
 
 Prints counts by state, the oldest waiting job per state, today's per-client counts, the last
 scans, each program's heartbeat, the last errors and the last report; ``--json`` prints the same
-for monitoring systems. Exit status: 0 healthy, 1 unhealthy (a program silent or missing, a job
+for monitoring systems. Exit status: 0 healthy, 1 unhealthy (a program silent or missing, the hot folder missing, a job
 stuck past ``alerts.stuck_after``, a report that cannot be sent), 69 database unusable, 78 bad
 configuration.
 """
@@ -91,6 +91,9 @@ def problems(status: dict[str, Any], config: Config) -> list[str]:
     for beat in beats:
         if beat["age"] > SILENT_AFTER:
             found.append(f"{beat['program']} (pid {beat['pid']} on {beat['host']}): silent for {beat['age']:.0f}s")
+    if not config.paths.hot_folder.is_dir():
+        # The watcher waits for it to be there again; meanwhile nothing can be dropped or detected.
+        found.append(f"the hot folder {config.paths.hot_folder} is missing (deleted or moved away)")
     if status["stuck_jobs"]:
         first = status["stuck"][0]
         found.append(f"{status['stuck_jobs']} job(s) waiting longer than {config.alerts.stuck_after:g}s; the oldest: "

@@ -4,10 +4,18 @@ import json
 import os
 import time
 
+import pytest
+
 from pipeline.activity import Heartbeat
 from pipeline.jobs import Jobs
 from pipeline.router import Router
 from pipeline.scanner import Scanner
+
+
+@pytest.fixture(autouse=True)
+def hot_folder(tree):
+    """These tests stand in for the running programs, and the watcher makes the hot folder at start."""
+    tree.hot.mkdir(parents=True, exist_ok=True)
 
 
 def beat_all(db, programs=("scanner", "watcher", "router_00", "router_01"), at=None):
@@ -109,3 +117,11 @@ def test_a_missing_database_exits_69(tree):
     code, _, err = status(tree)
     assert code == 69 and "no such database" in err
     assert not os.path.exists(tree.config.paths.database)       # status never creates one
+
+
+def test_a_missing_hot_folder_is_unhealthy(tree, db):
+    beat_all(db)
+    assert status(tree)[0] == 0
+    tree.hot.rename(tree.root / "hot.old")
+    code, out, _ = status(tree)
+    assert code == 1 and "hot folder" in out and "missing" in out, out
