@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 from . import activity, cli
 from .activity import Heartbeat
@@ -34,12 +35,19 @@ class Scanner:
         self.stopper = stopper or cli.Stopper()
         self.hot = HotFolder(config.paths.hot_folder)
 
-    def scan(self, kind: str, detected_by: str, folders: list[Path] | None = None) -> int:
-        """Scan the hot folder (or some client folders); returns the number of jobs created."""
+    def scan(self, kind: str, detected_by: str, folders: list[Path] | None = None,
+             on_listing: Callable[[], None] | None = None) -> int:
+        """Scan the hot folder (or some client folders); returns the number of jobs created.
+
+        ``on_listing`` is called just before the folders are listed: whatever happened before that
+        call (events lost to an inotify overflow, say) is seen by this scan.
+        """
         cfg = self.config.detect
         clock = self.jobs.clock
         started, t0 = clock(), time.monotonic()
         scan_id = activity.scan_started(self.jobs.db, kind, self.jobs.actor, started)
+        if on_listing:
+            on_listing()
         first, timed_out = self.hot.list(folders, deadline=t0 + cfg.scan_timeout)
         settled, unsure = self._split_by_age(first)
         created = self._create(settled, detected_by)

@@ -5,18 +5,27 @@ so a file still being written is never taken. With ``detect.observer = "polling"
 mounts, where inotify sees nothing) it takes a file once it has stayed unchanged for
 ``detect.min_file_age``. A new client folder is rescanned (files written into it before its watch
 existed), and an inotify queue overflow or a dead observer triggers a full rescan. Rescans run in
-their own thread so they never delay realtime events.
+their own thread so they never delay realtime events, and they are coalesced: however many
+overflows a burst brings, one rescan is pending at a time (SPEC §4).
+
+The hot folder itself may be deleted, or moved away, and created again while the watcher runs.
+Its watch then hears nothing more (watchdog stops it silently on IN_DELETE_SELF and ignores
+IN_MOVE_SELF, so the watch follows the folder to wherever it was moved). The watcher therefore
+also watches the hot folder's parent for the hot folder's own name, and checks on every turn of
+its loop that the folder it watches is still the one at the hot folder's path. When it is not, it
+logs one line, waits for the folder to be there again, watches it afresh and rescans.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import stat
 import threading
 import time
 from pathlib import Path
 
-from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
+from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
                              FileModifiedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
@@ -34,6 +43,8 @@ INOTIFY_EVENTS = [FileClosedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEven
 POLLING_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
 POLL_SECONDS = 1.0
 FULL_RESCAN = None   # the rescan queue's item for "the whole hot folder"
+ROOT_EVENT = (True, None)   # the events queue's item for "something happened to the hot folder itself"
+ROOT_EVENTS = [DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
 
 
 class _Events(FileSystemEventHandler):
@@ -46,6 +57,28 @@ class _Events(FileSystemEventHandler):
         path = event.dest_path if isinstance(event, (FileMovedEvent, DirMovedEvent)) else event.src_path
         if path:
             self.out.put((event.is_directory, str(path)))
+
+
+class _RootEvents(FileSystemEventHandler):
+    """Runs in watchdog's thread, on the hot folder's parent: wakes the watcher's loop when the hot
+    folder itself is deleted, moved or created, so that it looks at once rather than on its next turn."""
+
+    def __init__(self, root: Path, out: queue.Queue):
+        self.root = str(root)
+        self.out = out
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if self.root in (str(event.src_path), str(getattr(event, "dest_path", ""))):
+            self.out.put(ROOT_EVENT)
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    """Which folder is at ``path`` now (device, inode); None when there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 class _OverflowAlarm(logging.Handler):
@@ -73,15 +106,61 @@ class Watcher:
         self.events: queue.Queue = queue.Queue()
         self.rescans: queue.Queue = queue.Queue()
         self.overflow = threading.Event()
+        self.full_rescan = threading.Event()                      # a full rescan is pending
         self.pending: dict[str, tuple[Identity, float]] = {}    # polling: path -> (identity, seen at)
         self.ready = threading.Event()                            # set once the watch is in place
+        self.observer = None
+        self.root_watch = None          # the hot folder's watch, None while the folder is gone
+        self.root_id: tuple[int, int] | None = None               # the folder that watch is on
 
-    def _start_observer(self):
-        observer = PollingObserver(timeout=POLL_SECONDS) if self.polling else InotifyObserver(generate_full_events=True)
-        observer.schedule(_Events(self.events), str(self.root), recursive=True,
-                          event_filter=POLLING_EVENTS if self.polling else INOTIFY_EVENTS)
-        observer.start()
-        return observer
+    def _start_observer(self) -> None:
+        self.observer = PollingObserver(timeout=POLL_SECONDS) if self.polling else InotifyObserver(generate_full_events=True)
+        self.observer.start()
+        self._watch()
+
+    def _watch(self) -> None:
+        """(Re)place the watches: on the hot folder's parent, and on the hot folder when it is there."""
+        self.observer.unschedule_all()
+        self.root_watch = self.root_id = None
+        if not self.polling and self.root.parent.is_dir():
+            # Polling needs no such watch: the loop's own check comes as often as a poll would.
+            self.observer.schedule(_RootEvents(self.root, self.events), str(self.root.parent),
+                                   recursive=False, event_filter=ROOT_EVENTS)
+        # Which folder it is is read before the watch is placed: should the folder be replaced in
+        # between, the two differ and the next check watches again, rather than never noticing.
+        folder = _folder_id(self.root)
+        if folder is None:
+            return
+        self.root_watch = self.observer.schedule(_Events(self.events), str(self.root), recursive=True,
+                                                 event_filter=POLLING_EVENTS if self.polling else INOTIFY_EVENTS)
+        self.root_id = folder
+
+    def _root_watch_alive(self) -> bool:
+        return any(e.watch == self.root_watch and e.is_alive() for e in list(self.observer.emitters))
+
+    def _check_root(self) -> None:
+        """Watch the hot folder again when the folder watched is no longer the one at its path."""
+        if self.root_watch is not None and _folder_id(self.root) == self.root_id and self._root_watch_alive():
+            return
+        was_watched = self.root_watch is not None
+        self._watch()
+        if self.root_watch is None:
+            if was_watched:
+                log.error("the hot folder %s is gone (deleted or moved away); waiting for it to be there again",
+                          self.root)
+            return
+        # Whatever was written into it before its new watch existed is found by the rescan.
+        log.warning("the hot folder %s was %s: watching it again and rescanning it", self.root,
+                    "replaced" if was_watched else "created again")
+        self._request_rescan()
+
+    def _request_rescan(self) -> bool:
+        """Ask for a full rescan. False when one is pending already (not yet listing): that one covers it."""
+        if self.full_rescan.is_set():
+            return False
+        self.full_rescan.set()
+        self.rescans.put(FULL_RESCAN)
+        return True
 
     def run(self, once: bool = False, heartbeat: Heartbeat | None = None) -> None:
         """Watch until stopped. ``once``: rescan the hot folder once, as a scan would, and exit."""
@@ -98,27 +177,29 @@ class Watcher:
         logging.getLogger("watchdog").addHandler(alarm)
         rescanner = threading.Thread(target=self._rescan_loop, name="rescan", daemon=True)
         rescanner.start()
-        observer = self._start_observer()
+        self._start_observer()
         log.info("watching %s (%s)", self.root, "polling" if self.polling else "inotify")
         self.ready.set()
         try:
             while not self.stopper.requested:
                 if heartbeat:
                     heartbeat.beat()
-                if not observer.is_alive():
+                if not self.observer.is_alive():
                     log.error("the file watch stopped; starting it again and rescanning")
-                    observer = self._start_observer()
-                    self.rescans.put(FULL_RESCAN)
+                    self._start_observer()
+                    self._request_rescan()
+                self._check_root()
+                # Checked after the queue is drained, so that a burst of overflows asks once.
                 if self.overflow.is_set():
                     self.overflow.clear()
-                    log.warning("inotify queue overflowed: events were lost; rescanning the hot folder")
-                    self.rescans.put(FULL_RESCAN)
+                    if self._request_rescan():
+                        log.warning("inotify queue overflowed: events were lost; rescanning the hot folder")
                 self._handle_events(timeout=0.25 if self.pending else 1.0)
         finally:
             logging.getLogger("watchdog").removeHandler(alarm)
             self.rescans.put(False)
-            observer.stop()
-            observer.join(timeout=5)
+            self.observer.stop()
+            self.observer.join(timeout=5)
 
     def _handle_events(self, timeout: float) -> None:
         """Wait for events, then take everything queued and create its jobs in one transaction."""
@@ -132,7 +213,10 @@ class Watcher:
             except queue.Empty:
                 break
         sightings = {}
-        for is_dir, path in batch:
+        for item in batch:
+            if item is ROOT_EVENT:
+                continue                               # it only woke the loop: _check_root looks
+            is_dir, path = item
             if is_dir:
                 if Path(path).parent == self.root:
                     self.rescans.put(Path(path))       # a new client folder
@@ -188,11 +272,16 @@ class Watcher:
                 return
             try:
                 if item is FULL_RESCAN:
-                    self.scanner.scan("rescan", "periodic")
+                    if self.full_rescan.is_set():   # not already done by an earlier item's scan
+                        # Pending until it lists: an overflow before that is covered by this scan;
+                        # one after may have lost events in folders already listed, so it asks again.
+                        self.scanner.scan("rescan", "periodic", on_listing=self.full_rescan.clear)
                 else:
                     log.info("new client folder %s: scanning it for files written before its watch", item.name)
                     self.scanner.scan("rescan", "realtime", folders=[item])
             except Exception as e:
+                if item is FULL_RESCAN:
+                    self.full_rescan.clear()    # it did not happen: the next request must not be absorbed
                 if cli.is_locked(e):
                     log.warning("database busy past the timeout (%s); the rescan is left to the scanner's "
                                 "next periodic scan", e)

@@ -1,6 +1,7 @@
 """Detection: the watcher's events, the scanner's stability rule, and what is never a job (SPEC §4)."""
 
 import json
+import shutil
 import logging
 import os
 import threading
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from conftest import growing, job_document, wait_for
+from dblock import Locker
 from pipeline.cli import Stopper
 from pipeline.jobs import Jobs
 from pipeline.models import Job, Scan
@@ -218,3 +220,78 @@ def test_on_a_network_mount_every_file_is_looked_at_twice(tree, db):
     stopper = RecordingStopper()
     assert Scanner(tree.config, Jobs(db, "scanner:1"), stopper).scan("startup", "startup") == 1
     assert len(stopper.waits) == 1
+
+
+def start_watcher(tree):
+    """The real bin/watcher, once it has logged that it watches."""
+    proc = tree.spawn("watcher")
+    wait_for(lambda: "watching" in tree.logs("watcher"), message="the watcher to start")
+    return proc
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved away"])
+def test_the_hot_folder_removed_and_created_again_is_watched_again(tree, db, how):
+    # No scanner runs, and the watcher's own rescan is the only scan: a long interval changes nothing.
+    tree.write_config(detect="min_file_age = 0.3\nscan_interval = 3600")
+    (tree.hot / "RANK").mkdir(parents=True)
+    watcher = start_watcher(tree)
+    try:
+        tree.drop("RANK", "before.json")
+        wait_for(lambda: job_names() == ["RANK/before.json"], message="the first file")
+        if how == "deleted":
+            shutil.rmtree(tree.hot)
+        else:
+            tree.hot.rename(tree.root / "hot.old")
+        wait_for(lambda: "is gone" in tree.logs("watcher"), message="the watcher to notice")
+        tree.drop("RANK", "after.json")             # creates the hot folder and RANK again
+        wait_for(lambda: job_names() == ["RANK/after.json", "RANK/before.json"], timeout=10,
+                 message="the file dropped into the new hot folder")
+        tree.drop("RANK", "later.json")              # and the new folder's own events are heard
+        wait_for(lambda: "RANK/later.json" in job_names(), timeout=10, message="a later file")
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+    log = tree.logs("watcher")
+    assert log.count("is gone") == 1 and log.count("watching it again") == 1, log
+    assert Job.get(Job.file_name == "later.json").detected_by == "realtime"
+
+
+def test_with_polling_the_hot_folder_moved_away_and_created_again_is_watched_again(tree, db, watch, caplog):
+    # Polling has no watch on the hot folder's parent: the loop's own check is what notices.
+    tree.write_config(detect='observer = "polling"\nmin_file_age = 0.3\nscan_interval = 3600')
+    caplog.set_level(logging.INFO)
+    (tree.hot / "RANK").mkdir(parents=True)
+    watch()
+    tree.hot.rename(tree.root / "hot.old")
+    tree.drop("RANK", "after.json")
+    wait_for(lambda: job_names() == ["RANK/after.json"], timeout=10, message="the file in the new hot folder")
+    assert "watching it again" in caplog.text
+
+
+def test_an_overflow_burst_gives_one_rescan(tree, db, watch, caplog):
+    tree.drop("RANK", "missed.json")
+    tree.age(tree.hot / "RANK" / "missed.json")
+    watch()
+    caplog.set_level(logging.WARNING, logger="pipeline.watcher")
+    # The lock keeps the rescan from starting until the whole burst is in, as a kernel burst is
+    # in before the watcher's loop has drained its queue.
+    with Locker(tree.config.paths.database, 1.0) as lock:
+        for _ in range(50):
+            logging.getLogger("watchdog.observers.inotify_c").warning(
+                "Inotify queue overflowed; filesystem events were lost")
+        lock.wait()
+    wait_for(lambda: Job.select().count() == 1, message="the rescan's job")
+    wait_for(lambda: Scan.get().finished_at, message="the rescan to finish")
+    time.sleep(0.5)                                   # room for a second rescan, were one queued
+    assert Scan.select().count() == 1
+    assert sum("overflowed" in r.getMessage() for r in caplog.records if r.name == "pipeline.watcher") == 1
+
+
+def test_an_overflow_during_a_rescan_asks_for_exactly_one_more(tree, db):
+    watcher = Watcher(tree.config, Jobs(db, "watcher:1"))
+    assert watcher._request_rescan() is True
+    assert watcher._request_rescan() is False         # pending: the same rescan
+    watcher.full_rescan.clear()                        # that rescan starts listing
+    assert watcher._request_rescan() is True           # events may be lost in folders it listed
+    assert [watcher._request_rescan() for _ in range(10)] == [False] * 10
+    assert watcher.rescans.qsize() == 2
