@@ -176,6 +176,10 @@ _SQL_FILE_IN_PLACE = """
 UPDATE jobs SET source_path = ?, ctime_ns = ?, next_attempt_at = ?, lease_owner = NULL, lease_token = NULL
 WHERE id = ? AND lease_token = ? AND state = 'detected'"""
 
+_SQL_MOVED = """
+UPDATE jobs SET source_path = ?, client_folder = ?, file_name = ?, ctime_ns = ?, updated_at = ?
+WHERE id = ? AND lease_token = ? AND state = ?"""
+
 _SQL_RELEASE = """
 UPDATE jobs SET next_attempt_at = ?, claims = max(claims - 1, 0), lease_owner = NULL, lease_token = NULL
 WHERE id = ? AND lease_token = ?"""
@@ -274,6 +278,19 @@ class Jobs:
             now, now, sha256, client_code, job_category, studio_code, title, archive_path,
             job_id, token)), job_id)
         self._event(job_id, now, "detected", "archived", archive_path)
+
+    def moved(self, token: str, job: Claimed, old_path: str, ctime_ns: int) -> None:
+        """The job's file was renamed within the hot folder (same inode, size and mtime): ``job``
+        says where it is now. The job follows its file; a rename is not a new appearance.
+
+        The new ctime (a rename changes it) lets ``create`` recognise a later sighting as this job's.
+        """
+        now = self.clock()
+        self._expect_one(self._sql(_SQL_MOVED, (
+            job.source_path, job.client_folder, job.file_name, ctime_ns, now,
+            job.id, token, job.state)), job.id)
+        self._event(job.id, now, job.state, job.state,
+                    f"file moved in the hot folder: {old_path} -> {job.source_path}; the job follows it")
 
     def delivered(self, token: str, job_id: int, name: str, path: str, action: str) -> None:
         """Record one committed copy to a destination (idempotent per job and path)."""

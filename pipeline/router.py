@@ -8,6 +8,11 @@ B. commit: detected -> archived, the deliveries made, the failures about to be m
 C. remove the originals (only the exact file the job took) and move invalid files to FAILED;
 D. commit: archived -> routed, and the failures.
 
+A job follows its file: when the file is not at its recorded path but a file with its identity
+(inode, size, mtime) is elsewhere in the hot folder (renamed, or its client folder renamed), the
+job is moved there, with an audit event, and goes on; a rename is not a new appearance, and not an
+error. The hot folder is listed for that only when a job's file is missing, once per phase.
+
 A problem with the *job* (invalid file) fails it at once. A problem with the *place* (a folder
 missing, read-only or full) is not the job's fault: the job waits and retries with backoff, and
 only the deliveries that failed are tried again.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +33,10 @@ import peewee
 from . import cli, failures, rules
 from .activity import Heartbeat
 from .config import Config
+from .detect import HotFolder
 from .files import (Changed, Folders, Identity, Modes, NotRegular, move_exact, read_exact, remove_exact,
                     remove_stale_temporaries, write_atomic)
-from .jobs import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE, Claimed, Jobs, LeaseLost
+from .jobs import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE, Claimed, Jobs, LeaseLost, Sighting
 from .validation import Invalid, JobDetails, parse, too_large
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,8 @@ class Work:
     attempts: int | None = None                 # set when this batch counted a retry
     problem: str = ""                           # a place problem found after phase B, beside error
     late: bool = False                          # its wait is committed in phase D, not B
+    moved_from: str | None = None               # the file's recorded path, when it moved: to be recorded
+    moved_ctime_ns: int = 0
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -64,6 +73,19 @@ class Work:
     @property
     def label(self) -> str:
         return f"{self.job.client_folder}/{self.job.file_name}"
+
+    def follow(self, found: Sighting) -> None:
+        """The job's file is at ``found`` now. Until its content is taken (detected) the job is the
+        file's at its new place, folder and name included (validation, archive and FAILED use
+        them); once archived, only where the original is to be removed from changes."""
+        if self.moved_from is None:
+            self.moved_from = self.job.source_path
+        if self.state == "detected":
+            self.job = dataclasses.replace(self.job, source_path=found.path, client_folder=found.client_folder,
+                                           file_name=found.file_name)
+        else:
+            self.job = dataclasses.replace(self.job, source_path=found.path)
+        self.moved_ctime_ns = found.st.st_ctime_ns
 
     def fail(self, step: str, error: str, move: bool = False) -> "Work":
         self.outcome, self.step, self.error = ("move" if move else "fail"), step, error
@@ -91,6 +113,8 @@ class Router:
         self.destinations = Folders(modes, create=rc.create_folders)     # client destinations
         self.hot = Folders(modes, create=False)                         # only fsynced after removals
         self.error_log = failures.ErrorLog(config.paths.error_log, jobs, Folders(modes, create=True))
+        self.hot_folder = HotFolder(config.paths.hot_folder)
+        self._hot_files: dict[Identity, Sighting] | None = None     # listed on first need, per phase
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -125,6 +149,7 @@ class Router:
             return 0
         delivered = self.jobs.delivered_paths(j.id for j in batch.jobs if j.state == "archived")
         works = [Work(job=job, state=job.state) for job in batch.jobs]
+        self._hot_files = None
         for work in works:
             if self.stopper.requested:
                 work.outcome = "release"
@@ -137,6 +162,7 @@ class Router:
                           move=work.state == "detected")
         self._sync_copies(works)
         self._commit_progress(batch.token, works)
+        self._hot_files = None          # files may have moved since phase A looked
         self._clean_up(works)
         self._commit_outcomes(batch.token, works)
         self._report(works)
@@ -160,7 +186,7 @@ class Router:
         if data is None:
             return
         try:
-            work.details = parse(data, job.client_folder)
+            work.details = parse(data, work.job.client_folder)      # where the file is now: it may have moved
         except Invalid as e:
             work.fail("validate", str(e), move=work.state == "detected")
             return
@@ -180,6 +206,8 @@ class Router:
             # before the commit), carry on from it; otherwise someone else removed the file.
             if _is_copy_of(archive, work.identity):
                 return self._read_archive(work, archive)
+            if self._follow(work):
+                return self._read(work)
             work.fail("detect", "file disappeared from the hot folder before it could be read")
             return None
         except NotRegular as e:
@@ -196,6 +224,19 @@ class Router:
             return None
         work.sha256 = hashlib.sha256(data).hexdigest()
         return data
+
+    def _follow(self, work: Work) -> bool:
+        """Make the job follow its file when it was renamed within the hot folder; True when it did."""
+        if self._hot_files is None:
+            sightings, _ = self.hot_folder.list()
+            self._hot_files = {Identity.of(s.st): s for s in sightings}
+        found = self._hot_files.get(work.identity)
+        if found is None or found.path == work.job.source_path:
+            return False
+        log.info("%s: moved to %s/%s in the hot folder; the job follows it", work.label, found.client_folder,
+                 found.file_name)
+        work.follow(found)
+        return True
 
     def _read_archive(self, work: Work, path: Path) -> bytes | None:
         try:
@@ -286,7 +327,13 @@ class Router:
         if releases:
             self.jobs.release(token, releases)
 
+    def _record_move(self, token: str, w: Work) -> None:
+        if w.moved_from is not None:
+            self.jobs.moved(token, self._as_committed(w), w.moved_from, w.moved_ctime_ns)
+            w.moved_from = None
+
     def _record_progress(self, token: str, w: Work) -> None:
+        self._record_move(token, w)
         if w.archived_now:
             d = w.details
             self.jobs.archived(token, w.job.id, sha256=w.sha256, client_code=d.client_code,
@@ -371,6 +418,8 @@ class Router:
     def _clean_up_one(self, w: Work, now: float) -> None:
         # After a failure the original goes only if the archive copy is verified to hold it.
         if w.state == "archived" and (w.outcome == "route" or w.outcome == "fail" and w.archive_path):
+            if not os.path.lexists(w.job.source_path):
+                self._follow(w)         # removed where it is now; or it is gone (removed before a crash)
             try:
                 removed = remove_exact(w.job.source_path, w.identity)
             except OSError as e:
@@ -413,6 +462,7 @@ class Router:
                                   (w.outcome == "wait" and w.late)], self._record_outcome)
 
     def _record_outcome(self, token: str, w: Work) -> None:
+        self._record_move(token, w)
         if w.outcome == "route":
             self.jobs.routed(token, w.job.id, _route_detail(w))
         elif w.outcome == "wait":

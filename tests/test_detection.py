@@ -9,11 +9,12 @@ import time
 
 import pytest
 
-from conftest import growing, job_document, wait_for
+from conftest import growing, job_document, states, wait_for
 from dblock import Locker
 from pipeline.cli import Stopper
 from pipeline.jobs import Jobs
-from pipeline.models import Job, Scan
+from pipeline.models import Job, JobEvent, Scan
+from pipeline.router import Router
 from pipeline.scanner import Scanner
 from pipeline.watcher import Watcher
 
@@ -295,3 +296,77 @@ def test_an_overflow_during_a_rescan_asks_for_exactly_one_more(tree, db):
     assert watcher._request_rescan() is True           # events may be lost in folders it listed
     assert [watcher._request_rescan() for _ in range(10)] == [False] * 10
     assert watcher.rescans.qsize() == 2
+
+
+# -- a file that moves after it was detected: the job follows it ----------------------------------
+
+def moves(job):
+    return [e.detail for e in JobEvent.select().where(JobEvent.job == job.id) if (e.detail or "").startswith("file moved")]
+
+
+def test_a_client_folder_renamed_after_detection_flows_from_its_new_name(tree, db, watch):
+    (tree.hot / "Rank").mkdir(parents=True)
+    watch()
+    names = ["a.json", "b.json", "c.json"]
+    for name in names:
+        tree.drop("Rank", name, job_document("RANK"))
+    wait_for(lambda: Job.select().count() == 3, message="the three jobs")
+    (tree.hot / "Rank").rename(tree.hot / "RANK")
+    tree.run("scanner", "--once")                    # a scan of the renamed folder adds no job
+    tree.run("router", "--once")
+    assert states(db) == {"routed": 3}
+    assert tree.files(tree.hot) == []
+    assert tree.files(tree.store / "RANK") == names and tree.files(tree.dest("Monday Rank")) == names
+    for job in Job.select():
+        assert (job.client_folder, job.source_path) == ("RANK", str(tree.hot / "RANK" / job.file_name))
+        assert moves(job) == [f"file moved in the hot folder: {tree.hot / 'Rank' / job.file_name} -> "
+                              f"{tree.hot / 'RANK' / job.file_name}; the job follows it"]
+    tree.run("scanner", "--once")
+    assert Job.select().count() == 3
+
+
+def test_a_client_folder_renamed_while_its_jobs_wait_has_its_originals_removed_there(tree, db, clock):
+    tree.write_config(router="create_folders = false")   # Monday Rank not mounted: archived jobs wait
+    jobs = Jobs(db, "t:1", clock)
+    tree.drop("Rank", "a.json", job_document("RANK"))
+    Scanner(tree.config, jobs).scan("startup", "startup")
+    Router(tree.config, jobs).run(once=True)
+    assert Job.get().state == "archived"
+    (tree.hot / "Rank").rename(tree.hot / "RANK")
+    tree.dest("Monday Rank").mkdir(parents=True)
+    clock.advance(2)
+    Router(tree.config, jobs).run(once=True)
+    job = Job.get()
+    assert job.state == "routed" and tree.files(tree.hot) == []
+    assert job.source_path == str(tree.hot / "RANK" / "a.json")
+    assert job.client_folder == "Rank"                  # archived from there; only the original moved
+    assert len(moves(job)) == 1 and tree.files(tree.store / "Rank") == ["a.json"]
+
+
+def test_a_misfiled_file_moved_to_its_client_folder_is_routed_not_failed(tree, db, watch):
+    (tree.hot / "LOREAL").mkdir(parents=True)
+    (tree.hot / "RANK").mkdir(parents=True)
+    watch()
+    tree.drop("LOREAL", "5903771.json", job_document("RANK"))      # a RANK job in LOREAL's folder
+    wait_for(lambda: Job.select().count() == 1, message="the job")
+    os.rename(tree.hot / "LOREAL" / "5903771.json", tree.hot / "RANK" / "5903771.json")
+    time.sleep(0.2)                                  # the moved-in event: the job exists, none is added
+    assert Job.select().count() == 1
+    router = tree.run("router", "--once")
+    job = Job.get()
+    assert (job.state, job.client_folder, job.failed_step) == ("routed", "RANK", None)
+    assert tree.files(tree.dest("Monday Rank")) == ["5903771.json"] and tree.files(tree.hot) == []
+    assert not tree.failed.exists() and not tree.config.paths.error_log.exists()
+    assert "the job follows it" in router.stderr and " ERROR " not in router.stderr
+    assert len(moves(job)) == 1
+
+
+def test_a_file_renamed_in_its_folder_after_detection_keeps_its_job_under_the_new_name(tree, db):
+    jobs = Jobs(db, "t:1")
+    tree.drop("RANK", "draft.json")
+    Scanner(tree.config, jobs).scan("startup", "startup")
+    os.rename(tree.hot / "RANK" / "draft.json", tree.hot / "RANK" / "final.json")
+    Router(tree.config, jobs).run(once=True)
+    job = Job.get()
+    assert (job.state, job.file_name) == ("routed", "final.json")
+    assert tree.files(tree.store / "RANK") == ["final.json"] and tree.files(tree.hot) == []
