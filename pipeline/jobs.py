@@ -96,10 +96,12 @@ INSERT INTO jobs (uuid, state, source_path, client_folder, file_name, size, mtim
 SELECT ?, 'detected', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
 WHERE NOT EXISTS (
     -- The same appearance is already a job: one in flight, or a finished one seen again by a
-    -- scan that listed the folder before the file was removed (its ctime is not newer).
+    -- scan that listed the folder before the file was removed (its ctime is not newer). A job
+    -- failed at detect never took its file (it was gone, or another file): that file seen again,
+    -- say with its client folder moved back into the hot folder, is a new appearance.
     SELECT 1 FROM jobs
     WHERE inode = ? AND device = ? AND size = ? AND mtime_ns = ?
-      AND (state IN ('detected', 'archived') OR ctime_ns >= ?))
+      AND (state IN ('detected', 'archived') OR (ctime_ns >= ? AND failed_step IS NOT 'detect')))
 RETURNING id"""
 
 _SQL_EVENT = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail) VALUES (?, ?, ?, ?, ?, ?)"

@@ -370,3 +370,16 @@ def test_a_file_renamed_in_its_folder_after_detection_keeps_its_job_under_the_ne
     job = Job.get()
     assert (job.state, job.file_name) == ("routed", "final.json")
     assert tree.files(tree.store / "RANK") == ["final.json"] and tree.files(tree.hot) == []
+
+
+def test_a_client_folder_moved_out_and_back_after_its_jobs_failed_is_detected_again(tree, db):
+    jobs = Jobs(db, "t:1")
+    tree.drop("RANK", "a.json")
+    Scanner(tree.config, jobs).scan("startup", "startup")
+    (tree.hot / "RANK").rename(tree.root / "RANK.away")         # out of the hot folder
+    Router(tree.config, jobs).run(once=True)
+    assert (Job.get().state, Job.get().failed_step) == ("failed", "detect")
+    (tree.root / "RANK.away").rename(tree.hot / "RANK")         # back, its files' ctime unchanged
+    assert Scanner(tree.config, jobs).scan("periodic", "periodic") == 1
+    Router(tree.config, jobs).run(once=True)
+    assert states(db) == {"failed": 1, "routed": 1} and tree.files(tree.hot) == []
