@@ -16,6 +16,7 @@ from pipeline import config as config_module
 from pipeline import db as db_module
 from pipeline.jobs import Jobs
 from pipeline.models import Job, bind
+from mounts import Tmpfs
 from smtp_server import Inbox, free_port, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +161,14 @@ class Tree:
 @pytest.fixture
 def tree(tmp_path) -> Tree:
     return Tree(tmp_path)
+
+
+@pytest.fixture
+def tmpfs():
+    """Small real filesystems (mounts.Tmpfs), all unmounted at the end of the test."""
+    mounts = Tmpfs()
+    yield mounts
+    mounts.unmount_all()
 
 
 @pytest.fixture

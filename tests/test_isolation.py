@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from conftest import job_document
-from mounts import Tmpfs, fill
+from mounts import fill
 from pipeline import rules
 from pipeline.jobs import ROUTE_QUEUE, Jobs
 from pipeline.models import ErrorLogRecord, Job, JobEvent
@@ -22,13 +22,6 @@ from pipeline.router import Router
 from pipeline.scanner import Scanner
 
 GOOD = [("RANK", "good1.json"), ("LOREAL", "good2.json"), ("RANK", "good3.json")]
-
-
-@pytest.fixture
-def tmpfs():
-    mounts = Tmpfs()
-    yield mounts
-    mounts.unmount_all()
 
 
 @pytest.fixture
