@@ -7,7 +7,8 @@ start is retried ``startretries`` times and then left FATAL instead of restartin
 0   done (``--once`` finished, or a graceful stop)
 1   an unexpected error (a bug: the traceback is in the log)
 2   wrong command-line arguments
-69  the database is unusable (missing, corrupt, on a network filesystem)
+69  the database is unusable (missing, corrupt, on a network filesystem; deleted or replaced under
+    the running program; with ``--once``, its disk full, read-only or failing)
 78  the configuration is invalid (the message names the key)
 ==  =====================================================================
 """
@@ -39,8 +40,6 @@ EXIT_DATABASE = 69
 EXIT_CONFIG = 78
 
 log = logging.getLogger(__name__)
-
-is_locked = db_module.is_locked     # the programs' loops ask cli.is_locked(e)
 
 
 def _escape(match: re.Match) -> str:
@@ -194,6 +193,6 @@ def serve(program: str, description: str, build: Callable[[Context], object], ar
     """The whole main() of a long-running program: ``build`` makes it from the context, and it runs
     (``run(once, heartbeat)``) until stopped, or with ``--once`` until its work is done."""
     def start(ctx: Context) -> None:
-        build(ctx).run(once=ctx.args.once, heartbeat=activity.Heartbeat(ctx.db, ctx.name))
+        build(ctx).run(once=ctx.args.once, heartbeat=activity.Heartbeat(ctx.db, ctx.name, once=ctx.args.once))
 
     return run_program(program, parser(program, description), start, argv)

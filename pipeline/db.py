@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import peewee
@@ -13,6 +16,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 4      # 4: error_log_outbox
 BUSY_TIMEOUT_MS = 5000
+# A reader that stays long stops checkpoints from reaching the WAL's end, and the WAL grows; once it
+# lets go, SQLite cuts the file back to this size at the next restart of the WAL instead of keeping
+# it at its largest for ever, and bound_wal() truncates a WAL that is still larger.
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 # Filesystems on which SQLite's WAL locking does not work (§4: the database must be local).
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph",
@@ -21,6 +28,33 @@ NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "
 
 class DatabaseUnusable(Exception):
     """The database cannot be opened or used; the programs exit with EXIT_DATABASE."""
+
+
+class _Savepoint(peewee._savepoint):
+    def rollback(self, begin=True):
+        if self.db.connection().in_transaction:     # see Database.rollback
+            super().rollback(begin)
+
+
+class Database(peewee.SqliteDatabase):
+    """peewee's SqliteDatabase, remembering which file it opened and how it is doing.
+
+    On SQLITE_FULL and most I/O errors SQLite rolls the whole transaction back by itself; peewee's
+    ROLLBACK (or ROLLBACK TO a savepoint) then fails with "no transaction is active" and that error
+    hides the real one. Here a rollback with nothing left to roll back does nothing.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.identity: tuple[int, int] | None = None     # (st_dev, st_ino) of the file at connect()
+        self.trouble = Trouble()
+
+    def rollback(self):
+        if self.is_closed() or self.connection().in_transaction:
+            super().rollback()
+
+    def savepoint(self):
+        return _Savepoint(self)
 
 
 def connect(path: Path, *, create: bool = True) -> peewee.SqliteDatabase:
@@ -33,16 +67,18 @@ def connect(path: Path, *, create: bool = True) -> peewee.SqliteDatabase:
         path.parent.mkdir(parents=True, exist_ok=True)
     elif not path.exists():
         raise DatabaseUnusable(f"{path}: no such database")
-    db = peewee.SqliteDatabase(
+    db = Database(
         str(path),
         timeout=BUSY_TIMEOUT_MS / 1000,
         lock_type="IMMEDIATE",
         # busy_timeout first: the journal_mode change itself may have to wait for a lock.
         pragmas=[("busy_timeout", BUSY_TIMEOUT_MS), ("journal_mode", "wal"),
-                 ("synchronous", "normal"), ("foreign_keys", "on")],
+                 ("synchronous", "normal"), ("foreign_keys", "on"),
+                 ("journal_size_limit", JOURNAL_SIZE_LIMIT)],
     )
     try:
         db.connect()
+        db.identity = _identity(path)
         if db.execute_sql("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             apply_schema(db)
     except (sqlite3.DatabaseError, peewee.DatabaseError, OSError) as e:
@@ -96,6 +132,145 @@ def checkpoint(db: peewee.SqliteDatabase) -> None:
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def is_locked(error: BaseException) -> bool:
-    """SQLite's 'database is locked' / 'busy': another process held the lock past the busy timeout."""
-    return isinstance(error, peewee.OperationalError) and ("locked" in str(error) or "busy" in str(error))
+def bound_wal(db: peewee.SqliteDatabase) -> None:
+    """The checkpoint that does not wait for the nightly one (the heartbeat calls it every minute).
+
+    PASSIVE never waits for anyone. A WAL past JOURNAL_SIZE_LIMIT (a long reader held it back) is
+    truncated instead, with the busy timeout off: while a reader is still in the way SQLite answers
+    "busy" at once and the next call tries again, so the program's own loop never stalls on it.
+    """
+    try:
+        size = os.path.getsize(f"{db.database}-wal")
+    except OSError:
+        return                  # no WAL yet (or a moment between two connections)
+    if size <= JOURNAL_SIZE_LIMIT:
+        db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        return
+    db.execute_sql("PRAGMA busy_timeout = 0")
+    try:
+        db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.execute_sql(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+# -- the file under the programs ------------------------------------------------------------------
+
+def _identity(path: Path | str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def check_file(db: Database) -> None:
+    """Raise DatabaseUnusable when the path no longer names the file this process opened.
+
+    A database deleted or renamed over under running programs would otherwise go on taking their
+    writes into a file nobody can open any more: every record from then on is lost. Exiting lets
+    supervisord start them again on the file that is there now. One stat: cheap enough per heartbeat.
+    """
+    if db.identity is None:
+        return
+    try:
+        now = _identity(db.database)
+    except (FileNotFoundError, NotADirectoryError):
+        now = None
+    except OSError:
+        return                  # cannot tell (EIO, EACCES): the writes themselves will say more
+    if now != db.identity:
+        what = "deleted" if now is None else "replaced"
+        raise DatabaseUnusable(f"database file {db.database} was {what}; exiting so supervisord "
+                               "restarts on the real one")
+
+
+# -- trouble that passes by itself ----------------------------------------------------------------
+
+_TRANSIENT_CODES = {sqlite3.SQLITE_BUSY: "locked", sqlite3.SQLITE_LOCKED: "locked",
+                    sqlite3.SQLITE_FULL: "full", sqlite3.SQLITE_READONLY: "read-only",
+                    sqlite3.SQLITE_IOERR: "I/O", sqlite3.SQLITE_CANTOPEN: "I/O"}
+# SQLite's own messages, for an error that reached us without its code.
+_TRANSIENT_TEXTS = {"database is locked": "locked", "database is busy": "locked",
+                    "database or disk is full": "full", "readonly database": "read-only",
+                    "disk I/O error": "I/O", "unable to open database file": "I/O"}
+SAYS = {"locked": "database busy past the timeout", "full": "database disk full",
+         "read-only": "database read-only", "I/O": "database disk I/O error"}
+
+
+def transient(error: BaseException) -> str | None:
+    """Why the database refused, when the cause can pass by itself: "locked" (another process held
+    the lock past the busy timeout), "full" (SQLITE_FULL), "read-only" (SQLITE_READONLY: the file,
+    its folder or the filesystem), "I/O" (SQLITE_IOERR, SQLITE_CANTOPEN). None for anything else.
+
+    The whole exception chain is looked at: peewee re-raises SQLite's error as its own, and an
+    error met while rolling back carries the one that caused it as its context.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (sqlite3.Error, peewee.DatabaseError)):
+            code = getattr(error, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _TRANSIENT_CODES:
+                return _TRANSIENT_CODES[code & 0xFF]
+            for text, reason in _TRANSIENT_TEXTS.items():
+                if text in str(error):
+                    return reason
+        error = error.__cause__ or error.__context__
+    return None
+
+
+class Trouble:
+    """How the database is doing as this process sees it, so that trouble is logged once when it
+    starts and once when it ends, not once per retry (every loop and the heartbeat share it)."""
+
+    # A nearly full disk lets a small write (a heartbeat) through between two larger ones that
+    # fail: the trouble is over only once writes have gone through this long without a failure.
+    QUIET = 10.0
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.reason: str | None = None
+        self.since = self.last = 0.0
+        self._lock = threading.Lock()
+
+    def met(self, reason: str, error: BaseException, then: str) -> None:
+        with self._lock:
+            self.last = self.clock()
+            if self.reason == reason:
+                return
+            self.reason, self.since = reason, self.last
+        until = "" if reason == "locked" else "; waiting until it can be written again"
+        log.warning("%s (%s); %s%s", SAYS[reason], error, then, until)
+
+    def cleared(self) -> None:
+        """A write went through: the trouble, if any, is over once it stays away for QUIET seconds."""
+        with self._lock:
+            now = self.clock()
+            if self.reason is None or now - self.last < self.QUIET:
+                return
+            reason, self.reason = self.reason, None
+        log.info("database writable again after %.0fs (it was: %s)", now - self.since, SAYS[reason])
+
+
+def retry_later(db: Database, error: BaseException, then: str, once: bool = False) -> bool:
+    """A program's loop met ``error``: True when it is transient (logged once, see Trouble) and the
+    loop should back off and try again; False when the loop should re-raise it.
+
+    With ``once`` a full, read-only or failing disk raises DatabaseUnusable (exit 69): there is no
+    later to wait for. A lock is still waited out, as it always was.
+    """
+    reason = transient(error)
+    if reason is None:
+        return False
+    if once and reason != "locked":
+        raise DatabaseUnusable(f"{db.database}: {SAYS[reason]} ({error})") from None
+    db.trouble.met(reason, error, then)
+    reopen_after(db, reason)
+    return True
+
+
+def reopen_after(db: Database, reason: str) -> None:
+    """After a read-only file or an I/O error, close this thread's connection; peewee opens a new
+    one (with the pragmas) at the next statement. SQLite keeps a connection opened read-only so
+    after the file is writable again. After SQLITE_FULL the connection carries on once there is room
+    (SQLite rolled the transaction back); closing it would even let the last one out delete the WAL
+    and free room for a moment, and the trouble would come and go."""
+    if reason in ("read-only", "I/O") and not db.in_transaction():
+        db.close()

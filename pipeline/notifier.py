@@ -41,6 +41,7 @@ import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from . import activity, cli, deadline, failures
+from . import db as db_module
 from .activity import Heartbeat
 from .config import Config, ConfigError, header_value_problem
 from .files import Folders, Modes
@@ -210,10 +211,9 @@ class Notifier:
                     unsent = []
                 pause = POLL_INTERVAL
             except Exception as e:
-                if not cli.is_locked(e):
-                    raise
                 pause = min(pause * 2, 5.0)
-                log.warning("database busy past the timeout (%s); trying again in %.1fs", e, pause)
+                if not db_module.retry_later(self.jobs.db, e, f"trying again in {pause:.1f}s", once):
+                    raise
                 self.stopper.wait(pause)
                 continue
             if not in_flight:

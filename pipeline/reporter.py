@@ -75,9 +75,8 @@ class Reporter:
             try:
                 self.tick()
             except Exception as e:
-                if not cli.is_locked(e):
+                if not db_module.retry_later(self.db, e, f"trying again in {BUSY_RETRY:.0f}s", once):
                     raise
-                log.warning("database busy past the timeout (%s); trying again in %.0fs", e, BUSY_RETRY)
                 wake = self.clock() + BUSY_RETRY
             if once:
                 return
@@ -178,7 +177,7 @@ class Reporter:
         try:
             db_module.checkpoint(self.db)
         except Exception as e:
-            if not cli.is_locked(e):
+            if db_module.transient(e) is None:
                 raise
             log.warning("WAL checkpoint skipped, the database stayed busy (%s); SQLite's own "
                         "checkpoints carry on meanwhile", e)

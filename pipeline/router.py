@@ -31,6 +31,7 @@ from pathlib import Path
 import peewee
 
 from . import cli, failures, rules
+from . import db as db_module
 from .activity import Heartbeat
 from .config import Config
 from .detect import HotFolder
@@ -130,10 +131,9 @@ class Router:
                 self.error_log.flush()      # what an earlier run or a full disk left behind
                 backoff = cfg.poll_interval
             except Exception as e:
-                if not cli.is_locked(e):
-                    raise
                 backoff = min(backoff * 2 or 0.1, 5.0)
-                log.warning("database busy past the timeout (%s); trying again in %.1fs", e, backoff)
+                if not db_module.retry_later(self.jobs.db, e, f"trying again in {backoff:.1f}s", once):
+                    raise
                 self.stopper.wait(backoff)
                 continue
             if once and not done:

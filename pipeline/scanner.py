@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import activity, cli
+from . import db as db_module
 from .activity import Heartbeat
 from .config import Config
 from .detect import HotFolder
@@ -90,9 +91,8 @@ class Scanner:
                 self.scan(kind, kind)
                 kind = "periodic"
             except Exception as e:
-                if not cli.is_locked(e):
+                if not db_module.retry_later(self.jobs.db, e, "scanning again shortly", once):
                     raise
-                log.warning("database busy past the timeout (%s); scanning again shortly", e)
             if once:
                 return
             activity.sleep(self.stopper, started + interval - time.monotonic(), heartbeat)

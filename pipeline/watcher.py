@@ -31,6 +31,7 @@ from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 from . import cli
+from . import db as db_module
 from .activity import Heartbeat
 from .config import Config
 from .files import Identity
@@ -169,9 +170,8 @@ class Watcher:
             try:
                 self.scanner.scan("rescan", "realtime")
             except Exception as e:
-                if not cli.is_locked(e):
+                if not db_module.retry_later(self.jobs.db, e, "nothing detected this time", once=True):
                     raise
-                log.warning("database busy past the timeout (%s); nothing detected this time", e)
             return
         alarm = _OverflowAlarm(self.overflow)
         logging.getLogger("watchdog").addHandler(alarm)
@@ -256,9 +256,8 @@ class Watcher:
                 created = self.jobs.create(sightings, detected_by)
                 break
             except Exception as e:
-                if not cli.is_locked(e) or self.stopper.requested:
+                if self.stopper.requested or not db_module.retry_later(self.jobs.db, e, "trying again"):
                     raise
-                log.warning("database busy past the timeout (%s); trying again", e)
                 self.stopper.wait(0.5)
         if created:
             log.info("%d new job%s: %s", len(created), "s" * (len(created) != 1),
@@ -282,9 +281,10 @@ class Watcher:
             except Exception as e:
                 if item is FULL_RESCAN:
                     self.full_rescan.clear()    # it did not happen: the next request must not be absorbed
-                if cli.is_locked(e):
-                    log.warning("database busy past the timeout (%s); the rescan is left to the scanner's "
-                                "next periodic scan", e)
+                if reason := db_module.transient(e):
+                    db_module.reopen_after(self.jobs.db, reason)
+                    log.warning("%s (%s); the rescan is left to the scanner's next periodic scan",
+                                db_module.SAYS[reason], e)
                 else:
                     log.exception("rescan failed; the scanner's next periodic scan will cover it")
 

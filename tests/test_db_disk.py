@@ -1,0 +1,256 @@
+"""The database's own disk failing under the programs (issue: hardening round 2, part 6).
+
+A full disk, a read-only one, the database file deleted or renamed over, and a WAL that a long
+reader made large. The database lives on its own small tmpfs here, the hot folder and the
+destinations on the ordinary disk, and the real programs run as subprocesses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import peewee
+import pytest
+
+from conftest import job_document, wait_for
+from mounts import fill
+from pipeline import activity
+from pipeline import config as config_module
+from pipeline import db as db_module
+from pipeline.activity import Heartbeat
+from pipeline.jobs import Jobs, Sighting
+from pipeline.models import Job, bind
+
+ONE_LINE = {"full": "database disk full (database or disk is full)",
+            "read-only": "database read-only (attempt to write a readonly database)"}
+RECOVERED = "database writable again"
+
+
+@pytest.fixture
+def dbdisk(tree, tmpfs):
+    """The tree's database moved onto a 1 MiB tmpfs of its own (the folder ``dbdisk``)."""
+    folder = tmpfs.mount(tree.root / "dbdisk", size="1m")
+    text = tree.config_path.read_text().replace('database = "pipeline.db"', 'database = "dbdisk/pipeline.db"')
+    tree.config_path.write_text(text)
+    tree.config = config_module.load(tree.config_path)
+    db_module.connect(tree.config.paths.database).close()      # the schema, before the disk fills
+    return folder
+
+
+def open_db(tree):
+    database = db_module.connect(tree.config.paths.database)
+    bind(database)
+    return database
+
+
+def drop(tree, name: str, client: str = "RANK"):
+    path = tree.drop(client, name, job_document(client))
+    tree.age(path)
+    return path
+
+
+def routed(tree, name: str) -> bool:
+    return (tree.dest("Monday Rank") / name).exists()
+
+
+def count(log: str, text: str) -> int:
+    return log.count(text)
+
+
+# -- the classification and the rollback ---------------------------------------------------------
+
+def test_transient_names_the_reason_of_real_sqlite_errors(tmp_path):
+    path = tmp_path / "x.db"
+    db_module.connect(path).close()
+    read_only = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as readonly_error:
+        read_only.execute("CREATE TABLE t (x)")
+    with pytest.raises(sqlite3.OperationalError) as syntax_error:
+        read_only.execute("SELEC 1")
+    read_only.close()
+    assert db_module.transient(readonly_error.value) == "read-only"
+    assert db_module.transient(syntax_error.value) is None
+    assert db_module.transient(peewee.OperationalError("database is locked")) == "locked"
+    assert db_module.transient(ValueError("database is locked")) is None       # not a database error
+    # An error met while rolling back hides the real one unless its context is looked at.
+    try:
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError:
+            raise peewee.OperationalError("cannot rollback - no transaction is active")
+    except peewee.OperationalError as e:
+        assert db_module.transient(e) == "full"
+
+
+def test_a_full_disk_rolls_the_transaction_back_cleanly_and_writes_resume_once_there_is_room(tree, dbdisk):
+    db = open_db(tree)
+    jobs = Jobs(db, "test:1")
+    try:
+        filler = fill(dbdisk)
+        with pytest.raises(peewee.OperationalError) as failed:
+            with db.atomic():
+                db.execute_sql("INSERT INTO scans (kind, actor, started_at) VALUES ('startup', 'test', 1)")
+                db.execute_sql("UPDATE scans SET files_seen = 7")
+                for _ in range(200):             # more than the WAL has room for
+                    db.execute_sql("INSERT INTO scans (kind, actor, started_at) VALUES (?, ?, 1)",
+                                   ("periodic", "x" * 4000))
+        # The real error comes out (not peewee's "cannot rollback"), nothing half-written stays.
+        assert db_module.transient(failed.value) == "full", failed.value
+        assert "database or disk is full" in str(failed.value)
+        assert not db.in_transaction()
+        assert db_module.retry_later(db, failed.value, "trying again")
+        assert db.execute_sql("SELECT count(*) FROM scans").fetchone()[0] == 0
+        filler.unlink()
+        path = drop(tree, "after.json")
+        st = os.stat(path)
+        assert len(jobs.create([Sighting(str(path), "RANK", "after.json", st)], "realtime")) == 1
+        assert db.execute_sql("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        db.close()
+
+
+# -- the real programs ----------------------------------------------------------------------------
+
+def test_a_full_database_disk_is_logged_once_waited_out_and_the_waiting_file_flows(tree, dbdisk):
+    scanner, router = tree.spawn("scanner"), tree.spawn("router")
+    try:
+        drop(tree, "before.json")
+        wait_for(lambda: routed(tree, "before.json"), message="the first file routed")
+        filler = fill(dbdisk)
+        drop(tree, "waiting.json")
+        for program in ("scanner", "router"):
+            wait_for(lambda: ONE_LINE["full"] in tree.logs(program), timeout=30,
+                     message=f"the {program} to log the full disk")
+        time.sleep(3)                               # several retries, and heartbeats, while full
+        assert scanner.poll() is None and router.poll() is None, "a program died of a full disk"
+        filler.unlink()
+        wait_for(lambda: routed(tree, "waiting.json"), timeout=30, message="the waiting file routed")
+        for program in ("scanner", "router"):
+            wait_for(lambda: RECOVERED in tree.logs(program), message=f"the {program} to log the recovery")
+    finally:
+        for proc in (scanner, router):
+            proc.terminate()
+            proc.wait(30)
+    for program in ("scanner", "router"):
+        log = tree.logs(program)
+        assert count(log, ONE_LINE["full"]) == 1, log
+        assert count(log, RECOVERED) == 1, log
+        assert "Traceback" not in log, log
+    assert [p.returncode for p in (scanner, router)] == [0, 0]
+    assert tree.files(tree.hot) == []
+
+
+def killed_while_open(path) -> None:
+    """A process that dies with the database open leaves its -wal and -shm behind, as SIGKILL does.
+
+    The kernel refuses to remount a filesystem read-only while a file on it is open for writing, so
+    a disk cannot be made read-only under a running program here; this is the state in which one
+    that starts afterwards opens it read-only, and SQLite keeps that connection read-only even once
+    the disk is writable again.
+    """
+    code = ("import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('PRAGMA journal_mode=wal'); c.execute('DELETE FROM heartbeats'); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=30)
+
+
+def test_a_read_only_database_disk_is_waited_out_and_the_connection_reopened(tree, dbdisk, tmpfs):
+    drop(tree, "waiting.json")
+    killed_while_open(tree.config.paths.database)
+    tmpfs.read_only(dbdisk)
+    scanner = tree.spawn("scanner")
+    try:
+        wait_for(lambda: ONE_LINE["read-only"] in tree.logs("scanner"), message="the read-only line")
+        time.sleep(2)
+        assert scanner.poll() is None, tree.logs("scanner")
+        tmpfs.read_only(dbdisk, on=False)
+        # SQLite keeps a connection opened read-only so: only a new connection can write.
+        wait_for(lambda: RECOVERED in tree.logs("scanner"), message="the scanner to write again")
+    finally:
+        scanner.terminate()
+        scanner.wait(30)
+    log = tree.logs("scanner")
+    assert count(log, ONE_LINE["read-only"]) == 1 and "Traceback" not in log, log
+    tree.run("router", "--once")
+    assert routed(tree, "waiting.json")
+
+
+@pytest.mark.parametrize("trouble", ["full", "read-only"])
+@pytest.mark.parametrize("program", ["scanner", "router"])
+def test_once_exits_69_with_one_line_when_the_database_disk_cannot_be_written(tree, dbdisk, tmpfs, trouble, program):
+    drop(tree, "waiting.json")
+    if program == "router":
+        tree.run("scanner", "--once")
+    if trouble == "full":
+        fill(dbdisk)
+    else:
+        killed_while_open(tree.config.paths.database)
+        tmpfs.read_only(dbdisk)
+    proc = tree.run(program, "--once", check=False)
+    assert proc.returncode == 69, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "database" in line and " ERROR " in line]
+    assert len(lines) == 1 and "database unusable" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and " WARNING " not in proc.stderr, proc.stderr
+    assert (tree.hot / "RANK" / "waiting.json").exists()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_database_file_deleted_or_replaced_under_a_running_program_makes_it_exit_69(tree, db, how):
+    router = tree.spawn("router")
+    try:
+        wait_for(lambda: db.execute_sql("SELECT count(*) FROM heartbeats").fetchone()[0] == 1,
+                 message="the router's first heartbeat")
+        path = tree.config.paths.database
+        if how == "deleted":
+            path.unlink()
+        else:
+            other = tree.root / "other.db"
+            db_module.connect(other).close()
+            os.replace(other, path)
+        router.wait(30)
+    finally:
+        if router.poll() is None:
+            router.kill()
+            router.wait()
+    log = tree.logs("router")
+    assert router.returncode == 69, log
+    assert f"database file {path} was {how}; exiting so supervisord restarts on the real one" in log
+    assert "Traceback" not in log, log
+
+
+# -- the WAL's bound ------------------------------------------------------------------------------
+
+def test_the_wal_a_long_reader_made_large_shrinks_below_the_limit_after_it_lets_go(tree, monkeypatch, caplog):
+    limit = 256 * 1024
+    monkeypatch.setattr(db_module, "JOURNAL_SIZE_LIMIT", limit)
+    monkeypatch.setattr(activity, "CHECKPOINT_INTERVAL", 0)
+    db = open_db(tree)
+    wal = f"{tree.config.paths.database}-wal"
+    jobs = Jobs(db, "scanner:1")
+    heartbeat = Heartbeat(db, "scanner")
+    reader = sqlite3.connect(tree.config.paths.database, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM jobs").fetchone()      # holds its snapshot: no checkpoint passes it
+        files = [drop(tree, f"many{i}.json") for i in range(300)]
+        for chunk in range(0, len(files), 10):
+            jobs.create([Sighting(str(p), "RANK", p.name, os.stat(p)) for p in files[chunk:chunk + 10]], "startup")
+            heartbeat.beat(force=True)
+        assert os.path.getsize(wal) > limit, "the test wrote too little to grow the WAL"
+        reader.execute("COMMIT")
+        # The heartbeat's checkpoint alone (no more job writes) brings it back.
+        wait_for(lambda: heartbeat.beat(force=True) or os.path.getsize(wal) <= limit,
+                 message="the WAL back below its limit")
+    finally:
+        reader.close()
+        db.close()
+    assert Job.select().count() == 300
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_connect_sets_the_journal_size_limit(db):
+    assert db.execute_sql("PRAGMA journal_size_limit").fetchone()[0] == db_module.JOURNAL_SIZE_LIMIT
