@@ -11,9 +11,11 @@ one token at a time with an explicit stack (no recursion), keeping only what ``w
 file that fits in one window is decoded by the C decoder at once. Both ways apply the same hooks,
 so a file gets the same verdict whichever way it is read.
 
-``wanted`` is a tree of object keys: a dict descends into that key's object; ``KEEP`` keeps the
-value if it is a scalar, and an empty stand-in of the same kind (``{}`` or ``[]``) if not, which is
-all validation needs to say what it is. Everything else is checked and dropped.
+``wanted`` is a tree of object keys: a dict descends into that key's object, or into that item of
+an array when the key is an index (``"0"``: the array is kept up to the last item named, the
+others as None); ``KEEP`` keeps the value if it is a scalar, and an empty stand-in of the same kind
+(``{}`` or ``[]``) if not, which is all validation needs to say what it is. Everything else is
+checked and dropped.
 """
 
 from __future__ import annotations
@@ -130,13 +132,30 @@ def _prune(value: Any, wanted: Any) -> Any:
             return {}
         return {k: _prune(value[k], w) for k, w in wanted.items() if k in value}
     if isinstance(value, list):
-        return []
+        out: list = []
+        if wanted is not KEEP:
+            for i, item in enumerate(value[:_last_index(wanted) + 1]):
+                _keep_item(out, i, item, wanted)
+        return out
     return value
+
+
+def _last_index(wanted: dict) -> int:
+    """The highest array index ``wanted`` names; -1 when it names none."""
+    return max((int(k) for k in wanted if k.isascii() and k.isdigit() and str(int(k)) == k), default=-1)
+
+
+def _keep_item(out: list, index: int, item: Any, wanted: dict) -> None:
+    """Put ``item`` at ``index`` of ``out`` if ``wanted`` names it (the items before it as None)."""
+    w = wanted.get(str(index))
+    if w is not None:
+        out.extend([None] * (index - len(out)))
+        out.append(_prune(item, w))
 
 
 class _Frame:
     """One open container above the leaves."""
-    __slots__ = ("kind", "wanted", "out", "keys", "key")
+    __slots__ = ("kind", "wanted", "out", "keys", "key", "count")
 
     def __init__(self, kind: str, wanted: Any):
         self.kind = kind
@@ -144,14 +163,20 @@ class _Frame:
         self.out = ({} if kind == "{" else []) if wanted is not None else None
         self.keys: set[str] | None = set() if kind == "{" else None
         self.key: str | None = None
+        self.count = 0              # an array's items so far: the index of the next one
 
     def child(self) -> Any:
-        if self.kind == "{" and isinstance(self.wanted, dict):
-            return self.wanted.get(self.key)
+        if isinstance(self.wanted, dict):
+            return self.wanted.get(self.key if self.kind == "{" else str(self.count))
         return None
 
     def add(self, value: Any) -> None:
-        if self.kind == "{" and isinstance(self.wanted, dict) and self.key in self.wanted:
+        if self.kind == "[":
+            if isinstance(self.wanted, dict) and str(self.count) in self.wanted:
+                self.out.extend([None] * (self.count - len(self.out)))
+                self.out.append(value)      # already pruned by the child's own wanted
+            self.count += 1
+        elif isinstance(self.wanted, dict) and self.key in self.wanted:
             self.out[self.key] = value
 
 
@@ -242,6 +267,11 @@ class _Walk:
                 self.remember(frame, key)
             if isinstance(frame.wanted, dict):
                 frame.out.update((k, _prune(value[k], w)) for k, w in frame.wanted.items() if k in value)
+        else:
+            if isinstance(frame.wanted, dict):
+                for i, item in enumerate(value, frame.count):
+                    _keep_item(frame.out, i, item, frame.wanted)
+            frame.count += len(value)
         return _WS.match(text, match.end()).end()
 
     def remember(self, frame: _Frame, key: str) -> None:
@@ -260,9 +290,10 @@ class _Walk:
         if text[pos:pos + 1] != '"':
             raise self.error("Expecting property name enclosed in double quotes", pos)
         key, pos = scanstring(text, pos + 1, True)
-        self.remember(frame, key)
-        frame.key = key
         pos = _WS.match(text, pos).end()
         if text[pos:pos + 1] != ":":
             raise self.error("Expecting ':' delimiter", pos)
+        # After the ':' check: a duplicate key with no ':' is not JSON, as the C decoder says.
+        self.remember(frame, key)
+        frame.key = key
         return _WS.match(text, pos + 1).end()

@@ -12,7 +12,9 @@ from hypothesis import given, settings, strategies as st
 from pipeline import strictjson
 from pipeline.validation import Invalid, parse
 
-WANTED = {"a": strictjson.KEEP, "J": {"b": strictjson.KEEP, "c": {"d": strictjson.KEEP}}}
+# "L" and "c" also name array items by index, as the routing rules' dotted paths do (Items.0.Code).
+WANTED = {"a": strictjson.KEEP, "J": {"b": strictjson.KEEP, "c": {"d": strictjson.KEEP, "1": strictjson.KEEP}},
+          "L": {"0": strictjson.KEEP, "2": {"b": strictjson.KEEP, "0": {"a": strictjson.KEEP}}}}
 
 
 def verdict(text: str, window: int | None = None) -> tuple:
@@ -36,7 +38,7 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-10 ** 30, 10 ** 30),
                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8),
                     st.sampled_from(["{", "]", '"', "\\", "\n"]))
 documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) |
-                         st.dictionaries(st.sampled_from("abcdJ") | st.text(max_size=3), inner, max_size=5),
+                         st.dictionaries(st.sampled_from("abcdJL012") | st.text(max_size=3), inner, max_size=5),
                          max_leaves=40)
 
 
@@ -122,3 +124,10 @@ def test_memory_stays_near_the_size_of_the_file(item):
     grew = float(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
                                 text=True).stdout)
     assert grew < 2.5, f"parsing grew the process by {grew:.2f}x the file's size"
+
+
+@pytest.mark.parametrize("window", [0, 7, 64, None])
+def test_array_items_named_by_index_are_kept_and_the_others_are_not(window):
+    text = json.dumps({"L": [{"x": 1}, 5, {"b": "kept", "y": [1, 2]}, "after the last named"],
+                       "J": {"c": [[9], {"d": 1}]}})
+    assert verdict(text, window) == ("ok", {"L": [{}, None, {"b": "kept"}], "J": {"c": [None, {}]}})
