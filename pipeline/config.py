@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .rules import Route, RuleError, compile_route
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the file and the key."""
@@ -206,15 +208,6 @@ class Router:
 
 
 @dataclass(frozen=True)
-class Route:
-    """A routing rule: matches when every list it has contains the job's value."""
-    name: str
-    to: Path
-    clients: frozenset[str] | None = None      # upper-cased; None matches any client
-    categories: frozenset[str] | None = None   # upper-cased; None matches any category
-
-
-@dataclass(frozen=True)
 class Api:
     endpoint: str
     timeout: float
@@ -333,7 +326,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "stuck_after": (positive_number, 600),
     },
 }
-_ROUTE_KEYS = {"name", "to", "clients", "categories"}
+_ROUTE_KEYS = {"name", "to", "clients", "categories", "match", "files", "rename"}
 
 
 def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -381,10 +374,13 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
         if _inside(getattr(paths, key), paths.hot_folder):
             raise ConfigError(f"[paths] {key}: {getattr(paths, key)} lies inside the hot folder "
                               f"{paths.hot_folder}; it must be outside it")
-    routes = _routes(data.get("route", []), resolve)
+    routes = _routes(data.get("route", []), values["report"]["timezone"], resolve)
     for route in routes:
-        if _inside(route.to, paths.hot_folder):
-            raise ConfigError(f"[[route]] {route.name!r} to: {route.to} lies inside the hot folder")
+        if reaches(route, paths.hot_folder):
+            raise ConfigError(f"[[route]] {route.name!r} to: {route.to} lies inside the hot folder"
+                              if route.template is None else
+                              f"[[route]] {route.name!r} to: a job could fill it to a folder in the hot "
+                              f"folder {paths.hot_folder}; give it a base folder of its own")
     return Config(paths=paths, detect=Detect(**values["detect"]), router=Router(**values["router"]),
                   routes=routes, api=Api(**values["api"]), report=Report(**values["report"]),
                   smtp=Smtp(**values["smtp"]), alerts=Alerts(**values["alerts"]), source=source)
@@ -406,7 +402,7 @@ def _section(name: str, table: Any) -> dict[str, Any]:
     return out
 
 
-def _routes(tables: Any, resolve: Callable[[str], Path]) -> tuple[Route, ...]:
+def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple[Route, ...]:
     if not isinstance(tables, list):
         raise ConfigError("[[route]]: expected an array of tables ([[route]])")
     routes = []
@@ -420,17 +416,18 @@ def _routes(tables: Any, resolve: Callable[[str], Path]) -> tuple[Route, ...]:
         for key in ("name", "to"):
             if not isinstance(table.get(key), str) or not table[key].strip():
                 raise ConfigError(f"{where} {key}: required, a non-empty string")
-        lists = {}
-        for key in ("clients", "categories"):
-            if key in table:
-                try:
-                    lists[key] = frozenset(v.upper() for v in string_list(table[key]))
-                except ValueError as e:
-                    raise ConfigError(f"{where} {key}: {e}") from None
-                if not lists[key]:
-                    raise ConfigError(f"{where} {key}: an empty list matches nothing; leave it out to match anything")
-        routes.append(Route(name=table["name"], to=resolve(table["to"]), **lists))
+        try:
+            routes.append(compile_route(table, timezone, resolve, string_list))
+        except RuleError as e:
+            raise ConfigError(f"{where} {e.key}: {e}") from None
     return tuple(routes)
+
+
+def reaches(route: Route, folder: Path) -> bool:
+    """Whether a copy made by ``route`` could land in ``folder`` or below it."""
+    if route.template is not None:
+        return route.template.may_reach(folder)
+    return _inside(route.to, folder)
 
 
 def _inside(path: Path, folder: Path) -> bool:

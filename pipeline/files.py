@@ -120,11 +120,18 @@ class Folders:
         self._dirty: set[str] = set()
         self._known: set[str] = set()
 
-    def ensure(self, folder: Path) -> None:
-        """Make sure ``folder`` exists; with ``create`` off, a missing folder is an error (unmounted share)."""
+    def ensure(self, folder: Path, below: Path | None = None) -> None:
+        """Make sure ``folder`` exists; with ``create`` off, a missing folder is an error (unmounted share).
+
+        With ``below``, the levels of ``folder`` under it (named by a job's values) must be real
+        folders where they exist: a symlink is not followed, and neither is made a folder of;
+        raises NotRegular.
+        """
         key = str(folder)
         if key in self._known:
             return
+        if below is not None:
+            _real_folders_below(below, folder)
         if not folder.is_dir():
             if not self.create:
                 raise FileNotFoundError(errno.ENOENT, "destination folder is missing (share not mounted?)", key)
@@ -167,6 +174,22 @@ class Folders:
                 failed[folder] = e
                 self._known.discard(folder)
         return failed
+
+
+def _real_folders_below(base: Path, folder: Path) -> None:
+    """Raises NotRegular when a level of ``folder`` below ``base`` is a symlink or not a folder.
+    Each level is looked at: a symlink higher up would be followed by a look at a deeper one."""
+    level = folder
+    while base in level.parents:
+        try:
+            st = os.lstat(level)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise NotRegular(f"{level} is a symbolic link (not followed)")
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise NotRegular(f"{level} is not a folder")
+        level = level.parent
 
 
 def fsync_dir(folder: str | Path) -> None:

@@ -38,7 +38,7 @@ from .detect import HotFolder
 from .files import (Changed, Folders, Identity, Modes, NotRegular, move_exact, read_exact, remove_exact,
                     remove_stale_temporaries, write_atomic)
 from .jobs import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE, Claimed, Jobs, LeaseLost, Sighting
-from .validation import Invalid, JobDetails, parse, too_large
+from .validation import Invalid, JobDetails, parse, too_large, wanted
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class Router:
         self.error_log = failures.ErrorLog(config.paths.error_log, jobs, Folders(modes, create=True))
         self.hot_folder = HotFolder(config.paths.hot_folder)
         self._hot_files: dict[Identity, Sighting] | None = None     # listed on first need, per phase
+        self.keep = wanted(rules.paths_named(config.routes))     # what validation keeps of a job file
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -186,7 +187,7 @@ class Router:
         if data is None:
             return
         try:
-            work.details = parse(data, work.job.client_folder)      # where the file is now: it may have moved
+            work.details = parse(data, work.job.client_folder, self.keep)      # where the file is now: it may have moved
         except Invalid as e:
             work.fail("validate", str(e), move=work.state == "detected")
             return
@@ -256,11 +257,16 @@ class Router:
         return data
 
     def _deliver(self, work: Work, data: bytes, delivered: set[str]) -> None:
-        job, details = work.job, work.details
-        targets = rules.destinations(self.config.routes, details.client_code, details.job_category)
+        job = work.job
+        try:
+            targets, refused = rules.destinations(self.config.routes, rules.Facts.of(
+                work.details, job.client_folder, job.file_name, job.detected_at)), None
+        except rules.Unsafe as e:
+            targets, refused = [], str(e)       # archived all the same: the job fails at route below
         if job.claims > 1:      # its previous owner died, maybe mid-copy: clear what it left
-            for folder in [self.config.paths.store / job.client_folder] + [d.folder for d in targets]:
-                remove_stale_temporaries(folder, job.file_name)
+            archive = self.config.paths.store / job.client_folder / job.file_name
+            for target in [archive] + [d.path for d in targets]:
+                remove_stale_temporaries(target.parent, target.name)
         if work.state == "detected" and work.archive_path is None:
             target = self.config.paths.store / job.client_folder / job.file_name
             try:
@@ -272,15 +278,23 @@ class Router:
             work.archive_path = target
         if work.state == "detected":
             work.archived_now = True
+        if refused:
+            work.fail("route", refused)
+            return
         problems = []
         conflict = self.config.router.conflict
         for dest in targets:
-            target = dest.folder / job.file_name
+            target = dest.path
             if str(target) in delivered:
                 continue
             try:
+                if dest.templated:      # folders named by the job's values: no symlink below the base
+                    self.destinations.ensure(dest.folder, below=dest.base)
                 written = write_atomic(target, data, self.destinations, mtime_ns=job.mtime_ns,
                                        replace=conflict == "replace")
+            except NotRegular as e:
+                work.fail("route", f"{dest.name}: {e}")
+                return
             except OSError as e:
                 self.destinations.forget(dest.folder)
                 problems.append(f"{dest.name}: {_os_reason(e)} ({dest.folder})")
@@ -288,7 +302,7 @@ class Router:
             action = "written"
             if not written and not _same_content(target, work.sha256):
                 if conflict == "fail":
-                    work.fail("route", f"a different file named {job.file_name} is already in {dest.name} "
+                    work.fail("route", f"a different file named {dest.file_name} is already in {dest.name} "
                                        f"({dest.folder}) and router.conflict is fail")
                     return
                 action = "kept"

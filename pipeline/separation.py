@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from .config import Config
+from .templates import Destination
 
 
 def _existing(path: Path) -> Path:
@@ -70,10 +71,35 @@ def _under_a_file(path: Path) -> Path | None:
 
 
 class _Place:
-    def __init__(self, key: str, path: Path):
-        self.key, self.path = key, path
+    def __init__(self, key: str, path: Path, template: Destination | None = None):
+        self.key, self.path, self.template = key, path, template
         self.real = _real(path)
         self.on_the_way = _identities_on_the_way(path)
+
+    def may_reach(self, other: "_Place", identities: set[tuple[int, int]]) -> bool:
+        """Whether a job could fill this template to a folder in ``other`` (given its identities):
+        by the paths as written, as resolved on the disk, or through a folder mounted right below
+        the base (deeper levels are made by the router, which follows no symlink there)."""
+        if self.template is None:
+            return False
+        return (self.template.may_reach(other.path) or self.template.may_reach(other.real, self.real)
+                or bool(self._first_levels() & identities))
+
+    def _first_levels(self) -> set[tuple[int, int]]:
+        """(device, inode) of the folders right below the base that a job could fill it to."""
+        found = set()
+        try:
+            with os.scandir(self.path) as entries:
+                for entry in entries:
+                    if self.template.below and self.template.below[0].could_be(entry.name):
+                        try:
+                            st = entry.stat()      # followed: a symlink there is refused at routing anyway
+                        except OSError:
+                            continue
+                        found.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+        return found
 
 
 def problems(config: Config) -> list[str]:
@@ -83,7 +109,9 @@ def problems(config: Config) -> list[str]:
     hot = _Place("[paths] hot_folder", p.hot_folder)
     hot_ids = _folder_identities(p.hot_folder, with_subfolders=True)
     places = [_Place(f"[paths] {key}", getattr(p, key)) for key in ("store", "failed", "error_log")]
-    routes = [_Place(f"[[route]] {r.name!r} to", r.to) for r in config.routes]
+    # A rule whose to has placeholders is checked by its static base folder, and by what a job
+    # could fill its placeholders with below it.
+    routes = [_Place(f"[[route]] {r.name!r} to", r.to, r.template) for r in config.routes]
     found = []
     for place in places + routes:
         blocker = _under_a_file(place.path)
@@ -92,13 +120,19 @@ def problems(config: Config) -> list[str]:
         elif _inside(place.real, hot.real) or place.on_the_way & hot_ids:
             found.append(f"{place.key}: {place.path} resolves into the hot folder {p.hot_folder} "
                          "(through a symlink or a mount); every copy there would become a new job")
+        elif place.may_reach(hot, hot_ids):
+            found.append(f"{place.key}: a job could fill it to a folder in the hot folder {p.hot_folder} "
+                         f"(below its base {place.path}); every copy there would become a new job")
     for route in routes:
         for place in places[:2]:
-            if _inside(route.real, place.real) or route.on_the_way & _folder_identities(place.path):
+            if (_inside(route.real, place.real) or route.on_the_way & _folder_identities(place.path)
+                    or route.may_reach(place, _folder_identities(place.path))):
                 found.append(f"{route.key}: {route.path} lies in {place.key.split()[-1]} {place.path}; "
                              "a destination must be a folder of its own")
     seen: dict[tuple, _Place] = {}
     for route in routes:
+        if route.template is not None:
+            continue        # its folders are made per job; the same one twice is copied to once
         same = seen.get(_folder_key(route))
         if same is not None and same.path != route.path:
             found.append(f"{route.key}: {route.path} is the same folder as {same.key.split(' to')[0]}'s "

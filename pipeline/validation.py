@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 from . import strictjson
 
@@ -26,6 +26,26 @@ class JobDetails:
     job_category: str
     studio_code: str | None
     title: str | None
+    # The parsed job as far as ``wanted`` reached: the details above, and what the rules read.
+    document: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+def wanted(paths: Iterable[tuple[str, ...]]) -> dict:
+    """What validation keeps of a job file: its details, and the values at ``paths`` (the dotted
+    paths the routing rules read). Built once at start; the rest of a file is checked and dropped."""
+    tree = _copy(_WANTED)
+    for keys in paths:
+        node = tree
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}          # deeper than a KEEP: the dict keeps what is needed below
+            node = node[key]
+        node.setdefault(keys[-1], strictjson.KEEP)
+    return tree
+
+
+def _copy(tree: dict) -> dict:
+    return {k: _copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
 
 
 def too_large(size: int, limit: int) -> Invalid:
@@ -38,8 +58,9 @@ def is_safe_component(name: str) -> bool:
     return bool(_SAFE_COMPONENT.fullmatch(name)) and name.strip(".") != ""
 
 
-def parse(data: bytes, client_folder: str) -> JobDetails:
-    """Decode, parse and check a job file found in ``client_folder``; raises Invalid."""
+def parse(data: bytes, client_folder: str, keep: dict = _WANTED) -> JobDetails:
+    """Decode, parse and check a job file found in ``client_folder``; raises Invalid. ``keep`` is
+    what of the document to keep (``wanted``), beyond the details it always reads."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]                           # a UTF-8 byte order mark is tolerated
     if not data:
@@ -51,7 +72,7 @@ def parse(data: bytes, client_folder: str) -> JobDetails:
     if not text.strip():
         raise Invalid("file contains only whitespace")
     try:
-        document = strictjson.loads(text, _WANTED)
+        document = strictjson.loads(text, keep)
     except json.JSONDecodeError as e:
         raise Invalid(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
@@ -73,7 +94,7 @@ def parse(data: bytes, client_folder: str) -> JobDetails:
         raise Invalid(f"ClientCode {client_code!r} does not match its client folder {client_folder!r}")
     return JobDetails(client_code=client_code.upper(), job_category=job_category,
                       studio_code=_optional_string(details, "StudioCode"),
-                      title=_optional_string(details, "Title", _TITLE_LIMIT))
+                      title=_optional_string(details, "Title", _TITLE_LIMIT), document=document)
 
 
 def _required(container: dict, key: str, kind: type, expected: str, parent: str = "") -> Any:

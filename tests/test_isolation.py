@@ -167,10 +167,10 @@ def test_an_unexpected_error_with_one_job_fails_that_job_alone(tree, db, monkeyp
     jobs = scan(tree, db)
     real = rules.destinations
 
-    def destinations(routes, client, category):
-        if category == "ODD":
+    def destinations(routes, facts):
+        if facts.job_category == "ODD":
             raise KeyError("a defect met by one job")
-        return real(routes, client, category)
+        return real(routes, facts)
     monkeypatch.setattr(rules, "destinations", destinations)
     Router(tree.config, jobs).run(once=True)
     odd = job("odd.json")

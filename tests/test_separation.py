@@ -101,3 +101,18 @@ def test_two_rules_with_the_same_destination_stay_valid_and_copy_once(tree, hot)
     tree.run("scanner", "--once")
     tree.run("router", "--once")
     assert os.listdir(tree.dest("Monday Rank")) == ["one.json"]
+
+
+def test_a_template_whose_base_holds_a_symlink_to_the_hot_folder_is_refused(tree, hot):
+    # dest/OUT-x would be the real hot folder: a job whose field is "x" would feed it.
+    os.symlink(tree.hot.parent, tree.root / "dest")
+    tree.write_config(routes=routes(("Templ", "dest/ho{field:A}/RANK")))
+    refused(tree, "[[route]] 'Templ' to: a job could fill it to a folder in the hot folder")
+
+
+def test_a_template_that_could_fill_to_the_archive_is_refused_and_a_separate_one_is_not(tree, hot):
+    tree.write_config(routes=routes(("Templ", "st{field:A}/x")))    # "store" if A is "ore"
+    refused(tree, "[[route]] 'Templ' to: ")
+    refused(tree, "lies in store")
+    tree.write_config(routes=routes(("Templ", "dest/st{field:A}/x")))
+    assert tree.run("check-config").returncode == 0

@@ -174,7 +174,7 @@ def baseline_loop(n: int) -> float:
             details = json.loads(data)["JobSpecification"]["JobDetails"]
             client = path.parent.name
             targets = [config.paths.store / client] + [d.folder for d in rules.destinations(
-                config.routes, details["ClientCode"], details["JobCategory"])]
+                config.routes, rules.Facts.plain(details["ClientCode"], details["JobCategory"]))]
             for folder in targets:
                 folder.mkdir(parents=True, exist_ok=True)
                 tmp_path = folder / f".{path.name}.tmp"

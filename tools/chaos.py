@@ -158,7 +158,8 @@ def check(pipeline: Pipeline, dropped: dict, received: Counter) -> tuple[dict, l
             problems.append(f"{client}/{name}: not in the archive as dropped")
             continue
         details = json.loads(body)["JobSpecification"]["JobDetails"]
-        expected = {d.folder for d in rules.destinations(cfg.routes, details["ClientCode"], details["JobCategory"])}
+        expected = {d.folder for d in rules.destinations(
+            cfg.routes, rules.Facts.plain(details["ClientCode"], details["JobCategory"]))}
         for route in cfg.routes:
             present = (route.to / name).exists()
             if present != (route.to in expected):

@@ -137,7 +137,7 @@ def build(db, cfg, day: Day, n: int, rng: random.Random, failure_rate: float = 0
                               studio_code=f"{client}_STUDIO", title=f"Job {job.file_name}",
                               archive_path=f"{cfg.paths.store}/{client}/{job.file_name}")
                 clock.now += rng.uniform(0.005, 0.06)
-                for dest in rules.destinations(cfg.routes, client, category):
+                for dest in rules.destinations(cfg.routes, rules.Facts.plain(client, category)):
                     jobs.delivered(batch.token, job.id, dest.name, str(dest.folder / job.file_name), "written")
                 jobs.routed(batch.token, job.id, "bench")
 
