@@ -30,16 +30,21 @@ class Condition:
     allowed: frozenset[str]
     shown: str                      # the allowed values as written, for explanations
 
+    def holds(self, document: Any) -> bool:
+        text = templates.as_text(templates.lookup(document, self.keys))   # MISSING: None, as a container
+        return text is not None and text.casefold() in self.allowed
+
     def failure(self, document: Any) -> str | None:
+        """Why the condition does not hold, in one line; None when it does."""
+        if self.holds(document):
+            return None
         value = templates.lookup(document, self.keys)
         if value is MISSING:
             return f"match {self.path}: missing in this job"
         text = templates.as_text(value)
         if text is None:
             return f"match {self.path}: is {'an object' if isinstance(value, dict) else 'an array'}, not a value"
-        if text.casefold() not in self.allowed:
-            return f"match {self.path}: {text[:80]!r} is not one of {self.shown}"
-        return None
+        return f"match {self.path}: {text[:80]!r} is not one of {self.shown}"
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,13 @@ class Route:
     files_shown: str = ""
     template: templates.Destination | None = None
     rename: templates.Component | None = None
+
+    def matches(self, facts: Facts) -> bool:
+        """Every condition holds (what ``failure`` explains, without building its words)."""
+        return ((self.clients is None or facts.client_code in self.clients)
+                and (self.categories is None or facts.category_key in self.categories)
+                and all(c.holds(facts.document) for c in self.match)
+                and (self.files is None or self.files.fullmatch(facts.name) is not None))
 
     def failure(self, facts: Facts) -> str | None:
         """The first condition the job does not meet, in one line; None when the rule matches."""
@@ -98,7 +110,7 @@ def destinations(routes: Sequence[Route], facts: Facts) -> list[Destination]:
     """
     chosen: dict[Path, Destination] = {}
     for route in routes:
-        if route.failure(facts) is None:
+        if route.matches(facts):
             _choose(chosen, route, route.target(facts))
     return list(chosen.values())
 

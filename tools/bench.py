@@ -1,6 +1,7 @@
 """Benchmarks of SPEC §12, each next to a baseline measured in the same run.
 
     tools/bench [--n 5000] [--routers 2] [--quick] [--no-record]
+    tools/bench --rules [--n 5000]       # only the backlog: the seeds' matrix, then 20 rules of §5a
 
 Every figure is measured on a temporary tree with the real programs under a real supervisord,
 using this repository's supervisord.conf, fsync on, leases on. Results are printed and appended to
@@ -31,7 +32,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workload import CLIENTS, drop, write_config  # noqa: E402
+from workload import CLIENTS, RICH_ROUTES, ROUTES, document, drop, write_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline import rules  # noqa: E402
 from pipeline import config as config_module  # noqa: E402
 from pipeline import db as db_module  # noqa: E402
+from pipeline import validation  # noqa: E402
 
 
 @dataclass
@@ -74,9 +76,9 @@ class Pipeline:
     """This repository's supervisord.conf on a temporary tree (its bin/ linked); ``routers``, when
     given, replaces its router count (numprocs) in the copy."""
 
-    def __init__(self, root: Path, config_extra: str = "", routers: int | None = None):
+    def __init__(self, root: Path, config_extra: str = "", routers: int | None = None, routes: str = ROUTES):
         self.root = root
-        self.config_path = write_config(root, config_extra)
+        self.config_path = write_config(root, config_extra, routes)
         self.config = config_module.load(self.config_path)
         (root / "bin").symlink_to(ROOT / "bin")
         conf = (ROOT / "supervisord.conf").read_text()
@@ -161,28 +163,33 @@ def settle(seconds: float = 1.1) -> None:
 
 # --- the measurements ---------------------------------------------------------------------------
 
-def baseline_loop(n: int) -> float:
+def baseline_loop(n: int, routes: str = ROUTES) -> float:
     """A plain Python loop doing the router's file work with fsync, no database: files/s."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        config = config_module.load(write_config(root))
+        config = config_module.load(write_config(root, routes=routes))
         files = pre_drop(config.paths.hot_folder, n)
         t0 = time.perf_counter()
         touched = set()
         for path in files:
             data = path.read_bytes()
-            details = json.loads(data)["JobSpecification"]["JobDetails"]
+            document = json.loads(data)
+            details = document["JobSpecification"]["JobDetails"]
             client = path.parent.name
-            targets = [config.paths.store / client] + [d.folder for d in rules.destinations(
-                config.routes, rules.Facts.plain(details["ClientCode"], details["JobCategory"]))]
-            for folder in targets:
+            facts = rules.Facts(client=client, name=path.name, client_code=details["ClientCode"].upper(),
+                                job_category=details["JobCategory"], studio_code=details.get("StudioCode"),
+                                document=document, detected_at=time.time())
+            targets = [config.paths.store / client / path.name] + [
+                d.path for d in rules.destinations(config.routes, facts)]
+            for target in targets:
+                folder = target.parent
                 folder.mkdir(parents=True, exist_ok=True)
-                tmp_path = folder / f".{path.name}.tmp"
+                tmp_path = folder / f".{target.name}.tmp"
                 with open(tmp_path, "wb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp_path, folder / path.name)
+                os.replace(tmp_path, target)
                 touched.add(folder)
             os.unlink(path)
             touched.add(path.parent)
@@ -193,10 +200,11 @@ def baseline_loop(n: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
-def pipeline_backlog(n: int, routers: int, finished_rows: int = 0) -> tuple[float, dict[str, float]]:
+def pipeline_backlog(n: int, routers: int, finished_rows: int = 0,
+                     routes: str = ROUTES) -> tuple[float, dict[str, float]]:
     """N files pre-dropped, the whole supervised pipeline from start to the last routed: files/s."""
     with tempfile.TemporaryDirectory() as tmp:
-        p = Pipeline(Path(tmp), routers=routers)
+        p = Pipeline(Path(tmp), routers=routers, routes=routes)
         if finished_rows:
             fill_finished(p.config.paths.database, finished_rows)
             p.mark_prefilled()
@@ -395,8 +403,16 @@ def main() -> None:
                       help=f"router processes (default {default_routers}, supervisord.conf's numprocs)")
     argp.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a record")
     argp.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    argp.add_argument("--rules", action="store_true",
+                      help="only the backlog, with the seeds' matrix and with 20 rules using every feature "
+                           "of SPEC §5a (tools/workload.py RICH_ROUTES), each against its baseline loop")
     args = argp.parse_args()
     n = 1000 if args.quick else args.n
+    if args.rules:
+        results = rules_backlog(n, args.routers)
+        if not args.no_record and not args.quick:
+            record(results, n, 0, args.routers, "--rules")
+        return
     finished = 100_000 if args.quick else 1_000_000
     drops = 60 if args.quick else 300
     results = Results()
@@ -457,14 +473,52 @@ def main() -> None:
         record(results, n, finished, args.routers)
 
 
-def record(results: Results, n: int, finished: int, routers: int) -> None:
+def decision_time(routes: str, jobs: int = 2000) -> float:
+    """Microseconds per job of the routing decision alone (rules.destinations), in this process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = config_module.load(write_config(Path(tmp), routes=routes))
+    keep = validation.wanted(rules.paths_named(config.routes))
+    rng = random.Random(3)
+    facts = []
+    for i in range(jobs):
+        client, body = document(i, rng)
+        details = validation.parse(body, client, keep)
+        facts.append(rules.Facts.of(details, client, f"{5900000 + i}.json", time.time()))
+    t0 = time.perf_counter()
+    for f in facts:
+        rules.destinations(config.routes, f)
+    return (time.perf_counter() - t0) / jobs * 1e6
+
+
+def rules_backlog(n: int, routers: int) -> Results:
+    """The backlog with today's matrix, then with RICH_ROUTES, each against its own baseline loop
+    (which makes the same copies), and the routing decision's own time per job for both."""
+    results = Results()
+    figures = {}
+    for label, routes in (("seeds' matrix, 6 rules", ROUTES), ("20 rules, every §5a feature", RICH_ROUTES)):
+        print(f"backlog of {n} files, {label}", flush=True)
+        base = baseline_loop(n, routes)
+        got, _ = pipeline_backlog(n, routers, routes=routes)
+        figures[label] = got / base
+        results.add(f"backlog, {label}", f"{got:.0f} files/s", f"{base:.0f} files/s (loop, same copies)",
+                    f"{got / base:.2f}", ">= 0.50", got / base >= 0.5)
+        us = decision_time(routes)
+        results.add(f"routing decision, {label}", f"{us:.1f} us/job", "-", "-", "-")
+    matrix, rich = figures.values()
+    results.add("backlog ratio, 20 rules against the matrix", f"{rich:.2f} vs {matrix:.2f}", "-",
+                f"{rich / matrix:.2f}", ">= 0.90", rich / matrix >= 0.9)
+    return results
+
+
+def record(results: Results, n: int, finished: int, routers: int, flags: str = "") -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"\n## {when}, commit {commit}{' (with uncommitted changes)' if dirty else ''}\n",
-             f"`tools/bench --n {n} --routers {routers}` on {os.cpu_count()} cores; {finished:,}-row table.\n",
+             f"`tools/bench --n {n} --routers {routers}{' ' + flags if flags else ''}` on {os.cpu_count()} cores"
+             + (f"; {finished:,}-row table.\n" if finished else ".\n"),
              "| what | figure | baseline | ratio | target | |", "| --- | --- | --- | --- | --- | --- |"]
     for line in results.lines:
         mark = {True: "ok", False: "**missed**", None: ""}[line.ok]

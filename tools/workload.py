@@ -37,6 +37,62 @@ to = "dest/Celtra"
 """
 
 
+# 20 rules using every feature of SPEC §5a (clients, categories, match on fields, list items and
+# numbers, files globs, placeholders of every kind in to and rename), for `tools/bench --rules`.
+# Five of them route the workload much as ROUTES does (so the copies per file stay comparable);
+# the other fifteen are near misses that are evaluated to their last condition for many jobs.
+RICH_ROUTES = """
+[[route]]
+name = "Monday Rank"
+clients = ["RANK"]
+to = "dest/Monday Rank/{JobCategory}"
+rename = "{stem}_{ClientCode}.json"
+[[route]]
+name = "Monday RB"
+clients = ["RECKITTBENCKISER"]
+match = { "JobSpecification.Items.0.Item" = [0] }
+to = "dest/Monday RB/{date:%Y-%m}"
+[[route]]
+name = "BISSELL-WRIKE/IN"
+clients = ["BISSELL"]
+files = ["59*.json"]
+to = "dest/BISSELL-WRIKE/{StudioCode}/IN"
+[[route]]
+name = "LOREAL/IN"
+match = { "JobSpecification.JobDetails.ClientCode" = ["loreal"] }
+to = "dest/LOREAL/{client}/{field:JobSpecification.Items.0.Item}/IN"
+[[route]]
+name = "Celtra"
+clients = ["CIBC", "OLIVER", "ADIDAS", "PAYPAL", "RECKITTBENCKISER", "BAYER", "3M", "RANK", "CELTRA"]
+categories = ["CELTRA"]
+to = "dest/Celtra/{ClientCode}"
+rename = "{ClientCode}_{name}"
+""" + "".join(f"""
+[[route]]
+name = "Near miss {n}"
+clients = ["RANK", "RECKITTBENCKISER", "BISSELL", "LOREAL", "OLIVER", "CIBC", "ACME"]
+{condition}
+to = "dest/MISS/{{ClientCode}}/{{field:JobSpecification.Items.1.Size}}/{{date:%Y%m%d}}"
+rename = "{{JobCategory}}-{{stem}}.json"
+""" for n, condition in enumerate([
+    'match = { "JobSpecification.JobDetails.StudioCode" = ["LDN", "NYC"] }',
+    'match = { "JobSpecification.Items.3.Item" = [99] }',
+    'match = { "JobSpecification.JobDetails.Rush" = [true] }',
+    'files = ["*_proof.json", "*_PROOF_??.json"]',
+    'match = { "JobSpecification.Items.0.Size" = ["1x1"] }',
+    'categories = ["PRINT"]\nfiles = ["*.xml.json"]',
+    'match = { "JobSpecification.JobDetails.JobNumber" = [1, 2, 3] }',
+    'files = ["[!5]*.json"]',
+    'match = { "JobSpecification.JobDetails.Title" = ["none"], "JobSpecification.Items.0.Item" = [0] }',
+    'categories = ["SOCIAL"]\nmatch = { "JobSpecification.Items.2.Notes" = ["n"] }',
+    'match = { "JobSpecification.JobDetails.Missing.Path" = ["x"] }',
+    'files = ["order_*.json"]',
+    'match = { "JobSpecification.Items.13.Item" = [13] }\nfiles = ["6*.json"]',
+    'categories = ["DIGITAL"]\nmatch = { "JobSpecification.JobDetails.StudioCode" = ["CIBC"] }',
+    'match = { "JobSpecification.Items.1.Item" = [2] }',
+], 6))
+
+
 def document(i: int, rng: random.Random) -> tuple[str, bytes]:
     client, categories = CLIENTS[i % len(CLIENTS)]
     details = {"ClientCode": client, "JobCategory": rng.choice(categories), "StudioCode": f"{client}_STUDIO",
@@ -58,8 +114,8 @@ def drop(hot: Path, i: int, rng: random.Random) -> Path:
     return target
 
 
-def write_config(root: Path, extra: str = "") -> Path:
+def write_config(root: Path, extra: str = "", routes: str = ROUTES) -> Path:
     path = root / "pipeline.toml"
     path.write_text('[paths]\nhot_folder = "hot"\nstore = "store"\nfailed = "failed"\n'
-                    'error_log = "errors"\ndatabase = "pipeline.db"\n' + extra + ROUTES)
+                    'error_log = "errors"\ndatabase = "pipeline.db"\n' + extra + routes)
     return path
