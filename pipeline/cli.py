@@ -180,6 +180,9 @@ def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Con
     except db_module.DatabaseUnusable as e:
         log.error("database unusable: %s", e)
         return EXIT_DATABASE
+    except ToolError as e:              # the program cannot work for a reason it names in one line
+        log.error("%s", e)
+        return e.code
     except Exception:
         log.exception("%s stopped by an unexpected error", name)
         return EXIT_ERROR

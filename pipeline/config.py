@@ -111,6 +111,20 @@ def port(value: Any) -> int:
     return value
 
 
+def listen_address(value: Any) -> tuple[str, int]:
+    """ "host:port" (an IPv6 host in brackets: "[::1]:8750"), where a server listens."""
+    found = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.-]+):(\d{1,5})", string(value))
+    if not found or not 1 <= int(found.group(2) or found.group(4)) <= 65535:
+        raise ValueError(f'expected "host:port" such as "127.0.0.1:8750", got {value!r}')
+    return found.group(1) or found.group(3), int(found.group(2) or found.group(4))
+
+
+def env_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError(f"expected the name of an environment variable, got {value!r}")
+    return value
+
+
 def octal_mode(value: Any) -> int:
     """A permission mode written as an octal string, e.g. "0664"."""
     if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
@@ -251,6 +265,13 @@ class Alerts:
 
 
 @dataclass(frozen=True)
+class Dashboard:
+    listen: tuple[str, int]       # host, port
+    actions: bool                 # requeue from the browser
+    password_env: str             # the variable holding the actions' password
+
+
+@dataclass(frozen=True)
 class Config:
     paths: Paths
     detect: Detect
@@ -260,6 +281,7 @@ class Config:
     report: Report
     smtp: Smtp
     alerts: Alerts
+    dashboard: Dashboard
     source: Path | None = field(default=None, compare=False)  # the file it came from
 
 
@@ -325,6 +347,11 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "min_interval": (positive_number, 900),
         "stuck_after": (positive_number, 600),
     },
+    "dashboard": {
+        "listen": (listen_address, "127.0.0.1:8750"),
+        "actions": (boolean, False),
+        "password_env": (env_name, "DASHBOARD_PASSWORD"),
+    },
 }
 _ROUTE_KEYS = {"name", "to", "clients", "categories", "match", "files", "rename"}
 
@@ -383,7 +410,8 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
                               f"folder {paths.hot_folder}; give it a base folder of its own")
     return Config(paths=paths, detect=Detect(**values["detect"]), router=Router(**values["router"]),
                   routes=routes, api=Api(**values["api"]), report=Report(**values["report"]),
-                  smtp=Smtp(**values["smtp"]), alerts=Alerts(**values["alerts"]), source=source)
+                  smtp=Smtp(**values["smtp"]), alerts=Alerts(**values["alerts"]),
+                  dashboard=Dashboard(**values["dashboard"]), source=source)
 
 
 def _section(name: str, table: Any) -> dict[str, Any]:

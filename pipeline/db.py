@@ -14,7 +14,7 @@ import peewee
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4      # 4: error_log_outbox
+SCHEMA_VERSION = 5      # 4: error_log_outbox, 5: tallies
 BUSY_TIMEOUT_MS = 5000
 # A reader that stays long stops checkpoints from reaching the WAL's end, and the WAL grows; once it
 # lets go, SQLite cuts the file back to this size at the next restart of the WAL instead of keeping

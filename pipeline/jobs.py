@@ -153,6 +153,15 @@ UPDATE jobs SET state = 'failed', failed_at = ?, updated_at = ?, failed_step = ?
                 attempts = ?, claims = 0, lease_owner = NULL, lease_token = NULL
 WHERE id = ? AND lease_token = ? AND state = ?"""
 
+# Counter tallies (SPEC §16): one row per counter and label values, bumped in the transition's
+# transaction. The job's client comes from its row, so the callers need not carry it.
+_SQL_TALLY = """
+INSERT INTO tallies (name, labels, value) VALUES (?, ?, 1)
+ON CONFLICT (name, labels) DO UPDATE SET value = value + 1"""
+_SQL_TALLY_FINISHED = """
+INSERT INTO tallies (name, labels, value) SELECT 'finished', json_array(client_folder, ?), 1 FROM jobs WHERE id = ?
+ON CONFLICT (name, labels) DO UPDATE SET value = value + 1"""
+
 _SQL_ERROR_LOG_ADD = "INSERT INTO error_log_outbox (job_id, name, record) VALUES (?, ?, ?)"
 _SQL_ERROR_LOG_PENDING = "SELECT id, name, record FROM error_log_outbox ORDER BY id LIMIT ?"
 _SQL_ERROR_LOG_WRITTEN = "DELETE FROM error_log_outbox WHERE id IN (SELECT value FROM json_each(?))"
@@ -209,6 +218,10 @@ class Jobs:
 
     def _event(self, job_id: int, now: float, from_state: str | None, to_state: str, detail: str | None):
         self._sql(_SQL_EVENT, (job_id, now, from_state, to_state, self.actor, detail))
+
+    def _tally(self, name: str, *labels: str) -> None:
+        # The same text as SQLite's json_array(), so both kinds of bump land on one row.
+        self._sql(_SQL_TALLY, (name, json.dumps(labels, separators=(",", ":"), ensure_ascii=False)))
 
     def _expect_one(self, cursor, job_id: int) -> None:
         if cursor.rowcount != 1:
@@ -296,19 +309,23 @@ class Jobs:
 
     def delivered(self, token: str, job_id: int, name: str, path: str, action: str) -> None:
         """Record one committed copy to a destination (idempotent per job and path)."""
-        self._sql(_SQL_DELIVERED, (job_id, name, path, action, self.clock(), job_id, token))
+        if self._sql(_SQL_DELIVERED, (job_id, name, path, action, self.clock(), job_id, token)).rowcount == 1:
+            self._tally("deliveries", name)
 
     def routed(self, token: str, job_id: int, detail: str) -> None:
         """archived -> routed: every copy is committed and the original is gone."""
         now = self.clock()
         self._expect_one(self._sql(_SQL_ROUTED, (now, now, now, job_id, token)), job_id)
         self._event(job_id, now, "archived", "routed", detail)
+        self._sql(_SQL_TALLY_FINISHED, ("routed", job_id))
 
     def notified(self, token: str, job_id: int, attempts: int, detail: str) -> None:
         """routed -> notified: the API accepted the job."""
         now = self.clock()
         self._expect_one(self._sql(_SQL_NOTIFIED, (now, now, attempts, job_id, token)), job_id)
         self._event(job_id, now, "routed", "notified", detail)
+        self._sql(_SQL_TALLY_FINISHED, ("notified", job_id))
+        self._tally("notify_attempts", "accepted")
 
     def will_fail(self, token: str, job: Claimed, failed_path: str, error: str) -> None:
         """Record where a failing file is about to be moved, so a crash mid-move is recoverable."""
@@ -327,6 +344,9 @@ class Jobs:
         self._expect_one(self._sql(_SQL_FAILED, (
             now, now, step, error, attempts, job.id, token, job.state)), job.id)
         self._event(job.id, now, job.state, "failed", f"{step}: {error}")
+        self._sql(_SQL_TALLY_FINISHED, ("failed", job.id))
+        if job.state == "routed":
+            self._tally("notify_attempts", "failed")
         if file_path is not None:
             name, record = failures.error_log_record(job, error, attempts, file_path, now)
             self._sql(_SQL_ERROR_LOG_ADD, (job.id, name, record))
@@ -342,6 +362,8 @@ class Jobs:
         self._expect_one(self._sql(_SQL_WAIT, (
             now + delay, now, attempts, error, job.id, token, job.state)), job.id)
         self._event(job.id, now, job.state, job.state, f"retry {attempts} in {delay:g}s: {problem or error}")
+        if job.state == "routed":
+            self._tally("notify_attempts", "retried")
 
     # -- the error-log outbox -----------------------------------------------------------------------
 

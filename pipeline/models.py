@@ -147,7 +147,18 @@ class ErrorLogRecord(BaseModel):
         table_name = "error_log_outbox"
 
 
-MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Report, Alert, ErrorLogRecord)
+class Tally(BaseModel):
+    name = peewee.TextField()
+    labels = peewee.TextField()
+    value = peewee.IntegerField()
+
+    class Meta:
+        table_name = "tallies"
+        primary_key = peewee.CompositeKey("name", "labels")
+        without_rowid = True
+
+
+MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Report, Alert, ErrorLogRecord, Tally)
 
 
 def bind(db: peewee.Database) -> None:

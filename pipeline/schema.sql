@@ -47,6 +47,7 @@ CREATE INDEX IF NOT EXISTS jobs_inode        ON jobs (inode, device);
 CREATE INDEX IF NOT EXISTS jobs_updated      ON jobs (updated_at);
 CREATE INDEX IF NOT EXISTS jobs_detected     ON jobs (detected_at);   -- today's counts, bin/status
 CREATE INDEX IF NOT EXISTS jobs_failed       ON jobs (failed_at) WHERE state = 'failed';
+CREATE INDEX IF NOT EXISTS jobs_file_name    ON jobs (file_name);      -- the dashboard's name search
 
 -- The audit trail: one row per transition, written in the same transaction.
 CREATE TABLE IF NOT EXISTS job_events (
@@ -82,6 +83,16 @@ CREATE TABLE IF NOT EXISTS error_log_outbox (
     name   TEXT    NOT NULL,                          -- the file's name in paths.error_log
     record TEXT    NOT NULL                           -- its JSON text
 );
+
+-- Running totals for the Prometheus counters (SPEC §16), bumped in the transaction of the
+-- transition they count. Nightly pruning deletes jobs, never these, so a counter never goes down.
+-- labels is a JSON array of the label values, in the order metrics.py names them.
+CREATE TABLE IF NOT EXISTS tallies (
+    name   TEXT    NOT NULL,                          -- finished, deliveries, notify_attempts
+    labels TEXT    NOT NULL,
+    value  INTEGER NOT NULL,
+    PRIMARY KEY (name, labels)
+) WITHOUT ROWID;
 
 -- One row per scan of the hot folder.
 CREATE TABLE IF NOT EXISTS scans (

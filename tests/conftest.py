@@ -78,6 +78,7 @@ class Tree:
     def __init__(self, root: Path, extra: str = ""):
         self.root = root
         self.config_path = root / "pipeline.toml"
+        self.dashboard_port = free_port()
         self.write_config(extra)
 
     def write_config(self, extra: str = "", routes: str = MATRIX, router: str = "", detect: str = "") -> None:
@@ -87,6 +88,8 @@ class Tree:
         """
         detect = "min_file_age = 0.3\nscan_interval = 1\n" * ("min_file_age" not in detect) + detect
         router = "lease = 5\n" * ("lease" not in router) + router
+        if "[dashboard]" not in extra:        # a port of its own: supervised tests start the dashboard
+            extra += f'\n[dashboard]\nlisten = "127.0.0.1:{self.dashboard_port}"\n'
         self.config_path.write_text(f"{BASE_CONFIG}\n[detect]\n{detect}\n[router]\n{router}\n{extra}\n{routes}")
         self.config = config_module.load(self.config_path)
 

@@ -98,17 +98,18 @@ def _rows(path: Path, tables) -> dict[str, list[tuple]]:
         conn.close()
 
 
-def test_8_a_schema_3_database_is_upgraded_in_place_with_every_row_kept(tree, schema_conn):
-    """schema-v3.db was made by the release before the error-log outbox (scanner and router --once
-    on three files: two routed, one failed at validate). Every later schema change adds such a file."""
+@pytest.mark.parametrize("version", [3, 4])
+def test_8_a_database_of_an_earlier_release_is_upgraded_in_place_with_every_row_kept(tree, schema_conn, version):
+    """schema-vN.db was made by the release of schema N (scanner and router --once on three files:
+    two routed, one failed at validate). Every later schema change adds such a file."""
     path = tree.config.paths.database
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(FIXTURES / "schema-v3.db", path)
+    shutil.copyfile(FIXTURES / f"schema-v{version}.db", path)
     conn = sqlite3.connect(path)
     old_version = conn.execute("PRAGMA user_version").fetchone()[0]
     old_tables = list(_schema_tables(conn))
     conn.close()
-    assert old_version == 3
+    assert old_version == version
     before = _rows(path, old_tables)
     assert len(before["jobs"]) == 3 and before["job_events"]
 

@@ -63,7 +63,7 @@ def test_supervisord_runs_every_program_and_files_get_routed(tree, db, installat
     env.pop("PIPELINE_ROUTERS", None)
     proc = start_supervisord(conf, env)
     try:
-        wait_for(lambda: all_running(conf, 6), timeout=30, interval=0.3, message="6 programs RUNNING")
+        wait_for(lambda: all_running(conf, 7), timeout=30, interval=0.3, message="7 programs RUNNING")
         status = supervisorctl(conf, "status").stdout
         for name in ("scanner", "watcher", "router:router_00", "router:router_01", "notifier", "reporter"):
             assert name in status
@@ -102,7 +102,7 @@ def test_the_readme_start_command_works_from_a_fresh_copy(tmp_path):
                             stderr=subprocess.DEVNULL)
     try:
         conf = clone / "supervisord.conf"
-        wait_for(lambda: all_running(conf, 6), timeout=30, interval=0.3, message="the pipeline to start")
+        wait_for(lambda: all_running(conf, 7), timeout=30, interval=0.3, message="the pipeline to start")
         target = clone / "var" / "hot" / "RANK" / "1.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(str(job_document("RANK")).replace("'", '"'))
@@ -119,7 +119,7 @@ def test_status_is_healthy_when_idle_and_not_when_the_router_is_stopped_with_wor
     set_routers(conf, 3)
     proc = start_supervisord(conf, tree.env())
     try:
-        wait_for(lambda: all_running(conf, 7), timeout=30, interval=0.3, message="7 programs RUNNING")
+        wait_for(lambda: all_running(conf, 8), timeout=30, interval=0.3, message="8 programs RUNNING")
         assert "router:router_02" in supervisorctl(conf, "status").stdout      # numprocs as edited
         wait_for(lambda: tree.run("status", check=False).returncode == 0, message="a healthy idle pipeline")
         assert supervisorctl(conf, "stop", "router:*").returncode == 0

@@ -281,6 +281,27 @@ def fill_finished(database: Path, rows: int) -> None:
     conn.close()
 
 
+def dashboard_pages(rows: int) -> dict[str, float]:
+    """Median milliseconds of the dashboard's heaviest pages on a table of ``rows`` finished jobs
+    (the WSGI application itself, as waitress serves it, without the socket)."""
+    from pipeline import web
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = config_module.load(write_config(Path(tmp)))
+        db = db_module.connect(config.paths.database)
+        fill_finished(config.paths.database, rows)
+        client = web.create_app(config, db).test_client()
+        for url in ("/", "/healthz", "/metrics", "/jobs?q=no-such-name", "/jobs?q=99", "/failed?client=C3"):
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                client.get(url)
+                times.append(time.perf_counter() - t0)
+            out[url] = statistics.median(times) * 1000
+        db.close()
+    return out
+
+
 def latency(count: int, routers: int, rate: float = 20.0) -> list[float]:
     """Files dropped at ``rate``/s into an idle running pipeline: drop-to-routed seconds each."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -443,6 +464,10 @@ def main() -> None:
     full, _ = pipeline_backlog(n, args.routers, finished_rows=finished)
     results.add(f"backlog on {finished:,} finished jobs", f"{full:.0f} files/s", f"{empty:.0f} files/s (empty table)",
                 f"{full / empty:.2f}", ">= 0.90", full / empty >= 0.9)
+
+    print(f"dashboard: its heaviest pages on a table of {finished:,} finished jobs", flush=True)
+    for url, ms in dashboard_pages(finished).items():
+        results.add(f"dashboard {url}", f"{ms:.0f} ms", "-", "-", "< 250 ms", ms < 250)
 
     day_jobs = 20_000 if args.quick else 100_000
     print(f"report: a day of {day_jobs:,} jobs in a table of {finished:,}", flush=True)

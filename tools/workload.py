@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 from pathlib import Path
 
 # (client, categories): the seeds' clients, with the CELTRA double route among them.
@@ -114,8 +115,17 @@ def drop(hot: Path, i: int, rng: random.Random) -> Path:
     return target
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_config(root: Path, extra: str = "", routes: str = ROUTES) -> Path:
+    """A benchmark's pipeline.toml; its dashboard gets a free port (supervisord starts one)."""
     path = root / "pipeline.toml"
+    if "[dashboard]" not in extra:
+        extra += f'[dashboard]\nlisten = "127.0.0.1:{free_port()}"\n'
     path.write_text('[paths]\nhot_folder = "hot"\nstore = "store"\nfailed = "failed"\n'
                     'error_log = "errors"\ndatabase = "pipeline.db"\n' + extra + routes)
     return path

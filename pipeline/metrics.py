@@ -1,0 +1,101 @@
+"""``/metrics``: the job table in Prometheus' text format (SPEC §16).
+
+Gauges are read from the table at each scrape; counters come from ``tallies``, which the
+transitions bump in their own transactions and pruning never touches, so a counter never goes
+down. Times are timestamps, not ages (an age is ``time() - metric`` in PromQL, and a timestamp
+stays true between scrapes). No label names a file: a label per file would be a series per job.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterator
+
+import peewee
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import CollectorRegistry
+
+from . import __version__, status
+from .config import Config
+
+# tallies.name -> (metric name without _total, help, label names in the order jobs.py writes them)
+COUNTERS = {
+    "finished": ("hotfolder_jobs_finished", "Jobs that reached an outcome: routed (delivered), notified "
+                 "(the API accepted it) or failed; a notified job has counted once as routed before",
+                 ("client", "outcome")),
+    "deliveries": ("hotfolder_deliveries", "Copies committed to a destination, by route name", ("destination",)),
+    "notify_attempts": ("hotfolder_notify_attempts", "Calls to the API, by result: accepted, retried or failed",
+                        ("result",)),
+}
+
+
+def tallies(db: peewee.Database) -> dict[str, dict[tuple[str, ...], int]]:
+    """Each counter's value by its label values."""
+    out: dict[str, dict[tuple[str, ...], int]] = {name: {} for name in COUNTERS}
+    for name, labels, value in db.execute_sql("SELECT name, labels, value FROM tallies"):
+        if name in out:
+            key = tuple(str(v) for v in json.loads(labels))
+            out[name][key] = out[name].get(key, 0) + value
+    return out
+
+
+def last_scans(db: peewee.Database) -> dict[str, float]:
+    """When the last scan of each kind started."""
+    return dict(db.execute_sql("SELECT kind, max(started_at) FROM scans GROUP BY kind").fetchall())
+
+
+def read(db: peewee.Database, config: Config, now: float) -> tuple[dict, dict, dict]:
+    """Everything /metrics shows, in one read snapshot: bin/status's document, tallies, scans."""
+    with db.atomic():
+        return status.gather(db, config, now), tallies(db), last_scans(db)
+
+
+class Collector:
+    """Builds every family from what ``read`` returns, read together."""
+
+    def __init__(self, snapshot: Callable[[], tuple[dict, dict, dict]]):
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator:
+        status, counts, scans_by_kind = self.snapshot()
+        jobs = GaugeMetricFamily("hotfolder_jobs", "Jobs in the table by state", labels=["state"])
+        for state in ("detected", "archived", "routed", "notified", "failed"):
+            jobs.add_metric([state], status["jobs_by_state"].get(state, 0))
+        yield jobs
+        oldest = GaugeMetricFamily("hotfolder_oldest_waiting_seconds",
+                                   "How long the oldest job of each waiting state has waited", labels=["state"])
+        for state, seconds in status["oldest_waiting_seconds"].items():
+            oldest.add_metric([state], seconds)
+        yield oldest
+        yield GaugeMetricFamily("hotfolder_stuck_jobs", "Jobs waiting longer than alerts.stuck_after",
+                                value=status["stuck_jobs"])
+        for name, (metric, help_text, labels) in COUNTERS.items():
+            family = CounterMetricFamily(metric, help_text, labels=list(labels))
+            for values, value in sorted(counts[name].items()):
+                if len(values) == len(labels):
+                    family.add_metric(list(values), value)
+            yield family
+        beats = GaugeMetricFamily("hotfolder_program_last_heartbeat_timestamp_seconds",
+                                  "When each program last beat", labels=["program", "host"])
+        for beat in status["programs"]:
+            beats.add_metric([beat["program"], beat["host"]], beat["beat_at"])
+        yield beats
+        scans = GaugeMetricFamily("hotfolder_last_scan_timestamp_seconds",
+                                  "When the last scan of each kind started", labels=["kind"])
+        for kind, started in sorted(scans_by_kind.items()):
+            scans.add_metric([kind], started)
+        yield scans
+        report = GaugeMetricFamily("hotfolder_report_last_sent_timestamp_seconds", "When the last daily report went out")
+        if status["last_report"] and status["last_report"]["sent_at"]:
+            report.add_metric([], status["last_report"]["sent_at"])
+        yield report
+        yield GaugeMetricFamily("hotfolder_healthy", "1 when bin/status calls the pipeline healthy, else 0",
+                                value=int(status["healthy"]))
+        yield InfoMetricFamily("hotfolder_build", "The running release", value={"version": __version__})
+
+
+def registry(snapshot: Callable[[], tuple[dict, dict, dict]]) -> CollectorRegistry:
+    """A registry holding only the pipeline's families (no process metrics of the dashboard)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(Collector(snapshot))
+    return reg

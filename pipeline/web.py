@@ -1,0 +1,248 @@
+"""The dashboard's web application (SPEC §16): pages rendered on the server, read-only by default.
+
+Everything a page shows comes from ``status.gather`` (the overview, /healthz, /metrics share
+``bin/status``'s verdict), ``browse`` (search, a job's story) and ``explain`` (what routing
+would do now). Job files are untrusted: every template is autoescaped, the CSP allows no script
+and no inline style, and files named by the job table are read only inside their folders.
+
+Requeue from the browser exists only with ``dashboard.actions = true`` and a password in the
+environment: POST only, HTTP basic authentication, the Origin (or Referer) of this very site and
+a CSRF token from one of its forms; it runs ``requeue.Requeue`` as ``bin/requeue`` does, with an
+audit actor that names the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import urlsplit
+
+import flask
+import peewee
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import browse, explain, metrics, status
+from .config import Config, ConfigError
+from .jobs import Jobs
+from .models import bind
+from .requeue import STEPS, Requeue, failed_jobs, utc_time
+
+log = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 5
+_USER = re.compile(r"[A-Za-z0-9._@-]{1,64}")     # what may stand in an audit actor
+
+_HEADERS = {
+    # No script at all, styles only from our own stylesheet, nothing framed, forms only to us.
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class _Flask(flask.Flask):
+    def select_jinja_autoescape(self, filename: str) -> bool:
+        return True          # every template, whatever its name: titles and names come from job files
+
+
+def password(config: Config, environ: Mapping[str, str]) -> str | None:
+    """The actions' password, or None when actions are off. Actions on without one is a config error."""
+    if not config.dashboard.actions:
+        return None
+    secret = environ.get(config.dashboard.password_env, "")
+    if not secret:
+        raise ConfigError(f"[dashboard] actions = true needs a password in the environment variable "
+                          f"{config.dashboard.password_env} (dashboard.password_env)")
+    return secret
+
+
+def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float] = time.time,
+               environ: Mapping[str, str] = os.environ) -> flask.Flask:
+    app = _Flask(__name__, static_folder="static", template_folder="templates/dashboard")
+    app.json.sort_keys = False
+    secret = password(config, environ)
+    csrf = hmac.new(secrets.token_bytes(32), b"requeue", hashlib.sha256).hexdigest()   # per process
+    host = socket.gethostname()
+    bind(db)
+
+    @app.before_request
+    def _connect():
+        db.connect(reuse_if_open=True)
+
+    @app.teardown_request
+    def _close(_exc):
+        if not db.is_closed():
+            db.close()
+
+    @app.after_request
+    def _secure(response):
+        for name, value in _HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @app.context_processor
+    def _common():
+        return {"actions": secret is not None, "csrf": csrf, "clock": status.utc_text, "age": status.age_text, "size": _size,
+                "refresh": None, "host": host}
+
+    def page(template: str, **values):
+        return flask.render_template(template, **values)
+
+    @app.get("/")
+    def overview():
+        now = clock()
+        with db.atomic():
+            s = status.gather(db, config, now)
+            bars = browse.hourly(db, config, now)
+        return page("overview.html", status=s, bars=bars, now=now, refresh=REFRESH_SECONDS)
+
+    @app.get("/healthz")
+    def healthz():
+        s = status.gather(db, config, clock())
+        s["host"] = host
+        return flask.jsonify(s), (200 if s["healthy"] else 503)
+
+    @app.get("/metrics")
+    def metrics_page():
+        body = generate_latest(metrics.registry(lambda: metrics.read(db, config, clock())))
+        return flask.Response(body, content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/jobs")
+    def jobs():
+        search, problem = _search(flask.request.args)
+        found, more = browse.search(db, search) if not problem else ([], None)
+        return page("jobs.html", search=search, found=found, more=more, problem=problem,
+                    states=browse.STATES, steps=STEPS, title="Jobs", path="/jobs")
+
+    @app.get("/failed")
+    def failed():
+        search, problem = _search(flask.request.args, state="failed")
+        found, more = browse.search(db, search, time_column="failed_at") if not problem else ([], None)
+        return page("jobs.html", search=search, found=found, more=more, problem=problem,
+                    states=None, steps=STEPS, title="Failed", path="/failed")
+
+    @app.get("/waiting")
+    def waiting():
+        return page("waiting.html", found=browse.waiting(db, notify=bool(config.api.endpoint)), now=clock())
+
+    @app.get("/jobs/<int:job_id>")
+    def job(job_id: int):
+        told = browse.story(db, job_id)
+        if told is None:
+            flask.abort(404)
+        row = told["job"]
+        archived = browse.read_inside(row["archive_path"], config.paths.store, browse.SHOWN_BYTES)
+        sidecar = browse.read_inside(row["failed_path"] and row["failed_path"] + ".error.json",
+                                     config.paths.failed, browse.SHOWN_BYTES)
+        where = row["archive_path"] if archived else None
+        # explain's first lines describe the file's place, which is the archive here, not the hot folder.
+        routing = [line for line in explain.explain(config, Path(where))
+                   if not line.startswith(("file:", "client:", "note:"))] if where else None
+        return page("job.html", told=told, job=row, archived=_text(archived), sidecar=_text(sidecar),
+                    routing=routing, api=bool(config.api.endpoint), now=clock())
+
+    @app.get("/jobs/<int:job_id>/archived")
+    def archived(job_id: int):
+        told = browse.story(db, job_id)
+        found = told and browse.read_inside(told["job"]["archive_path"], config.paths.store,
+                                            config.router.max_file_bytes)
+        if not found:
+            flask.abort(404)
+        return flask.Response(found[0], content_type="application/json", headers={
+            "Content-Disposition": f"attachment; filename=job-{job_id}.json"})
+
+    @app.post("/requeue")
+    def requeue():
+        user = _authorize(secret, csrf)
+        ids = [int(i) for i in flask.request.form.getlist("id") if i.isdigit()]
+        client = flask.request.form.get("client", "").strip()
+        step = flask.request.form.get("step", "")
+        since_text = flask.request.form.get("since", "").strip()
+        if step and step not in STEPS:
+            flask.abort(400, f"unknown step {step!r}")
+        try:
+            since = utc_time(since_text) if since_text else None
+        except Exception as e:
+            flask.abort(400, str(e))
+        confirmed = flask.request.form.get("confirm") == "yes"
+        chosen = failed_jobs(ids or None, client or None, step or None, since)
+        actor = f"dashboard:{os.getpid()}:{user}"
+        doer = Requeue(config, Jobs(db, actor, clock), dry_run=not confirmed)
+        lines = [doer.job(j)[1] for j in chosen]
+        if confirmed:
+            log.info("%s requeued %d job(s) from the dashboard", user, len(chosen))
+        return page("requeue.html", lines=lines, confirmed=confirmed, ids=ids, client=client, step=step,
+                    since=since_text, title="Requeue")
+
+    @app.errorhandler(400)
+    @app.errorhandler(401)
+    @app.errorhandler(403)
+    @app.errorhandler(404)
+    def _error(e):
+        response = flask.make_response(page("error.html", error=e, title=e.name), e.code)
+        if e.code == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="hotfolder dashboard", charset="UTF-8"'
+        return response
+
+    return app
+
+
+def _authorize(secret: str | None, csrf: str) -> str:
+    """The user of an allowed action, or abort: 403 when actions are off or the request comes from
+    another site, 401 without the password, 400 without this site's CSRF token."""
+    request = flask.request
+    if secret is None:
+        flask.abort(403, "actions are off (dashboard.actions = false)")
+    auth = request.authorization
+    if not auth or auth.type != "basic" or not hmac.compare_digest((auth.password or "").encode(), secret.encode()):
+        flask.abort(401, "the dashboard's password is needed for this")
+    if not _USER.fullmatch(auth.username or ""):
+        flask.abort(401, "a user name of letters, digits and ._@- (1 to 64) is needed; it goes in the audit trail")
+    origin = request.headers.get("Origin") or request.headers.get("Referer")
+    if not origin or urlsplit(origin).netloc != request.host:
+        flask.abort(403, "this action must come from a page of this dashboard (Origin check)")
+    if not hmac.compare_digest(request.form.get("csrf", ""), csrf):
+        flask.abort(400, "the form's CSRF token is missing or stale: reload the page and try again")
+    return auth.username
+
+
+def _search(args: Mapping[str, str], state: str = "") -> tuple[browse.Search, str | None]:
+    """The filters of a list page from its query string, and a one-line problem when one is bad."""
+    problem = None
+    since = None
+    if args.get("since"):
+        try:
+            since = utc_time(args["since"])
+        except Exception as e:
+            problem = f"since: {e}"
+    before = args.get("before", "")
+    chosen_state = state or args.get("state", "")
+    if chosen_state and chosen_state not in browse.STATES:
+        problem = f"state: expected one of {', '.join(browse.STATES)}"
+    step = args.get("step", "")
+    if step and step not in STEPS:
+        problem = f"step: expected one of {', '.join(STEPS)}"
+    return browse.Search(q=args.get("q", "")[:200], client=args.get("client", "")[:200], state=chosen_state,
+                         step=step, since=since, before=int(before) if before.isdigit() else None), problem
+
+
+def _text(found: tuple[bytes, int] | None) -> dict | None:
+    if found is None:
+        return None
+    data, size = found
+    return {"text": data.decode("utf-8", errors="replace"), "size": size, "cut": size > len(data)}
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes" if n < 1024 * 1024 else f"{n / 2**20:.1f} MiB"

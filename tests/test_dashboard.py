@@ -1,0 +1,273 @@
+"""The dashboard over HTTP (SPEC §16): a real database filled by the real scanner and router.
+
+Pages go through Flask's test client, which runs the same WSGI application waitress serves
+(tests/test_dashboard_browser.py drives the real bin/dashboard in a browser).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline import jobs as jobs_module
+from pipeline import web
+from pipeline.config import ConfigError
+from pipeline.jobs import Jobs
+from pipeline.router import Router
+from pipeline.scanner import Scanner
+from test_status import beat_all
+
+from conftest import job_document
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>%'\"é.json"
+HOSTILE_TITLE = "<script>alert('title')</script>"
+BAD_NAME = "<svg onload=bad()>.json"
+HOSTILE_CATEGORY = "<b>\"cat\"</b>&%"
+PASSWORD = "correct horse"
+
+
+def route_everything(tree, db) -> None:
+    jobs = Jobs(db, "test:1")
+    Scanner(tree.config, jobs).scan("startup", "startup")
+    Router(tree.config, jobs).run(once=True)
+
+
+@pytest.fixture
+def filled(tree, db):
+    """A routed job with a hostile name, title and category; a failed one with a hostile name too."""
+    tree.drop("RANK", HOSTILE_NAME, job_document("RANK", HOSTILE_CATEGORY, Title=HOSTILE_TITLE))
+    tree.drop("RANK", "ok-1.json")
+    tree.drop("LOREAL", BAD_NAME, "{not json")
+    route_everything(tree, db)
+    return {row[1]: row[0] for row in db.execute_sql("SELECT id, file_name FROM jobs")}
+
+
+def client_for(tree, db, actions: bool = False, **environ):
+    if actions:
+        tree.write_config(f'[dashboard]\nlisten = "127.0.0.1:{tree.dashboard_port}"\nactions = true\n')
+    app = web.create_app(tree.config, db, environ=environ)
+    return app.test_client()
+
+
+def auth(user: str = "alice", password: str = PASSWORD) -> dict:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def test_16_hostile_names_titles_and_categories_come_out_escaped_on_every_page(tree, db, filled):
+    client = client_for(tree, db)
+    pages = ["/", "/jobs", "/jobs?q=%3Cimg", "/failed", "/waiting"] + [f"/jobs/{i}" for i in filled.values()]
+    for url in pages:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        body = response.get_data(as_text=True)
+        for raw in ("<img src=x", "<script>alert", "<svg onload", "<b>\"cat"):
+            assert raw not in body, (url, raw)
+    job_page = client.get(f"/jobs/{filled[HOSTILE_NAME]}").get_data(as_text=True)
+    assert "&lt;img src=x onerror=alert(1)&gt;%&#39;&#34;é.json" in job_page
+    assert "&lt;script&gt;alert(&#39;title&#39;)&lt;/script&gt;" in job_page        # title, archived JSON
+    assert "&lt;b&gt;&#34;cat&#34;&lt;/b&gt;&amp;%" in job_page
+
+
+def test_16_every_response_carries_the_security_headers(tree, db, filled):
+    client = client_for(tree, db)
+    for url in ("/", "/jobs", "/healthz", "/metrics", "/nothing-here", f"/jobs/{filled['ok-1.json']}/archived"):
+        headers = client.get(url).headers
+        assert "script-src" not in headers["Content-Security-Policy"]
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+        assert "'unsafe-inline'" not in headers["Content-Security-Policy"]
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_16_job_search_filters_and_pages_by_key(tree, db):
+    for i in range(60):
+        tree.drop("RANK", f"page-{i:02}.json")
+    tree.drop("RANK", "100%_literal.json")
+    tree.drop("LOREAL", "x.json")
+    tree.drop("LOREAL", "broken.json", "[1, 2]")
+    route_everything(tree, db)
+    client = client_for(tree, db)
+
+    first = client.get("/jobs?q=page-").get_data(as_text=True)
+    assert first.count('class="name"><a href="/jobs/') == 50 and "older jobs" in first
+    before = first.split("before=")[1].split('"')[0]
+    second = client.get(f"/jobs?q=page-&before={before}").get_data(as_text=True)
+    assert second.count('class="name"><a href="/jobs/') == 10 and "older jobs" not in second
+
+    assert "100%_literal.json" in client.get("/jobs?q=0%25_").get_data(as_text=True)
+    assert "no job matches" in client.get("/jobs?q=%25_x").get_data(as_text=True)     # % and _ are literal
+    loreal = client.get("/jobs?client=loreal").get_data(as_text=True)
+    assert "x.json" in loreal and "page-01" not in loreal
+    failed = client.get("/jobs?state=failed&step=validate").get_data(as_text=True)
+    assert "broken.json" in failed and "x.json" not in failed
+    assert "no job matches" in client.get("/jobs?since=2999-01-01").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("query, problem", [
+    ("since=yesterday", "since: expected an ISO date"),
+    ("state=lost", "state: expected one of"),
+    ("step=fly", "step: expected one of"),
+])
+def test_13_a_bad_filter_is_one_line_on_the_page_not_an_error(tree, db, filled, query, problem):
+    response = client_for(tree, db).get(f"/jobs?{query}")
+    assert response.status_code == 200
+    assert problem in response.get_data(as_text=True)
+
+
+def test_16_a_job_page_tells_its_whole_story(tree, db, filled):
+    client = client_for(tree, db)
+    page = client.get(f"/jobs/{filled['ok-1.json']}").get_data(as_text=True)
+    for seen in ("Audit trail", "detected", "archived", "routed", "test:1", "Monday Rank",
+                 str(tree.dest("Monday Rank") / "ok-1.json"), "What routing would do with it now", "download"):
+        assert seen in page, seen
+    failed = client.get(f"/jobs/{filled[BAD_NAME]}").get_data(as_text=True)
+    assert "invalid JSON" in failed and "error.json" in failed and "in FAILED" in failed
+    download = client.get(f"/jobs/{filled['ok-1.json']}/archived")
+    assert download.status_code == 200 and b'"ClientCode": "RANK"' in download.data
+    assert download.headers["Content-Disposition"].startswith("attachment")
+    assert client.get("/jobs/999999").status_code == 404
+
+
+def test_16_files_the_table_names_are_read_only_inside_their_folders(tree, db, filled):
+    job_id = filled["ok-1.json"]
+    secret = tree.root / "secret.json"
+    secret.write_text('{"password": "x"}')
+    db.execute_sql("UPDATE jobs SET archive_path = ? WHERE id = ?", (str(secret), job_id))
+    client = client_for(tree, db)
+    assert client.get(f"/jobs/{job_id}/archived").status_code == 404
+    link = tree.store / "RANK" / "link.json"
+    link.symlink_to(secret)
+    db.execute_sql("UPDATE jobs SET archive_path = ? WHERE id = ?", (str(link), job_id))
+    assert client.get(f"/jobs/{job_id}/archived").status_code == 404
+    assert "no archived copy" in client.get(f"/jobs/{job_id}").get_data(as_text=True)
+
+
+def test_16_healthz_is_bin_status_json_200_when_healthy_503_when_not(tree, db, filled):
+    client = client_for(tree, db)
+    unhealthy = client.get("/healthz")
+    assert unhealthy.status_code == 503
+    assert any("not running" in p for p in unhealthy.get_json()["problems"])
+    beat_all(db)
+    healthy = client.get("/healthz")
+    assert healthy.status_code == 200 and healthy.get_json()["healthy"] is True
+    status = tree.run("status", "--json")
+    assert healthy.get_json()["jobs_by_state"] == json.loads(status.stdout)["jobs_by_state"]
+
+
+def _families(client) -> dict:
+    text = client.get("/metrics").get_data(as_text=True)
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def _value(family, **labels) -> float:
+    return next(s.value for s in family.samples if s.labels == labels)
+
+
+def test_16_metrics_parse_and_their_counters_survive_pruning(tree, db, filled):
+    client = client_for(tree, db)
+    before = _families(client)
+    assert _value(before["hotfolder_jobs"], state="routed") == 2
+    assert _value(before["hotfolder_jobs_finished"], client="RANK", outcome="routed") == 2
+    assert _value(before["hotfolder_jobs_finished"], client="LOREAL", outcome="failed") == 1
+    assert _value(before["hotfolder_deliveries"], destination="Monday Rank") == 2
+    assert _value(before["hotfolder_healthy"]) == 0
+    assert before["hotfolder_build_info"].samples[0].labels["version"]
+    assert {"hotfolder_stuck_jobs", "hotfolder_program_last_heartbeat_timestamp_seconds",
+            "hotfolder_last_scan_timestamp_seconds", "hotfolder_report_last_sent_timestamp_seconds",
+            "hotfolder_oldest_waiting_seconds", "hotfolder_notify_attempts"} <= set(before)
+    assert _value(before["hotfolder_last_scan_timestamp_seconds"], kind="startup") > 1.7e9
+
+    assert jobs_module.prune(db, time.time() + 3600) == 3
+    after = _families(client)
+    assert _value(after["hotfolder_jobs"], state="routed") == 0
+    assert _value(after["hotfolder_jobs_finished"], client="RANK", outcome="routed") == 2
+    assert _value(after["hotfolder_deliveries"], destination="Monday Rank") == 2
+    assert _value(after["hotfolder_jobs_finished"], client="LOREAL", outcome="failed") == 1
+
+
+def test_16_actions_are_off_by_default(tree, db, filled):
+    client = client_for(tree, db)
+    assert "Requeue" not in client.get("/failed").get_data(as_text=True)
+    assert "Requeue" not in client.get(f"/jobs/{filled[BAD_NAME]}").get_data(as_text=True)
+    response = client.post("/requeue", data={"id": "1"}, headers={**auth(), "Origin": "http://localhost"})
+    assert response.status_code == 403 and "actions are off" in response.get_data(as_text=True)
+
+
+def test_16_actions_on_without_a_password_is_a_configuration_error(tree, db):
+    with pytest.raises(ConfigError, match="DASHBOARD_PASSWORD"):
+        client_for(tree, db, actions=True)
+    tree.write_config(f'[dashboard]\nlisten = "127.0.0.1:{tree.dashboard_port}"\nactions = true\n')
+    proc = tree.run("dashboard", check=False, timeout=30, DASHBOARD_PASSWORD="")
+    assert proc.returncode == 78 and "DASHBOARD_PASSWORD" in proc.stderr, proc.stderr
+
+
+def _token(client, job_id: int) -> str:
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    return page.split('name="csrf" value="')[1].split('"')[0]
+
+
+def test_16_a_post_needs_the_password_this_sites_origin_and_the_csrf_token(tree, db, filled):
+    client = client_for(tree, db, actions=True, DASHBOARD_PASSWORD=PASSWORD)
+    job_id = filled[BAD_NAME]
+    token = _token(client, job_id)
+    origin = {"Origin": "http://localhost"}
+    form = {"id": str(job_id), "csrf": token, "confirm": "yes"}
+    no_auth = client.post("/requeue", data=form, headers=origin)
+    assert no_auth.status_code == 401 and "Basic" in no_auth.headers["WWW-Authenticate"]
+    assert client.post("/requeue", data=form, headers={**auth(password="wrong"), **origin}).status_code == 401
+    assert client.post("/requeue", data=form, headers={**auth(user="bad user\n"), **origin}).status_code == 401
+    assert client.post("/requeue", data=form, headers={**auth(), "Origin": "http://evil.example"}).status_code == 403
+    assert client.post("/requeue", data=form, headers=auth()).status_code == 403          # no Origin nor Referer
+    assert client.post("/requeue", data={**form, "csrf": ""}, headers={**auth(), **origin}).status_code == 400
+    assert client.post("/requeue", data={**form, "csrf": "x" * 64}, headers={**auth(), **origin}).status_code == 400
+    assert client.get("/requeue").status_code == 405
+    assert db.execute_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "failed"
+
+
+def test_16_a_requeue_from_the_browser_writes_what_bin_requeue_writes_and_names_the_user(tree, db, filled):
+    tree.drop("LOREAL", "twin.json", "{not json")
+    route_everything(tree, db)
+    twin = db.execute_sql("SELECT id FROM jobs WHERE file_name = 'twin.json'").fetchone()[0]
+    client = client_for(tree, db, actions=True, DASHBOARD_PASSWORD=PASSWORD)
+    job_id = filled[BAD_NAME]
+    headers = {**auth("alice"), "Origin": "http://localhost"}
+    form = {"id": str(job_id), "csrf": _token(client, job_id)}
+
+    preview = client.post("/requeue", data=form, headers=headers)
+    assert preview.status_code == 200 and "would go back to detected" in preview.get_data(as_text=True)
+    assert db.execute_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "failed"
+
+    done = client.post("/requeue", data={**form, "confirm": "yes"}, headers=headers)
+    assert done.status_code == 200 and "went back to detected" in done.get_data(as_text=True)
+    tree.run("requeue", "--failed", "--id", str(twin))
+
+    def last_event(i):
+        return db.execute_sql("SELECT from_state, to_state, actor, detail FROM job_events WHERE job_id = ? "
+                              "ORDER BY id DESC LIMIT 1", (i,)).fetchone()
+    ours, theirs = last_event(job_id), last_event(twin)
+    assert ours[:2] == theirs[:2] == ("failed", "detected")
+    assert ours[2].startswith("dashboard:") and ours[2].endswith(":alice")
+    assert ours[3].replace(BAD_NAME, "twin.json") == theirs[3]
+    assert (tree.hot / "LOREAL" / BAD_NAME).exists()
+
+
+def test_16_a_filtered_requeue_previews_the_set_first(tree, db, filled):
+    tree.drop("LOREAL", "second.json", "{not json")
+    tree.drop("RANK", "third.json", "{not json")
+    route_everything(tree, db)
+    client = client_for(tree, db, actions=True, DASHBOARD_PASSWORD=PASSWORD)
+    headers = {**auth(), "Origin": "http://localhost"}
+    token = _token(client, filled[BAD_NAME])
+    preview = client.post("/requeue", data={"client": "loreal", "step": "validate", "csrf": token}, headers=headers)
+    text = preview.get_data(as_text=True)
+    assert text.count("would go back to detected") == 2 and "third.json" not in text and "Requeue 2 job(s)" in text
+    done = client.post("/requeue", data={"client": "loreal", "step": "validate", "csrf": token, "confirm": "yes"},
+                       headers=headers)
+    assert done.get_data(as_text=True).count("went back to detected") == 2
+    states = dict(db.execute_sql("SELECT file_name, state FROM jobs WHERE state IN ('failed', 'detected')").fetchall())
+    assert states["third.json"] == "failed" and states["second.json"] == "detected"
