@@ -13,6 +13,7 @@ audit actor that names the user.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
 import logging
@@ -173,8 +174,8 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
             flask.abort(400, f"unknown step {step!r}")
         try:
             since = utc_time(since_text) if since_text else None
-        except Exception as e:
-            flask.abort(400, str(e))
+        except argparse.ArgumentTypeError as e:
+            flask.abort(400, f"since: {e}")
         confirmed = flask.request.form.get("confirm") == "yes"
         chosen = failed_jobs(ids or None, client or None, step or None, since)
         actor = f"dashboard:{os.getpid()}:{user}"
@@ -224,7 +225,7 @@ def _search(args: Mapping[str, str], state: str = "") -> tuple[browse.Search, st
     if args.get("since"):
         try:
             since = utc_time(args["since"])
-        except Exception as e:
+        except argparse.ArgumentTypeError as e:
             problem = f"since: {e}"
     before = args.get("before", "")
     chosen_state = state or args.get("state", "")

@@ -273,3 +273,14 @@ def test_16_a_filtered_requeue_previews_the_set_first(tree, db, filled):
     assert done.get_data(as_text=True).count("went back to detected") == 2
     states = dict(db.execute_sql("SELECT file_name, state FROM jobs WHERE state IN ('failed', 'detected')").fetchall())
     assert states["third.json"] == "failed" and states["second.json"] == "detected"
+
+
+@pytest.mark.parametrize("field, value, says", [("since", "last week", "since: expected an ISO date"),
+                                                ("step", "fly", "unknown step")])
+def test_13_a_requeue_with_a_bad_filter_is_400_with_one_line_and_changes_nothing(tree, db, filled, field, value, says):
+    client = client_for(tree, db, actions=True, DASHBOARD_PASSWORD=PASSWORD)
+    job_id = filled[BAD_NAME]
+    form = {"csrf": _token(client, job_id), "confirm": "yes", field: value}
+    response = client.post("/requeue", data=form, headers={**auth(), "Origin": "http://localhost"})
+    assert response.status_code == 400 and says in response.get_data(as_text=True)
+    assert db.execute_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "failed"
