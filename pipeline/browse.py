@@ -23,7 +23,6 @@ from .jobs import NOTIFY_QUEUE, ROUTE_QUEUE
 PAGE = 50
 RECENT = 20_000       # ids a name search reads in id order before it turns to the name index
 SHOWN_BYTES = 256 * 1024          # the archived JSON shown on a job's page; the download has it all
-STATES = ("detected", "archived", "routed", "notified", "failed")
 STEPS = ("detect", "validate", "archive", "route", "notify")
 
 _JOB_COLUMNS = ("id, state, client_folder AS client, file_name, size, detected_by, detected_at, archived_at, "
@@ -32,12 +31,12 @@ _JOB_COLUMNS = ("id, state, client_folder AS client, file_name, size, detected_b
                 "sha256, lease_owner, updated_at")
 
 
-# Since when a job has waited in its state (status.WAITING_STATES names the same columns).
+# Since when a job has waited in its state (jobs.WAITING_SINCE names the same columns).
 _SINCE = "CASE state WHEN 'detected' THEN detected_at ELSE archived_at END"
 
 
 def rows(db: peewee.Database, sql: str, params: tuple | list = ()) -> list[dict[str, Any]]:
-    cursor = db.execute_sql(sql, tuple(params))
+    cursor = db.run_sql(sql, tuple(params))
     names = [c[0] for c in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
@@ -102,7 +101,7 @@ def search(db: peewee.Database, s: Search, time_column: str = "detected_at") -> 
     if not s.q:
         found = rows(db, page.format(""), params + [PAGE + 1])
     else:
-        top = db.execute_sql("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
+        top = db.run_sql("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
         floor = top - RECENT
         bound = floor if s.before is None else min(floor, s.before - 1)
         found = rows(db, page.format("AND id > ?"), params + [floor, PAGE + 1])
@@ -127,7 +126,7 @@ def waiting(db: peewee.Database, notify: bool) -> list[dict]:
 
 def story(db: peewee.Database, job_id: int) -> dict[str, Any] | None:
     """A job, its audit events and its deliveries, NiFi-provenance style; None when there is no such job."""
-    with db.atomic():
+    with db.snapshot():
         found = rows(db, f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         if not found:
             return None
@@ -145,7 +144,7 @@ def hourly(db: peewee.Database, config: Config, now: float) -> list[dict]:
     tz = zoneinfo.ZoneInfo(config.report.timezone)
     midnight = dt.datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0, microsecond=0)
     start = midnight.timestamp()
-    counts = dict(db.execute_sql(
+    counts = dict(db.run_sql(
         "SELECT CAST((routed_at - ?) / 3600 AS INTEGER), count(*) FROM jobs WHERE routed_at >= ? GROUP BY 1",
         (start, start)).fetchall())
     hours = int((now - start) // 3600) + 1

@@ -26,11 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import peewee
-
-from . import activity, separation
+from . import heartbeat, separation, store
 from . import config as config_module
-from . import db as db_module
 from .config import CONTROL_CHARACTERS, Config, ConfigError
 
 EXIT_OK = 0
@@ -74,7 +71,7 @@ def setup_logging(program: str, level: int = logging.INFO) -> None:
 
 
 class Stopper:
-    """Signal handlers only set a flag; the loops act on it (STYLE 5).
+    """Signal handlers only set a flag; the loops act on it, and log it (STYLE 5).
 
     First SIGTERM/SIGINT: finish or release the current batch, then exit 0.
     Second: exit at once.
@@ -82,6 +79,7 @@ class Stopper:
 
     def __init__(self):
         self._event = threading.Event()
+        self.reason = "stop requested"
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,8 +88,7 @@ class Stopper:
     def _handle(self, signum, frame) -> None:
         if self._event.is_set():
             os._exit(EXIT_ERROR)
-        log.info("%s received: finishing the current work, then stopping (again to stop at once)",
-                 signal.Signals(signum).name)
+        self.reason = f"{signal.Signals(signum).name} received"
         self._event.set()
 
     def request(self) -> None:
@@ -112,7 +109,7 @@ class Context:
     name: str            # the program instance: scanner, router_00, ...
     actor: str           # name:pid, as written in the audit trail
     config: Config
-    db: peewee.SqliteDatabase
+    db: store.Engine
     stopper: Stopper
     args: argparse.Namespace
 
@@ -128,7 +125,7 @@ def parser(program: str, description: str, once: bool = True) -> argparse.Argume
 
 def load_config(path: str | None) -> Config:
     cfg = config_module.load(path)
-    db_module.check_local(cfg.paths.database)
+    store.check_location(cfg.paths.database)
     for problem in separation.problems(cfg):
         raise ConfigError(problem)
     return cfg
@@ -142,42 +139,44 @@ class ToolError(Exception):
         self.code = code
 
 
-def open_existing(config_path: str | None) -> tuple[Config, peewee.SqliteDatabase]:
+def open_existing(config_path: str | None) -> tuple[Config, store.Engine]:
     """The configuration and the existing database, for the tools that read or mend it (bin/status,
     bin/requeue): a missing database is an error here, never created."""
     try:
         cfg = load_config(config_path)
-        return cfg, db_module.connect(cfg.paths.database, create=False)
+        return cfg, store.connect(cfg.paths.database, create=False)
     except ConfigError as e:
         raise ToolError(EXIT_CONFIG, f"configuration error: {e}") from None
-    except db_module.DatabaseUnusable as e:
+    except store.DatabaseUnusable as e:
         raise ToolError(EXIT_DATABASE, f"database unusable: {e}") from None
 
 
-def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Context], None],
+def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Context], int | None],
                 argv: list[str] | None = None) -> int:
-    """Parse arguments, load the config, open the database, install signals, call ``main``."""
+    """Parse arguments, load the config, open the database, install signals, call ``main``; its
+    return value (None for EXIT_OK) is the exit status."""
     args = argp.parse_args(argv)
     name = os.environ.get("SUPERVISOR_PROCESS_NAME") or program
     setup_logging(name)
     try:
         cfg = load_config(args.config)
-        db = db_module.connect(cfg.paths.database)
+        db = store.connect(cfg.paths.database)
     except ConfigError as e:
         log.error("configuration error: %s", e)
         return EXIT_CONFIG
-    except db_module.DatabaseUnusable as e:
+    except store.DatabaseUnusable as e:
         log.error("database unusable: %s", e)
         return EXIT_DATABASE
     stopper = Stopper()
     stopper.install()
     try:
-        main(Context(name=name, actor=f"{name}:{os.getpid()}", config=cfg, db=db, stopper=stopper, args=args))
-        activity.retire(db, name)
+        code = main(Context(name=name, actor=f"{name}:{os.getpid()}", config=cfg, db=db, stopper=stopper,
+                            args=args)) or EXIT_OK
+        heartbeat.retire(db, name)
     except ConfigError as e:            # a check that needs more than the file (an environment variable)
         log.error("configuration error: %s", e)
         return EXIT_CONFIG
-    except db_module.DatabaseUnusable as e:
+    except store.DatabaseUnusable as e:
         log.error("database unusable: %s", e)
         return EXIT_DATABASE
     except ToolError as e:              # the program cannot work for a reason it names in one line
@@ -189,13 +188,15 @@ def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Con
     finally:
         db.close()
     log.info("%s stopped", name)
-    return EXIT_OK
+    return code
 
 
-def serve(program: str, description: str, build: Callable[[Context], object], argv: list[str] | None = None) -> int:
-    """The whole main() of a long-running program: ``build`` makes it from the context, and it runs
-    (``run(once, heartbeat)``) until stopped, or with ``--once`` until its work is done."""
+def serve(program: str, description: str, build: Callable[[Context], object], argv: list[str] | None = None,
+          once: bool = True) -> int:
+    """The whole main() of a long-running program: ``build`` makes it (a ``program.Program``) from
+    the context, and its loop runs until stopped, or with ``--once`` until its work is done."""
     def start(ctx: Context) -> None:
-        build(ctx).run(once=ctx.args.once, heartbeat=activity.Heartbeat(ctx.db, ctx.name, once=ctx.args.once))
+        once_only = getattr(ctx.args, "once", False)
+        build(ctx).run(once=once_only, heartbeat=heartbeat.Heartbeat(ctx.db, ctx.name, once=once_only))
 
-    return run_program(program, parser(program, description), start, argv)
+    return run_program(program, parser(program, description, once), start, argv)

@@ -8,37 +8,47 @@ waits for a stop, so SIGTERM only sets the flag and the server is closed from he
 from __future__ import annotations
 
 import logging
+import math
 import threading
 
 import waitress
 
-from . import activity, cli, web
+from . import cli, web
+from .program import Program
 
 log = logging.getLogger(__name__)
 
 THREADS = 4          # concurrent requests; each page is a few short reads
 
 
-def run(ctx: cli.Context) -> None:
-    app = web.create_app(ctx.config, ctx.db)
-    host, port = ctx.config.dashboard.listen
-    try:
-        server = waitress.create_server(app, host=host, port=port, threads=THREADS, ident="hotfolder-dashboard",
-                                        clear_untrusted_proxy_headers=True)
-    except OSError as e:
-        raise cli.ToolError(cli.EXIT_ERROR, f"cannot listen on {host}:{port} (dashboard.listen): {e.strerror}") from None
-    log.info("dashboard on http://%s:%d/ (actions %s)", host, port,
-             "on" if ctx.config.dashboard.actions else "off")
-    threading.Thread(target=server.run, name="waitress", daemon=True).start()
-    heartbeat = activity.Heartbeat(ctx.db, ctx.name)
-    heartbeat.beat(force=True)
-    activity.sleep(ctx.stopper, float("inf"), heartbeat)
-    server.close()
+class Dashboard(Program):
+    def __init__(self, ctx: cli.Context):
+        self.config, self.db, self.stopper = ctx.config, ctx.db, ctx.stopper
+        self.server = None
+
+    def start(self) -> None:
+        app = web.create_app(self.config, self.db)
+        host, port = self.config.dashboard.listen
+        try:
+            self.server = waitress.create_server(app, host=host, port=port, threads=THREADS,
+                                                 ident="hotfolder-dashboard", clear_untrusted_proxy_headers=True)
+        except OSError as e:
+            raise cli.ToolError(cli.EXIT_ERROR, f"cannot listen on {host}:{port} (dashboard.listen): "
+                                                f"{e.strerror}") from None
+        log.info("dashboard on http://%s:%d/ (actions %s)", host, port,
+                 "on" if self.config.dashboard.actions else "off")
+        threading.Thread(target=self.server.run, name="waitress", daemon=True).start()
+
+    def step(self, now: float) -> float:
+        return math.inf             # the server's threads do the work; this one beats and waits
+
+    def finish(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    argp = cli.parser("dashboard", "Serve the web dashboard and Prometheus metrics.", once=False)
-    return cli.run_program("dashboard", argp, run, argv)
+    return cli.serve("dashboard", "Serve the web dashboard and Prometheus metrics.", Dashboard, argv, once=False)
 
 
 if __name__ == "__main__":

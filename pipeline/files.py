@@ -120,6 +120,12 @@ class Folders:
         self._dirty: set[str] = set()
         self._known: set[str] = set()
 
+    @classmethod
+    def made_as(cls, router_config, create: bool = True) -> "Folders":
+        """Folders made with the modes of ``[router]`` (``file_mode``, ``dir_mode``), as every
+        program that writes into the pipeline's places makes them."""
+        return cls(Modes(file=router_config.file_mode, dir=router_config.dir_mode), create)
+
     def ensure(self, folder: Path, below: Path | None = None) -> None:
         """Make sure ``folder`` exists; with ``create`` off, a missing folder is an error (unmounted share).
 

@@ -7,13 +7,15 @@ Life of a job (SPEC §3)::
 
 Rules every function here keeps (SPEC §14):
 
-* Writes happen inside ``Jobs.transaction()``, which is ``BEGIN IMMEDIATE``.
+* Writes happen inside ``Jobs.transaction()``, the engine's write transaction (``BEGIN IMMEDIATE``
+  on SQLite).
 * Work is claimed with a lease in the statement that selects it; ``next_attempt_at`` doubles as
   the lease expiry, so a job whose owner died is simply due again. No reaper.
 * Every later update of a claimed job says ``WHERE id=? AND lease_token=? AND state=?`` and
   checks the row count: a stale owner whose lease expired cannot overwrite the new owner's work.
 * Each transition appends its audit row to ``job_events`` in the same transaction.
-* The SQL is pre-written: building it per call costs more than running it.
+* The SQL is pre-written, once for every engine (``store.Engine.sql``): building it per call costs
+  more than running it.
 """
 
 from __future__ import annotations
@@ -25,16 +27,25 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-import peewee
-
-from . import failures
+from . import failures, store
+from .store import LeaseLost
 
 # A job claimed this many times without an outcome being recorded has crashed its worker each
 # time (a pathological file, say): it fails at its step instead of looping forever (SPEC §3).
 MAX_CLAIMS = 5
 
-ROUTE_QUEUE = "state IN ('detected', 'archived')"   # must match the partial index jobs_route_queue
-NOTIFY_QUEUE = "state = 'routed'"                   # must match the partial index jobs_notify_queue
+STATES = ("detected", "archived", "routed", "notified", "failed")
+# The states in which a job waits for a program, each with the column that says since when.
+WAITING_SINCE = {"detected": "detected_at", "archived": "archived_at", "routed": "routed_at"}
+
+# The two queues, as the text of the partial indexes jobs_route_queue and jobs_notify_queue: a
+# query must spell its state clause exactly so for the planner to use them.
+ROUTE_QUEUE = "state IN ('detected', 'archived')"
+NOTIFY_QUEUE = "state = 'routed'"
+QUEUE_OF_STATE = {"detected": ROUTE_QUEUE, "archived": ROUTE_QUEUE, "routed": NOTIFY_QUEUE}
+# A job waits for a router from detection, and for the notifier from routing: each wait's queue and
+# the column saying since when (the stuck-job alerts and bin/status read them).
+WAITS = {"route": (ROUTE_QUEUE, "detected_at"), "notify": (NOTIFY_QUEUE, "routed_at")}
 
 STEP_OF_STATE = {"detected": "validate", "archived": "route", "routed": "notify"}
 
@@ -86,10 +97,6 @@ class Batch:
     jobs: tuple[Claimed, ...]
 
 
-class LeaseLost(Exception):
-    """The job is no longer ours: its lease expired and another owner took it."""
-
-
 _SQL_CREATE = """
 INSERT INTO jobs (uuid, state, source_path, client_folder, file_name, size, mtime_ns, ctime_ns,
                   device, inode, detected_by, detected_at, updated_at, next_attempt_at)
@@ -101,7 +108,8 @@ WHERE NOT EXISTS (
     -- say with its client folder moved back into the hot folder, is a new appearance.
     SELECT 1 FROM jobs
     WHERE inode = ? AND device = ? AND size = ? AND mtime_ns = ?
-      AND (state IN ('detected', 'archived') OR (ctime_ns >= ? AND failed_step IS NOT 'detect')))
+      AND (state IN ('detected', 'archived')
+           OR (ctime_ns >= ? AND (failed_step IS NULL OR failed_step <> 'detect'))))
 RETURNING id"""
 
 _SQL_EVENT = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail) VALUES (?, ?, ?, ?, ?, ?)"
@@ -112,10 +120,10 @@ WHERE id IN (SELECT id FROM jobs WHERE {queue} AND next_attempt_at <= ?
              ORDER BY next_attempt_at, id LIMIT ?)
 RETURNING """ + _CLAIMED_COLUMNS
 
-# A batch's ids go in as one JSON array, so these statements are written once and cached by
-# SQLite instead of being built with a placeholder per id for every batch.
-_SQL_OWNED = "SELECT id FROM jobs WHERE lease_token = ? AND id IN (SELECT value FROM json_each(?))"
-_SQL_DELIVERED_PATHS = "SELECT job_id, path FROM deliveries WHERE job_id IN (SELECT value FROM json_each(?))"
+# A batch's ids go in as one parameter ({id_list}: a JSON array on SQLite), so these statements are
+# written once and cached instead of being built with a placeholder per id for every batch.
+_SQL_OWNED = "SELECT id FROM jobs WHERE lease_token = ? AND id IN ({id_list})"
+_SQL_DELIVERED_PATHS = "SELECT job_id, path FROM deliveries WHERE job_id IN ({id_list})"
 
 _SQL_DUE = "SELECT 1 FROM jobs WHERE {queue} AND next_attempt_at <= ? LIMIT 1"
 
@@ -164,7 +172,7 @@ ON CONFLICT (name, labels) DO UPDATE SET value = value + 1"""
 
 _SQL_ERROR_LOG_ADD = "INSERT INTO error_log_outbox (job_id, name, record) VALUES (?, ?, ?)"
 _SQL_ERROR_LOG_PENDING = "SELECT id, name, record FROM error_log_outbox ORDER BY id LIMIT ?"
-_SQL_ERROR_LOG_WRITTEN = "DELETE FROM error_log_outbox WHERE id IN (SELECT value FROM json_each(?))"
+_SQL_ERROR_LOG_WRITTEN = "DELETE FROM error_log_outbox WHERE id IN ({id_list})"
 
 _SQL_WAIT = """
 UPDATE jobs SET next_attempt_at = ?, updated_at = ?, attempts = ?, last_error = ?,
@@ -192,7 +200,7 @@ UPDATE jobs SET source_path = ?, client_folder = ?, file_name = ?, ctime_ns = ?,
 WHERE id = ? AND lease_token = ? AND state = ?"""
 
 _SQL_RELEASE = """
-UPDATE jobs SET next_attempt_at = ?, claims = max(claims - 1, 0), lease_owner = NULL, lease_token = NULL
+UPDATE jobs SET next_attempt_at = ?, claims = CASE WHEN claims > 0 THEN claims - 1 ELSE 0 END, lease_owner = NULL, lease_token = NULL
 WHERE id = ? AND lease_token = ?"""
 
 
@@ -202,7 +210,7 @@ class Jobs:
     ``clock`` returns UTC epoch seconds; tests inject their own.
     """
 
-    def __init__(self, db: peewee.SqliteDatabase, actor: str, clock: Callable[[], float] = time.time):
+    def __init__(self, db: store.Engine, actor: str, clock: Callable[[], float] = time.time):
         self.db = db
         self.actor = actor
         self.clock = clock
@@ -210,11 +218,11 @@ class Jobs:
     # -- transactions ---------------------------------------------------------------------------
 
     def transaction(self):
-        """A write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error)."""
-        return self.db.atomic("IMMEDIATE")
+        """A write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` on SQLite (rolled back on error)."""
+        return self.db.write()
 
     def _sql(self, sql: str, params: Sequence = ()):
-        return self.db.execute_sql(sql, params)
+        return self.db.run_sql(sql, params)
 
     def _event(self, job_id: int, now: float, from_state: str | None, to_state: str, detail: str | None):
         self._sql(_SQL_EVENT, (job_id, now, from_state, to_state, self.actor, detail))
@@ -265,14 +273,14 @@ class Jobs:
 
     def owned(self, token: str, job_ids: Iterable[int]) -> set[int]:
         """Which of ``job_ids`` this token still holds. Inside a transaction the answer stays true."""
-        return {row[0] for row in self._sql(_SQL_OWNED, (token, json.dumps(list(job_ids))))}
+        return {row[0] for row in self._sql(_SQL_OWNED, (token, self.db.id_list(job_ids)))}
 
     def delivered_paths(self, job_ids: Iterable[int]) -> dict[int, set[str]]:
         """The destination paths already committed for each job (so only failed copies are retried)."""
         ids = list(job_ids)
         out: dict[int, set[str]] = {i: set() for i in ids}
         if ids:
-            for job_id, path in self._sql(_SQL_DELIVERED_PATHS, (json.dumps(ids),)):
+            for job_id, path in self._sql(_SQL_DELIVERED_PATHS, (self.db.id_list(ids),)):
                 out[job_id].add(path)
         return out
 
@@ -372,7 +380,7 @@ class Jobs:
         return list(self._sql(_SQL_ERROR_LOG_PENDING, (limit,)))
 
     def error_log_written(self, record_ids: list[int]) -> None:
-        self._sql(_SQL_ERROR_LOG_WRITTEN, (json.dumps(record_ids),))
+        self._sql(_SQL_ERROR_LOG_WRITTEN, (self.db.id_list(record_ids),))
 
     # -- requeue (bin/requeue; failed jobs hold no lease) -----------------------------------------
 
@@ -422,7 +430,7 @@ DELETE FROM jobs WHERE id IN (
 PRUNE_CHUNK = 2000   # jobs per delete transaction: routers wait for each chunk, never for the whole prune
 
 
-def prune(db: peewee.SqliteDatabase, before: float, chunk: int = PRUNE_CHUNK) -> int:
+def prune(db: store.Engine, before: float, chunk: int = PRUNE_CHUNK) -> int:
     """Delete finished jobs whose last change is older than ``before``; returns how many.
 
     Their audit rows and deliveries go with them (ON DELETE CASCADE); the daily reports keep their
@@ -430,8 +438,8 @@ def prune(db: peewee.SqliteDatabase, before: float, chunk: int = PRUNE_CHUNK) ->
     """
     deleted = 0
     while True:
-        with db.atomic("IMMEDIATE"):
-            count = db.execute_sql(_SQL_PRUNE, (before, chunk)).rowcount
+        with db.write():
+            count = db.run_sql(_SQL_PRUNE, (before, chunk)).rowcount
         deleted += count
         if count < chunk:
             return deleted

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__, status
+from .jobs import STATES
 from .config import Config
 
 # tallies.name -> (metric name without _total, help, label names in the order jobs.py writes them)
@@ -32,7 +33,7 @@ COUNTERS = {
 def tallies(db: peewee.Database) -> dict[str, dict[tuple[str, ...], int]]:
     """Each counter's value by its label values."""
     out: dict[str, dict[tuple[str, ...], int]] = {name: {} for name in COUNTERS}
-    for name, labels, value in db.execute_sql("SELECT name, labels, value FROM tallies"):
+    for name, labels, value in db.run_sql("SELECT name, labels, value FROM tallies"):
         if name in out:
             key = tuple(str(v) for v in json.loads(labels))
             out[name][key] = out[name].get(key, 0) + value
@@ -41,12 +42,12 @@ def tallies(db: peewee.Database) -> dict[str, dict[tuple[str, ...], int]]:
 
 def last_scans(db: peewee.Database) -> dict[str, float]:
     """When the last scan of each kind started."""
-    return dict(db.execute_sql("SELECT kind, max(started_at) FROM scans GROUP BY kind").fetchall())
+    return dict(db.run_sql("SELECT kind, max(started_at) FROM scans GROUP BY kind").fetchall())
 
 
 def read(db: peewee.Database, config: Config, now: float) -> tuple[dict, dict, dict]:
     """Everything /metrics shows, in one read snapshot: bin/status's document, tallies, scans."""
-    with db.atomic():
+    with db.snapshot():
         return status.gather(db, config, now), tallies(db), last_scans(db)
 
 
@@ -59,7 +60,7 @@ class Collector:
     def collect(self) -> Iterator:
         status, counts, scans_by_kind = self.snapshot()
         jobs = GaugeMetricFamily("hotfolder_jobs", "Jobs in the table by state", labels=["state"])
-        for state in ("detected", "archived", "routed", "notified", "failed"):
+        for state in STATES:
             jobs.add_metric([state], status["jobs_by_state"].get(state, 0))
         yield jobs
         oldest = GaugeMetricFamily("hotfolder_oldest_waiting_seconds",

@@ -1,209 +1,86 @@
-"""A day's figures for the nightly report (SPEC §8), computed by SQL from the tables alone.
+"""``bin/report``: render a day's report without waiting for the reporter, and send it if asked.
 
-Every figure is an aggregate the database computes over the day's jobs; no query loads the day's
-rows into Python, so a 100,000-job day costs a few index range scans. The result is a plain dict
-of numbers and short lists, ready for the templates and for JSON (the ``reports`` table keeps it,
-so a day's figures outlive the jobs that retention prunes).
+The figures are the ones recorded when the day's report was made (they survive retention), or
+computed now from the table for a day not reported yet (``--fresh`` always computes them).
+Without ``--preview``, ``--text`` or ``--send`` the plain-text part goes to standard output.
 
-Definitions, also printed in the report's notes:
-
-* The day is the calendar day in ``report.timezone``: 23 or 25 hours on daylight-saving days.
-* Processed: jobs whose outcome fell in the day, errors included: a job counts when it was routed
-  (``routed_at``), a failed one when it failed (``failed_at``).
-* Drop-to-routed latency: ``routed_at`` minus the file's last write (``mtime_ns``).
-* Uptime: the share of the day vouched for by the scanner's scans, each covering the time to
-  the next scan but at most two ``detect.scan_interval`` (a silent scanner is a stopped one).
+Exit codes: those of every program (pipeline/cli.py), plus 75 when ``--send`` could not hand the
+message to the SMTP server (temporary: try again).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
-import math
-import time
-import zoneinfo
-from dataclasses import dataclass
+import logging
+import sys
+from pathlib import Path
 
-import peewee
+from . import cli
+from .reporting import ledger, mail, render
+from .reporting.figures import Day
+from .reporter import Reporter
 
-DETECTORS = ("realtime", "startup", "periodic")
-ERRORS_LISTED = 10
+log = logging.getLogger(__name__)
 
-# The day's processed jobs, each with its outcome time ``done_at``. Two index range scans
-# (jobs_routed, jobs_failed) instead of an OR that would read the whole table.
-_DAY = """
-WITH day AS (
-    SELECT id, client_folder, job_category, state, detected_by, detected_at, mtime_ns, routed_at,
-           routed_at AS done_at, file_name, failed_step, last_error
-    FROM jobs WHERE routed_at >= :start AND routed_at < :end AND state != 'failed'
-    UNION ALL
-    SELECT id, client_folder, job_category, state, detected_by, detected_at, mtime_ns, routed_at,
-           failed_at AS done_at, file_name, failed_step, last_error
-    FROM jobs WHERE state = 'failed' AND failed_at >= :start AND failed_at < :end
-)
-"""
-
-_SQL_SUMMARY = _DAY + """
-SELECT count(*),
-       coalesce(sum(state = 'failed'), 0),
-       avg(CASE WHEN state != 'failed' THEN routed_at - detected_at END),
-       coalesce(sum(detected_by = 'realtime'), 0),
-       coalesce(sum(detected_by = 'startup'), 0),
-       coalesce(sum(detected_by = 'periodic'), 0)
-FROM day"""
-
-# Nearest-rank percentiles: one sort of the day's latencies, two rows back.
-_SQL_LATENCY = _DAY + """
-SELECT rank, latency FROM (
-    SELECT routed_at - mtime_ns / 1e9 AS latency, row_number() OVER (ORDER BY routed_at - mtime_ns / 1e9) AS rank
-    FROM day WHERE state != 'failed')
-WHERE rank IN (:p50, :p95)"""
-
-# Per client: Routed = copied to at least one destination other than the highlighted one;
-# the highlighted one (Celtra in the seeds) is counted in its own column.
-_SQL_CLIENTS = _DAY + """
-, marks AS (
-    SELECT job_id, max(name = :highlight COLLATE NOCASE) AS highlight,
-           max(name != :highlight COLLATE NOCASE) AS other
-    FROM deliveries WHERE job_id IN (SELECT id FROM day) GROUP BY job_id)
-SELECT day.client_folder, count(*), coalesce(sum(marks.other), 0), coalesce(sum(marks.highlight), 0),
-       sum(day.state = 'failed')
-FROM day LEFT JOIN marks ON marks.job_id = day.id
-GROUP BY day.client_folder
-ORDER BY count(*) DESC, day.client_folder"""
-
-_SQL_CATEGORIES = _DAY + """
-SELECT client_folder, coalesce(upper(job_category), ''), count(*)
-FROM day GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"""
-
-# A delivery's folder is its path up to the last '/': rtrim drops the trailing file name.
-_SQL_DESTINATIONS = _DAY + """
-SELECT name, rtrim(path, replace(path, '/', '')) AS folder, count(*)
-FROM deliveries WHERE job_id IN (SELECT id FROM day)
-GROUP BY name, folder ORDER BY 3 DESC, 1, 2"""
-
-_SQL_HOURLY = _DAY + """
-SELECT CAST((done_at - :start) / 3600 AS INTEGER) AS hour, count(*) FROM day GROUP BY hour"""
-
-_SQL_ERRORS = _DAY + """
-SELECT done_at, client_folder, file_name, coalesce(failed_step, ''), coalesce(last_error, '')
-FROM day WHERE state = 'failed' ORDER BY done_at DESC, id DESC LIMIT :limit"""
-
-_SQL_SCANS = """
-SELECT count(*), coalesce(sum(slow), 0), coalesce(sum(timed_out), 0)
-FROM scans WHERE started_at >= :start AND started_at < :end AND finished_at IS NOT NULL"""
-
-# Each scanner scan vouches for the time until the next one, at most :window seconds.
-_SQL_UPTIME = """
-WITH s AS (
-    SELECT started_at AS a, lead(started_at) OVER (ORDER BY started_at) AS b
-    FROM scans WHERE kind IN ('startup', 'periodic') AND started_at >= :start - :window AND started_at < :end)
-SELECT coalesce(sum(max(0, min(coalesce(b, a + :window), a + :window, :end) - max(a, :start))), 0) FROM s"""
+EXIT_NOT_SENT = 75   # sysexits EX_TEMPFAIL
 
 
-@dataclass(frozen=True)
-class Day:
-    """A calendar day in a time zone, and its bounds as UTC epoch seconds."""
-    date: dt.date
-    zone: str
-    start: float
-    end: float
-
-    @classmethod
-    def of(cls, date: dt.date, zone: str) -> "Day":
-        tz = zoneinfo.ZoneInfo(zone)
-        start = dt.datetime.combine(date, dt.time(0), tz).timestamp()
-        end = dt.datetime.combine(date + dt.timedelta(days=1), dt.time(0), tz).timestamp()
-        return cls(date, zone, start, end)
-
-    @classmethod
-    def containing(cls, ts: float, zone: str) -> "Day":
-        return cls.of(dt.datetime.fromtimestamp(ts, zoneinfo.ZoneInfo(zone)).date(), zone)
-
-    def next(self) -> "Day":
-        return Day.of(self.date + dt.timedelta(days=1), self.zone)
-
-    def due_at(self, at: dt.time) -> float:
-        """When this day's report is due: ``at`` on the following day (a time skipped by a clock
-        change resolves to the moment the clocks jumped)."""
-        tz = zoneinfo.ZoneInfo(self.zone)
-        return dt.datetime.combine(self.date + dt.timedelta(days=1), at, tz).timestamp()
-
-    @property
-    def hours(self) -> int:
-        return round((self.end - self.start) / 3600)
-
-    def local(self, ts: float) -> dt.datetime:
-        return dt.datetime.fromtimestamp(ts, zoneinfo.ZoneInfo(self.zone))
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
 
 
-def figures(db: peewee.SqliteDatabase, day: Day, *, highlight: str, scan_interval: float,
-            now: float | None = None) -> dict:
-    """Everything the report shows for ``day``, from one consistent read of the database."""
-    def sql(query: str, extra: dict | None = None):
-        return db.execute_sql(query, {"start": day.start, "end": day.end, **(extra or {})})
-
-    with db.atomic("DEFERRED"):          # one snapshot: the sections add up even while routers work
-        processed, errors, avg_processing, *detected = sql(_SQL_SUMMARY).fetchone()
-        routed_ok = processed - errors
-        ranks = {"p50": _rank(0.50, routed_ok), "p95": _rank(0.95, routed_ok)}
-        latency = dict(sql(_SQL_LATENCY, ranks).fetchall())
-        clients = _clients(sql(_SQL_CLIENTS, {"highlight": highlight}).fetchall(),
-                           sql(_SQL_CATEGORIES).fetchall())
-        destinations = [{"name": name, "folder": folder.rstrip("/") or folder, "files": files}
-                        for name, folder, files in sql(_SQL_DESTINATIONS).fetchall()]
-        hourly = dict(sql(_SQL_HOURLY).fetchall())
-        last_errors = sql(_SQL_ERRORS, {"limit": ERRORS_LISTED}).fetchall()
-        scans, slow, timed_out = sql(_SQL_SCANS).fetchone()
-        covered = sql(_SQL_UPTIME, {"window": 2 * scan_interval}).fetchone()[0]
-    return {
-        "day": day.date.isoformat(),
-        "timezone": day.zone,
-        "start": day.start,
-        "end": day.end,
-        "hours": day.hours,
-        "generated_at": time.time() if now is None else now,
-        "processed": processed,
-        "errors": errors,
-        "success_rate": round(100.0 * routed_ok / processed, 1) if processed else None,
-        "uptime": round(100.0 * covered / (day.end - day.start), 1),
-        "avg_processing": avg_processing,
-        "latency_p50": latency.get(ranks["p50"]),
-        "latency_p95": latency.get(ranks["p95"]),
-        "detections": dict(zip(DETECTORS, detected)),
-        "scans": {"done": scans, "slow": slow, "timed_out": timed_out},
-        "highlight": highlight,
-        "clients": clients,
-        "destinations": destinations,
-        "hourly": _hourly(day, hourly),
-        "last_errors": [{"time": day.local(at).strftime("%H:%M:%S"), "client": client, "file": name,
-                         "step": step, "reason": reason}
-                        for at, client, name, step, reason in last_errors],
-    }
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("report", "Render a day's report (as the nightly email shows it) and optionally send it.",
+                   once=False)
+    p.add_argument("--date", type=_date, metavar="YYYY-MM-DD",
+                   help="the day, in report.timezone (default: yesterday)")
+    p.add_argument("--preview", type=Path, metavar="FILE.html", help="write the HTML part to this file")
+    p.add_argument("--text", type=Path, metavar="FILE.txt", help="write the plain-text part to this file")
+    p.add_argument("--send", action="store_true",
+                   help="send it to report.recipients now (the reporter will not send that day again)")
+    p.add_argument("--fresh", action="store_true",
+                   help="compute the figures from the table even when the day's report recorded them")
+    return p
 
 
-def _rank(p: float, n: int) -> int:
-    """The nearest-rank position of percentile ``p`` among ``n`` sorted values (0 when none)."""
-    return max(1, math.ceil(p * n)) if n else 0
+def run(ctx: cli.Context) -> int:
+    args, cfg = ctx.args, ctx.config
+    reporter = Reporter(cfg, ctx.db, ctx.actor, ctx.stopper)
+    date = args.date or Day.containing(reporter.clock(), cfg.report.timezone).date - dt.timedelta(days=1)
+    numbers = None if args.fresh else ledger.stored_figures(ctx.db, date)
+    if numbers is None:
+        numbers = reporter.figures(Day.of(date, cfg.report.timezone))
+    rendered = render.report(numbers, cfg)
+    if args.preview:
+        args.preview.write_text(rendered.html, encoding="utf-8")
+        log.info("report for %s written to %s", date, args.preview)
+    if args.text:
+        args.text.write_text(rendered.text, encoding="utf-8")
+        log.info("plain-text report for %s written to %s", date, args.text)
+    if not (args.preview or args.text or args.send):
+        sys.stdout.write(rendered.text)
+    if args.send:
+        why = mail.configured(cfg.smtp, cfg.report.recipients, "[report] recipients")
+        if why:
+            log.error("cannot send: %s", why)
+            return cli.EXIT_CONFIG
+        try:
+            mail.send(cfg.smtp, mail.build(rendered, reporter.sender, cfg.report.recipients, reporter.clock()))
+        except mail.MailError as e:
+            log.error("report for %s not sent: %s", date, e)
+            return EXIT_NOT_SENT
+        ledger.sent_by_hand(ctx.db, date, numbers, cfg.report.recipients, ctx.actor, reporter.clock())
+        log.info("report for %s sent to %s", date, ", ".join(cfg.report.recipients))
+    return cli.EXIT_OK
 
 
-def _clients(rows: list[tuple], categories: list[tuple]) -> list[dict]:
-    by_client: dict[str, list] = {}
-    for client, category, count in categories:
-        by_client.setdefault(client, []).append([category, count])
-    return [{"client": client, "processed": processed, "routed": routed, "highlight": highlight,
-             "errors": errors, "categories": by_client.get(client, [])}
-            for client, processed, routed, highlight, errors in rows]
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_program("report", build_parser(), run, argv)
 
 
-def _hourly(day: Day, counts: dict[int, int]) -> list[dict]:
-    """One bar per local hour from the first busy hour to the last (none on a quiet day).
-
-    The hour that repeats when the clocks go back is labelled with its zone abbreviation.
-    """
-    if not counts:
-        return []
-    hours = range(min(counts), max(counts) + 1)
-    starts = [day.local(day.start + 3600 * h) for h in hours]
-    labels = [f"{t:%H:%M}" for t in starts]
-    return [{"label": label + (f" {t:%Z}" if labels.count(label) > 1 else ""), "count": counts.get(h, 0)}
-            for h, t, label in zip(hours, starts, labels)]
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,7 +3,7 @@
 No cron: it sleeps until ``report.time`` in ``report.timezone`` (zoneinfo, so the nights the
 clocks change are handled) and sends the report of the day that just ended. Every day it runs
 has a row in ``reports`` created ahead of time, so a report missed while the reporter was down
-is simply overdue when it starts again, and is sent then, once (reportlog.py says how).
+is simply overdue when it starts again, and is sent then, once (reporting/ledger.py says how).
 
 After a day's report is sent (or recorded, when mail is not configured) it prunes jobs older than
 ``report.retention_days`` and checkpoints the WAL. Between reports it looks for new failures every
@@ -17,38 +17,36 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import socket
 import time
 from typing import Callable
 
-import peewee
-
-from . import activity, alerts, cli, jobs, mail, render, reportlog
-from . import db as db_module
-from .activity import Heartbeat
+from . import cli, jobs, store
+from . import heartbeat as heartbeat_module
 from .config import Config
-from .report import Day, figures as day_figures
+from .program import Program
+from .reporting import alerts, ledger, mail, render
+from .reporting.figures import Day, figures as day_figures
 
 log = logging.getLogger(__name__)
 
 ALERT_POLL = 15.0        # seconds between looks for new failures
 IDLE_WAKE = 3600.0       # wake at least this often even with nothing due (a clock set forward)
-BUSY_RETRY = 5.0         # seconds to wait when the database stayed locked past its timeout
 
 _SQL_PRUNE_SCANS = "DELETE FROM scans WHERE started_at < ?"
 _SQL_PRUNE_ALERTS = "DELETE FROM alerts WHERE at < ?"
 
 
-class Reporter:
-    def __init__(self, config: Config, db: peewee.SqliteDatabase, actor: str, stopper: cli.Stopper | None = None,
+class Reporter(Program):
+    def __init__(self, config: Config, db: store.Engine, actor: str, stopper: cli.Stopper | None = None,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] | None = None):
         self.config = config
         self.db = db
         self.actor = actor
         self.stopper = stopper or cli.Stopper()
         self.clock = clock
-        self.sleep = sleep or self._wait
-        self.heartbeat: Heartbeat | None = None
+        self._sleep = sleep
         # Why reports / alerts cannot be mailed (None: they can).
         self.reports_off = mail.configured(config.smtp, config.report.recipients, "[report] recipients")
         self.alerts_off = mail.configured(config.smtp, config.alerts.recipients, "[alerts] recipients")
@@ -59,40 +57,30 @@ class Reporter:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self, once: bool = False, heartbeat: Heartbeat | None = None) -> None:
-        """Send what is due, then sleep until the next thing is; with ``once``, return instead."""
-        self.heartbeat = heartbeat
+    def start(self) -> None:
         r = self.config.report
         if self.reports_off:
             log.warning("reports will be recorded but not sent: %s", self.reports_off)
         if self.alerts_off:
             log.info("alerts are not configured: %s", self.alerts_off)
         log.info("daily report at %s %s", r.time.strftime("%H:%M"), r.timezone)
-        while not self.stopper.requested:
-            if heartbeat:
-                heartbeat.beat()
-            wake = None
-            try:
-                self.tick()
-            except Exception as e:
-                if not db_module.retry_later(self.db, e, f"trying again in {BUSY_RETRY:.0f}s", once):
-                    raise
-                wake = self.clock() + BUSY_RETRY
-            if once:
-                return
-            self.sleep(max(0.0, (wake or self.next_wake()) - self.clock()))
+
+    def step(self, now: float) -> float:
+        """Send what is due; then sleep until the next thing is."""
+        self.tick()
+        return max(self.next_wake() - self.clock(), 0.0) if not self.once else math.inf
 
     def tick(self) -> None:
         """One round: schedule the days, send the due reports, maintain, then alerts."""
         self.schedule(self.clock())
         done = 0
         while not self.stopper.requested:
-            claim = reportlog.claim_due(self.db, self.actor, self.clock())
+            claim = ledger.claim_due(self.db, self.actor, self.clock())
             if claim is None:
                 break
             try:
                 done += self.handle(claim)
-            except reportlog.LeaseLost as e:
+            except store.LeaseLost as e:
                 log.warning("report for %s: %s", claim.day, e)
         if done:
             self.maintain(self.clock())
@@ -102,14 +90,20 @@ class Reporter:
     def next_wake(self) -> float:
         """When something may be due: the next report, the next look for failures, or IDLE_WAKE."""
         now = self.clock()
-        wake = min(reportlog.next_due(self.db) or now + IDLE_WAKE, now + IDLE_WAKE)
+        wake = min(ledger.next_due(self.db) or now + IDLE_WAKE, now + IDLE_WAKE)
         if not self.alerts_off:
             wake = min(wake, now + ALERT_POLL)
         return wake
 
-    def _wait(self, seconds: float) -> None:
-        """Sleep on the (injected) wall clock, so a stop or a clock change is seen."""
-        activity.sleep(self.stopper, seconds, self.heartbeat, self.clock)
+    def sleep(self, seconds: float, heartbeat) -> None:
+        """Sleep on the (injected) wall clock, so a stop or a clock change is seen; tests give a
+        ``sleep`` that only moves their clock."""
+        if self._sleep:
+            self._sleep(seconds)
+            return
+        deadline = self.clock() + seconds
+        while not self.stopper.requested and self.clock() < deadline:
+            super().sleep(min(deadline - self.clock(), heartbeat_module.INTERVAL), heartbeat)
 
     # -- daily reports ----------------------------------------------------------------------------
 
@@ -125,7 +119,7 @@ class Reporter:
         yesterday = Day.of(current.date - dt.timedelta(days=1), r.timezone)
         if yesterday.due_at(r.time) > now:
             current = yesterday
-        latest = reportlog.latest_day(self.db)
+        latest = ledger.latest_day(self.db)
         first = current.date if latest is None else latest + dt.timedelta(days=1)
         first = max(first, current.date - dt.timedelta(days=r.retention_days))
         days = []
@@ -133,17 +127,17 @@ class Reporter:
             days.append((first, Day.of(first, r.timezone).due_at(r.time)))
             first += dt.timedelta(days=1)
         if days:
-            reportlog.schedule(self.db, days, now)
+            ledger.schedule(self.db, days, now)
 
-    def handle(self, claim: reportlog.Claim) -> int:
+    def handle(self, claim: ledger.Claim) -> int:
         """Compute (once), render and send a claimed report; 1 when it is done, 0 when it will retry."""
         r = self.config.report
         numbers = claim.figures
         if numbers is None:
             numbers = self.figures(Day.of(claim.day, r.timezone))
-            reportlog.save_figures(self.db, claim, numbers)
+            ledger.save_figures(self.db, claim, numbers)
         if self.reports_off:
-            reportlog.recorded(self.db, claim, f"not sent: {self.reports_off}")
+            ledger.recorded(self.db, claim, f"not sent: {self.reports_off}")
             log.warning("report for %s recorded, not sent: %s (%d processed, %d errors)",
                         claim.day, self.reports_off, numbers["processed"], numbers["errors"])
             return 1
@@ -151,11 +145,11 @@ class Reporter:
         try:
             mail.send(self.config.smtp, msg)
         except mail.MailError as e:
-            retry_at = reportlog.failed(self.db, claim, str(e), self.clock())
+            retry_at = ledger.failed(self.db, claim, str(e), self.clock())
             log.error("report for %s not sent (attempt %d): %s; trying again at %s", claim.day,
                       claim.attempts + 1, e, _utc(retry_at))
             return 0
-        reportlog.sent(self.db, claim, r.recipients, self.clock())
+        ledger.sent(self.db, claim, r.recipients, self.clock())
         log.info("report for %s sent to %s: %d processed, %d errors", claim.day, ", ".join(r.recipients),
                  numbers["processed"], numbers["errors"])
         return 1
@@ -170,14 +164,14 @@ class Reporter:
         days = self.config.report.retention_days
         cutoff = now - days * 86400
         pruned = jobs.prune(self.db, cutoff)
-        with self.db.atomic("IMMEDIATE"):
-            scans = self.db.execute_sql(_SQL_PRUNE_SCANS, (cutoff,)).rowcount
-            self.db.execute_sql(_SQL_PRUNE_ALERTS, (cutoff,))
+        with self.db.write():
+            scans = self.db.run_sql(_SQL_PRUNE_SCANS, (cutoff,)).rowcount
+            self.db.run_sql(_SQL_PRUNE_ALERTS, (cutoff,))
         log.info("retention: pruned %d jobs and %d scans older than %d days", pruned, scans, days)
         try:
-            db_module.checkpoint(self.db)
+            self.db.checkpoint()
         except Exception as e:
-            if db_module.transient(e) is None:
+            if self.db.transient(e) is None:
                 raise
             log.warning("WAL checkpoint skipped, the database stayed busy (%s); SQLite's own "
                         "checkpoints carry on meanwhile", e)

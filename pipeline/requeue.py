@@ -30,10 +30,10 @@ import peewee
 
 from . import cli
 from .config import Config
-from .files import (Changed, Folders, Identity, Modes, NotRegular, fit_name, fsync_dir, read_exact, remove_exact,
+from .files import (Changed, Folders, Identity, NotRegular, fit_name, fsync_dir, read_exact, remove_exact,
                     write_atomic)
 from .jobs import REQUEUE_STATE, Jobs, LeaseLost
-from .models import Job, bind
+from .store.models import Job, bind
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Requeue:
         self.config = config
         self.jobs = jobs
         self.dry_run = dry_run
-        self.folders = Folders(Modes(file=config.router.file_mode, dir=config.router.dir_mode), create=True)
+        self.folders = Folders.made_as(config.router)
 
     def job(self, job: Job) -> tuple[bool, str]:
         """Put one job back; returns (done, the line to print)."""

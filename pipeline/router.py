@@ -30,14 +30,13 @@ from pathlib import Path
 
 import peewee
 
-from . import cli, failures, rules
-from . import db as db_module
-from .activity import Heartbeat
+from . import cli, failures, retry, rules
 from .config import Config
 from .detect import HotFolder
-from .files import (Changed, Folders, Identity, Modes, NotRegular, move_exact, read_exact, remove_exact,
+from .files import (Changed, Folders, Identity, NotRegular, move_exact, read_exact, remove_exact,
                     remove_stale_temporaries, write_atomic)
 from .jobs import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE, Claimed, Jobs, LeaseLost, Sighting
+from .program import Program
 from .validation import Invalid, JobDetails, parse, too_large, wanted
 
 log = logging.getLogger(__name__)
@@ -103,44 +102,28 @@ class Work:
         self.outcome, self.problem, self.late = "wait", problem, True
 
 
-class Router:
+class Router(Program):
     def __init__(self, config: Config, jobs: Jobs, stopper: cli.Stopper | None = None):
         self.config = config
         self.jobs = jobs
+        self.db = jobs.db
         self.stopper = stopper or cli.Stopper()
         rc = config.router
-        modes = Modes(file=rc.file_mode, dir=rc.dir_mode)
-        self.places = Folders(modes, create=True)                       # archive, FAILED
-        self.destinations = Folders(modes, create=rc.create_folders)     # client destinations
-        self.hot = Folders(modes, create=False)                         # only fsynced after removals
-        self.error_log = failures.ErrorLog(config.paths.error_log, jobs, Folders(modes, create=True))
+        self.places = Folders.made_as(rc)                                  # archive, FAILED
+        self.destinations = Folders.made_as(rc, create=rc.create_folders)  # client destinations
+        self.hot = Folders.made_as(rc, create=False)                       # only fsynced after removals
+        self.error_log = failures.ErrorLog(config.paths.error_log, jobs, Folders.made_as(rc))
         self.hot_folder = HotFolder(config.paths.hot_folder)
         self._hot_files: dict[Identity, Sighting] | None = None     # listed on first need, per phase
         self.keep = wanted(rules.paths_named(config.routes))     # what validation keeps of a job file
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self, once: bool = False, heartbeat: Heartbeat | None = None) -> None:
-        """Route batches until stopped; with ``once``, until nothing is due now."""
-        cfg = self.config.router
-        backoff = cfg.poll_interval
-        while not self.stopper.requested:
-            if heartbeat:
-                heartbeat.beat()
-            try:
-                done = self.run_batch() if once or self.jobs.has_due(ROUTE_QUEUE) else 0
-                self.error_log.flush()      # what an earlier run or a full disk left behind
-                backoff = cfg.poll_interval
-            except Exception as e:
-                backoff = min(backoff * 2 or 0.1, 5.0)
-                if not db_module.retry_later(self.jobs.db, e, f"trying again in {backoff:.1f}s", once):
-                    raise
-                self.stopper.wait(backoff)
-                continue
-            if once and not done:
-                return
-            if not done:
-                self.stopper.wait(cfg.poll_interval)
+    def step(self, now: float) -> float:
+        """Route a batch when one is due; ask to be called again at once while there was work."""
+        done = self.run_batch() if self.once or self.jobs.has_due(ROUTE_QUEUE) else 0
+        self.error_log.flush()      # what an earlier run or a full disk left behind
+        return 0 if done else self.config.router.poll_interval
 
     def run_batch(self) -> int:
         """Claim and finish one batch; returns how many jobs it claimed."""
@@ -378,7 +361,7 @@ class Router:
                     continue
                 state, attempts = w.state, w.attempts
                 try:
-                    with self.jobs.db.atomic():
+                    with self.db.write():        # a savepoint: one job's refusal is its own
                         record(token, w)
                 except LeaseLost:
                     log.warning("%s: lease lost to another router; leaving the job to it", w.label)
@@ -404,7 +387,7 @@ class Router:
             self._failed(token, w)
             w.outcome = "failed"
             return
-        delay = min(2.0 ** attempts, PLACE_BACKOFF_CAP)
+        delay = retry.delay(attempts, PLACE_BACKOFF_CAP)
         self.jobs.wait(token, self._as_committed(w), delay, w.error, attempts, problem=w.problem or None)
 
     @staticmethod

@@ -16,25 +16,42 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import activity, cli
-from . import db as db_module
-from .activity import Heartbeat
+from . import cli, store
 from .config import Config
 from .detect import HotFolder
 from .files import Identity
 from .jobs import Jobs, Sighting
+from .program import Program
 
 log = logging.getLogger(__name__)
 
 CREATE_CHUNK = 500   # jobs per insert transaction: routers start on the first ones at once
 
+_SQL_SCAN_START = "INSERT INTO scans (kind, actor, started_at) VALUES (?, ?, ?) RETURNING id"
+_SQL_SCAN_END = """
+UPDATE scans SET finished_at = ?, files_seen = ?, jobs_created = ?, slow = ?, timed_out = ? WHERE id = ?"""
 
-class Scanner:
+
+def scan_started(db: store.Engine, kind: str, actor: str, now: float) -> int:
+    """A scan's row in ``scans`` (the report's detection section, bin/status's last scans)."""
+    with db.write():
+        return db.run_sql(_SQL_SCAN_START, (kind, actor, now)).fetchone()[0]
+
+
+def scan_finished(db: store.Engine, scan_id: int, now: float, files_seen: int,
+                  jobs_created: int, slow: bool, timed_out: bool) -> None:
+    with db.write():
+        db.run_sql(_SQL_SCAN_END, (now, files_seen, jobs_created, int(slow), int(timed_out), scan_id))
+
+
+class Scanner(Program):
     def __init__(self, config: Config, jobs: Jobs, stopper: cli.Stopper | None = None):
         self.config = config
         self.jobs = jobs
         self.stopper = stopper or cli.Stopper()
         self.hot = HotFolder(config.paths.hot_folder)
+        self.db = jobs.db
+        self.kind = "startup"
 
     def scan(self, kind: str, detected_by: str, folders: list[Path] | None = None,
              on_listing: Callable[[], None] | None = None) -> int:
@@ -46,7 +63,7 @@ class Scanner:
         cfg = self.config.detect
         clock = self.jobs.clock
         started, t0 = clock(), time.monotonic()
-        scan_id = activity.scan_started(self.jobs.db, kind, self.jobs.actor, started)
+        scan_id = scan_started(self.jobs.db, kind, self.jobs.actor, started)
         if on_listing:
             on_listing()
         first, timed_out = self.hot.list(folders, deadline=t0 + cfg.scan_timeout)
@@ -59,7 +76,7 @@ class Scanner:
                                      if a and Identity.of(a.st) == Identity.of(s.st)], detected_by)
         seconds = time.monotonic() - t0
         slow = seconds > cfg.slow_scan
-        activity.scan_finished(self.jobs.db, scan_id, clock(), len(first), created, slow, timed_out)
+        scan_finished(self.jobs.db, scan_id, clock(), len(first), created, slow, timed_out)
         level = logging.WARNING if slow or timed_out else logging.INFO
         log.log(level, "%s scan: %d files seen, %d new jobs, %.2fs%s%s", kind, len(first), created, seconds,
                 " (slow)" if slow else "", " (timed out: the rest waits for the next scan)" if timed_out else "")
@@ -79,23 +96,13 @@ class Scanner:
         return sum(len(self.jobs.create(sightings[i:i + CREATE_CHUNK], detected_by))
                    for i in range(0, len(sightings), CREATE_CHUNK))
 
-    def run(self, once: bool = False, heartbeat: Heartbeat | None = None) -> None:
-        """The startup scan, then one scan every ``detect.scan_interval`` seconds until stopped."""
-        kind = "startup"
-        interval = self.config.detect.scan_interval
-        while not self.stopper.requested:
-            if heartbeat:
-                heartbeat.beat(force=True)
-            started = time.monotonic()
-            try:
-                self.scan(kind, kind)
-                kind = "periodic"
-            except Exception as e:
-                if not db_module.retry_later(self.jobs.db, e, "scanning again shortly", once):
-                    raise
-            if once:
-                return
-            activity.sleep(self.stopper, started + interval - time.monotonic(), heartbeat)
+    def step(self, now: float) -> float:
+        """The startup scan, then one scan every ``detect.scan_interval`` seconds (a scan that took
+        longer still leaves a moment before the next; ``--once`` ends after one)."""
+        started = time.monotonic()
+        self.scan(self.kind, self.kind)
+        self.kind = "periodic"
+        return max(started + self.config.detect.scan_interval - time.monotonic(), 0.1)
 
 
 def main(argv: list[str] | None = None) -> int:

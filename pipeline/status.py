@@ -20,23 +20,20 @@ from typing import Any
 
 import peewee
 
-from . import alerts, cli
-from .jobs import NOTIFY_QUEUE, ROUTE_QUEUE
+from . import cli
 from .config import Config
+from .jobs import NOTIFY_QUEUE, QUEUE_OF_STATE, ROUTE_QUEUE, STATES, WAITING_SINCE
+from .reporting import alerts
 
 EXIT_UNHEALTHY = 1
 SILENT_AFTER = 30.0          # seconds without a heartbeat before a program counts as silent
-# The states in which a job waits for a program, and the column saying since when. Routed waits for
-# the notifier only when an API is configured; otherwise it is final.
-WAITING_STATES = {"detected": "detected_at", "archived": "archived_at", "routed": "routed_at"}
 
 
 # Each count and minimum reads a partial queue index (jobs.py's queue conditions match them), not
 # the whole table: on a million finished jobs a plain GROUP BY state takes a third of a second.
 # The "+" stops SQLite from walking the time column's index in order looking for a matching state.
-_QUEUE_OF_STATE = {"detected": ROUTE_QUEUE, "archived": ROUTE_QUEUE, "routed": NOTIFY_QUEUE}
-_SQL_OLDEST = {state: f"SELECT min(+{column}) FROM jobs WHERE {_QUEUE_OF_STATE[state]} AND state = ?"
-               for state, column in WAITING_STATES.items()}
+_SQL_OLDEST = {state: f"SELECT min(+{column}) FROM jobs WHERE {QUEUE_OF_STATE[state]} AND state = ?"
+               for state, column in WAITING_SINCE.items()}
 _SQL_COUNTS = (f"SELECT state, count(*) FROM jobs WHERE {ROUTE_QUEUE} GROUP BY state",
                f"SELECT 'routed', count(*) FROM jobs WHERE {NOTIFY_QUEUE}",
                "SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'")
@@ -46,8 +43,8 @@ def counts_by_state(db: peewee.Database) -> dict[str, int]:
     """Jobs in each state; notified is what the others leave of the table's count."""
     counts = {}
     for sql in _SQL_COUNTS:
-        counts.update((state, n) for state, n in db.execute_sql(sql).fetchall() if n)
-    notified = db.execute_sql("SELECT count(*) FROM jobs").fetchone()[0] - sum(counts.values())
+        counts.update((state, n) for state, n in db.run_sql(sql).fetchall() if n)
+    notified = db.run_sql("SELECT count(*) FROM jobs").fetchone()[0] - sum(counts.values())
     if notified:
         counts["notified"] = notified
     return counts
@@ -64,7 +61,7 @@ def required_programs(config: Config) -> list[str]:
 
 
 def _rows(db: peewee.SqliteDatabase, sql: str, params: tuple = ()) -> list[dict]:
-    cursor = db.execute_sql(sql, params)
+    cursor = db.run_sql(sql, params)
     names = [c[0] for c in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
@@ -73,12 +70,13 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
     """Everything bin/status shows, read in one snapshot, with the problems found."""
     tz = zoneinfo.ZoneInfo(config.report.timezone)
     midnight = dt.datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0, microsecond=0)
-    with db.atomic("DEFERRED"):          # one read snapshot: the figures agree with each other
+    with db.snapshot():          # one read snapshot: the figures agree with each other
         by_state = counts_by_state(db)
         oldest = {}
-        waiting = WAITING_STATES if config.api.endpoint else {s: c for s, c in WAITING_STATES.items() if s != "routed"}
+        # Routed waits for the notifier only when an API is configured; otherwise it is final.
+        waiting = WAITING_SINCE if config.api.endpoint else {s: c for s, c in WAITING_SINCE.items() if s != "routed"}
         for state, column in waiting.items():
-            since = db.execute_sql(_SQL_OLDEST[state], (state,)).fetchone()[0]
+            since = db.run_sql(_SQL_OLDEST[state], (state,)).fetchone()[0]
             if since is not None:
                 oldest[state] = round(now - since, 1)
         today = _rows(db, "SELECT client_folder AS client, state, count(*) AS jobs FROM jobs WHERE detected_at >= ? "
@@ -146,7 +144,7 @@ def render_text(status: dict[str, Any]) -> str:
            f"database: {status['database']}", ""]
     counts = status["jobs_by_state"]
     out.append("jobs      " + "  ".join(f"{s} {counts.get(s, 0)}" for s in
-                                        ("detected", "archived", "routed", "notified", "failed")))
+                                        STATES))
     waiting = status["oldest_waiting_seconds"]
     out.append("waiting   " + ("  ".join(f"oldest {s} {age_text(a)}" for s, a in waiting.items()) or "nothing waiting"))
     out.append("")

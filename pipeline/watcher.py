@@ -19,6 +19,7 @@ logs one line, waits for the folder to be there again, watches it afresh and res
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import stat
 import threading
@@ -30,12 +31,11 @@ from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, Fi
 from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
-from . import cli
-from . import db as db_module
-from .activity import Heartbeat
+from . import cli, store
 from .config import Config
 from .files import Identity
 from .jobs import Jobs
+from .program import Program
 from .scanner import Scanner
 
 log = logging.getLogger(__name__)
@@ -95,10 +95,11 @@ class _OverflowAlarm(logging.Handler):
             self.alarm.set()
 
 
-class Watcher:
+class Watcher(Program):
     def __init__(self, config: Config, jobs: Jobs, stopper: cli.Stopper | None = None):
         self.config = config
         self.jobs = jobs
+        self.db = jobs.db
         self.stopper = stopper or cli.Stopper()
         self.root = config.paths.hot_folder
         self.scanner = Scanner(config, jobs, self.stopper)
@@ -109,6 +110,8 @@ class Watcher:
         self.overflow = threading.Event()
         self.full_rescan = threading.Event()                      # a full rescan is pending
         self.pending: dict[str, tuple[Identity, float]] = {}    # polling: path -> (identity, seen at)
+        self.unsaved: dict = {}         # sightings whose jobs are not committed yet (a database error)
+        self._alarm = _OverflowAlarm(self.overflow)
         self.ready = threading.Event()                            # set once the watch is in place
         self.observer = None
         self.root_watch = None          # the hot folder's watch, None while the folder is gone
@@ -163,43 +166,42 @@ class Watcher:
         self.rescans.put(FULL_RESCAN)
         return True
 
-    def run(self, once: bool = False, heartbeat: Heartbeat | None = None) -> None:
-        """Watch until stopped. ``once``: rescan the hot folder once, as a scan would, and exit."""
+    def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        if once:
-            try:
-                self.scanner.scan("rescan", "realtime")
-            except Exception as e:
-                if not db_module.retry_later(self.jobs.db, e, "nothing detected this time", once=True):
-                    raise
+        if self.once:
             return
-        alarm = _OverflowAlarm(self.overflow)
-        logging.getLogger("watchdog").addHandler(alarm)
-        rescanner = threading.Thread(target=self._rescan_loop, name="rescan", daemon=True)
-        rescanner.start()
+        logging.getLogger("watchdog").addHandler(self._alarm)
+        threading.Thread(target=self._rescan_loop, name="rescan", daemon=True).start()
         self._start_observer()
         log.info("watching %s (%s)", self.root, "polling" if self.polling else "inotify")
         self.ready.set()
-        try:
-            while not self.stopper.requested:
-                if heartbeat:
-                    heartbeat.beat()
-                if not self.observer.is_alive():
-                    log.error("the file watch stopped; starting it again and rescanning")
-                    self._start_observer()
-                    self._request_rescan()
-                self._check_root()
-                # Checked after the queue is drained, so that a burst of overflows asks once.
-                if self.overflow.is_set():
-                    self.overflow.clear()
-                    if self._request_rescan():
-                        log.warning("inotify queue overflowed: events were lost; rescanning the hot folder")
-                self._handle_events(timeout=0.25 if self.pending else 1.0)
-        finally:
-            logging.getLogger("watchdog").removeHandler(alarm)
-            self.rescans.put(False)
-            self.observer.stop()
-            self.observer.join(timeout=5)
+
+    def step(self, now: float) -> float:
+        """Take the events that came (waiting up to a second for them), and create their jobs.
+        ``--once``: rescan the hot folder once, as a scan would, and exit."""
+        if self.once:
+            self.scanner.scan("rescan", "realtime")
+            return math.inf
+        if not self.observer.is_alive():
+            log.error("the file watch stopped; starting it again and rescanning")
+            self._start_observer()
+            self._request_rescan()
+        self._check_root()
+        # Checked after the queue is drained, so that a burst of overflows asks once.
+        if self.overflow.is_set():
+            self.overflow.clear()
+            if self._request_rescan():
+                log.warning("inotify queue overflowed: events were lost; rescanning the hot folder")
+        self._handle_events(timeout=0.25 if self.pending or self.unsaved else 1.0)
+        return 0
+
+    def finish(self) -> None:
+        if self.observer is None:
+            return
+        logging.getLogger("watchdog").removeHandler(self._alarm)
+        self.rescans.put(False)
+        self.observer.stop()
+        self.observer.join(timeout=5)
 
     def _handle_events(self, timeout: float) -> None:
         """Wait for events, then take everything queued and create its jobs in one transaction."""
@@ -249,20 +251,19 @@ class Watcher:
         return ready
 
     def _create(self, sightings: list, detected_by: str) -> None:
-        if not sightings:
+        """Create the jobs of ``sightings`` and of those a database error left unsaved before. On a
+        new error they stay unsaved, and the loop's next step tries them again: no event is lost."""
+        for s in sightings:
+            self.unsaved[s.path] = s
+        if not self.unsaved:
             return
-        while True:
-            try:
-                created = self.jobs.create(sightings, detected_by)
-                break
-            except Exception as e:
-                if self.stopper.requested or not db_module.retry_later(self.jobs.db, e, "trying again"):
-                    raise
-                self.stopper.wait(0.5)
+        batch = list(self.unsaved.values())
+        created = self.jobs.create(batch, detected_by)
+        self.unsaved.clear()
         if created:
             log.info("%d new job%s: %s", len(created), "s" * (len(created) != 1),
-                     ", ".join(f"{s.client_folder}/{s.file_name}" for s in sightings[:5])
-                     + (" ..." if len(sightings) > 5 else ""))
+                     ", ".join(f"{s.client_folder}/{s.file_name}" for s in batch[:5])
+                     + (" ..." if len(batch) > 5 else ""))
 
     def _rescan_loop(self) -> None:
         while True:
@@ -281,10 +282,10 @@ class Watcher:
             except Exception as e:
                 if item is FULL_RESCAN:
                     self.full_rescan.clear()    # it did not happen: the next request must not be absorbed
-                if reason := db_module.transient(e):
-                    db_module.reopen_after(self.jobs.db, reason)
+                if reason := self.db.transient(e):
+                    self.db.reopen_after(reason)
                     log.warning("%s (%s); the rescan is left to the scanner's next periodic scan",
-                                db_module.SAYS[reason], e)
+                                store.SAYS[reason], e)
                 else:
                     log.exception("rescan failed; the scanner's next periodic scan will cover it")
 

@@ -1,7 +1,7 @@
 """The dashboard's web application (SPEC §16): pages rendered on the server, read-only by default.
 
 Everything a page shows comes from ``status.gather`` (the overview, /healthz, /metrics share
-``bin/status``'s verdict), ``browse`` (search, a job's story) and ``explain`` (what routing
+``bin/status``'s verdict), ``browse`` (search, a job's story) and ``route`` (what routing
 would do now). Job files are untrusted: every template is autoescaped, the CSP allows no script
 and no inline style, and files named by the job table are read only inside their folders.
 
@@ -30,10 +30,10 @@ import flask
 import peewee
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import browse, explain, metrics, status
+from . import browse, metrics, route, status
 from .config import Config, ConfigError
-from .jobs import Jobs
-from .models import bind
+from .jobs import STATES, Jobs
+from .store.models import bind
 from .requeue import STEPS, Requeue, failed_jobs, utc_time
 
 log = logging.getLogger(__name__)
@@ -103,10 +103,10 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     @app.get("/")
     def overview():
         now = clock()
-        with db.atomic():
+        with db.snapshot():
             s = status.gather(db, config, now)
             bars = browse.hourly(db, config, now)
-        return page("overview.html", status=s, bars=bars, now=now, refresh=REFRESH_SECONDS)
+        return page("overview.html", status=s, bars=bars, now=now, refresh=REFRESH_SECONDS, states=STATES)
 
     @app.get("/healthz")
     def healthz():
@@ -124,7 +124,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
         search, problem = _search(flask.request.args)
         found, more = browse.search(db, search) if not problem else ([], None)
         return page("jobs.html", search=search, found=found, more=more, problem=problem,
-                    states=browse.STATES, steps=STEPS, title="Jobs", path="/jobs")
+                    states=STATES, steps=STEPS, title="Jobs", path="/jobs")
 
     @app.get("/failed")
     def failed():
@@ -148,7 +148,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
                                      config.paths.failed, browse.SHOWN_BYTES)
         where = row["archive_path"] if archived else None
         # explain's first lines describe the file's place, which is the archive here, not the hot folder.
-        routing = [line for line in explain.explain(config, Path(where))
+        routing = [line for line in route.explain(config, Path(where))
                    if not line.startswith(("file:", "client:", "note:"))] if where else None
         return page("job.html", told=told, job=row, archived=_text(archived), sidecar=_text(sidecar),
                     routing=routing, api=bool(config.api.endpoint), now=clock())
@@ -229,8 +229,8 @@ def _search(args: Mapping[str, str], state: str = "") -> tuple[browse.Search, st
             problem = f"since: {e}"
     before = args.get("before", "")
     chosen_state = state or args.get("state", "")
-    if chosen_state and chosen_state not in browse.STATES:
-        problem = f"state: expected one of {', '.join(browse.STATES)}"
+    if chosen_state and chosen_state not in STATES:
+        problem = f"state: expected one of {', '.join(STATES)}"
     step = args.get("step", "")
     if step and step not in STEPS:
         problem = f"step: expected one of {', '.join(STEPS)}"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from pipeline import config as config_module
-from pipeline import db as db_module
+from pipeline import store
 from pipeline.jobs import Jobs
-from pipeline.models import Job, bind
+from pipeline.store.models import Job, bind
 from mounts import Tmpfs
 from smtp_server import Inbox, free_port, start_server
 
@@ -186,7 +186,7 @@ def inbox():
 
 @pytest.fixture
 def db(tree):
-    database = db_module.connect(tree.config.paths.database)
+    database = store.connect(tree.config.paths.database)
     bind(database)
     yield database
     database.close()

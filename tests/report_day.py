@@ -11,7 +11,7 @@ import datetime as dt
 import os
 import zoneinfo
 
-from pipeline import activity
+from pipeline import scanner
 from pipeline.jobs import ROUTE_QUEUE, Jobs, Sighting
 
 LONDON = zoneinfo.ZoneInfo("Europe/London")
@@ -69,8 +69,8 @@ def put_job(tree, jobs: Jobs, clock, client: str, name: str, *, drop: float, det
 
 
 def scan(db, kind: str, started: float, seconds: float = 0.05, slow: bool = False, timed_out: bool = False) -> None:
-    scan_id = activity.scan_started(db, kind, "scanner:1", started)
-    activity.scan_finished(db, scan_id, started + seconds, 0, 0, slow, timed_out)
+    scan_id = scanner.scan_started(db, kind, "scanner:1", started)
+    scanner.scan_finished(db, scan_id, started + seconds, 0, 0, slow, timed_out)
 
 
 SCAN_INTERVAL = 600          # the config the known day is reported with: [detect] scan_interval

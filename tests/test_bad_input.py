@@ -24,7 +24,7 @@ from dblock import Locker
 from mounts import Tmpfs, fill
 from pipeline import cli
 from pipeline.failures import ERROR_LOG_KEYS
-from pipeline.models import Alert, Job, JobEvent
+from pipeline.store.models import Alert, Job, JobEvent
 
 RANK, LOREAL, CELTRA = "Monday Rank", "CLIENT-STORES/LOREAL/IN", "Celtra - Create_Rename - Project_Design File"
 # Good files that share the batch: (client, name, JobCategory, destination or None for archive only).

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import config as config_module
-from pipeline import db as db_module
+from pipeline import store
+from pipeline.store import sqlite
 from pipeline.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,9 +189,9 @@ def test_database_on_a_network_filesystem_is_refused(tmp_path):
     mountinfo = write(tmp_path, f"36 25 0:32 / / rw - ext4 /dev/vda rw\n"
                                 f"99 36 0:55 / {tmp_path}/share rw - nfs4 server:/export rw\n", "mountinfo")
     (tmp_path / "share").mkdir()
-    with pytest.raises(db_module.DatabaseUnusable, match="nfs4 network filesystem"):
-        db_module.check_local(tmp_path / "share" / "pipeline.db", str(mountinfo))
-    db_module.check_local(tmp_path / "local" / "pipeline.db", str(mountinfo))
+    with pytest.raises(store.DatabaseUnusable, match="nfs4 network filesystem"):
+        sqlite.check_local(tmp_path / "share" / "pipeline.db", str(mountinfo))
+    sqlite.check_local(tmp_path / "local" / "pipeline.db", str(mountinfo))
 
 
 def test_check_config_accepts_the_example(tree):

@@ -5,7 +5,7 @@ import os
 import signal
 
 from conftest import job_document, wait_for
-from pipeline.models import Delivery, Job, JobEvent
+from pipeline.store.models import Delivery, Job, JobEvent
 
 # (client, JobCategory, places the file must end in, the archive included)
 CLIENTS = [("RANK", "CELTRA", 3), ("RANK", "PRODUCTION", 2), ("LOREAL", "CAMPAIGN", 2),

@@ -19,12 +19,13 @@ import pytest
 
 from conftest import job_document, wait_for
 from mounts import fill
-from pipeline import activity
+from pipeline import heartbeat as heartbeat_module
 from pipeline import config as config_module
-from pipeline import db as db_module
-from pipeline.activity import Heartbeat
+from pipeline import store
+from pipeline.store import sqlite
+from pipeline.heartbeat import Heartbeat
 from pipeline.jobs import Jobs, Sighting
-from pipeline.models import Job, bind
+from pipeline.store.models import Job, bind
 
 ONE_LINE = {"full": "database disk full (database or disk is full)",
             "read-only": "database read-only (attempt to write a readonly database)"}
@@ -38,12 +39,12 @@ def dbdisk(tree, tmpfs):
     text = tree.config_path.read_text().replace('database = "pipeline.db"', 'database = "dbdisk/pipeline.db"')
     tree.config_path.write_text(text)
     tree.config = config_module.load(tree.config_path)
-    db_module.connect(tree.config.paths.database).close()      # the schema, before the disk fills
+    store.connect(tree.config.paths.database).close()      # the schema, before the disk fills
     return folder
 
 
 def open_db(tree):
-    database = db_module.connect(tree.config.paths.database)
+    database = store.connect(tree.config.paths.database)
     bind(database)
     return database
 
@@ -66,17 +67,17 @@ def count(log: str, text: str) -> int:
 
 def test_transient_names_the_reason_of_real_sqlite_errors(tmp_path):
     path = tmp_path / "x.db"
-    db_module.connect(path).close()
+    store.connect(path).close()
     read_only = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     with pytest.raises(sqlite3.OperationalError) as readonly_error:
         read_only.execute("CREATE TABLE t (x)")
     with pytest.raises(sqlite3.OperationalError) as syntax_error:
         read_only.execute("SELEC 1")
     read_only.close()
-    assert db_module.transient(readonly_error.value) == "read-only"
-    assert db_module.transient(syntax_error.value) is None
-    assert db_module.transient(peewee.OperationalError("database is locked")) == "locked"
-    assert db_module.transient(ValueError("database is locked")) is None       # not a database error
+    assert sqlite.transient(readonly_error.value) == "read-only"
+    assert sqlite.transient(syntax_error.value) is None
+    assert sqlite.transient(peewee.OperationalError("database is locked")) == "locked"
+    assert sqlite.transient(ValueError("database is locked")) is None       # not a database error
     # An error met while rolling back hides the real one unless its context is looked at.
     try:
         try:
@@ -84,7 +85,7 @@ def test_transient_names_the_reason_of_real_sqlite_errors(tmp_path):
         except sqlite3.OperationalError:
             raise peewee.OperationalError("cannot rollback - no transaction is active")
     except peewee.OperationalError as e:
-        assert db_module.transient(e) == "full"
+        assert sqlite.transient(e) == "full"
 
 
 def test_a_full_disk_rolls_the_transaction_back_cleanly_and_writes_resume_once_there_is_room(tree, dbdisk):
@@ -100,10 +101,10 @@ def test_a_full_disk_rolls_the_transaction_back_cleanly_and_writes_resume_once_t
                     db.execute_sql("INSERT INTO scans (kind, actor, started_at) VALUES (?, ?, 1)",
                                    ("periodic", "x" * 4000))
         # The real error comes out (not peewee's "cannot rollback"), nothing half-written stays.
-        assert db_module.transient(failed.value) == "full", failed.value
+        assert sqlite.transient(failed.value) == "full", failed.value
         assert "database or disk is full" in str(failed.value)
         assert not db.in_transaction()
-        assert db_module.retry_later(db, failed.value, "trying again")
+        assert store.retry_later(db, failed.value, "trying again")
         assert db.execute_sql("SELECT count(*) FROM scans").fetchone()[0] == 0
         filler.unlink()
         path = drop(tree, "after.json")
@@ -209,7 +210,7 @@ def test_a_database_file_deleted_or_replaced_under_a_running_program_makes_it_ex
             path.unlink()
         else:
             other = tree.root / "other.db"
-            db_module.connect(other).close()
+            store.connect(other).close()
             os.replace(other, path)
         router.wait(30)
     finally:
@@ -226,8 +227,8 @@ def test_a_database_file_deleted_or_replaced_under_a_running_program_makes_it_ex
 
 def test_the_wal_a_long_reader_made_large_shrinks_below_the_limit_after_it_lets_go(tree, monkeypatch, caplog):
     limit = 256 * 1024
-    monkeypatch.setattr(db_module, "JOURNAL_SIZE_LIMIT", limit)
-    monkeypatch.setattr(activity, "CHECKPOINT_INTERVAL", 0)
+    monkeypatch.setattr(sqlite, "JOURNAL_SIZE_LIMIT", limit)
+    monkeypatch.setattr(heartbeat_module, "TIDY_INTERVAL", 0)
     db = open_db(tree)
     wal = f"{tree.config.paths.database}-wal"
     jobs = Jobs(db, "scanner:1")
@@ -253,4 +254,4 @@ def test_the_wal_a_long_reader_made_large_shrinks_below_the_limit_after_it_lets_
 
 
 def test_connect_sets_the_journal_size_limit(db):
-    assert db.execute_sql("PRAGMA journal_size_limit").fetchone()[0] == db_module.JOURNAL_SIZE_LIMIT
+    assert db.execute_sql("PRAGMA journal_size_limit").fetchone()[0] == sqlite.JOURNAL_SIZE_LIMIT

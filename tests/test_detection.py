@@ -13,7 +13,7 @@ from conftest import growing, job_document, states, wait_for
 from dblock import Locker
 from pipeline.cli import Stopper
 from pipeline.jobs import Jobs
-from pipeline.models import Job, JobEvent, Scan
+from pipeline.store.models import Job, JobEvent, Scan
 from pipeline.router import Router
 from pipeline.scanner import Scanner
 from pipeline.watcher import Watcher

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import Tree, job_document
-from pipeline import db as db_module
+from pipeline import store
 from pipeline.detect import eligible_name
 from pipeline.files import NAME_MAX
 from pipeline.jobs import Jobs
@@ -113,7 +113,7 @@ def check(base: Path, files: dict[tuple[str, str], bytes]) -> None:
         path = tree.hot / client / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
-    db = db_module.connect(tree.config.paths.database)
+    db = store.connect(tree.config.paths.database)
     try:
         jobs = Jobs(db, "fuzz:1")
         Scanner(tree.config, jobs).scan("startup", "startup")          # raises if anything escapes

@@ -1,6 +1,7 @@
 """A non-editable install works: the package carries its schema and templates, nothing reads the source tree.
 
-The wheel is built from this checkout without build isolation and installed without dependencies into
+The wheel is built from a copy of this checkout (setuptools' build/ folder in the checkout itself would
+keep modules that were moved or deleted since) without build isolation, and installed without dependencies into
 a fresh virtual environment (no network); the dependencies come from the test environment's
 site-packages through a plain path entry, so ``pipeline`` itself can only come from the wheel.
 """
@@ -8,6 +9,7 @@ site-packages through a plain path entry, so ``pipeline`` itself can only come f
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,8 +30,11 @@ def _run(*args, **kwargs) -> subprocess.CompletedProcess:
 def installed(tmp_path_factory) -> Path:
     """The python of a fresh virtual environment with the project's wheel installed in it."""
     work = tmp_path_factory.mktemp("install")
+    source = work / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "var", "*.egg-info",
+                                                               "__pycache__", ".pytest_cache", ".hypothesis"))
     _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "-w", work / "dist", ROOT)
+         "-w", work / "dist", source)
     wheel, = (work / "dist").glob("*.whl")
     _run(sys.executable, "-m", "venv", "--without-pip", work / "venv")
     python = work / "venv" / "bin" / "python"
@@ -55,5 +60,5 @@ def test_8_the_installed_package_runs_from_another_folder_without_the_source_tre
     assert (site_dir / "dest" / "Monday Rank" / "a.json").exists()
     assert not (site_dir / "hot" / "RANK" / "a.json").exists()
     # The report's templates are package data too.
-    _run(installed, "-c", "from pipeline import render; render._env.get_template('report.html.j2')",
+    _run(installed, "-c", "from pipeline.reporting import render; render._env.get_template('report.html.j2')",
          cwd=site_dir, env=env)

@@ -17,7 +17,7 @@ from conftest import job_document
 from mounts import fill
 from pipeline import rules
 from pipeline.jobs import ROUTE_QUEUE, Jobs
-from pipeline.models import ErrorLogRecord, Job, JobEvent
+from pipeline.store.models import ErrorLogRecord, Job, JobEvent
 from pipeline.router import Router
 from pipeline.scanner import Scanner
 

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.detect import HotFolder
 from pipeline.jobs import MAX_CLAIMS, NOTIFY_QUEUE, ROUTE_QUEUE, Jobs, LeaseLost
-from pipeline.models import Job, JobEvent
+from pipeline.store.models import Job, JobEvent
 
 
 def sight(tree, path):

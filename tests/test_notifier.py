@@ -15,8 +15,10 @@ from conftest import BIN, job_document, states, wait_for
 from pipeline import cli
 from pipeline.failures import ERROR_LOG_KEYS
 from pipeline.jobs import MAX_CLAIMS, Jobs
-from pipeline.models import Job, JobEvent
-from pipeline.notifier import Notifier, backoff_delay, retry_after
+from pipeline.store.models import Job, JobEvent
+from pipeline.api import retry_after
+from pipeline.notifier import Notifier
+from pipeline import retry
 from pipeline.router import Router
 from pipeline.scanner import Scanner
 
@@ -112,8 +114,8 @@ def test_500_500_200_is_notified_on_the_third_attempt_after_2_then_4_seconds(tre
 
 
 def test_the_backoff_is_2_to_the_attempt_capped():
-    assert [backoff_delay(n, 60) for n in range(1, 9)] == [2, 4, 8, 16, 32, 60, 60, 60]
-    assert [backoff_delay(n, 5) for n in range(1, 5)] == [2, 4, 5, 5]
+    assert [retry.delay(n, 60) for n in range(1, 9)] == [2, 4, 8, 16, 32, 60, 60, 60]
+    assert [retry.delay(n, 5) for n in range(1, 5)] == [2, 4, 5, 5]
 
 
 def test_after_max_attempts_the_job_fails_with_an_error_log(tree, db, api, clock):

@@ -12,10 +12,10 @@ import pytest
 import report_day
 from api_server import Huge, Trickle, TrickleTls, closed_port
 from conftest import job_document, wait_for
-from pipeline import alerts
+from pipeline.reporting import alerts
 from pipeline.jobs import Jobs
-from pipeline.models import Job
-from pipeline.notifier import BODY_CAP
+from pipeline.store.models import Job
+from pipeline.api import BODY_CAP
 from pipeline.router import Router
 from pipeline.scanner import Scanner
 from test_notifier import ENV, TOKEN, api, configure, fresh, notify, routed  # noqa: F401 (api: the fixture)

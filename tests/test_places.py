@@ -17,7 +17,7 @@ import pytest
 from conftest import job_document, wait_for
 from mounts import Tmpfs, fill
 from pipeline.jobs import Jobs
-from pipeline.models import Delivery, Job
+from pipeline.store.models import Delivery, Job
 from pipeline.reporter import Reporter
 from pipeline.router import PLACE_BACKOFF_CAP, Router
 from pipeline.scanner import Scanner

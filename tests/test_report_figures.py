@@ -7,8 +7,8 @@ import pytest
 import report_day
 from pipeline import jobs as jobs_module
 from pipeline.jobs import Jobs
-from pipeline.models import Delivery, Job, JobEvent
-from pipeline.report import Day, figures
+from pipeline.store.models import Delivery, Job, JobEvent
+from pipeline.reporting.figures import Day, figures
 
 FLOATS = ("start", "end", "avg_processing", "latency_p50", "latency_p95")
 

@@ -16,7 +16,7 @@ from smtp_server import Inbox, free_port, self_signed, start_server
 from conftest import FakeClock
 from pipeline import cli
 from pipeline.jobs import Jobs
-from pipeline.models import Alert, Job, Report
+from pipeline.store.models import Alert, Job, Report
 from pipeline.reporter import Reporter
 
 UTC = dt.timezone.utc

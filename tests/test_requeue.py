@@ -10,7 +10,7 @@ import pytest
 from api_server import ApiServer
 from conftest import BIN, FakeClock, job_document, states
 from pipeline.jobs import Jobs
-from pipeline.models import Job, JobEvent
+from pipeline.store.models import Job, JobEvent
 from pipeline.notifier import Notifier
 from pipeline.requeue import HOLD
 from pipeline.router import Router

@@ -11,7 +11,7 @@ from pipeline.detect import HotFolder
 from pipeline.failures import ERROR_LOG_KEYS
 from pipeline.files import write_atomic, Folders, Modes
 from pipeline.jobs import MAX_CLAIMS, ROUTE_QUEUE, Jobs
-from pipeline.models import Delivery, Job
+from pipeline.store.models import Delivery, Job
 from pipeline.router import Router
 from pipeline.scanner import Scanner
 

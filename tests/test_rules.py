@@ -13,7 +13,7 @@ from conftest import MATRIX, job_document, states
 from pipeline import config as config_module
 from pipeline import rules, validation
 from pipeline.jobs import Jobs
-from pipeline.models import Delivery, Job
+from pipeline.store.models import Delivery, Job
 from pipeline.requeue import Requeue, failed_jobs
 from pipeline.router import Router
 from pipeline.scanner import Scanner

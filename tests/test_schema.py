@@ -1,4 +1,4 @@
-"""pipeline/schema.sql is the source of truth; the peewee models must match it column for column."""
+"""pipeline/store/sqlite.sql is the source of truth; the peewee models must match it column for column."""
 
 import shutil
 import sqlite3
@@ -7,8 +7,9 @@ from pathlib import Path
 import peewee
 import pytest
 
-from pipeline import db as db_module
-from pipeline.models import MODELS
+from pipeline import store
+from pipeline.store import sqlite
+from pipeline.store.models import MODELS
 
 _AFFINITY = {peewee.TextField: "TEXT", peewee.IntegerField: "INTEGER", peewee.FloatField: "REAL",
              peewee.AutoField: "INTEGER", peewee.ForeignKeyField: "INTEGER"}
@@ -38,7 +39,7 @@ def _model_columns(model) -> list[tuple]:
 @pytest.fixture
 def schema_conn(tmp_path):
     conn = sqlite3.connect(tmp_path / "schema.db")
-    conn.executescript(db_module.schema_script())
+    conn.executescript(sqlite.schema_script())
     yield conn
     conn.close()
 
@@ -64,14 +65,14 @@ def test_audit_views_run_on_an_empty_database(schema_conn):
 
 
 def test_connect_sets_wal_and_pragmas(tree):
-    database = db_module.connect(tree.config.paths.database)
+    database = store.connect(tree.config.paths.database)
     try:
         pragma = lambda name: database.execute_sql(f"PRAGMA {name}").fetchone()[0]
         assert pragma("journal_mode") == "wal"
         assert pragma("synchronous") == 1          # NORMAL
         assert pragma("foreign_keys") == 1
-        assert pragma("busy_timeout") == db_module.BUSY_TIMEOUT_MS
-        assert pragma("user_version") == db_module.SCHEMA_VERSION
+        assert pragma("busy_timeout") == sqlite.BUSY_TIMEOUT_MS
+        assert pragma("user_version") == sqlite.SCHEMA_VERSION
     finally:
         database.close()
 
@@ -79,12 +80,12 @@ def test_connect_sets_wal_and_pragmas(tree):
 def test_connect_refuses_a_file_that_is_not_a_database(tmp_path):
     bad = tmp_path / "pipeline.db"
     bad.write_bytes(b"this is not an sqlite database at all" * 100)
-    with pytest.raises(db_module.DatabaseUnusable, match="pipeline.db"):
-        db_module.connect(bad)
+    with pytest.raises(store.DatabaseUnusable, match="pipeline.db"):
+        store.connect(bad)
 
 
 def test_filesystem_type_finds_the_mount(tmp_path):
-    assert db_module.filesystem_type(tmp_path / "missing" / "pipeline.db") not in ("", "unknown")
+    assert sqlite.filesystem_type(tmp_path / "missing" / "pipeline.db") not in ("", "unknown")
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -113,12 +114,12 @@ def test_8_a_database_of_an_earlier_release_is_upgraded_in_place_with_every_row_
     before = _rows(path, old_tables)
     assert len(before["jobs"]) == 3 and before["job_events"]
 
-    db_module.connect(path).close()
+    store.connect(path).close()
 
     assert _rows(path, old_tables) == before
     upgraded = sqlite3.connect(path)
     try:
-        assert upgraded.execute("PRAGMA user_version").fetchone()[0] == db_module.SCHEMA_VERSION
+        assert upgraded.execute("PRAGMA user_version").fetchone()[0] == sqlite.SCHEMA_VERSION
         assert _schema_tables(upgraded) == _schema_tables(schema_conn)
         objects = "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY 1, 2"
         assert upgraded.execute(objects).fetchall() == schema_conn.execute(objects).fetchall()

@@ -20,10 +20,10 @@ import certifi
 import pytest
 
 from conftest import BIN, job_document
-from pipeline import alerts, mail, render
+from pipeline.reporting import alerts, mail, render
 from pipeline.config import Smtp
 from pipeline.jobs import Jobs
-from pipeline.models import Alert, Job
+from pipeline.store.models import Alert, Job
 from pipeline.notifier import Notifier
 from pipeline.router import Router
 from pipeline.scanner import Scanner

@@ -8,7 +8,7 @@ import pytest
 from api_server import HANG, ApiServer
 from conftest import job_document, wait_for
 from pipeline.jobs import ROUTE_QUEUE, Jobs
-from pipeline.models import Job
+from pipeline.store.models import Job
 
 
 def backlog(tree, n=1500):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pipeline.activity import Heartbeat
+from pipeline.heartbeat import Heartbeat
 from pipeline.jobs import Jobs
 from pipeline.router import Router
 from pipeline.scanner import Scanner

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, job_document, wait_for
-from pipeline.models import Heartbeat, Job
+from pipeline.store.models import Heartbeat, Job
 
 VENV_BIN = ROOT / ".venv" / "bin"
 

@@ -39,7 +39,7 @@ VENV_BIN = ROOT / ".venv" / "bin"
 sys.path.insert(0, str(ROOT))
 from pipeline import rules  # noqa: E402
 from pipeline import config as config_module  # noqa: E402
-from pipeline import db as db_module  # noqa: E402
+from pipeline import store  # noqa: E402
 from pipeline import validation  # noqa: E402
 
 
@@ -86,7 +86,7 @@ class Pipeline:
             conf = re.sub(r"(?m)^numprocs = \d+$", f"numprocs = {routers}", conf)
         (root / "supervisord.conf").write_text(conf)
         (root / "var" / "log").mkdir(parents=True)
-        db_module.connect(self.config.paths.database).close()     # the schema, before anyone polls
+        store.connect(self.config.paths.database).close()     # the schema, before anyone polls
         self.proc: subprocess.Popen | None = None
         self.first_id = 0
 
@@ -288,7 +288,7 @@ def dashboard_pages(rows: int) -> dict[str, float]:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         config = config_module.load(write_config(Path(tmp)))
-        db = db_module.connect(config.paths.database)
+        db = store.connect(config.paths.database)
         fill_finished(config.paths.database, rows)
         client = web.create_app(config, db).test_client()
         for url in ("/", "/healthz", "/metrics", "/jobs?q=no-such-name", "/jobs?q=99", "/failed?client=C3"):

@@ -24,9 +24,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline import activity, config as config_module, db as db_module, render, rules  # noqa: E402
+from pipeline import config as config_module, rules, scanner, store  # noqa: E402
+from pipeline.reporting import render  # noqa: E402
 from pipeline.jobs import ROUTE_QUEUE, Jobs, Sighting  # noqa: E402
-from pipeline.report import Day, figures  # noqa: E402
+from pipeline.reporting.figures import Day, figures  # noqa: E402
 
 DAY = dt.date(2026, 2, 6)
 ZONE = "Europe/London"
@@ -147,9 +148,9 @@ def scans(db, day: Day, interval: float = 60) -> None:
     t = day.start + 5
     while t < day.end:
         if not (day.start + 3 * 3600 <= t < day.start + 3 * 3600 + 1200):     # a restart at 03:00
-            scan_id = activity.scan_started(db, "periodic", "scanner:1", t)
+            scan_id = scanner.scan_started(db, "periodic", "scanner:1", t)
             slow = int(t) % 50_000 < 60
-            activity.scan_finished(db, scan_id, t + (35 if slow else 0.05), 0, 0, slow, False)
+            scanner.scan_finished(db, scan_id, t + (35 if slow else 0.05), 0, 0, slow, False)
         t += interval
 
 
@@ -165,7 +166,7 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         (root / "pipeline.toml").write_text(CONFIG)
         cfg = config_module.load(root / "pipeline.toml")
-        db = db_module.connect(cfg.paths.database)
+        db = store.connect(cfg.paths.database)
         day = Day.of(DAY, ZONE)
         t0 = time.perf_counter()
         for k in range(30):
@@ -177,7 +178,7 @@ def main() -> None:
         print(f"built {total:,} jobs ({args.jobs:,} on {DAY}) through the transitions in "
               f"{time.perf_counter() - t0:.1f}s")
         db.close()
-        db = db_module.connect(cfg.paths.database)       # a fresh connection, as the reporter has
+        db = store.connect(cfg.paths.database)       # a fresh connection, as the reporter has
         t0 = time.perf_counter()
         numbers = figures(db, day, highlight=cfg.report.highlight_destination,
                           scan_interval=cfg.detect.scan_interval)

@@ -1,16 +1,18 @@
-"""The database: one SQLite file in WAL mode, its pragmas, and its schema from ``pipeline/schema.sql``."""
+"""The SQLite engine (the default): one file in WAL mode on a local disk, its pragmas, and its schema
+from ``sqlite.sql`` beside this module."""
 
 from __future__ import annotations
 
 import importlib.resources
+import json
 import logging
 import os
 import sqlite3
-import threading
-import time
 from pathlib import Path
 
 import peewee
+
+from .engine import DatabaseUnusable, Engine
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +28,14 @@ NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "
                        "glusterfs", "fuse.sshfs", "fuse.glusterfs", "fuse.s3fs", "davfs", "fuse.davfs2"}
 
 
-class DatabaseUnusable(Exception):
-    """The database cannot be opened or used; the programs exit with EXIT_DATABASE."""
-
-
 class _Savepoint(peewee._savepoint):
     def rollback(self, begin=True):
         if self.db.connection().in_transaction:     # see Database.rollback
             super().rollback(begin)
 
 
-class Database(peewee.SqliteDatabase):
-    """peewee's SqliteDatabase, remembering which file it opened and how it is doing.
+class Database(Engine, peewee.SqliteDatabase):
+    """peewee's SqliteDatabase behind the seam, remembering which file it opened.
 
     On SQLITE_FULL and most I/O errors SQLite rolls the whole transaction back by itself; peewee's
     ROLLBACK (or ROLLBACK TO a savepoint) then fails with "no transaction is active" and that error
@@ -47,7 +45,7 @@ class Database(peewee.SqliteDatabase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.identity: tuple[int, int] | None = None     # (st_dev, st_ino) of the file at connect()
-        self.trouble = Trouble()
+        self._init_engine()
 
     def rollback(self):
         if self.is_closed() or self.connection().in_transaction:
@@ -56,8 +54,37 @@ class Database(peewee.SqliteDatabase):
     def savepoint(self):
         return _Savepoint(self)
 
+    def snapshot(self):
+        """A deferred transaction: one consistent read that never takes the write lock."""
+        return self.atomic("DEFERRED")
 
-def connect(path: Path, *, create: bool = True) -> peewee.SqliteDatabase:
+    def id_list(self, ids) -> str:
+        return json.dumps(list(ids))
+
+    def transient(self, error: BaseException) -> str | None:
+        return transient(error)
+
+    def check_alive(self) -> None:
+        check_file(self)
+
+    def tidy(self) -> None:
+        bound_wal(self)
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database so it does not grow without bound."""
+        self.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def reopen_after(self, reason: str) -> None:
+        """After a read-only file or an I/O error, close this thread's connection; peewee opens a
+        new one (with the pragmas) at the next statement. SQLite keeps a connection opened read-only
+        so after the file is writable again. After SQLITE_FULL the connection carries on once there
+        is room (SQLite rolled the transaction back); closing it would even let the last one out
+        delete the WAL and free room for a moment, and the trouble would come and go."""
+        if reason in ("read-only", "I/O") and not self.in_transaction():
+            self.close()
+
+
+def connect(path: Path, *, create: bool = True) -> Database:
     """Open the database, applying the schema when it is new or older than this code.
 
     Every transaction that ``db.atomic()`` starts is ``BEGIN IMMEDIATE`` (§14): a deferred
@@ -88,11 +115,11 @@ def connect(path: Path, *, create: bool = True) -> peewee.SqliteDatabase:
 
 
 def schema_script() -> str:
-    """The text of schema.sql, package data beside this module (so an installed copy has it too)."""
-    return importlib.resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+    """The text of sqlite.sql, package data beside this module (so an installed copy has it too)."""
+    return importlib.resources.files(__package__).joinpath("sqlite.sql").read_text(encoding="utf-8")
 
 
-def apply_schema(db: peewee.SqliteDatabase) -> None:
+def apply_schema(db: Database) -> None:
     """Create what is missing, in one immediate transaction so concurrent starts agree."""
     script = schema_script()
     conn = db.connection()
@@ -127,12 +154,7 @@ def check_local(path: Path, mountinfo: str = "/proc/self/mountinfo") -> None:
                                "needs a local disk")
 
 
-def checkpoint(db: peewee.SqliteDatabase) -> None:
-    """Fold the WAL back into the database so it does not grow without bound."""
-    db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-
-
-def bound_wal(db: peewee.SqliteDatabase) -> None:
+def bound_wal(db: Database) -> None:
     """The checkpoint that does not wait for the nightly one (the heartbeat calls it every minute).
 
     PASSIVE never waits for anyone. A WAL past JOURNAL_SIZE_LIMIT (a long reader held it back) is
@@ -190,8 +212,6 @@ _TRANSIENT_CODES = {sqlite3.SQLITE_BUSY: "locked", sqlite3.SQLITE_LOCKED: "locke
 _TRANSIENT_TEXTS = {"database is locked": "locked", "database is busy": "locked",
                     "database or disk is full": "full", "readonly database": "read-only",
                     "disk I/O error": "I/O", "unable to open database file": "I/O"}
-SAYS = {"locked": "database busy past the timeout", "full": "database disk full",
-         "read-only": "database read-only", "I/O": "database disk I/O error"}
 
 
 def transient(error: BaseException) -> str | None:
@@ -214,63 +234,3 @@ def transient(error: BaseException) -> str | None:
                     return reason
         error = error.__cause__ or error.__context__
     return None
-
-
-class Trouble:
-    """How the database is doing as this process sees it, so that trouble is logged once when it
-    starts and once when it ends, not once per retry (every loop and the heartbeat share it)."""
-
-    # A nearly full disk lets a small write (a heartbeat) through between two larger ones that
-    # fail: the trouble is over only once writes have gone through this long without a failure.
-    QUIET = 10.0
-
-    def __init__(self, clock=time.monotonic):
-        self.clock = clock
-        self.reason: str | None = None
-        self.since = self.last = 0.0
-        self._lock = threading.Lock()
-
-    def met(self, reason: str, error: BaseException, then: str) -> None:
-        with self._lock:
-            self.last = self.clock()
-            if self.reason == reason:
-                return
-            self.reason, self.since = reason, self.last
-        until = "" if reason == "locked" else "; waiting until it can be written again"
-        log.warning("%s (%s); %s%s", SAYS[reason], error, then, until)
-
-    def cleared(self) -> None:
-        """A write went through: the trouble, if any, is over once it stays away for QUIET seconds."""
-        with self._lock:
-            now = self.clock()
-            if self.reason is None or now - self.last < self.QUIET:
-                return
-            reason, self.reason = self.reason, None
-        log.info("database writable again after %.0fs (it was: %s)", now - self.since, SAYS[reason])
-
-
-def retry_later(db: Database, error: BaseException, then: str, once: bool = False) -> bool:
-    """A program's loop met ``error``: True when it is transient (logged once, see Trouble) and the
-    loop should back off and try again; False when the loop should re-raise it.
-
-    With ``once`` a full, read-only or failing disk raises DatabaseUnusable (exit 69): there is no
-    later to wait for. A lock is still waited out, as it always was.
-    """
-    reason = transient(error)
-    if reason is None:
-        return False
-    if once and reason != "locked":
-        raise DatabaseUnusable(f"{db.database}: {SAYS[reason]} ({error})") from None
-    db.trouble.met(reason, error, then)
-    reopen_after(db, reason)
-    return True
-
-
-def reopen_after(db: Database, reason: str) -> None:
-    """After a read-only file or an I/O error, close this thread's connection; peewee opens a new
-    one (with the pragmas) at the next statement. SQLite keeps a connection opened read-only so
-    after the file is writable again. After SQLITE_FULL the connection carries on once there is room
-    (SQLite rolled the transaction back); closing it would even let the last one out delete the WAL
-    and free room for a moment, and the trouble would come and go."""
-    if reason in ("read-only", "I/O") and not db.in_transaction():
-        db.close()

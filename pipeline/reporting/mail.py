@@ -15,7 +15,7 @@ import ssl
 from email.message import EmailMessage
 from typing import Sequence
 
-from .config import Smtp
+from ..config import Smtp
 from .render import Rendered
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import peewee
-
-from .config import Alerts
+from .. import store
+from ..config import Alerts
+from ..jobs import WAITS
 
 LISTED = 50            # jobs listed per kind; the rest are counted
 LEASE = 120.0          # seconds a 'sending' row holds off other reporters
@@ -53,17 +53,14 @@ FROM jobs WHERE state = 'failed' AND failed_at > ? AND failed_at <= ?
 ORDER BY failed_at, id LIMIT ?"""
 _SQL_FAILED_COUNT = "SELECT count(*) FROM jobs WHERE state = 'failed' AND failed_at > ? AND failed_at <= ?"
 
-# A job waits for a router from detection, and for the notifier from routing: each wait, its states and
-# the column saying since when. The "+" keeps SQLite on the small partial queue index (the states)
-# rather than a range over the time column, which holds nearly every job in the table.
-_WAITS = {"route": ("state IN ('detected', 'archived')", "detected_at"),
-          "notify": ("state = 'routed'", "routed_at")}
+# The "+" keeps SQLite on the small partial queue index (the states) rather than a range over the
+# time column, which holds nearly every job in the table.
 _SQL_STUCK_COUNT = {wait: f"SELECT count(*), coalesce(sum(CASE WHEN {since} >= ? THEN 1 ELSE 0 END), 0) "
                           f"FROM jobs WHERE {states} AND +{since} < ?"
-                    for wait, (states, since) in _WAITS.items()}
+                    for wait, (states, since) in WAITS.items()}
 _SQL_STUCK = {wait: f"SELECT id, {since}, detected_at, client_folder, file_name, state, last_error "
                     f"FROM jobs WHERE {states} AND +{since} < ? ORDER BY +{since}, id LIMIT ?"
-              for wait, (states, since) in _WAITS.items()}
+              for wait, (states, since) in WAITS.items()}
 
 _SQL_INSERT = """
 INSERT INTO alerts (at, actor, state, covered_until, failures, stuck, recipients)
@@ -72,9 +69,9 @@ _SQL_SENT = "UPDATE alerts SET state = 'sent', sent_at = ? WHERE id = ?"
 _SQL_FAILED_SEND = "UPDATE alerts SET state = 'failed', error = ? WHERE id = ?"
 
 
-def _held_off(db: peewee.SqliteDatabase, now: float, cfg: Alerts) -> bool:
+def _held_off(db: store.Engine, now: float, cfg: Alerts) -> bool:
     """Whether the last alert (sent, being sent, or failed) says to wait."""
-    row = db.execute_sql(_SQL_LAST).fetchone()
+    row = db.run_sql(_SQL_LAST).fetchone()
     if row is None:
         return False
     state, at = row
@@ -82,45 +79,45 @@ def _held_off(db: peewee.SqliteDatabase, now: float, cfg: Alerts) -> bool:
     return now < at + wait
 
 
-def findings(db: peewee.SqliteDatabase, now: float, cfg: Alerts, *, notify: bool) -> Findings:
+def findings(db: store.Engine, now: float, cfg: Alerts, *, notify: bool) -> Findings:
     """New failures since the last alert sent, and the jobs stuck now (``notify``: an API is configured)."""
-    covered = db.execute_sql(_SQL_COVERED).fetchone()[0]
+    covered = db.run_sql(_SQL_COVERED).fetchone()[0]
     since = covered if covered is not None else now - FIRST_LOOKBACK
     failed = [{"id": i, "at": at, "client": client, "file": name, "step": step, "reason": reason}
-              for i, at, client, name, step, reason in db.execute_sql(_SQL_FAILED, (since, now, LISTED))]
-    failed_total = db.execute_sql(_SQL_FAILED_COUNT, (since, now)).fetchone()[0]
+              for i, at, client, name, step, reason in db.run_sql(_SQL_FAILED, (since, now, LISTED))]
+    failed_total = db.run_sql(_SQL_FAILED_COUNT, (since, now)).fetchone()[0]
     # Newly stuck: crossed the threshold after the last alert, so each stuck job triggers once.
     stuck_total, newly_stuck, listed = _stuck(db, now - cfg.stuck_after, since - cfg.stuck_after, LISTED, notify)
     return Findings(since, now, failed_total, failed, stuck_total, newly_stuck, listed)
 
 
-def claim(db: peewee.SqliteDatabase, actor: str, now: float, cfg: Alerts, *,
+def claim(db: store.Engine, actor: str, now: float, cfg: Alerts, *,
           notify: bool) -> tuple[int, Findings] | None:
     """An alert to send now, recorded as 'sending'; None when there is nothing new or it is too soon."""
     if _held_off(db, now, cfg):                  # the cheap read first: most calls end here
         return None
-    with db.atomic("IMMEDIATE"):
+    with db.write():
         if _held_off(db, now, cfg):
             return None
         found = findings(db, now, cfg, notify=notify)
         if not found.worth_sending:
             return None
-        alert_id = db.execute_sql(_SQL_INSERT, (now, actor, now, found.failed_total, found.stuck_total,
+        alert_id = db.run_sql(_SQL_INSERT, (now, actor, now, found.failed_total, found.stuck_total,
                                                 ", ".join(cfg.recipients))).fetchone()[0]
     return alert_id, found
 
 
-def sent(db: peewee.SqliteDatabase, alert_id: int, now: float) -> None:
-    with db.atomic("IMMEDIATE"):
-        db.execute_sql(_SQL_SENT, (now, alert_id))
+def sent(db: store.Engine, alert_id: int, now: float) -> None:
+    with db.write():
+        db.run_sql(_SQL_SENT, (now, alert_id))
 
 
-def failed(db: peewee.SqliteDatabase, alert_id: int, error: str) -> None:
-    with db.atomic("IMMEDIATE"):
-        db.execute_sql(_SQL_FAILED_SEND, (error, alert_id))
+def failed(db: store.Engine, alert_id: int, error: str) -> None:
+    with db.write():
+        db.run_sql(_SQL_FAILED_SEND, (error, alert_id))
 
 
-def stuck(db: peewee.SqliteDatabase, now: float, stuck_after: float, limit: int = LISTED, *,
+def stuck(db: store.Engine, now: float, stuck_after: float, limit: int = LISTED, *,
           notify: bool) -> tuple[int, list[dict]]:
     """Jobs still not routed ``stuck_after`` seconds after detection and, with ``notify`` (an API is
     configured), jobs still not notified ``stuck_after`` seconds after routing: (how many, the
@@ -133,19 +130,19 @@ def stuck(db: peewee.SqliteDatabase, now: float, stuck_after: float, limit: int 
     return total, rows
 
 
-def _stuck(db: peewee.SqliteDatabase, before: float, newly_from: float, limit: int,
+def _stuck(db: store.Engine, before: float, newly_from: float, limit: int,
            notify: bool) -> tuple[int, int, list[dict]]:
     """Jobs waiting since before ``before``: (how many, how many of them since ``newly_from`` or
     later, the ``limit`` waiting longest)."""
     total = newly = 0
     rows = []
     for wait in ("route", "notify") if notify else ("route",):
-        count, new = db.execute_sql(_SQL_STUCK_COUNT[wait], (newly_from, before)).fetchone()
+        count, new = db.run_sql(_SQL_STUCK_COUNT[wait], (newly_from, before)).fetchone()
         total, newly = total + count, newly + new
         rows += [{"id": i, "since": since, "detected_at": detected, "client": client, "file": name,
                   "state": state, "reason": _waiting_for(state, error)}
                  for i, since, detected, client, name, state, error
-                 in db.execute_sql(_SQL_STUCK[wait], (before, limit))]
+                 in db.run_sql(_SQL_STUCK[wait], (before, limit))]
     rows.sort(key=lambda r: (r["since"], r["id"]))
     return total, newly, rows[:limit]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import css_inline
 import jinja2
 
-from .config import Config
+from ..config import Config
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("pipeline", "templates"),

@@ -7,10 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import cli, config as config_module, separation
+from . import cli, config as config_module, separation, store
 from .config import Config, ConfigError
-from .db import DatabaseUnusable, check_local
-from .notifier import resolve_headers
+from .api import resolve_headers
 
 
 def _writable_place(path: Path) -> str | None:
@@ -29,8 +28,8 @@ def check(config: Config) -> tuple[list[str], list[str]]:
     """(problems, notes): problems stop the pipeline from working; notes are worth knowing."""
     problems, notes = [], []
     try:
-        check_local(config.paths.database)
-    except DatabaseUnusable as e:
+        store.check_location(config.paths.database)
+    except store.DatabaseUnusable as e:
         problems.append(f"[paths] database: {e}")
     p = config.paths
     for key in ("hot_folder", "store", "failed", "error_log", "database"):

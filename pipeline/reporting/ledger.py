@@ -1,7 +1,7 @@
 """The ``reports`` table: one row per day, so each day's report is sent once and never twice.
 
 A row is created before its day's report is due (``next_attempt_at`` = the due time). A reporter
-claims a due row with a lease in one ``BEGIN IMMEDIATE`` statement, like a job: a second reporter
+claims a due row with a lease in one write transaction, like a job: a second reporter
 finds nothing to claim, and one that died mid-send leaves a lease that simply expires. The send
 happens outside any transaction; then ``sent`` (or ``failed``, with the next attempt) is recorded
 under the lease token. A crash in the instant between the server accepting the message and that
@@ -16,7 +16,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import peewee
+from .. import retry, store
+from ..store import LeaseLost
 
 KIND = "daily"
 LEASE = 300.0          # seconds a claimed report may take to compute, render and send
@@ -32,10 +33,6 @@ class Claim:
     token: str
     attempts: int
     figures: dict | None
-
-
-class LeaseLost(Exception):
-    """The lease expired and another reporter took the report."""
 
 
 _SQL_SCHEDULE = """
@@ -72,24 +69,24 @@ ON CONFLICT (kind, day) DO UPDATE SET state = 'sent', claimed_by = excluded.clai
     figures = coalesce(figures, excluded.figures)"""
 
 
-def latest_day(db: peewee.SqliteDatabase) -> dt.date | None:
+def latest_day(db: store.Engine) -> dt.date | None:
     """The last day that has a row (due or done), or None on a new database."""
-    row = db.execute_sql("SELECT max(day) FROM reports WHERE kind = ?", (KIND,)).fetchone()
+    row = db.run_sql("SELECT max(day) FROM reports WHERE kind = ?", (KIND,)).fetchone()
     return dt.date.fromisoformat(row[0]) if row[0] else None
 
 
-def schedule(db: peewee.SqliteDatabase, days: Iterable[tuple[dt.date, float]], now: float) -> None:
+def schedule(db: store.Engine, days: Iterable[tuple[dt.date, float]], now: float) -> None:
     """Create the rows of ``days`` (date, due time) that do not exist yet."""
-    with db.atomic("IMMEDIATE"):
+    with db.write():
         for day, due in days:
-            db.execute_sql(_SQL_SCHEDULE, (KIND, day.isoformat(), now, due))
+            db.run_sql(_SQL_SCHEDULE, (KIND, day.isoformat(), now, due))
 
 
-def claim_due(db: peewee.SqliteDatabase, actor: str, now: float, lease: float = LEASE) -> Claim | None:
+def claim_due(db: store.Engine, actor: str, now: float, lease: float = LEASE) -> Claim | None:
     """The oldest due report, leased to ``actor``; None when nothing is due."""
     token = uuid.uuid4().hex
-    with db.atomic("IMMEDIATE"):
-        row = db.execute_sql(_SQL_CLAIM, (actor, now, token, now + lease, KIND, now)).fetchone()
+    with db.write():
+        row = db.run_sql(_SQL_CLAIM, (actor, now, token, now + lease, KIND, now)).fetchone()
     if row is None:
         return None
     report_id, day, attempts, figures = row
@@ -97,50 +94,50 @@ def claim_due(db: peewee.SqliteDatabase, actor: str, now: float, lease: float = 
                  json.loads(figures) if figures else None)
 
 
-def save_figures(db: peewee.SqliteDatabase, claim: Claim, figures: dict) -> None:
+def save_figures(db: store.Engine, claim: Claim, figures: dict) -> None:
     """Keep the figures with the row: retries send the same numbers, and they outlive pruning."""
     _update(db, _SQL_FIGURES, (json.dumps(figures, separators=(",", ":")), claim.id, claim.token))
 
 
-def sent(db: peewee.SqliteDatabase, claim: Claim, recipients: Sequence[str], now: float) -> None:
+def sent(db: store.Engine, claim: Claim, recipients: Sequence[str], now: float) -> None:
     _update(db, _SQL_SENT, (now, ", ".join(recipients), claim.id, claim.token))
 
 
-def recorded(db: peewee.SqliteDatabase, claim: Claim, why: str) -> None:
+def recorded(db: store.Engine, claim: Claim, why: str) -> None:
     """Figures kept, nothing sent: mail is not configured. The row is done; bin/report can send it."""
     _update(db, _SQL_RECORDED, (why, claim.id, claim.token))
 
 
-def failed(db: peewee.SqliteDatabase, claim: Claim, error: str, now: float) -> float:
+def failed(db: store.Engine, claim: Claim, error: str, now: float) -> float:
     """Record a failed send; returns when it will be tried again (doubling delays, capped)."""
-    retry_at = now + min(RETRY_CAP, RETRY_FIRST * 2 ** claim.attempts)
+    retry_at = now + retry.delay(claim.attempts, RETRY_CAP, RETRY_FIRST)
     _update(db, _SQL_FAILED, (error, retry_at, claim.id, claim.token))
     return retry_at
 
 
-def sent_by_hand(db: peewee.SqliteDatabase, day: dt.date, figures: dict, recipients: Sequence[str],
+def sent_by_hand(db: store.Engine, day: dt.date, figures: dict, recipients: Sequence[str],
                  actor: str, now: float) -> None:
     """``bin/report --send`` sent ``day``: a reporter must not send it again."""
-    with db.atomic("IMMEDIATE"):
-        db.execute_sql(_SQL_SENT_BY_HAND, (KIND, day.isoformat(), now, now, actor, now, now,
+    with db.write():
+        db.run_sql(_SQL_SENT_BY_HAND, (KIND, day.isoformat(), now, now, actor, now, now,
                                            ", ".join(recipients), json.dumps(figures, separators=(",", ":"))))
 
 
-def next_due(db: peewee.SqliteDatabase) -> float | None:
+def next_due(db: store.Engine) -> float | None:
     """When the next pending report is due (or its lease runs out), or None."""
-    row = db.execute_sql("SELECT min(next_attempt_at) FROM reports WHERE kind = ? AND state = 'pending'",
+    row = db.run_sql("SELECT min(next_attempt_at) FROM reports WHERE kind = ? AND state = 'pending'",
                          (KIND,)).fetchone()
     return row[0]
 
 
-def stored_figures(db: peewee.SqliteDatabase, day: dt.date) -> dict | None:
+def stored_figures(db: store.Engine, day: dt.date) -> dict | None:
     """The figures recorded for ``day`` when its report was made, if any."""
-    row = db.execute_sql("SELECT figures FROM reports WHERE kind = ? AND day = ?",
+    row = db.run_sql("SELECT figures FROM reports WHERE kind = ? AND day = ?",
                          (KIND, day.isoformat())).fetchone()
     return json.loads(row[0]) if row and row[0] else None
 
 
-def _update(db: peewee.SqliteDatabase, sql: str, params: tuple) -> None:
-    with db.atomic("IMMEDIATE"):
-        if db.execute_sql(sql, params).rowcount != 1:
+def _update(db: store.Engine, sql: str, params: tuple) -> None:
+    with db.write():
+        if db.run_sql(sql, params).rowcount != 1:
             raise LeaseLost("the report's lease ran out and another reporter took it")

@@ -1,6 +1,6 @@
-"""Peewee models of ``pipeline/schema.sql``, for the command-line tools and reports.
+"""Peewee models of the tables (``sqlite.sql`` beside this module), for the command-line tools and reports.
 
-``schema.sql`` is the source of truth; ``tests/test_schema.py`` fails when these drift from it.
+The DDL is the source of truth; ``tests/test_schema.py`` fails when these drift from it.
 The hot path (claims and transitions) uses pre-written SQL in ``jobs.py`` instead.
 """
 

@@ -1,0 +1,72 @@
+"""Heartbeats: each running program's row in ``heartbeats``, which bin/status reads (SPEC §9)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Callable
+
+from . import store
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 5.0              # seconds; bin/status calls a program silent after 30 s (SPEC §9)
+TIDY_INTERVAL = 60.0        # seconds between two of a program's calls of the engine's tidy()
+
+_SQL_BEAT = """
+INSERT INTO heartbeats (program, host, pid, started_at, beat_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (program, host) DO UPDATE SET pid = excluded.pid, started_at = excluded.started_at,
+                                          beat_at = excluded.beat_at"""
+_SQL_RETIRE = "DELETE FROM heartbeats WHERE program = ? AND host = ? AND pid = ?"
+
+
+class Heartbeat:
+    """Beats into ``heartbeats`` at most every INTERVAL seconds, checking first that the database
+    is still the one opened, and lets the engine tidy up (the WAL) every TIDY_INTERVAL."""
+
+    def __init__(self, db: store.Engine, program: str, clock: Callable[[], float] = time.time,
+                 once: bool = False):
+        self.db, self.program, self.clock, self.once = db, program, clock, once
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.started_at = clock()
+        self._last = 0.0
+        self._tidied = clock()
+
+    def beat(self, force: bool = False) -> None:
+        """Record that the program is alive. A database that cannot be written just now (locked past
+        its busy timeout, disk full, read-only) skips this beat instead of stopping the program: the
+        next beat comes a few seconds later. A database that carrying on would lose writes to (its
+        file deleted or replaced) raises DatabaseUnusable: the program exits 69 and supervisord
+        starts it again."""
+        now = self.clock()
+        if not force and now - self._last < INTERVAL:
+            return
+        self.db.check_alive()
+        try:
+            with self.db.write():
+                self.db.run_sql(_SQL_BEAT, (self.program, self.host, self.pid,
+                                                             self.started_at, now))
+            if now - self._tidied >= TIDY_INTERVAL:
+                self._tidied = now
+                self.db.tidy()
+        except Exception as e:
+            if not store.retry_later(self.db, e, "heartbeat skipped", self.once):
+                raise
+            return
+        self.db.trouble.cleared()
+        self._last = now
+
+
+def retire(db: store.Engine, program: str) -> None:
+    """A program that stops on purpose removes its heartbeat: only a program that died leaves a
+    stale one behind, which is what bin/status calls silent. A database that cannot be written now
+    leaves it behind too, rather than turning a clean stop into a failure."""
+    try:
+        with db.write():
+            db.run_sql(_SQL_RETIRE, (program, socket.gethostname(), os.getpid()))
+    except Exception as e:
+        if db.transient(e) is None:
+            raise
+        log.warning("heartbeat left behind, the database cannot be written (%s)", e)

@@ -1,0 +1,118 @@
+"""The one loop of the long-running programs (scanner, watcher, router, notifier, reporter).
+
+A program says what one step of its work is (``step(now)``, returning how many seconds until it
+wants to run again: 0 for at once), and this loop does the rest, the same for every program:
+
+- heartbeats, also while it sleeps, so that a long wait never looks like a silent program;
+- ``--once``: steps until a step has nothing more to do now (it asks to wait), then returns;
+- stopping: a signal only sets the stopper's flag; the loop sees it between steps, logs it once,
+  and lets the program give back what it holds (``drain()``);
+- the one policy for a transient database error (locked past the busy timeout, disk full,
+  read-only, failing, unreachable): logged once while it lasts (``store.Trouble``), the step tried
+  again after a pause that doubles from 0.1 s to 5 s. With ``--once`` only a lock is waited out;
+  the rest exits 69, as there is no later to wait for.
+
+Anything else a step raises is a defect: it stops the program, whose traceback supervisord logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from . import heartbeat as heartbeat_module
+from . import retry, store
+from .heartbeat import Heartbeat
+
+log = logging.getLogger(__name__)
+
+FIRST_PAUSE = 0.1       # seconds after a first transient database error; doubles each time
+LONGEST_PAUSE = 5.0
+
+
+class Program:
+    """A long-running program: subclasses set ``db`` and ``stopper`` and write ``step``."""
+
+    db: store.Engine
+    stopper: object                     # cli.Stopper
+    clock: Callable[[], float] = staticmethod(time.time)      # what step() is given as now
+    once = False
+
+    def step(self, now: float) -> float:
+        """Do what is due; return the seconds until the next step is wanted (0: at once)."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Before the first step (set-up that needs no database retry)."""
+
+    def drain(self) -> bool:
+        """After a stop: give back or finish what is held; True when done (tried again if not)."""
+        return True
+
+    def finish(self) -> None:
+        """Last, whatever happened: release threads and other resources."""
+
+    def sleep(self, seconds: float, heartbeat: Heartbeat | None) -> None:
+        """Wait up to ``seconds`` (``math.inf``: until stopped), beating between heartbeat-sized
+        slices; returns early on a stop, or when the engine says work may have come."""
+        deadline = time.monotonic() + seconds
+        while not self.stopper.requested:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if heartbeat:
+                heartbeat.beat()
+            self.db.wait_for_work(self.stopper, min(heartbeat_module.INTERVAL, left))
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, once: bool = False, heartbeat: Heartbeat | None = None) -> None:
+        """Step until stopped; with ``once``, until a step has nothing more to do now."""
+        self.once = once
+        self.start()
+        try:
+            self._steps(heartbeat)
+            if self.stopper.requested:
+                log.info("%s: finishing the current work, then stopping (again to stop at once)",
+                         self.stopper.reason)
+            self._with_retries(self.drain, heartbeat)
+        finally:
+            self.finish()
+
+    def _steps(self, heartbeat: Heartbeat | None) -> None:
+        while not self.stopper.requested:
+            if heartbeat:
+                heartbeat.beat()
+            wait = self._with_retries(lambda: self.step(self.clock()), heartbeat, until_done=False)
+            if wait is None:
+                continue                # a transient error: the pause is over, step again
+            if self.once and wait > 0:
+                return
+            if wait > 0:
+                self.sleep(wait, heartbeat)
+
+    def _with_retries(self, call: Callable, heartbeat: Heartbeat | None, until_done: bool = True):
+        """``call()`` under the transient-error policy. ``until_done``: call again until it returns
+        a true value (the drain); else return None after one transient error and its pause."""
+        failures = 0
+        while True:
+            try:
+                result = call()
+            except Exception as e:
+                pause = retry.delay(failures, LONGEST_PAUSE, FIRST_PAUSE)
+                if not store.retry_later(self.db, e, f"trying again in {pause:.1f}s", self.once):
+                    raise
+                failures += 1
+                if until_done and self.stopper.requested and failures > 3:
+                    log.warning("stopping without finishing: the database stayed unusable; "
+                                "what this program held is taken over when its leases run out")
+                    return True
+                # Real time, whatever clock the program's own waits follow (tests inject one).
+                Program.sleep(self, pause, heartbeat) if not until_done else time.sleep(pause)
+                if not until_done:
+                    return None
+                continue
+            if result or not until_done:
+                return result
+

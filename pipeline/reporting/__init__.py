@@ -1,0 +1,6 @@
+"""The reporting side (SPEC §8): what the reporter program and ``bin/report`` are built from.
+
+``figures`` computes a day's numbers by SQL, ``ledger`` is the ``reports`` table (each day sent
+once), ``alerts`` finds failures and stuck jobs and keeps the ``alerts`` table, ``render`` turns
+figures into email bodies, and ``mail`` sends them.
+"""

@@ -1,0 +1,28 @@
+"""The storage seam (SPEC §15): the job table's database, whichever engine holds it.
+
+``connect(location)`` gives an engine (``engine.Engine``); nothing outside this package knows which
+one. SQLite (``sqlite.py``, with its DDL in ``sqlite.sql``) is the default: one file on a local
+disk, nothing to install. ``models.py`` has the peewee models of the tables, for the tools and
+reports; the hot path uses pre-written SQL through ``Engine.sql``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import sqlite
+from .engine import SAYS, DatabaseUnusable, Engine, LeaseLost, Trouble, retry_later
+
+__all__ = ["SAYS", "DatabaseUnusable", "Engine", "LeaseLost", "Trouble", "check_location", "connect",
+           "retry_later"]
+
+
+def connect(location: Path, *, create: bool = True) -> Engine:
+    """Open the database at ``location`` (``paths.database``), creating or upgrading its schema;
+    with ``create=False`` a database that is not there is an error (the operators' tools)."""
+    return sqlite.connect(location, create=create)
+
+
+def check_location(location: Path) -> None:
+    """Refuse, before anything starts, a place where the engine cannot work (DatabaseUnusable)."""
+    sqlite.check_local(location)

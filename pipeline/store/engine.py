@@ -1,0 +1,141 @@
+"""What every database engine offers the programs, and what they share whatever the engine.
+
+An engine is a peewee ``Database`` subclass mixing in ``Engine``. The programs only ever use:
+
+- ``write()``: the write transaction (SPEC §14: on SQLite ``BEGIN IMMEDIATE``), nested as savepoints;
+- ``snapshot()``: a short read-only transaction whose reads agree with each other;
+- ``sql(text)``: a statement written once for every engine (``?`` placeholders, ``{id_list}`` for
+  "one of these ids", given its value by ``id_list(ids)``), in the engine's own dialect;
+- ``transient(error)``: why an error may pass by itself ("locked", "full", "read-only", "I/O",
+  "unreachable"), or None;
+- ``check_alive()`` and ``tidy()`` at each heartbeat, ``checkpoint()`` after the nightly pruning;
+- ``wait_for_work(stopper, seconds)``: sleep until work may be there (a poll, or a wake-up);
+- ``reopen_after(reason)``: what to do with the connection after a transient error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from functools import lru_cache
+
+log = logging.getLogger(__name__)
+
+SAYS = {"locked": "database busy past the timeout", "full": "database disk full",
+        "read-only": "database read-only", "I/O": "database disk I/O error",
+        "unreachable": "database unreachable"}
+
+
+class DatabaseUnusable(Exception):
+    """The database cannot be opened or used; the programs exit with EXIT_DATABASE."""
+
+
+class LeaseLost(Exception):
+    """A claimed row (a job, a report, an alert) was taken over by another worker after its lease
+    ran out; the work done under the old claim is not committed."""
+
+
+class Engine:
+    """The seam's interface, with what is the same on every engine."""
+
+    ID_LIST = "SELECT value FROM json_each(?)"      # the engine's way to say "one of these ids"
+
+    def _init_engine(self) -> None:
+        self.trouble = Trouble()
+
+    def write(self):
+        """The one way to start a write transaction (nested: a savepoint)."""
+        return self.atomic()
+
+    def snapshot(self):
+        raise NotImplementedError
+
+    def sql(self, text: str) -> str:
+        return _translate(type(self), text)
+
+    def run_sql(self, text: str, params=()):
+        """Execute a statement written for every engine (see ``sql``); returns the cursor."""
+        return self.execute_sql(self.sql(text), params)
+
+    @classmethod
+    def dialect(cls, text: str) -> str:
+        """``text`` in this engine's dialect (called once per statement and engine, then cached)."""
+        return text.replace("{id_list}", cls.ID_LIST)
+
+    def id_list(self, ids) -> object:
+        raise NotImplementedError
+
+    def transient(self, error: BaseException) -> str | None:
+        raise NotImplementedError
+
+    def check_alive(self) -> None:
+        """Raise DatabaseUnusable when carrying on would lose writes (checked at each heartbeat)."""
+
+    def tidy(self) -> None:
+        """Keep the engine's files bounded; called about once a minute by each program."""
+
+    def checkpoint(self) -> None:
+        """The nightly housekeeping after retention pruning."""
+
+    def reopen_after(self, reason: str) -> None:
+        """After a transient error: drop the connection when the engine needs a fresh one."""
+
+    def wait_for_work(self, stopper, seconds: float) -> None:
+        """Sleep up to ``seconds`` or until stopped (an engine with wake-ups returns earlier)."""
+        stopper.wait(seconds)
+
+
+@lru_cache(maxsize=None)
+def _translate(engine: type, text: str) -> str:
+    return engine.dialect(text)
+
+
+def retry_later(db: Engine, error: BaseException, then: str, once: bool = False) -> bool:
+    """A program met ``error``: True when it is transient (logged once, see Trouble) and the work
+    should be tried again after a pause; False when it is not the database's passing trouble.
+
+    With ``once`` a full, read-only or failing disk raises DatabaseUnusable (exit 69): there is no
+    later to wait for. A lock is still waited out, as it always was.
+    """
+    reason = db.transient(error)
+    if reason is None:
+        return False
+    if once and reason != "locked":
+        raise DatabaseUnusable(f"{db.database}: {SAYS[reason]} ({error})") from None
+    db.trouble.met(reason, error, then)
+    db.reopen_after(reason)
+    return True
+
+
+class Trouble:
+    """How the database is doing as this process sees it, so that trouble is logged once when it
+    starts and once when it ends, not once per retry (every loop and the heartbeat share it)."""
+
+    # A nearly full disk lets a small write (a heartbeat) through between two larger ones that
+    # fail: the trouble is over only once writes have gone through this long without a failure.
+    QUIET = 10.0
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.reason: str | None = None
+        self.since = self.last = 0.0
+        self._lock = threading.Lock()
+
+    def met(self, reason: str, error: BaseException, then: str) -> None:
+        with self._lock:
+            self.last = self.clock()
+            if self.reason == reason:
+                return
+            self.reason, self.since = reason, self.last
+        until = "" if reason == "locked" else "; waiting until it can be written again"
+        log.warning("%s (%s); %s%s", SAYS[reason], error, then, until)
+
+    def cleared(self) -> None:
+        """A write went through: the trouble, if any, is over once it stays away for QUIET seconds."""
+        with self._lock:
+            now = self.clock()
+            if self.reason is None or now - self.last < self.QUIET:
+                return
+            reason, self.reason = self.reason, None
+        log.info("database writable again after %.0fs (it was: %s)", now - self.since, SAYS[reason])
