@@ -24,6 +24,17 @@ def _writable_place(path: Path) -> str | None:
     return None
 
 
+def _check_server(url: str, problems: list[str], notes: list[str]) -> None:
+    """A PostgreSQL database: the server answers, and the role may use the database."""
+    try:
+        store.connect(url, create=False).close()
+    except store.DatabaseUnusable as e:
+        if "no pipeline tables" in str(e):
+            notes.append("[paths] database: no pipeline tables yet; the first program to start creates them")
+        else:
+            problems.append(f"[paths] database: {e}")
+
+
 def check(config: Config) -> tuple[list[str], list[str]]:
     """(problems, notes): problems stop the pipeline from working; notes are worth knowing."""
     problems, notes = [], []
@@ -32,7 +43,10 @@ def check(config: Config) -> tuple[list[str], list[str]]:
     except store.DatabaseUnusable as e:
         problems.append(f"[paths] database: {e}")
     p = config.paths
-    for key in ("hot_folder", "store", "failed", "error_log", "database"):
+    local = not store.is_postgres(p.database)
+    if not local:
+        _check_server(p.database, problems, notes)
+    for key in ("hot_folder", "store", "failed", "error_log", "database")[:5 if local else 4]:
         where = getattr(p, key)
         reason = _writable_place(where.parent if key == "database" else where)
         if reason:

@@ -197,6 +197,8 @@ def serve(program: str, description: str, build: Callable[[Context], object], ar
     the context, and its loop runs until stopped, or with ``--once`` until its work is done."""
     def start(ctx: Context) -> None:
         once_only = getattr(ctx.args, "once", False)
-        build(ctx).run(once=once_only, heartbeat=heartbeat.Heartbeat(ctx.db, ctx.name, once=once_only))
+        beat = heartbeat.Heartbeat(ctx.db, ctx.name, once=once_only,
+                                   max_clock_skew=ctx.config.database.max_clock_skew)
+        build(ctx).run(once=once_only, heartbeat=beat)
 
     return run_program(program, parser(program, description, once), start, argv)

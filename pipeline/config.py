@@ -16,6 +16,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from .rules import Route, RuleError, compile_route
 
@@ -196,7 +197,7 @@ class Paths:
     store: Path
     failed: Path
     error_log: Path
-    database: Path
+    database: Path | str          # a file (SQLite), or a postgresql:// URL kept as it is written
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,11 @@ class Dashboard:
 
 
 @dataclass(frozen=True)
+class Database:
+    max_clock_skew: float         # seconds a program's clock may differ from the database's
+
+
+@dataclass(frozen=True)
 class Config:
     paths: Paths
     detect: Detect
@@ -282,6 +288,7 @@ class Config:
     smtp: Smtp
     alerts: Alerts
     dashboard: Dashboard
+    database: Database
     source: Path | None = field(default=None, compare=False)  # the file it came from
 
 
@@ -347,6 +354,9 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "min_interval": (positive_number, 900),
         "stuck_after": (positive_number, 600),
     },
+    "database": {
+        "max_clock_skew": (positive_number, 2.0),
+    },
     "dashboard": {
         "listen": (listen_address, "127.0.0.1:8750"),
         "actions": (boolean, False),
@@ -396,7 +406,8 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
     def resolve(p: str) -> Path:
         return Path(os.path.normpath(base / Path(p).expanduser()))
 
-    paths = Paths(**{k: resolve(v) for k, v in values["paths"].items()})
+    paths = Paths(**{k: database_location(v, resolve) if k == "database" else resolve(v)
+                     for k, v in values["paths"].items()})
     for key in ("store", "failed"):
         if _inside(getattr(paths, key), paths.hot_folder):
             raise ConfigError(f"[paths] {key}: {getattr(paths, key)} lies inside the hot folder "
@@ -411,7 +422,33 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
     return Config(paths=paths, detect=Detect(**values["detect"]), router=Router(**values["router"]),
                   routes=routes, api=Api(**values["api"]), report=Report(**values["report"]),
                   smtp=Smtp(**values["smtp"]), alerts=Alerts(**values["alerts"]),
-                  dashboard=Dashboard(**values["dashboard"]), source=source)
+                  dashboard=Dashboard(**values["dashboard"]), database=Database(**values["database"]),
+                  source=source)
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def database_location(value: str, resolve: Callable[[str], Path]) -> Path | str:
+    """``paths.database``: a PostgreSQL URL as it is, or a SQLite file resolved as every path is.
+
+    The URL may not carry a password: the TOML is read by everyone who may read the pipeline's
+    configuration; libpq's PGPASSWORD, PGPASSFILE or ~/.pgpass (or ``?passfile=``) keep it apart.
+    """
+    if not value.lower().startswith(POSTGRES_SCHEMES):
+        return resolve(value)
+    try:
+        parts = urlsplit(value)
+        parts.port                  # noqa: B018 - raises on a port that is not a number
+    except ValueError as e:
+        raise ConfigError(f"[paths] database: not a valid PostgreSQL URL ({e})") from None
+    if parts.password is not None:
+        raise ConfigError("[paths] database: the URL holds a password; put it in PGPASSWORD or a passfile "
+                          "(~/.pgpass, or ?passfile= in the URL), never in the configuration")
+    if not parts.hostname and "host=" not in parts.query or not parts.path.strip("/"):
+        raise ConfigError("[paths] database: a PostgreSQL URL names a host and a database: "
+                          "postgresql://user@host:5432/pipeline")
+    return value
 
 
 def _section(name: str, table: Any) -> dict[str, Any]:

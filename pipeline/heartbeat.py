@@ -16,19 +16,26 @@ INTERVAL = 5.0              # seconds; bin/status calls a program silent after 3
 TIDY_INTERVAL = 60.0        # seconds between two of a program's calls of the engine's tidy()
 
 _SQL_BEAT = """
-INSERT INTO heartbeats (program, host, pid, started_at, beat_at) VALUES (?, ?, ?, ?, ?)
+INSERT INTO heartbeats (program, host, pid, started_at, beat_at, clock_skew) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (program, host) DO UPDATE SET pid = excluded.pid, started_at = excluded.started_at,
-                                          beat_at = excluded.beat_at"""
+                                          beat_at = excluded.beat_at, clock_skew = excluded.clock_skew"""
 _SQL_RETIRE = "DELETE FROM heartbeats WHERE program = ? AND host = ? AND pid = ?"
 
 
 class Heartbeat:
     """Beats into ``heartbeats`` at most every INTERVAL seconds, checking first that the database
-    is still the one opened, and lets the engine tidy up (the WAL) every TIDY_INTERVAL."""
+    is still the one opened, and lets the engine tidy up (the WAL) every TIDY_INTERVAL.
+
+    Each beat also records how far this host's clock is from the database's (leases and due times
+    compare the clocks of several hosts): past ``max_clock_skew`` it logs an error, and bin/status
+    calls the pipeline unhealthy.
+    """
 
     def __init__(self, db: store.Engine, program: str, clock: Callable[[], float] = time.time,
-                 once: bool = False):
+                 once: bool = False, max_clock_skew: float = 2.0):
         self.db, self.program, self.clock, self.once = db, program, clock, once
+        self.max_clock_skew = max_clock_skew
+        self.skewed = False
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.started_at = clock()
         self._last = 0.0
@@ -45,9 +52,9 @@ class Heartbeat:
             return
         self.db.check_alive()
         try:
+            skew = self.db.clock_skew(self.clock)
             with self.db.write():
-                self.db.run_sql(_SQL_BEAT, (self.program, self.host, self.pid,
-                                                             self.started_at, now))
+                self.db.run_sql(_SQL_BEAT, (self.program, self.host, self.pid, self.started_at, now, skew))
             if now - self._tidied >= TIDY_INTERVAL:
                 self._tidied = now
                 self.db.tidy()
@@ -57,6 +64,17 @@ class Heartbeat:
             return
         self.db.trouble.cleared()
         self._last = now
+        self._judge(skew)
+
+    def _judge(self, skew: float) -> None:
+        """One line when the clock goes off (and when it is right again), not one per beat."""
+        skewed = abs(skew) > self.max_clock_skew
+        if skewed and not self.skewed:
+            log.error("this host's clock is %+.1fs off the database's, more than database.max_clock_skew "
+                      "(%gs): leases and due times go wrong; run NTP on every host", skew, self.max_clock_skew)
+        elif self.skewed and not skewed:
+            log.info("this host's clock agrees with the database's again (%+.1fs)", skew)
+        self.skewed = skewed
 
 
 def retire(db: store.Engine, program: str) -> None:

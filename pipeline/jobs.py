@@ -110,15 +110,17 @@ WHERE NOT EXISTS (
     WHERE inode = ? AND device = ? AND size = ? AND mtime_ns = ?
       AND (state IN ('detected', 'archived')
            OR (ctime_ns >= ? AND (failed_step IS NULL OR failed_step <> 'detect'))))
+-- Where the engine has several writers, a unique index over the appearance of unfinished jobs
+-- stops the second of two concurrent inserts that both passed the check above.
+ON CONFLICT DO NOTHING
 RETURNING id"""
 
 _SQL_EVENT = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail) VALUES (?, ?, ?, ?, ?, ?)"
 
-_SQL_CLAIM = """
-UPDATE jobs SET lease_owner = ?, lease_token = ?, next_attempt_at = ?, claims = claims + 1
-WHERE id IN (SELECT id FROM jobs WHERE {queue} AND next_attempt_at <= ?
-             ORDER BY next_attempt_at, id LIMIT ?)
-RETURNING """ + _CLAIMED_COLUMNS
+# A claim, in the engine's form (store.Engine.claim): the lease is set on the first due jobs in
+# the statement that selects them.
+_CLAIM_SET = "lease_owner = ?, lease_token = ?, next_attempt_at = ?, claims = claims + 1"
+_CLAIM_WHERE = "{queue} AND next_attempt_at <= ?"
 
 # A batch's ids go in as one parameter ({id_list}: a JSON array on SQLite), so these statements are
 # written once and cached instead of being built with a placeholder per id for every batch.
@@ -128,7 +130,7 @@ _SQL_DELIVERED_PATHS = "SELECT job_id, path FROM deliveries WHERE job_id IN ({id
 _SQL_DUE = "SELECT 1 FROM jobs WHERE {queue} AND next_attempt_at <= ? LIMIT 1"
 
 # The claim and the idle poll of each queue, formatted once: the routers poll every few ms.
-_CLAIM = {queue: _SQL_CLAIM.format(queue=queue) for queue in (ROUTE_QUEUE, NOTIFY_QUEUE)}
+_CLAIM = {queue: _CLAIM_WHERE.format(queue=queue) for queue in (ROUTE_QUEUE, NOTIFY_QUEUE)}
 _DUE = {queue: _SQL_DUE.format(queue=queue) for queue in (ROUTE_QUEUE, NOTIFY_QUEUE)}
 
 _SQL_ARCHIVED = """
@@ -165,10 +167,11 @@ WHERE id = ? AND lease_token = ? AND state = ?"""
 # transaction. The job's client comes from its row, so the callers need not carry it.
 _SQL_TALLY = """
 INSERT INTO tallies (name, labels, value) VALUES (?, ?, 1)
-ON CONFLICT (name, labels) DO UPDATE SET value = value + 1"""
+ON CONFLICT (name, labels) DO UPDATE SET value = tallies.value + 1"""
 _SQL_TALLY_FINISHED = """
-INSERT INTO tallies (name, labels, value) SELECT 'finished', json_array(client_folder, ?), 1 FROM jobs WHERE id = ?
-ON CONFLICT (name, labels) DO UPDATE SET value = value + 1"""
+INSERT INTO tallies (name, labels, value)
+SELECT 'finished', CAST(json_array(client_folder, CAST(? AS TEXT)) AS TEXT), 1 FROM jobs WHERE id = ?
+ON CONFLICT (name, labels) DO UPDATE SET value = tallies.value + 1"""
 
 _SQL_ERROR_LOG_ADD = "INSERT INTO error_log_outbox (job_id, name, record) VALUES (?, ?, ?)"
 _SQL_ERROR_LOG_PENDING = "SELECT id, name, record FROM error_log_outbox ORDER BY id LIMIT ?"
@@ -254,6 +257,8 @@ class Jobs:
                 if row:
                     created.append(row[0])
                     self._event(row[0], now, None, "detected", f"{detected_by}: {s.path}")
+            if created:
+                self.db.announce()
         return created
 
     # -- claims ---------------------------------------------------------------------------------
@@ -263,7 +268,8 @@ class Jobs:
         now = self.clock()
         token = uuid.uuid4().hex
         with self.transaction():
-            rows = self._sql(_CLAIM[queue], (self.actor, token, now + lease, now, limit)).fetchall()
+            rows = self.db.claim("jobs", _CLAIM[queue], "next_attempt_at, id", _CLAIM_SET, _CLAIMED_COLUMNS,
+                                 (self.actor, token, now + lease), (now,), limit).fetchall()
         jobs = sorted((Claimed(*row) for row in rows), key=lambda j: j.id)
         return Batch(token, tuple(jobs))
 
@@ -290,6 +296,7 @@ class Jobs:
         with self.transaction():
             for job_id in job_ids:
                 self._sql(_SQL_RELEASE, (now, job_id, token))
+            self.db.announce()
 
     # -- transitions (call inside transaction()) -------------------------------------------------
 
@@ -324,6 +331,7 @@ class Jobs:
         """archived -> routed: every copy is committed and the original is gone."""
         now = self.clock()
         self._expect_one(self._sql(_SQL_ROUTED, (now, now, now, job_id, token)), job_id)
+        self.db.announce()
         self._event(job_id, now, "archived", "routed", detail)
         self._sql(_SQL_TALLY_FINISHED, ("routed", job_id))
 
@@ -394,6 +402,7 @@ class Jobs:
         if self._sql(_SQL_REQUEUE, (to_state, now, now, job_id, step)).rowcount != 1:
             return False
         self._event(job_id, now, "failed", to_state, detail)
+        self.db.announce()
         return True
 
     def requeue_file(self, job_id: int, path: str, st: os.stat_result, hold: float, detail: str) -> str | None:
@@ -419,6 +428,7 @@ class Jobs:
         The new ctime (a link or rename changes it) lets ``create`` recognise a later sighting.
         """
         self._expect_one(self._sql(_SQL_FILE_IN_PLACE, (path, ctime_ns, self.clock(), job_id, token)), job_id)
+        self.db.announce()
 
 
 # -- retention (the reporter, nightly) -------------------------------------------------------------

@@ -71,6 +71,8 @@ class Outcome:
 
 
 class Notifier(Program):
+    wakes_on_work = True
+
     def __init__(self, config: Config, jobs: Jobs, stopper: cli.Stopper | None = None,
                  environ: Mapping[str, str] = os.environ):
         self.config = config

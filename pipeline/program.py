@@ -38,6 +38,7 @@ class Program:
     stopper: object                     # cli.Stopper
     clock: Callable[[], float] = staticmethod(time.time)      # what step() is given as now
     once = False
+    wakes_on_work = False       # an idle wait ends early when the engine says work has come
 
     def step(self, now: float) -> float:
         """Do what is due; return the seconds until the next step is wanted (0: at once)."""
@@ -56,6 +57,8 @@ class Program:
     def sleep(self, seconds: float, heartbeat: Heartbeat | None) -> None:
         """Wait up to ``seconds`` (``math.inf``: until stopped), beating between heartbeat-sized
         slices; returns early on a stop, or when the engine says work may have come."""
+        if self.wakes_on_work:      # woken on new work, so only the fallback poll is timed
+            seconds = max(seconds, self.db.IDLE_POLL)
         deadline = time.monotonic() + seconds
         while not self.stopper.requested:
             left = deadline - time.monotonic()
@@ -63,7 +66,8 @@ class Program:
                 return
             if heartbeat:
                 heartbeat.beat()
-            self.db.wait_for_work(self.stopper, min(heartbeat_module.INTERVAL, left))
+            if self.db.wait_for_work(self.stopper, min(heartbeat_module.INTERVAL, left), self.wakes_on_work):
+                return
 
     # -- the loop ---------------------------------------------------------------------------------
 

@@ -103,6 +103,8 @@ class Work:
 
 
 class Router(Program):
+    wakes_on_work = True
+
     def __init__(self, config: Config, jobs: Jobs, stopper: cli.Stopper | None = None):
         self.config = config
         self.jobs = jobs
@@ -366,9 +368,9 @@ class Router(Program):
                 except LeaseLost:
                     log.warning("%s: lease lost to another router; leaving the job to it", w.label)
                     w.outcome = "lost"
-                except peewee.OperationalError:
-                    raise
                 except Exception as e:
+                    if isinstance(e, peewee.OperationalError) or self.db.transient(e):
+                        raise           # the database's trouble, not this job's: the batch waits
                     log.exception("%s: cannot record its outcome", w.label)
                     w.state, w.attempts, w.outcome = state, attempts, "unrecorded"
                     w.error = f"cannot record its outcome: {_describe(e)}"

@@ -81,15 +81,18 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
                 oldest[state] = round(now - since, 1)
         today = _rows(db, "SELECT client_folder AS client, state, count(*) AS jobs FROM jobs WHERE detected_at >= ? "
                           "GROUP BY client_folder, state ORDER BY client_folder, state", (midnight.timestamp(),))
-        scans = _rows(db, "SELECT kind, actor, started_at, round(finished_at - started_at, 3) AS seconds, files_seen, "
+        scans = _rows(db, "SELECT kind, actor, started_at, finished_at - started_at AS seconds, files_seen, "
                           "jobs_created, slow, timed_out FROM scans ORDER BY started_at DESC LIMIT 5")
-        beats = _rows(db, "SELECT program, host, pid, started_at, beat_at FROM heartbeats ORDER BY program, host")
+        beats = _rows(db, "SELECT program, host, pid, started_at, beat_at, clock_skew FROM heartbeats "
+                          "ORDER BY program, host")
         errors = _rows(db, "SELECT id, failed_at, client_folder AS client, file_name AS file, failed_step AS step, "
                            "last_error AS reason FROM jobs WHERE state = 'failed' ORDER BY failed_at DESC LIMIT 5")
         stuck_total, stuck = alerts.stuck(db, now, config.alerts.stuck_after, limit=5,
                                           notify=bool(config.api.endpoint))
         report = _rows(db, "SELECT day, state, attempts, last_error, sent_at FROM reports "
                            "WHERE state != 'pending' OR attempts > 0 ORDER BY day DESC LIMIT 1")
+    for scan in scans:
+        scan["seconds"] = None if scan["seconds"] is None else round(scan["seconds"], 3)
     for beat in beats:
         beat["age"] = round(now - beat["beat_at"], 1)
     status = {"time": now, "database": str(config.paths.database), "jobs_by_state": by_state,
@@ -112,6 +115,10 @@ def problems(status: dict[str, Any], config: Config) -> list[str]:
     for beat in beats:
         if beat["age"] > SILENT_AFTER:
             found.append(f"{beat['program']} (pid {beat['pid']} on {beat['host']}): silent for {beat['age']:.0f}s")
+        elif abs(beat["clock_skew"]) > config.database.max_clock_skew:
+            found.append(f"{beat['program']} (pid {beat['pid']} on {beat['host']}): its clock is "
+                         f"{beat['clock_skew']:+.1f}s off the database's (database.max_clock_skew "
+                         f"{config.database.max_clock_skew:g}s); run NTP on every host")
     if not config.paths.hot_folder.is_dir():
         # The watcher waits for it to be there again; meanwhile nothing can be dropped or detected.
         found.append(f"the hot folder {config.paths.hot_folder} is missing (deleted or moved away)")

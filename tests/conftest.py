@@ -1,4 +1,11 @@
-"""Shared fixtures: a real SQLite file, real folders, real programs. Everything in tmp_path."""
+"""Shared fixtures: a real database, real folders, real programs. Everything in tmp_path.
+
+The ``tree`` fixture runs each test on both engines: a SQLite file in the tree, and a schema of its
+own in a real PostgreSQL (``PIPELINE_TEST_POSTGRES``, the password from libpq's environment). A
+test or module marked ``sqlite_only`` is about SQLite itself (its file, locks, pragmas). Without
+a reachable PostgreSQL the PostgreSQL runs are skipped with the reason, unless
+``PIPELINE_TEST_POSTGRES_REQUIRED=1`` (CI) makes that an error.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -75,11 +84,16 @@ def job_document(client: str, category: str = "PRODUCTION", **extra) -> dict:
 class Tree:
     """A pipeline installation in a temporary folder: config, folders and database."""
 
-    def __init__(self, root: Path, extra: str = ""):
+    def __init__(self, root: Path, extra: str = "", database: str = "pipeline.db"):
         self.root = root
         self.config_path = root / "pipeline.toml"
         self.dashboard_port = free_port()
+        self.database = database        # the paths.database value: a file name, or a PostgreSQL URL
         self.write_config(extra)
+
+    @property
+    def engine(self) -> str:
+        return "postgresql" if self.database.startswith("postgresql://") else "sqlite"
 
     def write_config(self, extra: str = "", routes: str = MATRIX, router: str = "", detect: str = "") -> None:
         """Write and load pipeline.toml: base paths, [detect] and [router] lines, ``extra`` tables, ``routes``.
@@ -90,7 +104,8 @@ class Tree:
         router = "lease = 5\n" * ("lease" not in router) + router
         if "[dashboard]" not in extra:        # a port of its own: supervised tests start the dashboard
             extra += f'\n[dashboard]\nlisten = "127.0.0.1:{self.dashboard_port}"\n'
-        self.config_path.write_text(f"{BASE_CONFIG}\n[detect]\n{detect}\n[router]\n{router}\n{extra}\n{routes}")
+        base = BASE_CONFIG.replace('database = "pipeline.db"', f'database = "{self.database}"')
+        self.config_path.write_text(f"{base}\n[detect]\n{detect}\n[router]\n{router}\n{extra}\n{routes}")
         self.config = config_module.load(self.config_path)
 
     @property
@@ -161,9 +176,87 @@ class Tree:
         return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+POSTGRES = os.environ.get("PIPELINE_TEST_POSTGRES", "postgresql://pipeline@127.0.0.1:5432/pipeline_test")
+POSTGRES_REQUIRED = os.environ.get("PIPELINE_TEST_POSTGRES_REQUIRED") == "1"
+_postgres_problem: list[str] = []       # why PostgreSQL cannot be used, found once per session
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only: about SQLite itself; not run on PostgreSQL")
+    config.addinivalue_line("markers", "postgresql_only: about PostgreSQL itself; not run on SQLite")
+
+
+def pytest_generate_tests(metafunc):
+    """Every test that uses ``tree`` (or what is built on it) runs once per engine."""
+    if "engine" in metafunc.fixturenames:
+        marked = metafunc.definition.get_closest_marker
+        engines = ["sqlite"] if marked("sqlite_only") else ["postgresql"] if marked("postgresql_only") \
+            else ["sqlite", "postgresql"]
+        metafunc.parametrize("engine", engines, scope="function")
+
+
+def _postgres_admin():
+    """A connection to the test database, or a skip (an error in CI) saying why there is none."""
+    import psycopg2
+    if not _postgres_problem:
+        try:
+            return psycopg2.connect(POSTGRES, connect_timeout=3)
+        except psycopg2.Error as e:
+            _postgres_problem.append(" ".join(str(e).split()))
+    message = f"PostgreSQL at {POSTGRES} unusable: {_postgres_problem[0]}"
+    if POSTGRES_REQUIRED:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture
-def tree(tmp_path) -> Tree:
-    return Tree(tmp_path)
+def database(engine, tmp_path):
+    """paths.database for this test: a SQLite file, or a URL to a fresh PostgreSQL schema."""
+    if engine == "sqlite":
+        yield "pipeline.db"
+        return
+    admin = _postgres_admin()
+    admin.autocommit = True
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin.cursor().execute(f"CREATE SCHEMA {schema}")
+    yield f"{POSTGRES}?options={quote(f'-csearch_path={schema}')}"
+    try:
+        with admin.cursor() as cur:
+            # The test's programs are gone, but a killed one's backend may still hold its locks.
+            cur.execute("SET lock_timeout = '5s'")
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND application_name = 'hotfolder-pipeline'")
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+    except Exception:           # noqa: BLE001 - left for the next session's sweep
+        pass
+    finally:
+        admin.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_postgres_schemas():
+    """Schemas left by an interrupted run are dropped once per session."""
+    try:
+        import psycopg2
+        conn = psycopg2.connect(POSTGRES, connect_timeout=3)
+    except Exception:           # noqa: BLE001 - no PostgreSQL here: nothing to sweep
+        yield
+        return
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%'")
+        for (name,) in cur.fetchall():
+            try:
+                cur.execute(f"DROP SCHEMA {name} CASCADE")
+            except psycopg2.Error:
+                pass
+    conn.close()
+    yield
+
+
+@pytest.fixture
+def tree(tmp_path, database) -> Tree:
+    return Tree(tmp_path, database=database)
 
 
 @pytest.fixture
@@ -243,7 +336,7 @@ def clock() -> FakeClock:
 
 def states(db) -> dict[str, int]:
     """Job counts by state."""
-    return {row[0]: row[1] for row in db.execute_sql("SELECT state, count(*) FROM jobs GROUP BY state")}
+    return {row[0]: row[1] for row in db.run_sql("SELECT state, count(*) FROM jobs GROUP BY state")}
 
 
 def wait_for(predicate, timeout: float = 20, interval: float = 0.05, message: str = "condition"):

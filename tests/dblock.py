@@ -1,4 +1,7 @@
-"""Another process that holds the database's write lock, for the tests of a locked database (SPEC §13)."""
+"""Another process that holds the database's write lock, for the tests of a locked database (SPEC §13).
+
+On PostgreSQL there is no one write lock: the holder locks the tables every program writes to, so
+writers wait (PostgreSQL has no busy timeout; they carry on once it lets go)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,17 @@ print("released", flush=True)
 """
 
 
+_PG_HOLDER = """
+import psycopg2, sys, time
+conn = psycopg2.connect(sys.argv[1])
+conn.cursor().execute("LOCK TABLE jobs, scans, heartbeats IN EXCLUSIVE MODE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.commit()
+print("released", flush=True)
+"""
+
+
 class Locker:
     """A separate process holding ``BEGIN EXCLUSIVE`` on ``database`` for ``seconds``.
 
@@ -24,12 +38,13 @@ class Locker:
     is locked". ``start`` returns once the lock is held.
     """
 
-    def __init__(self, database: Path, seconds: float):
+    def __init__(self, database: Path | str, seconds: float):
         self.database, self.seconds = database, seconds
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Locker":
-        self.proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(self.database), str(self.seconds)],
+        holder = _PG_HOLDER if str(self.database).startswith("postgresql://") else _HOLDER
+        self.proc = subprocess.Popen([sys.executable, "-c", holder, str(self.database), str(self.seconds)],
                                      stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()
         if line != "locked":

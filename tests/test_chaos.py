@@ -3,12 +3,13 @@
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import POSTGRES, ROOT
 
 
-def test_a_short_chaos_run_loses_nothing():
+def test_a_short_chaos_run_loses_nothing(engine, database):
+    on = ["--database", POSTGRES] if engine == "postgresql" else []
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "chaos.py"), "--files", "150",
-                           "--kill-every", "0.5", "--timeout", "120"],
+                           "--kill-every", "0.5", "--timeout", "120", *on],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     figures = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)

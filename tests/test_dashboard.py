@@ -44,7 +44,7 @@ def filled(tree, db):
     tree.drop("RANK", "ok-1.json")
     tree.drop("LOREAL", BAD_NAME, "{not json")
     route_everything(tree, db)
-    return {row[1]: row[0] for row in db.execute_sql("SELECT id, file_name FROM jobs")}
+    return {row[1]: row[0] for row in db.run_sql("SELECT id, file_name FROM jobs")}
 
 
 def client_for(tree, db, actions: bool = False, **environ):
@@ -138,12 +138,12 @@ def test_16_files_the_table_names_are_read_only_inside_their_folders(tree, db, f
     job_id = filled["ok-1.json"]
     secret = tree.root / "secret.json"
     secret.write_text('{"password": "x"}')
-    db.execute_sql("UPDATE jobs SET archive_path = ? WHERE id = ?", (str(secret), job_id))
+    db.run_sql("UPDATE jobs SET archive_path = ? WHERE id = ?", (str(secret), job_id))
     client = client_for(tree, db)
     assert client.get(f"/jobs/{job_id}/archived").status_code == 404
     link = tree.store / "RANK" / "link.json"
     link.symlink_to(secret)
-    db.execute_sql("UPDATE jobs SET archive_path = ? WHERE id = ?", (str(link), job_id))
+    db.run_sql("UPDATE jobs SET archive_path = ? WHERE id = ?", (str(link), job_id))
     assert client.get(f"/jobs/{job_id}/archived").status_code == 404
     assert "no archived copy" in client.get(f"/jobs/{job_id}").get_data(as_text=True)
 
@@ -227,13 +227,13 @@ def test_16_a_post_needs_the_password_this_sites_origin_and_the_csrf_token(tree,
     assert client.post("/requeue", data={**form, "csrf": ""}, headers={**auth(), **origin}).status_code == 400
     assert client.post("/requeue", data={**form, "csrf": "x" * 64}, headers={**auth(), **origin}).status_code == 400
     assert client.get("/requeue").status_code == 405
-    assert db.execute_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "failed"
+    assert db.run_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "failed"
 
 
 def test_16_a_requeue_from_the_browser_writes_what_bin_requeue_writes_and_names_the_user(tree, db, filled):
     tree.drop("LOREAL", "twin.json", "{not json")
     route_everything(tree, db)
-    twin = db.execute_sql("SELECT id FROM jobs WHERE file_name = 'twin.json'").fetchone()[0]
+    twin = db.run_sql("SELECT id FROM jobs WHERE file_name = 'twin.json'").fetchone()[0]
     client = client_for(tree, db, actions=True, DASHBOARD_PASSWORD=PASSWORD)
     job_id = filled[BAD_NAME]
     headers = {**auth("alice"), "Origin": "http://localhost"}
@@ -241,14 +241,14 @@ def test_16_a_requeue_from_the_browser_writes_what_bin_requeue_writes_and_names_
 
     preview = client.post("/requeue", data=form, headers=headers)
     assert preview.status_code == 200 and "would go back to detected" in preview.get_data(as_text=True)
-    assert db.execute_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "failed"
+    assert db.run_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "failed"
 
     done = client.post("/requeue", data={**form, "confirm": "yes"}, headers=headers)
     assert done.status_code == 200 and "went back to detected" in done.get_data(as_text=True)
     tree.run("requeue", "--failed", "--id", str(twin))
 
     def last_event(i):
-        return db.execute_sql("SELECT from_state, to_state, actor, detail FROM job_events WHERE job_id = ? "
+        return db.run_sql("SELECT from_state, to_state, actor, detail FROM job_events WHERE job_id = ? "
                               "ORDER BY id DESC LIMIT 1", (i,)).fetchone()
     ours, theirs = last_event(job_id), last_event(twin)
     assert ours[:2] == theirs[:2] == ("failed", "detected")
@@ -271,7 +271,7 @@ def test_16_a_filtered_requeue_previews_the_set_first(tree, db, filled):
     done = client.post("/requeue", data={"client": "loreal", "step": "validate", "csrf": token, "confirm": "yes"},
                        headers=headers)
     assert done.get_data(as_text=True).count("went back to detected") == 2
-    states = dict(db.execute_sql("SELECT file_name, state FROM jobs WHERE state IN ('failed', 'detected')").fetchall())
+    states = dict(db.run_sql("SELECT file_name, state FROM jobs WHERE state IN ('failed', 'detected')").fetchall())
     assert states["third.json"] == "failed" and states["second.json"] == "detected"
 
 
@@ -283,4 +283,4 @@ def test_13_a_requeue_with_a_bad_filter_is_400_with_one_line_and_changes_nothing
     form = {"csrf": _token(client, job_id), "confirm": "yes", field: value}
     response = client.post("/requeue", data=form, headers={**auth(), "Origin": "http://localhost"})
     assert response.status_code == 400 and says in response.get_data(as_text=True)
-    assert db.execute_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "failed"
+    assert db.run_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "failed"

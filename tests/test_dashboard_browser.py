@@ -119,7 +119,7 @@ def test_16_a_requeue_clicked_through_in_the_browser_is_in_the_audit_trail(brows
     browser.find_element(By.ID, "confirm").click()
     page_says(browser, "h1", "Requeued")
     assert "went back to detected" in text_of(browser, "pre")
-    actor, detail = db.execute_sql("SELECT actor, detail FROM job_events WHERE job_id = ? ORDER BY id DESC LIMIT 1",
+    actor, detail = db.run_sql("SELECT actor, detail FROM job_events WHERE job_id = ? ORDER BY id DESC LIMIT 1",
                                    (job_id,)).fetchone()
     assert actor.startswith("dashboard:") and actor.endswith(":carol") and "requeued" in detail
     browser.get(f"{dashboard}/jobs/{job_id}")

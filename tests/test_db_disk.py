@@ -27,6 +27,8 @@ from pipeline.heartbeat import Heartbeat
 from pipeline.jobs import Jobs, Sighting
 from pipeline.store.models import Job, bind
 
+pytestmark = pytest.mark.sqlite_only      # SQLite's file on its own disk
+
 ONE_LINE = {"full": "database disk full (database or disk is full)",
             "read-only": "database read-only (attempt to write a readonly database)"}
 RECOVERED = "database writable again"
@@ -95,22 +97,22 @@ def test_a_full_disk_rolls_the_transaction_back_cleanly_and_writes_resume_once_t
         filler = fill(dbdisk)
         with pytest.raises(peewee.OperationalError) as failed:
             with db.atomic():
-                db.execute_sql("INSERT INTO scans (kind, actor, started_at) VALUES ('startup', 'test', 1)")
-                db.execute_sql("UPDATE scans SET files_seen = 7")
+                db.run_sql("INSERT INTO scans (kind, actor, started_at) VALUES ('startup', 'test', 1)")
+                db.run_sql("UPDATE scans SET files_seen = 7")
                 for _ in range(200):             # more than the WAL has room for
-                    db.execute_sql("INSERT INTO scans (kind, actor, started_at) VALUES (?, ?, 1)",
+                    db.run_sql("INSERT INTO scans (kind, actor, started_at) VALUES (?, ?, 1)",
                                    ("periodic", "x" * 4000))
         # The real error comes out (not peewee's "cannot rollback"), nothing half-written stays.
         assert sqlite.transient(failed.value) == "full", failed.value
         assert "database or disk is full" in str(failed.value)
         assert not db.in_transaction()
         assert store.retry_later(db, failed.value, "trying again")
-        assert db.execute_sql("SELECT count(*) FROM scans").fetchone()[0] == 0
+        assert db.run_sql("SELECT count(*) FROM scans").fetchone()[0] == 0
         filler.unlink()
         path = drop(tree, "after.json")
         st = os.stat(path)
         assert len(jobs.create([Sighting(str(path), "RANK", "after.json", st)], "realtime")) == 1
-        assert db.execute_sql("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.run_sql("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         db.close()
 
@@ -203,7 +205,7 @@ def test_once_exits_69_with_one_line_when_the_database_disk_cannot_be_written(tr
 def test_a_database_file_deleted_or_replaced_under_a_running_program_makes_it_exit_69(tree, db, how):
     router = tree.spawn("router")
     try:
-        wait_for(lambda: db.execute_sql("SELECT count(*) FROM heartbeats").fetchone()[0] == 1,
+        wait_for(lambda: db.run_sql("SELECT count(*) FROM heartbeats").fetchone()[0] == 1,
                  message="the router's first heartbeat")
         path = tree.config.paths.database
         if how == "deleted":
@@ -254,4 +256,4 @@ def test_the_wal_a_long_reader_made_large_shrinks_below_the_limit_after_it_lets_
 
 
 def test_connect_sets_the_journal_size_limit(db):
-    assert db.execute_sql("PRAGMA journal_size_limit").fetchone()[0] == sqlite.JOURNAL_SIZE_LIMIT
+    assert db.run_sql("PRAGMA journal_size_limit").fetchone()[0] == sqlite.JOURNAL_SIZE_LIMIT

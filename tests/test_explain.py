@@ -3,7 +3,10 @@
 import os
 import re
 
+import pytest
+
 from conftest import job_document
+from pipeline import store
 
 
 def explain(tree, path, check=True):
@@ -13,7 +16,11 @@ def explain(tree, path, check=True):
 def untouched(tree, path, before):
     assert path.read_bytes() == before
     assert not tree.store.exists() and not tree.failed.exists() and not (tree.root / "dest").exists()
-    assert not tree.config.paths.database.exists()
+    if tree.engine == "sqlite":
+        assert not tree.config.paths.database.exists()
+    else:                                   # not even the tables are made
+        with pytest.raises(store.DatabaseUnusable, match="no pipeline tables"):
+            store.connect(tree.config.paths.database, create=False)
 
 
 def test_a_rank_celtra_file_is_explained_as_archive_monday_rank_and_celtra(tree):

@@ -118,7 +118,7 @@ def check(base: Path, files: dict[tuple[str, str], bytes]) -> None:
         jobs = Jobs(db, "fuzz:1")
         Scanner(tree.config, jobs).scan("startup", "startup")          # raises if anything escapes
         Router(tree.config, jobs).run(once=True)
-        rows = db.execute_sql("SELECT client_folder, file_name, state, failed_step, last_error, failed_path, "
+        rows = db.run_sql("SELECT client_folder, file_name, state, failed_step, last_error, failed_path, "
                               "archive_path FROM jobs").fetchall()
     finally:
         db.close()

@@ -202,7 +202,7 @@ def test_a_job_whose_record_the_database_refuses_is_rolled_back_alone(tree, db, 
 
     def refuse(token, job_id, **values):
         if Job.get_by_id(job_id).file_name == "refused.json":
-            jobs.db.execute_sql("INSERT INTO jobs (id) VALUES (NULL)")      # a NOT NULL violation
+            jobs.db.run_sql("INSERT INTO jobs (id) VALUES (NULL)")      # a NOT NULL violation
         return archived(token, job_id, **values)
     monkeypatch.setattr(jobs, "archived", refuse)
     Router(tree.config, jobs).run_batch()

@@ -37,7 +37,7 @@ def test_a_stale_sighting_of_a_finished_job_makes_no_job(tree, jobs):
     path = tree.drop("RANK", "a.json")
     stale = sight(tree, path)
     [job_id] = jobs.create([stale], "realtime")
-    jobs.db.execute_sql("UPDATE jobs SET state = 'routed' WHERE id = ?", (job_id,))
+    jobs.db.run_sql("UPDATE jobs SET state = 'routed' WHERE id = ?", (job_id,))
     # A scan that listed the folder before the router removed the file reports it late.
     assert jobs.create([stale], "periodic") == []
 
@@ -46,7 +46,7 @@ def test_the_same_name_dropped_again_later_is_a_new_job(tree, jobs):
     path = tree.drop("RANK", "a.json")
     first = sight(tree, path)
     [job_id] = jobs.create([first], "realtime")
-    jobs.db.execute_sql("UPDATE jobs SET state = 'routed' WHERE id = ?", (job_id,))
+    jobs.db.run_sql("UPDATE jobs SET state = 'routed' WHERE id = ?", (job_id,))
     path.unlink()
     time.sleep(0.01)
     path = tree.drop("RANK", "a.json")                     # same content, same name, later
@@ -121,7 +121,7 @@ def test_transitions_write_their_audit_row_in_the_same_transaction(tree, jobs):
         jobs.routed(batch.token, job_id, "to Monday Rank")
     history = [(e.from_state, e.to_state) for e in JobEvent.select().where(JobEvent.job == job_id).order_by(JobEvent.id)]
     assert history == [(None, "detected"), ("detected", "archived"), ("archived", "routed")]
-    assert jobs.db.execute_sql("SELECT count(*) FROM deliveries").fetchone()[0] == 1
+    assert jobs.db.run_sql("SELECT count(*) FROM deliveries").fetchone()[0] == 1
     row = Job.get_by_id(job_id)
     assert row.lease_token is None and row.routed_at is not None
 

@@ -29,6 +29,8 @@ from pipeline.scanner import Scanner
 from pipeline.watcher import Watcher
 from test_reporter import Inbox, free_port, start_server
 
+pytestmark = pytest.mark.sqlite_only      # SQLite's busy timeout; PostgreSQL writers wait their turn
+
 BUSY = "database busy past the timeout (database is locked)"
 HOLD = 0.7      # seconds the other process holds the lock: over three busy timeouts
 
@@ -186,7 +188,7 @@ def test_a_heartbeat_that_meets_the_lock_is_skipped_not_fatal(tree, db, caplog, 
     caplog.set_level(logging.WARNING)
     scanner = Running(db, Scanner(tree.config, Jobs(db, "scanner:1"), stopper).run,
                       heartbeat=Heartbeat(db, "scanner"))
-    wait_for(lambda: db.execute_sql("SELECT count(*) FROM scans").fetchone()[0] == 1, message="the first scan")
+    wait_for(lambda: db.run_sql("SELECT count(*) FROM scans").fetchone()[0] == 1, message="the first scan")
     with Locker(tree.config.paths.database, HOLD) as lock:
         lock.wait()
     drop(tree, 2)

@@ -26,7 +26,7 @@ def test_a_routed_job_not_notified_within_stuck_after_is_stuck(tree, db):
     configure(tree, f"http://127.0.0.1:{closed_port()}/jobs")
     [job] = routed(tree, db, "a.json")
     routed_at = time.time() - 300
-    db.execute_sql("UPDATE jobs SET routed_at = ? WHERE id = ?", (routed_at, job.id))
+    db.run_sql("UPDATE jobs SET routed_at = ? WHERE id = ?", (routed_at, job.id))
     notify(tree, db, time.time)
     cfg = tree.config.alerts
     now = routed_at + cfg.stuck_after

@@ -56,7 +56,7 @@ def parts(msg) -> tuple[str, str]:
 
 
 def rows(db) -> list[tuple]:
-    return db.execute_sql("SELECT day, state, sent_at, attempts FROM reports ORDER BY day").fetchall()
+    return db.run_sql("SELECT day, state, sent_at, attempts FROM reports ORDER BY day").fetchall()
 
 
 # -- the report's content -----------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def test_old_jobs_are_pruned_after_the_report_and_the_figures_survive(tree, db, 
     reporter(tree, db, clock).run(once=True)             # sends the 16th, 17th and 18th, then prunes
     assert len(inbox.messages) == 4
     assert [j.file_name for j in Job.select()] == ["j.json"]        # the job in flight stays
-    assert db.execute_sql("SELECT count(*) FROM scans").fetchone()[0] == 0
+    assert db.run_sql("SELECT count(*) FROM scans").fetchone()[0] == 0
     # bin/report shows the pruned day from the figures kept with its report.
     out = tree.root / "day.html"
     tree.run("report", "--date", "2026-07-15", "--preview", str(out), "--text", str(tree.root / "day.txt"))
@@ -483,7 +483,7 @@ def test_a_day_routed_by_the_real_pipeline_is_reported(tree, db):
     tree.drop("LOREAL", "3.json", "{not json")
     tree.run("scanner", "--once")
     tree.run("router", "--once")
-    when = db.execute_sql("SELECT coalesce(routed_at, failed_at) FROM jobs").fetchall()
+    when = db.run_sql("SELECT coalesce(routed_at, failed_at) FROM jobs").fetchall()
     days = {dt.datetime.fromtimestamp(t, report_day.LONDON).date().isoformat() for (t,) in when}
     assert len(days) == 1, "routed across midnight: run the test again"
     text = tree.run("report", "--date", days.pop()).stdout

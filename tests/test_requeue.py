@@ -45,8 +45,8 @@ def job_named(name: str) -> Job:
 
 
 def snapshot(tree, db) -> tuple:
-    rows = db.execute_sql("SELECT * FROM jobs ORDER BY id").fetchall()
-    events = db.execute_sql("SELECT count(*) FROM job_events").fetchone()
+    rows = db.run_sql("SELECT * FROM jobs ORDER BY id").fetchall()
+    events = db.run_sql("SELECT count(*) FROM job_events").fetchone()
     return rows, events, tree.files(tree.hot), tree.files(tree.failed)
 
 

@@ -312,7 +312,7 @@ def test_a_graceful_stop_releases_the_unprocessed_jobs_at_once(tree, db):
 def test_audit_trail_tells_the_whole_story(tree, db):
     tree.drop("RANK", "a.json", job_document("RANK", "CELTRA"))
     route_all(tree, db)
-    rows = db.execute_sql("SELECT from_state, to_state, detail FROM job_history").fetchall()
+    rows = db.run_sql("SELECT from_state, to_state, detail FROM job_history").fetchall()
     assert [(r[0], r[1]) for r in rows] == [("-", "detected"), ("detected", "archived"), ("archived", "routed")]
     assert rows[2][2] == "to Monday Rank, Celtra; original removed"
 

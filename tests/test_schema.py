@@ -64,10 +64,11 @@ def test_audit_views_run_on_an_empty_database(schema_conn):
         schema_conn.execute(f"SELECT * FROM {view}").fetchall()
 
 
+@pytest.mark.sqlite_only
 def test_connect_sets_wal_and_pragmas(tree):
     database = store.connect(tree.config.paths.database)
     try:
-        pragma = lambda name: database.execute_sql(f"PRAGMA {name}").fetchone()[0]
+        pragma = lambda name: database.run_sql(f"PRAGMA {name}").fetchone()[0]
         assert pragma("journal_mode") == "wal"
         assert pragma("synchronous") == 1          # NORMAL
         assert pragma("foreign_keys") == 1
@@ -99,7 +100,8 @@ def _rows(path: Path, tables) -> dict[str, list[tuple]]:
         conn.close()
 
 
-@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("version", [3, 4, 5])
 def test_8_a_database_of_an_earlier_release_is_upgraded_in_place_with_every_row_kept(tree, schema_conn, version):
     """schema-vN.db was made by the release of schema N (scanner and router --once on three files:
     two routed, one failed at validate). Every later schema change adds such a file."""
@@ -134,3 +136,73 @@ def test_8_a_database_of_an_earlier_release_is_upgraded_in_place_with_every_row_
     assert (tree.dest("Monday Rank") / "after-upgrade.json").exists()
     jobs = sqlite3.connect(path).execute("SELECT id, state FROM jobs ORDER BY id").fetchall()
     assert [j[0] for j in jobs] == [1, 2, 3, 4] and jobs[3][1] in ("routed", "done")
+
+
+# -- PostgreSQL: postgres.sql matches the models as sqlite.sql does ----------------------------------
+
+_PG_TYPE = {peewee.TextField: "text", peewee.IntegerField: "bigint", peewee.FloatField: "double precision",
+            peewee.AutoField: "bigint", peewee.ForeignKeyField: "bigint"}
+
+
+@pytest.fixture
+def pg(database):
+    db = store.connect(database)
+    yield db
+    db.close()
+
+
+def _pg_tables(db) -> dict[str, list[tuple]]:
+    rows = db.execute_sql("""
+        SELECT c.table_name, c.column_name, c.data_type, c.is_nullable = 'NO',
+               EXISTS (SELECT 1 FROM information_schema.key_column_usage k
+                       JOIN information_schema.table_constraints tc
+                         ON tc.constraint_name = k.constraint_name AND tc.table_schema = k.table_schema
+                       WHERE tc.constraint_type = 'PRIMARY KEY' AND k.table_schema = c.table_schema
+                         AND k.table_name = c.table_name AND k.column_name = c.column_name)
+        FROM information_schema.columns c JOIN information_schema.tables t
+          ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+        WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE'
+          AND c.table_name <> 'pipeline_schema'""").fetchall()
+    tables: dict[str, list[tuple]] = {}
+    for table, column, data_type, not_null, is_pk in rows:
+        tables.setdefault(table, []).append((column, data_type, bool(not_null), bool(is_pk)))
+    return tables
+
+
+def _pg_model_columns(model) -> list[tuple]:
+    pk_fields = {f.name for f in model._meta.get_primary_keys()}
+    return [(f.column_name, next(a for cls, a in _PG_TYPE.items() if isinstance(f, cls)),
+             not f.null or f.name in pk_fields, f.name in pk_fields) for f in model._meta.sorted_fields]
+
+
+@pytest.mark.postgresql_only
+def test_postgresql_tables_match_the_models_column_for_column(pg):
+    tables = _pg_tables(pg)
+    assert set(tables) == {m._meta.table_name for m in MODELS}
+    for model in MODELS:
+        assert sorted(tables[model._meta.table_name]) == sorted(_pg_model_columns(model)), model._meta.table_name
+
+
+@pytest.mark.postgresql_only
+def test_postgresql_has_the_same_audit_views_and_they_run(pg):
+    views = {r[0] for r in pg.execute_sql(
+        "SELECT table_name FROM information_schema.views WHERE table_schema = current_schema()")}
+    assert views == {"job_history", "today_by_client", "current_failures", "work_in_progress",
+                     "delivery_log", "recent_scans"}
+    for view in views:
+        pg.execute_sql(f"SELECT * FROM {view}").fetchall()
+
+
+@pytest.mark.postgresql_only
+def test_postgresql_claims_read_the_queue_indexes_on_next_attempt_at_and_id(pg):
+    indexes = dict(pg.execute_sql(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()").fetchall())
+    assert "(next_attempt_at, id) WHERE (state = ANY" in indexes["jobs_route_queue"]
+    assert "(next_attempt_at, id) WHERE (state = 'routed'" in indexes["jobs_notify_queue"]
+    assert indexes["jobs_one_appearance"].startswith("CREATE UNIQUE INDEX")
+
+
+@pytest.mark.postgresql_only
+def test_connecting_again_leaves_the_schema_as_it_is(pg, database):
+    store.connect(database).close()         # the version is current: nothing is applied again
+    assert pg.execute_sql("SELECT count(*), max(version) FROM pipeline_schema").fetchone() == (1, sqlite.SCHEMA_VERSION)

@@ -357,7 +357,7 @@ def test_api_certificates_are_checked_by_default(tree, db, certificate, monkeypa
         assert re.fullmatch(r"API TLS error: (self-signed certificate|certificate verify failed.*) \(attempt 1 of 5\)",
                             job.last_error), job.last_error
         assert api.received == []
-        db.execute_sql("UPDATE jobs SET next_attempt_at = 0")          # its retry, now
+        db.run_sql("UPDATE jobs SET next_attempt_at = 0")          # its retry, now
         job = notify_once(tree, db, monkeypatch, ca_bundle=cert)         # the operator trusts its private CA
         assert (job.state, job.attempts) == ("notified", 2)
     finally:

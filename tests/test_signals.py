@@ -23,7 +23,7 @@ def routed(db):
 
 
 def beats(db, prefix):
-    return db.execute_sql("SELECT count(*) FROM heartbeats WHERE program LIKE ?", (prefix + "%",)).fetchone()[0]
+    return db.run_sql("SELECT count(*) FROM heartbeats WHERE program LIKE ?", (prefix + "%",)).fetchone()[0]
 
 
 def test_sigterm_finishes_or_releases_the_batch_and_exits_zero(tree, db):
@@ -83,6 +83,7 @@ def test_idle_programs_stop_on_sigterm_with_exit_zero(tree, db, program):
     assert beats(db, program) == 0
 
 
+@pytest.mark.sqlite_only
 def test_an_unusable_database_exits_69(tree):
     tree.config.paths.database.write_bytes(b"not a database " * 200)
     proc = tree.run("router", "--once", check=False)

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from smtp_server import free_port
 from pipeline.heartbeat import Heartbeat
 from pipeline.jobs import Jobs
 from pipeline.router import Router
@@ -107,16 +108,33 @@ def test_the_notifier_is_required_only_with_an_api(tree, db):
     assert code == 1 and "notifier: not running" in out
 
 
+@pytest.mark.sqlite_only
 def test_an_unusable_database_exits_69(tree):
     tree.config.paths.database.write_bytes(b"garbage, not a database" * 100)
     code, out, err = status(tree)
     assert code == 69 and "database unusable" in err
 
 
+@pytest.mark.sqlite_only
 def test_a_missing_database_exits_69(tree):
     code, _, err = status(tree)
     assert code == 69 and "no such database" in err
     assert not os.path.exists(tree.config.paths.database)       # status never creates one
+
+
+@pytest.mark.postgresql_only
+def test_a_postgresql_database_without_the_pipeline_tables_exits_69(tree):
+    code, _, err = status(tree)
+    assert code == 69 and "no pipeline tables in this database" in err
+
+
+@pytest.mark.sqlite_only
+def test_an_unreachable_postgresql_server_exits_69_with_one_line(tree):
+    tree.database = f"postgresql://pipeline@127.0.0.1:{free_port()}/pipeline"      # nothing listens there
+    tree.write_config()
+    code, _, err = status(tree)
+    assert code == 69 and "database unusable" in err and "Connection refused" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_a_missing_hot_folder_is_unhealthy(tree, db):

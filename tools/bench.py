@@ -11,6 +11,7 @@ BENCHMARKS.md with the date and the commit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import http.server
 import json
@@ -26,13 +27,14 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workload import CLIENTS, RICH_ROUTES, ROUTES, document, drop, write_config  # noqa: E402
+from workload import CLIENTS, RICH_ROUTES, ROUTES, PostgresSchema, document, drop, write_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -76,9 +78,10 @@ class Pipeline:
     """This repository's supervisord.conf on a temporary tree (its bin/ linked); ``routers``, when
     given, replaces its router count (numprocs) in the copy."""
 
-    def __init__(self, root: Path, config_extra: str = "", routers: int | None = None, routes: str = ROUTES):
+    def __init__(self, root: Path, config_extra: str = "", routers: int | None = None, routes: str = ROUTES,
+                 database: str = "pipeline.db"):
         self.root = root
-        self.config_path = write_config(root, config_extra, routes)
+        self.config_path = write_config(root, config_extra, routes, database)
         self.config = config_module.load(self.config_path)
         (root / "bin").symlink_to(ROOT / "bin")
         conf = (ROOT / "supervisord.conf").read_text()
@@ -134,8 +137,14 @@ class Pipeline:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
-    def db(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.config.paths.database, timeout=30)
+    @contextlib.contextmanager
+    def db(self):
+        """The run's database through the storage seam (either engine): ``conn.execute(sql, params)``."""
+        engine = store.connect(self.config.paths.database)
+        try:
+            yield _Statements(engine)
+        finally:
+            engine.close()
 
     def count(self, state: str) -> int:
         """Jobs in ``state`` among those this run created (a pre-filled table is not counted)."""
@@ -200,11 +209,16 @@ def baseline_loop(n: int, routes: str = ROUTES) -> float:
         return n / (time.perf_counter() - t0)
 
 
+class _Statements:
+    def __init__(self, engine):
+        self.execute = engine.run_sql
+
+
 def pipeline_backlog(n: int, routers: int, finished_rows: int = 0,
-                     routes: str = ROUTES) -> tuple[float, dict[str, float]]:
+                     routes: str = ROUTES, database: str = "pipeline.db") -> tuple[float, dict[str, float]]:
     """N files pre-dropped, the whole supervised pipeline from start to the last routed: files/s."""
     with tempfile.TemporaryDirectory() as tmp:
-        p = Pipeline(Path(tmp), routers=routers, routes=routes)
+        p = Pipeline(Path(tmp), routers=routers, routes=routes, database=database)
         if finished_rows:
             fill_finished(p.config.paths.database, finished_rows)
             p.mark_prefilled()
@@ -302,10 +316,10 @@ def dashboard_pages(rows: int) -> dict[str, float]:
     return out
 
 
-def latency(count: int, routers: int, rate: float = 20.0) -> list[float]:
+def latency(count: int, routers: int, rate: float = 20.0, database: str = "pipeline.db") -> list[float]:
     """Files dropped at ``rate``/s into an idle running pipeline: drop-to-routed seconds each."""
     with tempfile.TemporaryDirectory() as tmp:
-        p = Pipeline(Path(tmp), routers=routers)
+        p = Pipeline(Path(tmp), routers=routers, database=database)
         for client, _ in CLIENTS:                  # a real hot folder has its client folders
             (p.config.paths.hot_folder / client).mkdir(parents=True)
         try:
@@ -410,6 +424,71 @@ def chaos(files: int) -> dict[str, str]:
     return figures
 
 
+def postgres_figures(url: str, n: int, routers: int, drops: int) -> Results:
+    """SPEC §12 on PostgreSQL: the backlog against SQLite in the same run, an idle worker's wake-up
+    by a new job, and the drop-to-routed latency."""
+    results = Results()
+    print(f"backlog of {n} files on SQLite, then on PostgreSQL", flush=True)
+    on_sqlite, _ = pipeline_backlog(n, routers)
+    schema = PostgresSchema(url)
+    try:
+        on_postgres, rss = pipeline_backlog(n, routers, database=schema.url)
+    finally:
+        schema.drop()
+    results.add(f"backlog throughput on PostgreSQL, N={n}", f"{on_postgres:.0f} files/s",
+                f"{on_sqlite:.0f} files/s (SQLite)", f"{on_postgres / on_sqlite:.2f}", ">= 0.90",
+                on_postgres / on_sqlite >= 0.9)
+    print("wake-up: an idle worker waiting on LISTEN, a job committed by another connection", flush=True)
+    schema = PostgresSchema(url)
+    try:
+        wakes = wake_ups(schema.url, 200)
+    finally:
+        schema.drop()
+    results.add("idle wake-up by a new job, p50", f"{percentile(wakes, 50) * 1000:.2f} ms",
+                f"p99 {percentile(wakes, 99) * 1000:.2f} ms", "-", "<= 5 ms", percentile(wakes, 50) <= 0.005)
+    print(f"latency: {drops} files dropped at 20/s into an idle pipeline, on SQLite, then on PostgreSQL", flush=True)
+    lat_sqlite = latency(drops, routers)
+    schema = PostgresSchema(url)
+    try:
+        lat_postgres = latency(drops, routers, database=schema.url)
+    finally:
+        schema.drop()
+    for q in (50, 99):
+        results.add(f"latency p{q} on PostgreSQL", f"{percentile(lat_postgres, q) * 1000:.1f} ms",
+                    f"{percentile(lat_sqlite, q) * 1000:.1f} ms (SQLite)",
+                    f"{percentile(lat_postgres, q) / percentile(lat_sqlite, q):.2f}", "-")
+    return results
+
+
+def wake_ups(url: str, count: int) -> list[float]:
+    """Seconds from a job's commit to the wake-up of a worker waiting on LISTEN, ``count`` times:
+    the path an idle router takes (store.postgres: Database.wait_for_work)."""
+    from pipeline.cli import Stopper
+    from pipeline.jobs import Jobs, Sighting
+    waiter, writer = store.connect(url), store.connect(url)
+    jobs, stopper = Jobs(writer, "bench:1"), Stopper()
+    waiter.wait_for_work(stopper, 0, listen=True)
+    out = []
+    try:
+        for i in range(count):
+            woke: list[float] = []
+            thread = threading.Thread(target=lambda: waiter.wait_for_work(stopper, 5, listen=True)
+                                      and woke.append(time.perf_counter()))
+            thread.start()
+            time.sleep(0.02)                       # the waiter is in select() by now
+            fake = types.SimpleNamespace(st_size=100, st_mtime_ns=i, st_ctime_ns=i, st_dev=1, st_ino=i + 1)
+            jobs.create([Sighting(f"/bench/{i}.json", "BENCH", f"{i}.json", fake)], "realtime")
+            committed = time.perf_counter()
+            thread.join(10)
+            if woke:
+                out.append(woke[0] - committed)
+    finally:
+        stopper.request()
+        waiter.close()
+        writer.close()
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -427,8 +506,16 @@ def main() -> None:
     argp.add_argument("--rules", action="store_true",
                       help="only the backlog, with the seeds' matrix and with 20 rules using every feature "
                            "of SPEC §5a (tools/workload.py RICH_ROUTES), each against its baseline loop")
+    argp.add_argument("--database", metavar="URL",
+                      help="a PostgreSQL database (postgresql://user@host/db, password from libpq's environment): "
+                           "only the §12 PostgreSQL figures, each run in a fresh schema of it")
     args = argp.parse_args()
     n = 1000 if args.quick else args.n
+    if args.database:
+        results = postgres_figures(args.database, n, args.routers, 60 if args.quick else 300)
+        if not args.no_record and not args.quick:
+            record(results, n, 0, args.routers, "--database postgresql://...")
+        return
     if args.rules:
         results = rules_backlog(n, args.routers)
         if not args.no_record and not args.quick:

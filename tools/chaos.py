@@ -1,13 +1,13 @@
 """Chaos run: the whole pipeline under supervisord, a random program SIGKILLed every 0.5 s.
 
-    tools/chaos [--files 5000] [--kill-every 0.5] [--invalid 0.02] [--timeout 600]
+    tools/chaos [--files 5000] [--kill-every 0.5] [--invalid 0.02] [--timeout 600] [--database URL]
 
 Drops the files (mixed clients and categories, a few invalid) while a local API server fails
 some requests, kills a random RUNNING program every interval, then waits for quiescence and
 checks that nothing was lost: every file is in the archive and exactly its rule's destinations
 (or in FAILED with a reason when invalid), the hot folder is empty, no job is stuck, no drop has
 two jobs, every audit history is a legal path through the state machine, and SQLite's
-integrity check passes. Prints the figures; exits 1 on any loss.
+integrity check passes (``--database URL``: the same on PostgreSQL). Prints the figures; exits 1 on any loss.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import Pipeline  # noqa: E402
-from workload import document  # noqa: E402
+from workload import PostgresSchema, document  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pipeline import rules  # noqa: E402
+from pipeline import rules, store  # noqa: E402
 
 PROGRAMS = ("scanner", "watcher", "router:router_00", "router:router_01", "notifier")
 TRANSITIONS = {(None, "detected"), ("detected", "archived"), ("archived", "routed"), ("routed", "notified"),
@@ -116,16 +116,20 @@ def killer(pipeline: Pipeline, every: float, stop: threading.Event, kills: Count
 
 def quiet(pipeline: Pipeline, expected: int) -> bool:
     with pipeline.db() as conn:
-        total, final = conn.execute("SELECT count(*), sum(state IN ('notified', 'failed')) FROM jobs").fetchone()
+        total, final = conn.execute("SELECT count(*), sum(CASE WHEN state IN ('notified', 'failed') THEN 1 ELSE 0 END) FROM jobs").fetchone()
     hot_left = any(p.suffix == ".json" for p in pipeline.config.paths.hot_folder.rglob("*"))
     return total >= expected and final == total and not hot_left
 
 
 def check(pipeline: Pipeline, dropped: dict, received: Counter) -> tuple[dict, list[str]]:
     """Figures and problems: every rule of the chaos run's contract."""
+    with pipeline.db() as conn:
+        return _check(pipeline, conn, dropped, received)
+
+
+def _check(pipeline: Pipeline, conn, dropped: dict, received: Counter) -> tuple[dict, list[str]]:
     cfg = pipeline.config
     problems: list[str] = []
-    conn = pipeline.db()
     jobs = conn.execute("SELECT id, uuid, state, client_folder, file_name, failed_step, last_error FROM jobs").fetchall()
     per_drop = Counter(f"{j[3]}/{j[4]}" for j in jobs)
     doubles = [k for k, n in per_drop.items() if n > 1]
@@ -185,11 +189,12 @@ def check(pipeline: Pipeline, dropped: dict, received: Counter) -> tuple[dict, l
                 problems.append(f"job {job_id}: illegal history {events}")
                 break
             previous = to_state
-    integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    integrity = (conn.execute("PRAGMA integrity_check").fetchone()[0]
+                 if not store.is_postgres(cfg.paths.database) else "ok")      # PostgreSQL checks its own pages
     if integrity != "ok":
         problems.append(f"integrity_check: {integrity}")
     duplicates = conn.execute("SELECT count(*) FROM (SELECT job_id, path FROM deliveries "
-                              "GROUP BY job_id, path HAVING count(*) > 1)").fetchone()[0]
+                              "GROUP BY job_id, path HAVING count(*) > 1) AS d").fetchone()[0]
     figures = {
         "files dropped": len(dropped),
         "invalid files dropped": sum(bad for _, bad in dropped.values()),
@@ -205,7 +210,6 @@ def check(pipeline: Pipeline, dropped: dict, received: Counter) -> tuple[dict, l
         "API posts repeating a key (retries after 5xx/429 or a kill; the receiver dedups by Idempotency-Key)": sum(n - 1 for n in received.values() if n > 1),
         "integrity_check": integrity,
     }
-    conn.close()
     return figures, problems
 
 
@@ -215,7 +219,18 @@ def main() -> int:
     argp.add_argument("--kill-every", type=float, default=0.5, help="seconds between kills")
     argp.add_argument("--invalid", type=float, default=0.02, help="share of invalid files")
     argp.add_argument("--timeout", type=float, default=600, help="seconds to wait for quiescence")
+    argp.add_argument("--database", metavar="URL", help="a PostgreSQL database to run on (a fresh schema in it); "
+                                                        "default: a SQLite file in the run's folder")
     args = argp.parse_args()
+    schema = PostgresSchema(args.database) if args.database else None
+    try:
+        return run(args, schema.url if schema else "pipeline.db")
+    finally:
+        if schema:
+            schema.drop()
+
+
+def run(args, database: str) -> int:
 
     server = QuietServer(("127.0.0.1", 0), FlakyApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -224,7 +239,7 @@ def main() -> int:
         pipeline = Pipeline(Path(tmp), "[detect]\nmin_file_age = 0.3\nscan_interval = 5\n"
                                        "[router]\nlease = 5\n"
                                        f'[api]\nendpoint = "{endpoint}"\nbackoff_cap = 2\nmax_attempts = 30\n'
-                                       "timeout = 5\n")
+                                       "timeout = 5\n", database=database)
         dropped: dict = {}
         kills: Counter = Counter()
         dropping_done, stop_killing = threading.Event(), threading.Event()

@@ -6,7 +6,9 @@ import json
 import os
 import random
 import socket
+import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 # (client, categories): the seeds' clients, with the CELTRA double route among them.
 CLIENTS = [("RANK", ["PRODUCTION", "CELTRA"]), ("RECKITTBENCKISER", ["SOCIAL", "CELTRA"]),
@@ -121,11 +123,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(root: Path, extra: str = "", routes: str = ROUTES) -> Path:
+def write_config(root: Path, extra: str = "", routes: str = ROUTES, database: str = "pipeline.db") -> Path:
     """A benchmark's pipeline.toml; its dashboard gets a free port (supervisord starts one)."""
     path = root / "pipeline.toml"
     if "[dashboard]" not in extra:
         extra += f'[dashboard]\nlisten = "127.0.0.1:{free_port()}"\n'
     path.write_text('[paths]\nhot_folder = "hot"\nstore = "store"\nfailed = "failed"\n'
-                    'error_log = "errors"\ndatabase = "pipeline.db"\n' + extra + routes)
+                    f'error_log = "errors"\ndatabase = "{database}"\n' + extra + routes)
     return path
+
+
+class PostgresSchema:
+    """A fresh schema in the PostgreSQL database at ``url`` for one run, dropped afterwards;
+    ``url`` then points the pipeline at it (libpq's search_path option)."""
+
+    def __init__(self, base: str):
+        import psycopg2
+        self.name = f"bench_{uuid.uuid4().hex[:10]}"
+        self.admin = psycopg2.connect(base)
+        self.admin.autocommit = True
+        self.admin.cursor().execute(f"CREATE SCHEMA {self.name}")
+        separator = "&" if "?" in base else "?"
+        self.url = f"{base}{separator}options={quote(f'-csearch_path={self.name}')}"
+
+    def drop(self) -> None:
+        with self.admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND application_name = 'hotfolder-pipeline'")
+            cur.execute(f"DROP SCHEMA {self.name} CASCADE")
+        self.admin.close()

@@ -97,6 +97,7 @@ def claim(db: store.Engine, actor: str, now: float, cfg: Alerts, *,
     if _held_off(db, now, cfg):                  # the cheap read first: most calls end here
         return None
     with db.write():
+        db.serialize("alerts")                  # two reporters: one alert, the other held off
         if _held_off(db, now, cfg):
             return None
         found = findings(db, now, cfg, notify=notify)

@@ -44,29 +44,29 @@ WITH day AS (
 
 _SQL_SUMMARY = _DAY + """
 SELECT count(*),
-       coalesce(sum(state = 'failed'), 0),
+       coalesce(sum(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), 0),
        avg(CASE WHEN state != 'failed' THEN routed_at - detected_at END),
-       coalesce(sum(detected_by = 'realtime'), 0),
-       coalesce(sum(detected_by = 'startup'), 0),
-       coalesce(sum(detected_by = 'periodic'), 0)
+       coalesce(sum(CASE WHEN detected_by = 'realtime' THEN 1 ELSE 0 END), 0),
+       coalesce(sum(CASE WHEN detected_by = 'startup' THEN 1 ELSE 0 END), 0),
+       coalesce(sum(CASE WHEN detected_by = 'periodic' THEN 1 ELSE 0 END), 0)
 FROM day"""
 
 # Nearest-rank percentiles: one sort of the day's latencies, two rows back.
 _SQL_LATENCY = _DAY + """
 SELECT rank, latency FROM (
     SELECT routed_at - mtime_ns / 1e9 AS latency, row_number() OVER (ORDER BY routed_at - mtime_ns / 1e9) AS rank
-    FROM day WHERE state != 'failed')
+    FROM day WHERE state != 'failed') AS ranked
 WHERE rank IN (:p50, :p95)"""
 
 # Per client: Routed = copied to at least one destination other than the highlighted one;
 # the highlighted one (Celtra in the seeds) is counted in its own column.
 _SQL_CLIENTS = _DAY + """
 , marks AS (
-    SELECT job_id, max(name = :highlight COLLATE NOCASE) AS highlight,
-           max(name != :highlight COLLATE NOCASE) AS other
+    SELECT job_id, max(CASE WHEN lower(name) = lower(:highlight) THEN 1 ELSE 0 END) AS highlight,
+           max(CASE WHEN lower(name) != lower(:highlight) THEN 1 ELSE 0 END) AS other
     FROM deliveries WHERE job_id IN (SELECT id FROM day) GROUP BY job_id)
 SELECT day.client_folder, count(*), coalesce(sum(marks.other), 0), coalesce(sum(marks.highlight), 0),
-       sum(day.state = 'failed')
+       sum(CASE WHEN day.state = 'failed' THEN 1 ELSE 0 END)
 FROM day LEFT JOIN marks ON marks.job_id = day.id
 GROUP BY day.client_folder
 ORDER BY count(*) DESC, day.client_folder"""
@@ -82,7 +82,7 @@ FROM deliveries WHERE job_id IN (SELECT id FROM day)
 GROUP BY name, folder ORDER BY 3 DESC, 1, 2"""
 
 _SQL_HOURLY = _DAY + """
-SELECT CAST((done_at - :start) / 3600 AS INTEGER) AS hour, count(*) FROM day GROUP BY hour"""
+SELECT CAST(floor((done_at - :start) / 3600) AS INTEGER) AS hour, count(*) FROM day GROUP BY 1"""
 
 _SQL_ERRORS = _DAY + """
 SELECT done_at, client_folder, file_name, coalesce(failed_step, ''), coalesce(last_error, '')
@@ -97,7 +97,7 @@ _SQL_UPTIME = """
 WITH s AS (
     SELECT started_at AS a, lead(started_at) OVER (ORDER BY started_at) AS b
     FROM scans WHERE kind IN ('startup', 'periodic') AND started_at >= :start - :window AND started_at < :end)
-SELECT coalesce(sum(max(0, min(coalesce(b, a + :window), a + :window, :end) - max(a, :start))), 0) FROM s"""
+SELECT coalesce(sum(greatest(0, least(coalesce(b, a + :window), a + :window, :end) - greatest(a, :start))), 0) FROM s"""
 
 
 @dataclass(frozen=True)

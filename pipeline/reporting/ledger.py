@@ -39,11 +39,8 @@ _SQL_SCHEDULE = """
 INSERT INTO reports (kind, day, state, created_at, next_attempt_at) VALUES (?, ?, 'pending', ?, ?)
 ON CONFLICT (kind, day) DO NOTHING"""
 
-_SQL_CLAIM = """
-UPDATE reports SET claimed_by = ?, claimed_at = ?, lease_token = ?, next_attempt_at = ?
-WHERE id = (SELECT id FROM reports WHERE kind = ? AND state = 'pending' AND next_attempt_at <= ?
-            ORDER BY day LIMIT 1)
-RETURNING id, day, attempts, figures"""
+_CLAIM_SET = "claimed_by = ?, claimed_at = ?, lease_token = ?, next_attempt_at = ?"
+_CLAIM_WHERE = "kind = ? AND state = 'pending' AND next_attempt_at <= ?"
 
 _SQL_FIGURES = "UPDATE reports SET figures = ? WHERE id = ? AND lease_token = ?"
 
@@ -64,9 +61,9 @@ INSERT INTO reports (kind, day, state, created_at, next_attempt_at, claimed_by, 
                      sent_at, recipients, figures)
 VALUES (?, ?, 'sent', ?, ?, ?, ?, 1, ?, ?, ?)
 ON CONFLICT (kind, day) DO UPDATE SET state = 'sent', claimed_by = excluded.claimed_by,
-    claimed_at = excluded.claimed_at, attempts = attempts + 1, sent_at = excluded.sent_at,
+    claimed_at = excluded.claimed_at, attempts = reports.attempts + 1, sent_at = excluded.sent_at,
     recipients = excluded.recipients, last_error = NULL, lease_token = NULL,
-    figures = coalesce(figures, excluded.figures)"""
+    figures = coalesce(reports.figures, excluded.figures)"""
 
 
 def latest_day(db: store.Engine) -> dt.date | None:
@@ -86,7 +83,8 @@ def claim_due(db: store.Engine, actor: str, now: float, lease: float = LEASE) ->
     """The oldest due report, leased to ``actor``; None when nothing is due."""
     token = uuid.uuid4().hex
     with db.write():
-        row = db.run_sql(_SQL_CLAIM, (actor, now, token, now + lease, KIND, now)).fetchone()
+        row = db.claim("reports", _CLAIM_WHERE, "day", _CLAIM_SET, "id, day, attempts, figures",
+                       (actor, now, token, now + lease), (KIND, now), 1).fetchone()
     if row is None:
         return None
     report_id, day, attempts, figures = row

@@ -2,7 +2,7 @@
 
 ``connect(location)`` gives an engine (``engine.Engine``); nothing outside this package knows which
 one. SQLite (``sqlite.py``, with its DDL in ``sqlite.sql``) is the default: one file on a local
-disk, nothing to install. ``models.py`` has the peewee models of the tables, for the tools and
+disk, nothing to install. PostgreSQL (``postgres.py``, ``postgres.sql``) is for several hosts. ``models.py`` has the peewee models of the tables, for the tools and
 reports; the hot path uses pre-written SQL through ``Engine.sql``.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import sqlite
+from . import postgres, sqlite
+from ..config import POSTGRES_SCHEMES
 from .engine import SAYS, DatabaseUnusable, Engine, LeaseLost, Trouble, retry_later
 
 __all__ = ["SAYS", "DatabaseUnusable", "Engine", "LeaseLost", "Trouble", "check_location", "connect",
@@ -20,9 +21,16 @@ __all__ = ["SAYS", "DatabaseUnusable", "Engine", "LeaseLost", "Trouble", "check_
 def connect(location: Path, *, create: bool = True) -> Engine:
     """Open the database at ``location`` (``paths.database``), creating or upgrading its schema;
     with ``create=False`` a database that is not there is an error (the operators' tools)."""
+    if is_postgres(location):
+        return postgres.connect(location, create=create)
     return sqlite.connect(location, create=create)
+
+
+def is_postgres(location: Path | str) -> bool:
+    return isinstance(location, str) and location.lower().startswith(POSTGRES_SCHEMES)
 
 
 def check_location(location: Path) -> None:
     """Refuse, before anything starts, a place where the engine cannot work (DatabaseUnusable)."""
-    sqlite.check_local(location)
+    if not is_postgres(location):
+        sqlite.check_local(location)

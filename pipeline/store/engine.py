@@ -9,7 +9,12 @@ An engine is a peewee ``Database`` subclass mixing in ``Engine``. The programs o
 - ``transient(error)``: why an error may pass by itself ("locked", "full", "read-only", "I/O",
   "unreachable"), or None;
 - ``check_alive()`` and ``tidy()`` at each heartbeat, ``checkpoint()`` after the nightly pruning;
-- ``wait_for_work(stopper, seconds)``: sleep until work may be there (a poll, or a wake-up);
+- ``claim(...)``: lease the first due rows of a queue, never a row another worker holds;
+- ``serialize(name)``: inside a write transaction, be the only writer of what ``name`` stands for
+  (SQLite's one writer is so already);
+- ``announce()`` in a transaction that made work due, and ``wait_for_work(stopper, seconds,
+  listen)``: sleep until work may be there (a poll, or a wake-up);
+- ``clock_skew()``: this host's clock against the database's;
 - ``reopen_after(reason)``: what to do with the connection after a transient error.
 """
 
@@ -40,6 +45,7 @@ class Engine:
     """The seam's interface, with what is the same on every engine."""
 
     ID_LIST = "SELECT value FROM json_each(?)"      # the engine's way to say "one of these ids"
+    IDLE_POLL = 0.0         # the shortest idle wait worth it (an engine with wake-ups waits longer)
 
     def _init_engine(self) -> None:
         self.trouble = Trouble()
@@ -66,6 +72,25 @@ class Engine:
     def id_list(self, ids) -> object:
         raise NotImplementedError
 
+    def claim(self, table: str, where: str, order: str, set_clause: str, returning: str,
+              set_params: tuple, where_params: tuple, limit: int):
+        """``UPDATE table SET set_clause`` on the first ``limit`` rows matching ``where`` by
+        ``order``, returning ``returning`` of each: one statement, so under a single writer no
+        other worker can take the same rows in between."""
+        sql = self.sql(f"UPDATE {table} SET {set_clause} WHERE id IN (SELECT id FROM {table} WHERE {where} "
+                       f"ORDER BY {order} LIMIT ?) RETURNING {returning}")
+        return self.execute_sql(sql, (*set_params, *where_params, limit))
+
+    def serialize(self, name: str) -> None:
+        """One writer at a time already: nothing to take."""
+
+    def announce(self) -> None:
+        """Nobody listens: idle workers poll."""
+
+    def clock_skew(self, clock=None) -> float:
+        """This host's clock minus the database's: here one host, one clock."""
+        return 0.0
+
     def transient(self, error: BaseException) -> str | None:
         raise NotImplementedError
 
@@ -81,9 +106,11 @@ class Engine:
     def reopen_after(self, reason: str) -> None:
         """After a transient error: drop the connection when the engine needs a fresh one."""
 
-    def wait_for_work(self, stopper, seconds: float) -> None:
-        """Sleep up to ``seconds`` or until stopped (an engine with wake-ups returns earlier)."""
+    def wait_for_work(self, stopper, seconds: float, listen: bool = False) -> bool:
+        """Sleep up to ``seconds`` or until stopped; True when woken because work may have come
+        (``listen``: the caller wants that; an engine without wake-ups never is)."""
         stopper.wait(seconds)
+        return False
 
 
 @lru_cache(maxsize=None)

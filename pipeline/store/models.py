@@ -97,6 +97,7 @@ class Heartbeat(BaseModel):
     pid = peewee.IntegerField()
     started_at = peewee.FloatField()
     beat_at = peewee.FloatField()
+    clock_skew = peewee.FloatField(default=0)
 
     class Meta:
         table_name = "heartbeats"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import math
 import logging
 import os
 import sqlite3
@@ -16,7 +17,7 @@ from .engine import DatabaseUnusable, Engine
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5      # 4: error_log_outbox, 5: tallies
+SCHEMA_VERSION = 6      # 4: error_log_outbox, 5: tallies, 6: heartbeats.clock_skew
 BUSY_TIMEOUT_MS = 5000
 # A reader that stays long stops checkpoints from reaching the WAL's end, and the WAL grows; once it
 # lets go, SQLite cuts the file back to this size at the next restart of the WAL instead of keeping
@@ -46,6 +47,11 @@ class Database(Engine, peewee.SqliteDatabase):
         super().__init__(*args, **kwargs)
         self.identity: tuple[int, int] | None = None     # (st_dev, st_ino) of the file at connect()
         self._init_engine()
+        # PostgreSQL's names for the scalar max and min (SQLite's max(a, b)), so that a statement
+        # is written once for both engines; and floor(), which not every SQLite is built with.
+        self.register_function(_greatest, "greatest", -1)
+        self.register_function(_least, "least", -1)
+        self.register_function(_floor, "floor", 1)
 
     def rollback(self):
         if self.is_closed() or self.connection().in_transaction:
@@ -84,6 +90,20 @@ class Database(Engine, peewee.SqliteDatabase):
             self.close()
 
 
+def _greatest(*values):
+    present = [v for v in values if v is not None]      # as PostgreSQL: NULLs are left out
+    return max(present) if present else None
+
+
+def _floor(value):
+    return None if value is None else math.floor(value)
+
+
+def _least(*values):
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
 def connect(path: Path, *, create: bool = True) -> Database:
     """Open the database, applying the schema when it is new or older than this code.
 
@@ -114,6 +134,9 @@ def connect(path: Path, *, create: bool = True) -> Database:
     return db
 
 
+_ADDED_COLUMNS = [("heartbeats", "clock_skew", "REAL NOT NULL DEFAULT 0")]
+
+
 def schema_script() -> str:
     """The text of sqlite.sql, package data beside this module (so an installed copy has it too)."""
     return importlib.resources.files(__package__).joinpath("sqlite.sql").read_text(encoding="utf-8")
@@ -123,7 +146,20 @@ def apply_schema(db: Database) -> None:
     """Create what is missing, in one immediate transaction so concurrent starts agree."""
     script = schema_script()
     conn = db.connection()
-    conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+    # Columns added to a table of an earlier version (CREATE TABLE IF NOT EXISTS leaves it be). Two
+    # programs starting together may both add one: the second finds it there and goes again.
+    added = "".join(f"ALTER TABLE {table} ADD COLUMN {column} {ddl};\n" for table, column, ddl in _ADDED_COLUMNS
+                    if (present := {r[1] for r in conn.execute(f"PRAGMA table_info({table})")})
+                    and column not in present)
+    try:
+        conn.executescript(f"BEGIN IMMEDIATE;\n{added}{script}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+    except sqlite3.OperationalError as e:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if "duplicate column" not in str(e):
+            raise
+        apply_schema(db)
+        return
     log.info("database schema version %d ready in %s", SCHEMA_VERSION, db.database)
 
 

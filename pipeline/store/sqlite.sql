@@ -115,6 +115,7 @@ CREATE TABLE IF NOT EXISTS heartbeats (
     pid        INTEGER NOT NULL,
     started_at REAL    NOT NULL,
     beat_at    REAL    NOT NULL,
+    clock_skew REAL    NOT NULL DEFAULT 0,            -- its host's clock minus the database's
     PRIMARY KEY (program, host)
 );
 

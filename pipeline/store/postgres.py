@@ -1,0 +1,290 @@
+"""The PostgreSQL engine (SPEC §15): one database that the programs of several hosts share.
+
+What differs from SQLite, all of it here:
+
+- writes are READ COMMITTED transactions; claims take their rows with ``FOR UPDATE SKIP LOCKED``
+  (``claim``), so two workers never hold one row; what SQLite's single writer made safe by itself
+  (the alerts' throttle) takes a transaction-scoped advisory lock (``serialize``);
+- statements are written once with ``?`` and ``:name`` placeholders (``dialect`` turns them into
+  psycopg2's), ``{id_list}`` is ``= ANY`` of an array;
+- which errors pass by themselves: a lost connection (the server restarted, the connection
+  killed, the network down) is "unreachable": the connection is dropped and the next statement
+  opens a new one; a serialization failure or a deadlock is "locked";
+- waking up: a committed transaction that made work due says NOTIFY; idle routers and notifiers
+  wait on LISTEN, with a fallback poll of about a second;
+- the schema (``postgres.sql``), applied under an advisory lock so that programs starting together
+  agree, with its version in ``pipeline_schema``.
+
+The password never comes from the TOML: libpq reads PGPASSWORD, PGPASSFILE or ~/.pgpass.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import re
+import select
+import threading
+import time
+
+import peewee
+
+from .engine import DatabaseUnusable, Engine
+from .sqlite import SCHEMA_VERSION          # one version for both DDL files
+
+try:
+    import psycopg2
+    import psycopg2.errorcodes
+    import psycopg2.extensions
+except ImportError:                 # the postgres extra is not installed
+    psycopg2 = None
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "pipeline_work"
+IDLE_POLL = 1.0                 # seconds an idle router or notifier waits between two looks
+CONNECT_TIMEOUT = 10            # seconds (libpq's connect_timeout) before a connect gives up
+SCHEMA_LOCK = 0x70697065        # advisory lock key while the schema is applied ("pipe")
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+# SQLSTATE classes and codes that pass by themselves.
+_LOCKED_CODES = {"40001", "40P01", "55P03"}         # serialization failure, deadlock, lock not available
+_UNREACHABLE_CLASSES = ("08", "57")                 # connection exception, operator intervention
+
+
+class Database(Engine, peewee.PostgresqlDatabase):
+    """peewee's PostgresqlDatabase behind the seam."""
+
+    ID_LIST = "SELECT unnest(CAST(? AS BIGINT[]))"
+    IDLE_POLL = IDLE_POLL
+
+    def __init__(self, url: str, **kwargs):
+        super().__init__(url, connect_timeout=CONNECT_TIMEOUT, application_name="hotfolder-pipeline",
+                         # TCP keepalives: a server that vanished (a host or the network down) is
+                         # noticed within about a minute instead of the kernel's two hours.
+                         keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
+                         **kwargs)
+        self._init_engine()
+        self._listener = None
+        self._listener_lock = threading.Lock()
+
+    def _connect(self):
+        conn = super()._connect()
+        # sum() of integers is numeric in PostgreSQL: Decimal in Python, where SQLite gives int.
+        psycopg2.extensions.register_type(_NUMERIC_AS_NUMBER, conn)
+        return conn
+
+    @classmethod
+    def dialect(cls, text: str) -> str:
+        text = super().dialect(text).replace("%", "%%")
+        text = _NAMED.sub(r"%(\1)s", text).replace("?", "%s")
+        return text.replace("json_array(", "json_build_array(")
+
+    # -- transactions ------------------------------------------------------------------------------
+
+    def snapshot(self):
+        return _Snapshot(self)
+
+    def serialize(self, name: str) -> None:
+        """Inside a write transaction: wait for, and hold until it ends, the lock called ``name``."""
+        self.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
+
+    def claim(self, table: str, where: str, order: str, set_clause: str, returning: str,
+              set_params: tuple, where_params: tuple, limit: int):
+        qualified = ", ".join(f"{table}.{c.strip()}" for c in returning.split(","))
+        sql = self.sql(f"WITH c AS MATERIALIZED (SELECT id FROM {table} WHERE {where} ORDER BY {order} "
+                       f"LIMIT ? FOR UPDATE SKIP LOCKED) "
+                       f"UPDATE {table} SET {set_clause} FROM c WHERE {table}.id = c.id RETURNING {qualified}")
+        return self.execute_sql(sql, (*where_params, limit, *set_params))
+
+    def id_list(self, ids) -> list[int]:
+        return list(ids)
+
+    def rollback(self):
+        # After a lost connection there is nothing to roll back, and trying hides the real error.
+        if not self.is_closed() and self.connection().closed:
+            return
+        super().rollback()
+
+    # -- errors ------------------------------------------------------------------------------------
+
+    def transient(self, error: BaseException) -> str | None:
+        return transient(error)
+
+    def reopen_after(self, reason: str) -> None:
+        if reason == "unreachable":
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        """Forget this thread's connection, whatever state it is in: peewee opens a new one (and
+        reconnects) at the next statement. peewee itself never reconnects PostgreSQL."""
+        state = self._state
+        conn = state.conn
+        state.reset()
+        state.closed = True
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:       # noqa: BLE001 - a broken connection may fail to close
+                pass
+        with self._listener_lock:
+            if self._listener is not None:
+                try:
+                    self._listener.close()
+                except Exception:   # noqa: BLE001
+                    pass
+                self._listener = None
+
+    # -- wake-ups ----------------------------------------------------------------------------------
+
+    def announce(self) -> None:
+        """Inside a write transaction that made work due: wake the idle workers when it commits.
+        PostgreSQL sends one notification per transaction, however many times this is said."""
+        self.execute_sql(f"NOTIFY {CHANNEL}")
+
+    def wait_for_work(self, stopper, seconds: float, listen: bool = False) -> bool:
+        if not listen:
+            stopper.wait(seconds)
+            return False
+        try:
+            conn = self._listening()
+            if conn.notifies:
+                conn.notifies.clear()
+                return True
+            ready, _, _ = select.select([conn], [], [], max(seconds, 0))
+            if ready:
+                conn.poll()
+                woke = bool(conn.notifies)
+                conn.notifies.clear()
+                return woke
+            return False
+        except (psycopg2.Error, OSError, ValueError):
+            # The listening connection broke (a restart): poll meanwhile; the next wait opens anew.
+            with self._listener_lock:
+                self._listener = None
+            stopper.wait(min(seconds, IDLE_POLL))
+            return False
+
+    def _listening(self):
+        with self._listener_lock:
+            if self._listener is None or self._listener.closed:
+                conn = psycopg2.connect(self.database, **self.connect_params)
+                conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+                conn.cursor().execute(f"LISTEN {CHANNEL}")
+                self._listener = conn
+            return self._listener
+
+    # -- clocks ------------------------------------------------------------------------------------
+
+    def clock_skew(self, clock=time.time) -> float:
+        """This host's clock minus the database server's, in seconds (SPEC §15, Clocks), taken at
+        the middle of the round trip."""
+        before = clock()
+        server = self.execute_sql("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0]
+        return (before + clock()) / 2 - float(server)
+
+    def close(self):
+        with self._listener_lock:
+            if self._listener is not None:
+                try:
+                    self._listener.close()
+                except Exception:   # noqa: BLE001
+                    pass
+                self._listener = None
+        return super().close()
+
+
+def _number(value: str | None, cursor):
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else float(value)
+
+
+_NUMERIC_AS_NUMBER = (psycopg2.extensions.new_type(psycopg2.extensions.DECIMAL.values, "NUMERIC_AS_NUMBER", _number)
+                      if psycopg2 is not None else None)
+
+
+class _Snapshot:
+    """A REPEATABLE READ, READ ONLY transaction: every read in it sees the same moment. Inside a
+    transaction already open it is a savepoint of that one (which already sees one moment)."""
+
+    def __init__(self, db: Database):
+        self.db = db
+        self._ctx = None
+
+    def __enter__(self):
+        outer = self.db.in_transaction()
+        self._ctx = self.db.atomic()
+        self._ctx.__enter__()
+        if not outer:
+            self.db.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def transient(error: BaseException) -> str | None:
+    """"unreachable" for a lost or refused connection, "locked" for a serialization failure, a
+    deadlock or a lock not available; None for anything else. The whole chain is looked at."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if psycopg2 is not None and isinstance(error, psycopg2.Error):
+            code = error.pgcode or ""
+            if code in _LOCKED_CODES:
+                return "locked"
+            if code.startswith(_UNREACHABLE_CLASSES) or isinstance(error, psycopg2.InterfaceError):
+                return "unreachable"
+            if isinstance(error, psycopg2.OperationalError) and not code:
+                return "unreachable"        # no SQLSTATE: the connection itself failed
+        if isinstance(error, peewee.InterfaceError) and "closed" in str(error):
+            return "unreachable"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def schema_script() -> str:
+    return importlib.resources.files(__package__).joinpath("postgres.sql").read_text(encoding="utf-8")
+
+
+def connect(url: str, *, create: bool = True) -> Database:
+    """Open the database, applying the schema when it is new or older than this code. With
+    ``create=False`` a database without the pipeline's tables is an error (the operators' tools)."""
+    if psycopg2 is None:
+        raise DatabaseUnusable("paths.database is a PostgreSQL URL but its driver is not installed: "
+                               "pip install 'hotfolder-pipeline[postgres]'")
+    db = Database(url)
+    try:
+        db.connect()
+        version = _version(db)
+        if version is None and not create:
+            raise DatabaseUnusable(f"{url}: no pipeline tables in this database")
+        if version is None or version < SCHEMA_VERSION:
+            apply_schema(db)
+    except (psycopg2.Error, peewee.DatabaseError, peewee.InterfaceError) as e:
+        db.close()
+        raise DatabaseUnusable(f"{url}: {_one_line(e)}") from None
+    return db
+
+
+def _version(db: Database) -> int | None:
+    row = db.execute_sql("SELECT to_regclass('pipeline_schema')").fetchone()
+    if row[0] is None:
+        return None
+    row = db.execute_sql("SELECT max(version) FROM pipeline_schema").fetchone()
+    return row[0]
+
+
+def apply_schema(db: Database) -> None:
+    """Create what is missing, in one transaction under an advisory lock so concurrent starts agree."""
+    with db.atomic():
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        db.execute_sql(schema_script())
+        db.execute_sql("DELETE FROM pipeline_schema")
+        db.execute_sql("INSERT INTO pipeline_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+    log.info("database schema version %d ready in %s", SCHEMA_VERSION, db.database)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
