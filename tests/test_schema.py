@@ -94,7 +94,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 def _rows(path: Path, tables) -> dict[str, list[tuple]]:
     conn = sqlite3.connect(path)
     try:
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+        # Sorted here rather than by rowid: tallies is a WITHOUT ROWID table.
+        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
     finally:
         conn.close()
 
