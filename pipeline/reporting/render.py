@@ -93,7 +93,7 @@ def report(figures: dict, config: Config) -> Rendered:
 
 
 def alert(findings: dict, config: Config) -> Rendered:
-    """A failure alert's subject, HTML and plain text (``findings`` from alerts.Findings.asdict)."""
+    """An alert's subject, HTML and plain text (``findings`` from alerts.Findings.asdict)."""
     zone = zoneinfo.ZoneInfo(config.report.timezone)
 
     def local(ts: float) -> str:
@@ -107,4 +107,10 @@ def alert(findings: dict, config: Config) -> Rendered:
         parts.append(f"{findings['failed_total']} failed job{'s' * (findings['failed_total'] != 1)}")
     if findings["stuck_total"]:
         parts.append(f"{findings['stuck_total']} stuck job{'s' * (findings['stuck_total'] != 1)}")
+    silent = [s["client"] for s in findings.get("silenced", []) if s["resumed_at"] is None]
+    if silent:
+        parts.append(f"no file from {', '.join(silent)}")
+    back = [s["client"] for s in findings.get("resumed", []) + findings.get("silenced", []) if s["resumed_at"]]
+    if back:
+        parts.append(f"{', '.join(back)} resumed")
     return Rendered(_one_line(f"Alert: {' and '.join(parts)} - {config.report.title}"), html, text)
