@@ -85,7 +85,12 @@ def _one_line(text: str) -> str:
 def report(figures: dict, config: Config) -> Rendered:
     """The daily report's subject, HTML and plain text."""
     day = dt.date.fromisoformat(figures["day"])
+    zone = zoneinfo.ZoneInfo(config.report.timezone)
+    silences = [{"client": s["client"], "rule": s["rule"],
+                 "since": dt.datetime.fromtimestamp(s["last_seen"], zone).strftime("%Y-%m-%d %H:%M")
+                 if s["last_seen"] else "none yet"} for s in figures.get("silences", [])]
     context = {"f": figures, "b": _branding(config), "day_label": f"{day:%A} {day.day} {day:%B %Y}",
+               "silences": silences,
                "largest_hour": max((h["count"] for h in figures["hourly"]), default=0),
                "scan_interval": config.detect.scan_interval}
     html, text = _render("report", context)
