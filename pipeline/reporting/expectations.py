@@ -76,7 +76,7 @@ def due(db: store.Engine, rule: Expect, client: str, now: float, zone: zoneinfo.
     last = db.run_sql(_SQL_LAST, (client, now)).fetchone()[0]
     clock = max(x for x in (last, history, start) if x is not None)
     due_at = clock + rule.within
-    if due_at <= min(now, end):
+    if due_at <= now and due_at < end:
         return {"rule": rule.label, "client": client, "last_seen": last, "due_at": due_at}
     return None
 
