@@ -231,3 +231,12 @@ def test_a_send_that_hangs_past_channel_timeout_is_given_up_while_the_others_com
         held.set()
     assert results == {"hangs": "no answer within 0.2s", "quick": None, "fails": "division by zero"}
     assert done == [1]
+
+
+def test_check_config_notes_an_unset_channel_variable_and_refuses_an_unknown_url(tree):
+    tree.config_path.write_text(f'[alerts]\nurls = ["env:ALERT_UNSET_HOOK", "nosuchservice://{SECRET}"]\n')
+    proc = tree.run("check-config", str(tree.config_path), check=False)
+    assert proc.returncode == cli.EXIT_CONFIG
+    assert "note: [alerts] urls #1: environment variable ALERT_UNSET_HOOK is not set" in proc.stdout
+    assert "[alerts] urls #2: it does not hold a URL Apprise can send to" in proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr

@@ -53,25 +53,26 @@ def resolve(urls: Sequence[str], environ: Mapping[str, str] = os.environ) -> lis
     A missing variable or a URL Apprise does not know is a configuration error naming the entry and
     the variable, never the URL.
     """
-    channels = []
-    for i, text in enumerate(urls, 1):
-        where = f"[alerts] urls #{i}"
-        name = None
-        if text.startswith("env:"):
-            name = text[4:]
-            if not environ.get(name):
-                raise ConfigError(f"{where}: the environment variable {name} is not set")
-            text = environ[name]
-        _secrets.update(secrets_of(text))
-        plugin = apprise.Apprise.instantiate(text)
-        if plugin is None:
-            source = f"the environment variable {name}" if name else "it"
-            raise ConfigError(f"{where}: {source} does not hold a URL Apprise can send to "
-                              "(the value is not shown)")
-        label = redact(_shorten(plugin.url(privacy=True)))
-        channels.append(Channel(key="channel:" + hashlib.sha256(text.encode()).hexdigest()[:16],
-                                label=f"{name} {label}" if name else label, url=text))
-    return channels
+    return [resolve_one(i, text, environ) for i, text in enumerate(urls, 1)]
+
+
+def resolve_one(i: int, text: str, environ: Mapping[str, str] = os.environ) -> Channel:
+    """The ``i``-th entry of ``[alerts] urls`` as a channel (ConfigError naming the entry)."""
+    where = f"[alerts] urls #{i}"
+    name = None
+    if text.startswith("env:"):
+        name = text[4:]
+        if not environ.get(name):
+            raise ConfigError(f"{where}: the environment variable {name} is not set")
+        text = environ[name]
+    _secrets.update(secrets_of(text))
+    plugin = apprise.Apprise.instantiate(text)
+    if plugin is None:
+        source = f"the environment variable {name}" if name else "it"
+        raise ConfigError(f"{where}: {source} does not hold a URL Apprise can send to (the value is not shown)")
+    label = redact(_shorten(plugin.url(privacy=True)))
+    return Channel(key="channel:" + hashlib.sha256(text.encode()).hexdigest()[:16],
+                   label=f"{name} {label}" if name else label, url=text)
 
 
 def send(channel: Channel, title: str, body: str, timeout: float) -> None:
