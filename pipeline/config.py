@@ -506,17 +506,25 @@ def _section(name: str, table: Any) -> dict[str, Any]:
     return out
 
 
-def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple[Route, ...]:
+def _array(name: str, tables: Any, keys: set[str]) -> list[tuple[str, dict]]:
+    """The tables of ``[[name]]``, each with where it is ("[[route]] #2"), their keys checked."""
     if not isinstance(tables, list):
-        raise ConfigError("[[route]]: expected an array of tables ([[route]])")
-    routes = []
+        raise ConfigError(f"[[{name}]]: expected an array of tables ([[{name}]])")
+    found = []
     for i, table in enumerate(tables, 1):
-        where = f"[[route]] #{i}"
+        where = f"[[{name}]] #{i}"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: expected a table")
-        unknown = sorted(set(table) - _ROUTE_KEYS)
+        unknown = sorted(set(table) - keys)
         if unknown:
             raise ConfigError(f"{where} {unknown[0]}: unknown key")
+        found.append((where, table))
+    return found
+
+
+def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple[Route, ...]:
+    routes = []
+    for where, table in _array("route", tables, _ROUTE_KEYS):
         for key in ("name", "to"):
             if not isinstance(table.get(key), str) or not table[key].strip():
                 raise ConfigError(f"{where} {key}: required, a non-empty string")
@@ -528,16 +536,8 @@ def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple
 
 
 def _expectations(tables: Any) -> tuple[Expect, ...]:
-    if not isinstance(tables, list):
-        raise ConfigError("[[expect]]: expected an array of tables ([[expect]])")
     rules = []
-    for i, table in enumerate(tables, 1):
-        where = f"[[expect]] #{i}"
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where}: expected a table")
-        unknown = sorted(set(table) - _EXPECT_KEYS)
-        if unknown:
-            raise ConfigError(f"{where} {unknown[0]}: unknown key")
+    for where, table in _array("expect", tables, _EXPECT_KEYS):
         for key in ("clients", "within"):
             if key not in table:
                 raise ConfigError(f"{where} {key}: required")
