@@ -10,6 +10,7 @@ from pathlib import Path
 from . import cli, config as config_module, separation, store
 from .config import Config, ConfigError
 from .api import resolve_headers
+from .reporting import channels
 
 
 def _writable_place(path: Path) -> str | None:
@@ -71,6 +72,14 @@ def check(config: Config) -> tuple[list[str], list[str]]:
                 resolve_headers({name: value})      # what the notifier refuses at start
             except ConfigError as e:
                 problems.append(str(e))
+    for i, value in enumerate(config.alerts.urls, 1):
+        if value.startswith("env:") and value[4:] not in os.environ:
+            notes.append(f"[alerts] urls #{i}: environment variable {value[4:]} is not set")
+            continue
+        try:
+            channels.resolve_one(i, value)          # what the reporter refuses at start
+        except ConfigError as e:
+            problems.append(str(e))
     if config.smtp.host and config.smtp.username and config.smtp.password_env not in os.environ:
         notes.append(f"[smtp] password_env: environment variable {config.smtp.password_env} is not set")
     return problems, notes

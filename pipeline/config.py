@@ -176,6 +176,46 @@ def url(value: Any) -> str:
     return value
 
 
+def alert_urls(value: Any) -> tuple[str, ...]:
+    """Apprise URLs, each "env:NAME" (read at start: URLs carry tokens) or written out. A problem
+    names the entry by its place, never by its text, which may be a secret."""
+    urls = string_list(value)
+    for i, text in enumerate(urls, 1):
+        if text.startswith("env:"):
+            env_name(text[4:])
+        elif "://" not in text:
+            raise ValueError(f'entry #{i} is neither "env:NAME" nor a URL such as "json://host/path" '
+                             "(the value is not shown)")
+        elif control_character(text):
+            raise ValueError(f"entry #{i} contains the control character {control_character(text)} "
+                             "(the value is not shown)")
+    return urls
+
+
+def window(value: Any) -> tuple[int, int] | None:
+    """ "HH:MM-HH:MM" as minutes after midnight (None: the whole day); an end before the start runs
+    overnight, and "24:00" is the end of the day."""
+    found = re.fullmatch(r"(\d\d):(\d\d)-(\d\d):(\d\d)", string(value))
+    h1, m1, h2, m2 = map(int, found.groups()) if found else (99, 0, 0, 0)
+    if not (h1 < 24 and m1 < 60 and m2 < 60 and (h2 < 24 or (h2, m2) == (24, 0))):
+        raise ValueError(f'expected a window such as "08:00-18:00", got {value!r}')
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if (start, end) == (0, 1440):
+        return None
+    if start == end % 1440:
+        raise ValueError(f"the window {value!r} is empty: it starts when it ends")
+    return start, end
+
+
+def weekdays(value: Any) -> frozenset[int]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list of days such as [\"mon\", \"tue\"], got {value!r}")
+    for day in value:
+        if not isinstance(day, str) or day.lower() not in DAYS:
+            raise ValueError(f"expected days among {', '.join(DAYS)}, got {day!r}")
+    return frozenset(DAYS.index(day.lower()) for day in value)
+
+
 def headers(value: Any) -> Mapping[str, str]:
     """HTTP headers; a value "env:NAME" is read from the environment at start (notifier.resolve_headers)."""
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -263,6 +303,37 @@ class Alerts:
     recipients: tuple[str, ...]
     min_interval: float
     stuck_after: float
+    urls: tuple[str, ...]         # Apprise URLs or "env:NAME" (reporting/channels.py reads them at start)
+    channel_timeout: float        # seconds one channel (or the email) may take to send one alert
+
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class Expect:
+    """An ``[[expect]]`` rule: each client sends a file within ``within`` seconds of its window."""
+    clients: tuple[str, ...]      # upper-cased: matching is case-insensitive
+    within: float
+    hours: tuple[int, int] | None   # minutes after local midnight: start, end (end <= start: overnight)
+    days: frozenset[int]          # weekdays the window starts on, 0 = Monday
+
+    @property
+    def label(self) -> str:
+        """The rule as text, e.g. "within 7200s 08:00-18:00 mon-fri"; also its identity in ``silences``."""
+        return " ".join(filter(None, (f"within {self.within:g}s", self.hours_text, self.days_text)))
+
+    @property
+    def hours_text(self) -> str:
+        if self.hours is None:
+            return ""
+        return "-".join(f"{m // 60:02d}:{m % 60:02d}" for m in self.hours)
+
+    @property
+    def days_text(self) -> str:
+        if len(self.days) == 7:
+            return ""
+        return ",".join(DAYS[d] for d in sorted(self.days))
 
 
 @dataclass(frozen=True)
@@ -289,6 +360,7 @@ class Config:
     alerts: Alerts
     dashboard: Dashboard
     database: Database
+    expect: tuple[Expect, ...] = ()
     source: Path | None = field(default=None, compare=False)  # the file it came from
 
 
@@ -353,6 +425,8 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "recipients": (address_list, []),
         "min_interval": (positive_number, 900),
         "stuck_after": (positive_number, 600),
+        "urls": (alert_urls, []),
+        "channel_timeout": (positive_number, 30),
     },
     "database": {
         "max_clock_skew": (positive_number, 2.0),
@@ -363,6 +437,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "password_env": (env_name, "DASHBOARD_PASSWORD"),
     },
 }
+_EXPECT_KEYS = {"clients", "within", "hours", "days"}
 _ROUTE_KEYS = {"name", "to", "clients", "categories", "match", "files", "rename"}
 
 
@@ -398,7 +473,7 @@ def load(explicit: str | os.PathLike | None = None) -> Config:
 
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Validate a parsed TOML document. Relative paths resolve against ``base``."""
-    unknown = sorted(set(data) - set(_SECTIONS) - {"route"})
+    unknown = sorted(set(data) - set(_SECTIONS) - {"route", "expect"})
     if unknown:
         raise ConfigError(f"[{unknown[0]}]: unknown section")
     values = {name: _section(name, data.get(name, {})) for name in _SECTIONS}
@@ -423,7 +498,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
                   routes=routes, api=Api(**values["api"]), report=Report(**values["report"]),
                   smtp=Smtp(**values["smtp"]), alerts=Alerts(**values["alerts"]),
                   dashboard=Dashboard(**values["dashboard"]), database=Database(**values["database"]),
-                  source=source)
+                  expect=_expectations(data.get("expect", [])), source=source)
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -467,17 +542,25 @@ def _section(name: str, table: Any) -> dict[str, Any]:
     return out
 
 
-def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple[Route, ...]:
+def _array(name: str, tables: Any, keys: set[str]) -> list[tuple[str, dict]]:
+    """The tables of ``[[name]]``, each with where it is ("[[route]] #2"), their keys checked."""
     if not isinstance(tables, list):
-        raise ConfigError("[[route]]: expected an array of tables ([[route]])")
-    routes = []
+        raise ConfigError(f"[[{name}]]: expected an array of tables ([[{name}]])")
+    found = []
     for i, table in enumerate(tables, 1):
-        where = f"[[route]] #{i}"
+        where = f"[[{name}]] #{i}"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: expected a table")
-        unknown = sorted(set(table) - _ROUTE_KEYS)
+        unknown = sorted(set(table) - keys)
         if unknown:
             raise ConfigError(f"{where} {unknown[0]}: unknown key")
+        found.append((where, table))
+    return found
+
+
+def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple[Route, ...]:
+    routes = []
+    for where, table in _array("route", tables, _ROUTE_KEYS):
         for key in ("name", "to"):
             if not isinstance(table.get(key), str) or not table[key].strip():
                 raise ConfigError(f"{where} {key}: required, a non-empty string")
@@ -486,6 +569,32 @@ def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple
         except RuleError as e:
             raise ConfigError(f"{where} {e.key}: {e}") from None
     return tuple(routes)
+
+
+def _expectations(tables: Any) -> tuple[Expect, ...]:
+    rules = []
+    for where, table in _array("expect", tables, _EXPECT_KEYS):
+        for key in ("clients", "within"):
+            if key not in table:
+                raise ConfigError(f"{where} {key}: required")
+        values = {}
+        for key, convert, default in (("clients", string_list, None), ("within", positive_number, None),
+                                      ("hours", window, "00:00-24:00"), ("days", weekdays, list(DAYS))):
+            try:
+                values[key] = convert(table.get(key, default))
+            except ValueError as e:
+                raise ConfigError(f"{where} {key}: {e}") from None
+        if not values["clients"]:
+            raise ConfigError(f"{where} clients: an empty list expects nothing")
+        hours = values["hours"]
+        if hours is not None:
+            length = (hours[1] - hours[0]) % 1440 or 1440
+            if values["within"] > length * 60:
+                raise ConfigError(f"{where} within: {values['within']:g} seconds is longer than the window "
+                                  f"{table['hours']} ({length * 60} seconds), so it could never be reached")
+        rules.append(Expect(clients=tuple(c.upper() for c in values["clients"]), within=values["within"],
+                            hours=hours, days=values["days"]))
+    return tuple(rules)
 
 
 def reaches(route: Route, folder: Path) -> bool:

@@ -1,4 +1,5 @@
-"""The reporter: the nightly report, failure alerts, retention and the WAL checkpoint (SPEC §8, §9).
+"""The reporter: the nightly report, alerts, expected arrivals, retention and the WAL checkpoint
+(SPEC §8, §9, §17).
 
 No cron: it sleeps until ``report.time`` in ``report.timezone`` (zoneinfo, so the nights the
 clocks change are handled) and sends the report of the day that just ended. Every day it runs
@@ -6,8 +7,9 @@ has a row in ``reports`` created ahead of time, so a report missed while the rep
 is simply overdue when it starts again, and is sent then, once (reporting/ledger.py says how).
 
 After a day's report is sent (or recorded, when mail is not configured) it prunes jobs older than
-``report.retention_days`` and checkpoints the WAL. Between reports it looks for new failures every
-ALERT_POLL seconds when alerts are configured.
+``report.retention_days`` and checkpoints the WAL. Between reports, every ALERT_POLL seconds, it
+checks the ``[[expect]]`` rules (recording silences) and, when alerts go somewhere (email or
+``[alerts] urls`` channels), raises and delivers alerts.
 
 Time and sleep are injected (``clock``, ``sleep``), so tests run a night, or a daylight-saving
 change, in milliseconds.
@@ -20,13 +22,14 @@ import logging
 import math
 import socket
 import time
+from functools import partial
 from typing import Callable
 
 from . import cli, jobs, store
 from . import heartbeat as heartbeat_module
 from .config import Config
 from .program import Program
-from .reporting import alerts, ledger, mail, render
+from .reporting import alerts, channels, expectations, ledger, mail, render
 from .reporting.figures import Day, figures as day_figures
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ IDLE_WAKE = 3600.0       # wake at least this often even with nothing due (a clo
 
 _SQL_PRUNE_SCANS = "DELETE FROM scans WHERE started_at < ?"
 _SQL_PRUNE_ALERTS = "DELETE FROM alerts WHERE at < ?"
+_SQL_PRUNE_SILENCES = "DELETE FROM silences WHERE resumed_at < ?"
 
 
 class Reporter(Program):
@@ -49,7 +53,9 @@ class Reporter(Program):
         self._sleep = sleep
         # Why reports / alerts cannot be mailed (None: they can).
         self.reports_off = mail.configured(config.smtp, config.report.recipients, "[report] recipients")
-        self.alerts_off = mail.configured(config.smtp, config.alerts.recipients, "[alerts] recipients")
+        self.email_off = mail.configured(config.smtp, config.alerts.recipients, "[alerts] recipients")
+        self.channels = {c.key: c for c in channels.resolve(config.alerts.urls)}   # ConfigError: exit 78
+        self.alerts_off = self.email_off if not self.channels else None
 
     @property
     def sender(self) -> str:
@@ -63,6 +69,8 @@ class Reporter(Program):
             log.warning("reports will be recorded but not sent: %s", self.reports_off)
         if self.alerts_off:
             log.info("alerts are not configured: %s", self.alerts_off)
+        for channel in self.channels.values():
+            log.info("alerts also go to %s", channel.label)
         log.info("daily report at %s %s", r.time.strftime("%H:%M"), r.timezone)
 
     def step(self, now: float) -> float:
@@ -71,7 +79,9 @@ class Reporter(Program):
         return max(self.next_wake() - self.clock(), 0.0) if not self.once else math.inf
 
     def tick(self) -> None:
-        """One round: schedule the days, send the due reports, maintain, then alerts."""
+        """One round: the expectations, schedule the days, send the due reports, maintain, then alerts."""
+        if self.config.expect:
+            self.expectations(self.clock())
         self.schedule(self.clock())
         done = 0
         while not self.stopper.requested:
@@ -86,12 +96,13 @@ class Reporter(Program):
             self.maintain(self.clock())
         if not self.alerts_off:
             self.alert(self.clock())
+        self.deliver(self.clock())
 
     def next_wake(self) -> float:
         """When something may be due: the next report, the next look for failures, or IDLE_WAKE."""
         now = self.clock()
         wake = min(ledger.next_due(self.db) or now + IDLE_WAKE, now + IDLE_WAKE)
-        if not self.alerts_off:
+        if not self.alerts_off or self.config.expect:
             wake = min(wake, now + ALERT_POLL)
         return wake
 
@@ -156,17 +167,20 @@ class Reporter(Program):
 
     def figures(self, day: Day) -> dict:
         """The day's figures with this configuration (bin/report uses the same)."""
-        return day_figures(self.db, day, highlight=self.config.report.highlight_destination,
-                       scan_interval=self.config.detect.scan_interval, now=self.clock())
+        numbers = day_figures(self.db, day, highlight=self.config.report.highlight_destination,
+                              scan_interval=self.config.detect.scan_interval, now=self.clock())
+        numbers["silences"] = expectations.at(self.db, min(day.end, self.clock()))
+        return numbers
 
     def maintain(self, now: float) -> None:
-        """Retention (jobs, scans and alerts older than retention_days), then a WAL checkpoint."""
+        """Retention (jobs, scans, alerts and ended silences older than retention_days), then a WAL checkpoint."""
         days = self.config.report.retention_days
         cutoff = now - days * 86400
         pruned = jobs.prune(self.db, cutoff)
         with self.db.write():
             scans = self.db.run_sql(_SQL_PRUNE_SCANS, (cutoff,)).rowcount
             self.db.run_sql(_SQL_PRUNE_ALERTS, (cutoff,))
+            self.db.run_sql(_SQL_PRUNE_SILENCES, (cutoff,))
         log.info("retention: pruned %d jobs and %d scans older than %d days", pruned, scans, days)
         try:
             self.db.checkpoint()
@@ -176,26 +190,57 @@ class Reporter(Program):
             log.warning("WAL checkpoint skipped, the database stayed busy (%s); SQLite's own "
                         "checkpoints carry on meanwhile", e)
 
-    # -- alerts -----------------------------------------------------------------------------------
+    # -- expectations and alerts ----------------------------------------------------------------
+
+    def expectations(self, now: float) -> None:
+        """Record the silences that began or ended (each alert says them once)."""
+        opened, resumed = expectations.check(self.db, self.config.expect, now, self.config.report.timezone)
+        if opened or resumed:
+            log.warning("expected arrivals: %d client(s) fell silent, %d resumed", opened, resumed)
+
+    def destinations(self) -> list[tuple[str, str]]:
+        """Where an alert goes: (key, label) of the email and of each channel."""
+        email = [] if self.email_off else [("email", ", ".join(self.config.alerts.recipients))]
+        return email + [(c.key, c.label) for c in self.channels.values()]
 
     def alert(self, now: float) -> None:
-        """Send an alert when there are new failures or newly stuck jobs and the interval allows."""
-        claimed = alerts.claim(self.db, self.actor, now, self.config.alerts, notify=bool(self.config.api.endpoint))
-        if claimed is None:
+        """Raise an alert when there is something new to say and the interval allows."""
+        claimed = alerts.claim(self.db, self.actor, now, self.config.alerts, self.destinations(),
+                               notify=bool(self.config.api.endpoint), rules=self.config.expect)
+        if claimed is not None:
+            log.info("alert %d raised: %s", claimed[0], claimed[1].summary())
+
+    def deliver(self, now: float) -> None:
+        """Send every delivery that is due, side by side, each bounded by alerts.channel_timeout."""
+        timeout = self.config.alerts.channel_timeout
+        due = alerts.claim_deliveries(self.db, now, alerts.LEASE + timeout)
+        if not due:
             return
-        alert_id, found = claimed
-        recipients = self.config.alerts.recipients
-        msg = mail.build(render.alert(found.asdict(), self.config), self.sender, recipients, self.clock())
-        try:
-            mail.send(self.config.smtp, msg)
-        except mail.MailError as e:
-            alerts.failed(self.db, alert_id, str(e))
-            log.error("alert (%d failed, %d stuck) not sent: %s; trying again in %.0fs", found.failed_total,
-                      found.stuck_total, e, min(alerts.RETRY, self.config.alerts.min_interval))
+        outcomes = channels.concurrently({str(d.id): partial(self.send, d) for d in due}, timeout)
+        for d in due:
+            error = outcomes[str(d.id)]
+            if error is None:
+                alerts.delivered(self.db, d, self.clock())
+                log.warning("alert sent to %s: %s", d.label, d.findings.summary())
+                continue
+            retry_at = alerts.not_delivered(self.db, d, error, self.clock())
+            again = f"trying again in {retry_at - self.clock():.0f}s" if retry_at else "given up"
+            log.error("alert (%s) not sent to %s (attempt %d): %s; %s", d.findings.summary(), d.label,
+                      d.attempts + 1, error, again)
+
+    def send(self, delivery: alerts.Delivery) -> None:
+        """Send one delivery (in its own thread); raises with the reason when it did not go."""
+        rendered = render.alert(delivery.findings.asdict(), self.config)
+        if delivery.destination == "email":
+            if self.email_off:
+                raise mail.MailError(f"email is no longer configured: {self.email_off}")
+            mail.send(self.config.smtp, mail.build(rendered, self.sender, self.config.alerts.recipients,
+                                                   self.clock()))
             return
-        alerts.sent(self.db, alert_id, self.clock())
-        log.warning("alert sent to %s: %d failed, %d stuck", ", ".join(recipients), found.failed_total,
-                    found.stuck_total)
+        channel = self.channels.get(delivery.destination)
+        if channel is None:
+            raise channels.ChannelError("this channel is no longer in [alerts] urls")
+        channels.send(channel, rendered.subject, rendered.text, self.config.alerts.channel_timeout)
 
 
 def _utc(ts: float) -> str:

@@ -4,7 +4,11 @@ Prints counts by state, the oldest waiting job per state, today's per-client cou
 scans, each program's heartbeat, the last errors and the last report; ``--json`` prints the same
 for monitoring systems. Exit status: 0 healthy, 1 unhealthy (a program silent or missing, the hot folder missing, a job
 stuck past ``alerts.stuck_after``, a report that cannot be sent), 69 database unusable, 78 bad
-configuration.
+configuration. A client silent past its ``[[expect]]`` rule is shown as a warning.
+
+``--nagios`` (SPEC §17) prints one line with perfdata and exits as Nagios, Icinga and their
+successors expect: 0 OK, 1 WARNING (a job stuck, a report not sent, a silence), 2 CRITICAL (a
+program silent or missing, the hot folder missing), 3 UNKNOWN (database or configuration unusable).
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import peewee
 from . import cli
 from .config import Config
 from .jobs import NOTIFY_QUEUE, QUEUE_OF_STATE, ROUTE_QUEUE, STATES, WAITING_SINCE
-from .reporting import alerts
+from .reporting import alerts, expectations
 
 EXIT_UNHEALTHY = 1
+NAGIOS = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
 SILENT_AFTER = 30.0          # seconds without a heartbeat before a program counts as silent
 
 
@@ -91,6 +96,7 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
                                           notify=bool(config.api.endpoint))
         report = _rows(db, "SELECT day, state, attempts, last_error, sent_at FROM reports "
                            "WHERE state != 'pending' OR attempts > 0 ORDER BY day DESC LIMIT 1")
+        silences = expectations.current(db, config.expect, now, config.report.timezone)
     for scan in scans:
         scan["seconds"] = None if scan["seconds"] is None else round(scan["seconds"], 3)
     for beat in beats:
@@ -98,39 +104,62 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
     status = {"time": now, "database": str(config.paths.database), "jobs_by_state": by_state,
               "oldest_waiting_seconds": oldest, "today": today, "last_scans": scans, "programs": beats,
               "last_errors": errors, "stuck_jobs": stuck_total, "stuck": stuck,
-              "last_report": report[0] if report else None}
-    status["problems"] = problems(status, config)
+              "last_report": report[0] if report else None, "silences": silences}
+    graded = graded_problems(status, config)
+    status["problems"] = [text for _, text in graded]
+    status["warnings"] = [silence_text(s, tz) for s in silences]
     status["healthy"] = not status["problems"]
+    status["nagios"] = max([level for level, _ in graded] + [1] * bool(silences) + [0])
     return status
 
 
-def problems(status: dict[str, Any], config: Config) -> list[str]:
-    """Why the pipeline is unhealthy, one line each; empty when it is healthy."""
+def graded_problems(status: dict[str, Any], config: Config) -> list[tuple[int, str]]:
+    """Why the pipeline is unhealthy, one line each with its Nagios level (2 critical, 1 warning)."""
     found = []
     beats = status["programs"]
     for program in required_programs(config):
         mine = [b for b in beats if b["program"] == program or b["program"].startswith(program + "_")]
         if not mine:
-            found.append(f"{program}: not running (no heartbeat)")
+            found.append((2, f"{program}: not running (no heartbeat)"))
     for beat in beats:
         if beat["age"] > SILENT_AFTER:
-            found.append(f"{beat['program']} (pid {beat['pid']} on {beat['host']}): silent for {beat['age']:.0f}s")
+            found.append((2, f"{beat['program']} (pid {beat['pid']} on {beat['host']}): silent for {beat['age']:.0f}s"))
         elif abs(beat["clock_skew"]) > config.database.max_clock_skew:
-            found.append(f"{beat['program']} (pid {beat['pid']} on {beat['host']}): its clock is "
-                         f"{beat['clock_skew']:+.1f}s off the database's (database.max_clock_skew "
-                         f"{config.database.max_clock_skew:g}s); run NTP on every host")
+            found.append((2, f"{beat['program']} (pid {beat['pid']} on {beat['host']}): its clock is "
+                             f"{beat['clock_skew']:+.1f}s off the database's (database.max_clock_skew "
+                             f"{config.database.max_clock_skew:g}s); run NTP on every host"))
     if not config.paths.hot_folder.is_dir():
         # The watcher waits for it to be there again; meanwhile nothing can be dropped or detected.
-        found.append(f"the hot folder {config.paths.hot_folder} is missing (deleted or moved away)")
+        found.append((2, f"the hot folder {config.paths.hot_folder} is missing (deleted or moved away)"))
     if status["stuck_jobs"]:
         first = status["stuck"][0]
-        found.append(f"{status['stuck_jobs']} job(s) waiting longer than {config.alerts.stuck_after:g}s; the oldest: "
-                     f"{first['client']}/{first['file']} ({first['state']}) {first['reason'] or ''}".rstrip())
+        found.append((1, f"{status['stuck_jobs']} job(s) waiting longer than {config.alerts.stuck_after:g}s; the "
+                         f"oldest: {first['client']}/{first['file']} ({first['state']}) {first['reason'] or ''}".rstrip()))
     report = status["last_report"]
     if report and report["state"] == "pending" and report["last_error"]:
-        found.append(f"the report for {report['day']} could not be sent ({report['attempts']} attempts): "
-                     f"{report['last_error']}")
+        found.append((1, f"the report for {report['day']} could not be sent ({report['attempts']} attempts): "
+                         f"{report['last_error']}"))
     return found
+
+
+def silence_text(silence: dict, tz: zoneinfo.ZoneInfo) -> str:
+    """ "no file from RANK since 2026-07-15 10:02; expected within 2 h on weekdays 08:00-18:00"."""
+    since = (f"since {dt.datetime.fromtimestamp(silence['last_seen'], tz):%Y-%m-%d %H:%M}"
+             if silence["last_seen"] else "yet")
+    return f"no file from {silence['client']} {since}; {silence['expected']}"
+
+
+def render_nagios(status: dict[str, Any]) -> str:
+    """One line for Nagios and its successors: state, what is wrong (or the backlog), perfdata."""
+    counts = status["jobs_by_state"]
+    said = status["problems"] + status["warnings"]
+    waiting = sum(counts.get(s, 0) for s in ("detected", "archived", "routed"))
+    summary = "; ".join(said) if said else f"{waiting} job(s) waiting, {len(status['programs'])} program(s) beating"
+    oldest = max(status["oldest_waiting_seconds"].values(), default=0)
+    perf = [f"{state}={counts.get(state, 0)};;;0" for state in STATES]
+    perf += [f"stuck={status['stuck_jobs']};;;0", f"silences={len(status['silences'])};;;0",
+             f"oldest_waiting={oldest:g}s;;;0", f"programs={len(status['programs'])};;;0"]
+    return f"PIPELINE {NAGIOS[status['nagios']]} - {summary.replace('|', '/')} | {' '.join(perf)}"
 
 
 def utc_text(ts: float | None) -> str:
@@ -184,9 +213,10 @@ def render_text(status: dict[str, Any]) -> str:
     if report:
         how = f"sent {utc_text(report['sent_at'])}" if report["state"] == "sent" else report["state"]
         out.append(f"report    {report['day']}: {how}" + (f" ({report['last_error']})" if report["last_error"] else ""))
-    if status["problems"]:
+    if status["problems"] or status["warnings"]:
         out.append("")
         out += [f"PROBLEM   {p}" for p in status["problems"]]
+        out += [f"WARNING   {w}" for w in status["warnings"]]
     return "\n".join(out)
 
 
@@ -194,23 +224,36 @@ def main(argv: list[str] | None = None) -> int:
     argp = argparse.ArgumentParser(prog="bin/status", description="Show the pipeline's state; exit non-zero when "
                                                                   "it is unhealthy (a health check).")
     argp.add_argument("--config", metavar="FILE", help="configuration file (default: as the programs find it)")
-    argp.add_argument("--json", action="store_true", help="print JSON for monitoring systems")
+    output = argp.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON for monitoring systems")
+    output.add_argument("--nagios", action="store_true",
+                        help="one line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (a Nagios plugin)")
     args = argp.parse_args(argv)
     try:
         config, db = cli.open_existing(args.config)
     except cli.ToolError as e:
-        print(f"UNHEALTHY: {e}", file=sys.stderr)
-        return e.code
+        return _unusable(args.nagios, str(e), e.code)
     try:
         status = gather(db, config, time.time())
     except peewee.DatabaseError as e:
-        print(f"UNHEALTHY: database unusable: {e}", file=sys.stderr)
-        return cli.EXIT_DATABASE
+        return _unusable(args.nagios, f"database unusable: {e}", cli.EXIT_DATABASE)
     finally:
         db.close()
     status["host"] = socket.gethostname()
+    if args.nagios:
+        print(render_nagios(status))
+        return status["nagios"]
     print(json.dumps(status, indent=2) if args.json else render_text(status))
     return cli.EXIT_OK if status["healthy"] else EXIT_UNHEALTHY
+
+
+def _unusable(nagios: bool, message: str, code: int) -> int:
+    """The database or configuration cannot be used: UNKNOWN (3) to Nagios, else ``code``."""
+    if nagios:
+        print(f"PIPELINE UNKNOWN - {' '.join(message.split())}")
+        return 3
+    print(f"UNHEALTHY: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

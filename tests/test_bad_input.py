@@ -496,7 +496,8 @@ def test_13_smtp_down_the_alert_is_recorded_for_a_retry_and_no_job_is_touched(tr
     reason = f"SMTP server 127.0.0.1:{port} unreachable: Connection refused"
     [alert] = Alert.select()
     assert (alert.state, alert.error, alert.failures) == ("failed", reason, 1)
-    assert f"alert (1 failed, 0 stuck) not sent: {reason}; trying again in 120s" in log_line(proc.stderr, "not sent")
+    assert (f"alert (1 failed, 0 stuck) not sent to oncall@example.com (attempt 1): {reason}; trying again in 120s"
+            in log_line(proc.stderr, "not sent"))
     assert [(j.id, j.state, j.updated_at) for j in Job.select().order_by(Job.id)] == before
     assert {p: tree.files(p) for p in files} == files
 

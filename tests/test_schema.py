@@ -95,13 +95,14 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 def _rows(path: Path, tables) -> dict[str, list[tuple]]:
     conn = sqlite3.connect(path)
     try:
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+        # Sorted here rather than by rowid: tallies is a WITHOUT ROWID table.
+        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
     finally:
         conn.close()
 
 
 @pytest.mark.sqlite_only
-@pytest.mark.parametrize("version", [3, 4, 5])
+@pytest.mark.parametrize("version", [3, 4, 5, 6])
 def test_8_a_database_of_an_earlier_release_is_upgraded_in_place_with_every_row_kept(tree, schema_conn, version):
     """schema-vN.db was made by the release of schema N (scanner and router --once on three files:
     two routed, one failed at validate). Every later schema change adds such a file."""

@@ -23,7 +23,7 @@ from conftest import BIN, job_document
 from pipeline.reporting import alerts, mail, render
 from pipeline.config import Smtp
 from pipeline.jobs import Jobs
-from pipeline.store.models import Alert, Job
+from pipeline.store.models import Alert, AlertDelivery, Job
 from pipeline.notifier import Notifier
 from pipeline.router import Router
 from pipeline.scanner import Scanner
@@ -310,7 +310,7 @@ def test_the_smtp_password_never_appears_in_logs_the_table_or_status(tree, db):
         logs = "".join(route(tree))
         refused = tree.run("reporter", "--once", SECURITY_SMTP_PW=wrong)      # a wrong password: refused
         assert Alert.get().state == "failed" and "refused the login of 'pipeline'" in Alert.get().error
-        Alert.update(at=0).execute()                                          # let the retry come at once
+        AlertDelivery.update(next_attempt_at=0).execute()                     # let the retry come at once
         accepted = tree.run("reporter", "--once", SECURITY_SMTP_PW=password)
     finally:
         controller.stop()

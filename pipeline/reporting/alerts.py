@@ -1,28 +1,38 @@
-"""Failure alerts (SPEC §8): what is new since the last alert, and the ``alerts`` table.
+"""Alerts (SPEC §8, §17): what is new since the last alert, and the ``alerts`` table.
 
-An alert goes out when jobs failed since the last alert that went out, or when jobs became stuck:
+An alert goes out when jobs failed since the last alert, when a client fell silent or resumed
+(expectations.py), or when jobs became stuck:
 still not routed ``alerts.stuck_after`` seconds after detection (a destination offline, no router
 running), or, with an API configured, still not notified ``stuck_after`` seconds after being routed
 (the API down or rate-limiting, no notifier running). It lists the new failures and every job
-stuck now. At most one alert is sent per ``alerts.min_interval``; a failed send is retried sooner
-(``RETRY``), since nobody has been told.
+stuck now. At most one alert is raised per ``alerts.min_interval``.
 
-Deciding and recording happen in one ``BEGIN IMMEDIATE`` transaction that inserts a 'sending'
-row, so two reporters never send the same alert: the second sees the first one's row.
+Deciding and recording happen in one write transaction that inserts the alert's row and one
+``alert_deliveries`` row per destination (the email, each channel) with what it says, so two
+reporters never raise the same alert: the second sees the first one's row. Each delivery is then
+claimed with a lease, sent, and on failure retried on its own after RETRY seconds, doubling up to
+RETRY_CAP, MAX_ATTEMPTS times: one destination down never holds up or repeats the others. The
+alert's row says 'sent' once any destination has it, 'failed' while none has.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Sequence
 
-from .. import store
-from ..config import Alerts
+from .. import retry, store
+from ..config import Alerts, Expect
 from ..jobs import WAITS
+from .expectations import expected_text
 
 LISTED = 50            # jobs listed per kind; the rest are counted
-LEASE = 120.0          # seconds a 'sending' row holds off other reporters
-RETRY = 120.0          # seconds before a failed alert is tried again (at most min_interval)
+LEASE = 120.0          # seconds a claimed delivery is held, besides alerts.channel_timeout
+RETRY = 120.0          # seconds before a failed delivery is tried again; doubles each time
+RETRY_CAP = 3600.0
+MAX_ATTEMPTS = 10      # tries of one delivery (about five hours) before it is given up
 FIRST_LOOKBACK = 86400.0   # the very first alert looks back one day, not to the start of time
 
 
@@ -35,17 +45,26 @@ class Findings:
     stuck_total: int
     newly_stuck: int
     stuck: list[dict]
+    silenced: list[dict] = field(default_factory=list)     # silences begun (and maybe ended) since
+    resumed: list[dict] = field(default_factory=list)      # silences said before, ended since
 
     @property
     def worth_sending(self) -> bool:
-        return bool(self.failed_total or self.newly_stuck)
+        return bool(self.failed_total or self.newly_stuck or self.silenced or self.resumed)
+
+    def summary(self) -> str:
+        """ "2 failed, 1 stuck" and, when there are any, the silences."""
+        text = f"{self.failed_total} failed, {self.stuck_total} stuck"
+        if self.silenced or self.resumed:
+            text += f", {len(self.silenced)} silent, {len(self.resumed)} resumed"
+        return text
 
     def asdict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-_SQL_LAST = "SELECT state, at FROM alerts ORDER BY id DESC LIMIT 1"
-_SQL_COVERED = "SELECT max(covered_until) FROM alerts WHERE state = 'sent'"
+_SQL_LAST = "SELECT at FROM alerts ORDER BY id DESC LIMIT 1"
+_SQL_COVERED = "SELECT max(covered_until) FROM alerts"
 
 _SQL_FAILED = """
 SELECT id, failed_at, client_folder, file_name, coalesce(failed_step, ''), coalesce(last_error, '')
@@ -62,25 +81,60 @@ _SQL_STUCK = {wait: f"SELECT id, {since}, detected_at, client_folder, file_name,
                     f"FROM jobs WHERE {states} AND +{since} < ? ORDER BY +{since}, id LIMIT ?"
               for wait, (states, since) in WAITS.items()}
 
+_SQL_SILENCED = """
+SELECT id, rule, client, last_seen, due_at, resumed_at FROM silences
+WHERE opened_alert IS NULL AND opened_at > ? ORDER BY due_at, id"""
+_SQL_RESUMED = """
+SELECT id, rule, client, last_seen, due_at, resumed_at FROM silences
+WHERE resumed_at IS NOT NULL AND resumed_alert IS NULL AND opened_alert IS NOT NULL ORDER BY resumed_at, id"""
+_SQL_SAID_OPENED = "UPDATE silences SET opened_alert = ? WHERE id = ?"
+_SQL_SAID_RESUMED = "UPDATE silences SET resumed_alert = ? WHERE id = ?"
+
 _SQL_INSERT = """
 INSERT INTO alerts (at, actor, state, covered_until, failures, stuck, recipients)
 VALUES (?, ?, 'sending', ?, ?, ?, ?) RETURNING id"""
-_SQL_SENT = "UPDATE alerts SET state = 'sent', sent_at = ? WHERE id = ?"
-_SQL_FAILED_SEND = "UPDATE alerts SET state = 'failed', error = ? WHERE id = ?"
+_SQL_DELIVERY = """
+INSERT INTO alert_deliveries (alert_id, destination, label, state, next_attempt_at, findings)
+VALUES (?, ?, ?, 'pending', ?, ?)"""
+_SQL_CLAIM = """
+UPDATE alert_deliveries SET lease_token = ?, next_attempt_at = ?
+WHERE state = 'pending' AND next_attempt_at <= ?
+RETURNING id, alert_id, destination, label, attempts, findings"""
+_SQL_DELIVERED = """
+UPDATE alert_deliveries SET state = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL,
+                            lease_token = NULL
+WHERE id = ? AND lease_token = ?"""
+_SQL_NOT_DELIVERED = """
+UPDATE alert_deliveries SET state = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = ?,
+                            lease_token = NULL
+WHERE id = ? AND lease_token = ?"""
+_SQL_SENT = "UPDATE alerts SET state = 'sent', sent_at = coalesce(sent_at, ?) WHERE id = ?"
+_SQL_FAILED_SEND = """
+UPDATE alerts SET error = ?, state = CASE WHEN state = 'sent' THEN 'sent' ELSE 'failed' END WHERE id = ?"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One destination of one alert, claimed by this reporter."""
+    id: int
+    alert_id: int
+    destination: str        # 'email' or a channel's key
+    label: str
+    attempts: int           # tries before this one
+    token: str
+    findings: Findings
 
 
 def _held_off(db: store.Engine, now: float, cfg: Alerts) -> bool:
-    """Whether the last alert (sent, being sent, or failed) says to wait."""
+    """Whether the last alert is younger than ``alerts.min_interval``."""
     row = db.run_sql(_SQL_LAST).fetchone()
-    if row is None:
-        return False
-    state, at = row
-    wait = {"sent": cfg.min_interval, "sending": LEASE, "failed": min(RETRY, cfg.min_interval)}[state]
-    return now < at + wait
+    return row is not None and now < row[0] + cfg.min_interval
 
 
-def findings(db: store.Engine, now: float, cfg: Alerts, *, notify: bool) -> Findings:
-    """New failures since the last alert sent, and the jobs stuck now (``notify``: an API is configured)."""
+def findings(db: store.Engine, now: float, cfg: Alerts, *, notify: bool,
+             rules: Sequence[Expect] = ()) -> Findings:
+    """New failures since the last alert, the jobs stuck now (``notify``: an API is configured),
+    and the silences not yet said (``rules`` describe them)."""
     covered = db.run_sql(_SQL_COVERED).fetchone()[0]
     since = covered if covered is not None else now - FIRST_LOOKBACK
     failed = [{"id": i, "at": at, "client": client, "file": name, "step": step, "reason": reason}
@@ -88,34 +142,68 @@ def findings(db: store.Engine, now: float, cfg: Alerts, *, notify: bool) -> Find
     failed_total = db.run_sql(_SQL_FAILED_COUNT, (since, now)).fetchone()[0]
     # Newly stuck: crossed the threshold after the last alert, so each stuck job triggers once.
     stuck_total, newly_stuck, listed = _stuck(db, now - cfg.stuck_after, since - cfg.stuck_after, LISTED, notify)
-    return Findings(since, now, failed_total, failed, stuck_total, newly_stuck, listed)
+    expected = {rule.label: expected_text(rule) for rule in rules}
+
+    def silences(sql: str, params: tuple = ()) -> list[dict]:
+        return [{"id": i, "rule": rule, "client": client, "last_seen": last, "due_at": due, "resumed_at": back,
+                 "expected": expected.get(rule, f"expected {rule}")}
+                for i, rule, client, last, due, back in db.run_sql(sql, params)]
+
+    return Findings(since, now, failed_total, failed, stuck_total, newly_stuck, listed,
+                    silences(_SQL_SILENCED, (now - FIRST_LOOKBACK,)), silences(_SQL_RESUMED))
 
 
-def claim(db: store.Engine, actor: str, now: float, cfg: Alerts, *,
-          notify: bool) -> tuple[int, Findings] | None:
-    """An alert to send now, recorded as 'sending'; None when there is nothing new or it is too soon."""
+def claim(db: store.Engine, actor: str, now: float, cfg: Alerts, destinations: Sequence[tuple[str, str]], *,
+          notify: bool, rules: Sequence[Expect] = ()) -> tuple[int, Findings] | None:
+    """Raise an alert now: its row, and a pending delivery to each of ``destinations`` ((key,
+    label) pairs); None when there is nothing new or it is too soon."""
     if _held_off(db, now, cfg):                  # the cheap read first: most calls end here
         return None
     with db.write():
         db.serialize("alerts")                  # two reporters: one alert, the other held off
         if _held_off(db, now, cfg):
             return None
-        found = findings(db, now, cfg, notify=notify)
+        found = findings(db, now, cfg, notify=notify, rules=rules)
         if not found.worth_sending:
             return None
         alert_id = db.run_sql(_SQL_INSERT, (now, actor, now, found.failed_total, found.stuck_total,
                                                 ", ".join(cfg.recipients))).fetchone()[0]
+        said = json.dumps(found.asdict(), separators=(",", ":"))
+        for key, label in destinations:
+            db.run_sql(_SQL_DELIVERY, (alert_id, key, label, now, said))
+        for silence in found.silenced:           # begun and ended before any alert: both said here
+            db.run_sql(_SQL_SAID_OPENED, (alert_id, silence["id"]))
+            if silence["resumed_at"] is not None:
+                db.run_sql(_SQL_SAID_RESUMED, (alert_id, silence["id"]))
+        for silence in found.resumed:
+            db.run_sql(_SQL_SAID_RESUMED, (alert_id, silence["id"]))
     return alert_id, found
 
 
-def sent(db: store.Engine, alert_id: int, now: float) -> None:
+def claim_deliveries(db: store.Engine, now: float, lease: float) -> list[Delivery]:
+    """The deliveries due now (new, or to try again), leased to this reporter."""
+    token = uuid.uuid4().hex
     with db.write():
-        db.run_sql(_SQL_SENT, (now, alert_id))
+        rows = db.run_sql(_SQL_CLAIM, (token, now + lease, now)).fetchall()
+    return [Delivery(i, alert_id, destination, label, attempts, token, Findings(**json.loads(said)))
+            for i, alert_id, destination, label, attempts, said in sorted(rows)]
 
 
-def failed(db: store.Engine, alert_id: int, error: str) -> None:
+def delivered(db: store.Engine, delivery: Delivery, now: float) -> None:
     with db.write():
-        db.run_sql(_SQL_FAILED_SEND, (error, alert_id))
+        if db.run_sql(_SQL_DELIVERED, (now, delivery.id, delivery.token)).rowcount:
+            db.run_sql(_SQL_SENT, (now, delivery.alert_id))
+
+
+def not_delivered(db: store.Engine, delivery: Delivery, error: str, now: float) -> float | None:
+    """Record a failed send; returns when it is tried again, or None when it is given up."""
+    retry_at = now + retry.delay(delivery.attempts, RETRY_CAP, RETRY)
+    give_up = delivery.attempts + 1 >= MAX_ATTEMPTS
+    with db.write():
+        if db.run_sql(_SQL_NOT_DELIVERED, ("failed" if give_up else "pending", error, retry_at,
+                                           delivery.id, delivery.token)).rowcount:
+            db.run_sql(_SQL_FAILED_SEND, (error, delivery.alert_id))
+    return None if give_up else retry_at
 
 
 def stuck(db: store.Engine, now: float, stuck_after: float, limit: int = LISTED, *,

@@ -85,7 +85,12 @@ def _one_line(text: str) -> str:
 def report(figures: dict, config: Config) -> Rendered:
     """The daily report's subject, HTML and plain text."""
     day = dt.date.fromisoformat(figures["day"])
+    zone = zoneinfo.ZoneInfo(config.report.timezone)
+    silences = [{"client": s["client"], "rule": s["rule"],
+                 "since": dt.datetime.fromtimestamp(s["last_seen"], zone).strftime("%Y-%m-%d %H:%M")
+                 if s["last_seen"] else "none yet"} for s in figures.get("silences", [])]
     context = {"f": figures, "b": _branding(config), "day_label": f"{day:%A} {day.day} {day:%B %Y}",
+               "silences": silences,
                "largest_hour": max((h["count"] for h in figures["hourly"]), default=0),
                "scan_interval": config.detect.scan_interval}
     html, text = _render("report", context)
@@ -93,7 +98,7 @@ def report(figures: dict, config: Config) -> Rendered:
 
 
 def alert(findings: dict, config: Config) -> Rendered:
-    """A failure alert's subject, HTML and plain text (``findings`` from alerts.Findings.asdict)."""
+    """An alert's subject, HTML and plain text (``findings`` from alerts.Findings.asdict)."""
     zone = zoneinfo.ZoneInfo(config.report.timezone)
 
     def local(ts: float) -> str:
@@ -107,4 +112,10 @@ def alert(findings: dict, config: Config) -> Rendered:
         parts.append(f"{findings['failed_total']} failed job{'s' * (findings['failed_total'] != 1)}")
     if findings["stuck_total"]:
         parts.append(f"{findings['stuck_total']} stuck job{'s' * (findings['stuck_total'] != 1)}")
+    silent = [s["client"] for s in findings.get("silenced", []) if s["resumed_at"] is None]
+    if silent:
+        parts.append(f"no file from {', '.join(silent)}")
+    back = [s["client"] for s in findings.get("resumed", []) + findings.get("silenced", []) if s["resumed_at"]]
+    if back:
+        parts.append(f"{', '.join(back)} resumed")
     return Rendered(_one_line(f"Alert: {' and '.join(parts)} - {config.report.title}"), html, text)

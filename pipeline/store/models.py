@@ -139,6 +139,36 @@ class Alert(BaseModel):
         table_name = "alerts"
 
 
+class AlertDelivery(BaseModel):
+    alert_id = peewee.IntegerField()
+    destination = peewee.TextField()
+    label = peewee.TextField()
+    state = peewee.TextField()
+    attempts = peewee.IntegerField()
+    next_attempt_at = peewee.FloatField()
+    lease_token = peewee.TextField(null=True)
+    last_error = peewee.TextField(null=True)
+    sent_at = peewee.FloatField(null=True)
+    findings = peewee.TextField()
+
+    class Meta:
+        table_name = "alert_deliveries"
+
+
+class Silence(BaseModel):
+    rule = peewee.TextField()
+    client = peewee.TextField()
+    last_seen = peewee.FloatField(null=True)
+    due_at = peewee.FloatField()
+    opened_at = peewee.FloatField()
+    resumed_at = peewee.FloatField(null=True)
+    opened_alert = peewee.IntegerField(null=True)
+    resumed_alert = peewee.IntegerField(null=True)
+
+    class Meta:
+        table_name = "silences"
+
+
 class ErrorLogRecord(BaseModel):
     job_id = peewee.IntegerField()
     name = peewee.TextField()
@@ -159,7 +189,7 @@ class Tally(BaseModel):
         without_rowid = True
 
 
-MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Report, Alert, ErrorLogRecord, Tally)
+MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Report, Alert, AlertDelivery, Silence, ErrorLogRecord, Tally)
 
 
 def bind(db: peewee.Database) -> None:

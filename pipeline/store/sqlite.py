@@ -17,7 +17,8 @@ from .engine import DatabaseUnusable, Engine
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6      # 4: error_log_outbox, 5: tallies, 6: heartbeats.clock_skew
+SCHEMA_VERSION = 7      # 4: error_log_outbox, 5: tallies, 6: alert_deliveries, silences,
+                        # 7: heartbeats.clock_skew
 BUSY_TIMEOUT_MS = 5000
 # A reader that stays long stops checkpoints from reaching the WAL's end, and the WAL grows; once it
 # lets go, SQLite cuts the file back to this size at the next restart of the WAL instead of keeping

@@ -160,6 +160,43 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_at ON alerts (at);
 
+-- One row per destination of an alert (the email, each [alerts] urls channel), created with the
+-- alert: each is sent, retried and logged on its own, so one failing never holds up the others.
+-- Claimed with a lease like a report, so two reporters send it once.
+CREATE TABLE IF NOT EXISTS alert_deliveries (
+    id              INTEGER PRIMARY KEY,
+    alert_id        INTEGER NOT NULL REFERENCES alerts (id) ON DELETE CASCADE,
+    destination     TEXT    NOT NULL,                 -- 'email', or 'channel:' and a hash of its URL
+    label           TEXT    NOT NULL,                 -- the channel for people, its secrets hidden
+    state           TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL    NOT NULL,                 -- due time; while claimed, the lease expiry
+    lease_token     TEXT,
+    last_error      TEXT,
+    sent_at         REAL,
+    findings        TEXT    NOT NULL,                 -- what the alert says, as JSON
+    UNIQUE (alert_id, destination)
+);
+CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries (next_attempt_at) WHERE state = 'pending';
+
+-- Expected arrivals (SPEC §17): one row per silence of a client under an [[expect]] rule, open
+-- until the client's next file. The alerts announce each silence once and its end once.
+CREATE TABLE IF NOT EXISTS silences (
+    id            INTEGER PRIMARY KEY,
+    rule          TEXT    NOT NULL,                   -- the rule as text: "within 7200s 08:00-18:00 mon,tue"
+    client        TEXT    NOT NULL,                   -- upper-cased client folder
+    last_seen     REAL,                               -- its last file before the silence (NULL: never seen)
+    due_at        REAL    NOT NULL,                   -- when a file was due at the latest
+    opened_at     REAL    NOT NULL,                   -- when the reporter found the silence
+    resumed_at    REAL,                               -- its first file after it; NULL while silent
+    opened_alert  INTEGER,                            -- the alert that said it began
+    resumed_alert INTEGER                             -- the alert that said it ended
+);
+CREATE UNIQUE INDEX IF NOT EXISTS silences_open ON silences (rule, client) WHERE resumed_at IS NULL;
+CREATE INDEX IF NOT EXISTS silences_due ON silences (due_at);
+-- A client's last file, for the expectations (matching is case-insensitive).
+CREATE INDEX IF NOT EXISTS jobs_client_detected ON jobs (upper(client_folder), detected_at);
+
 -- ---------------------------------------------------------------------------------------------
 -- Audit views. Times are shown in UTC as YYYY-MM-DD HH:MM:SS.SSS.
 
