@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import threading
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
