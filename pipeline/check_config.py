@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import cli, config as config_module, separation, store
+from . import cli, config as config_module, files, separation, store
 from .config import Config, ConfigError
 from .api import resolve_headers
 from .reporting import channels
@@ -53,6 +53,8 @@ def check(config: Config) -> tuple[list[str], list[str]]:
         if reason:
             problems.append(f"[paths] {key}: {reason}")
     problems += separation.problems(config)
+    if why := files.unstable_inodes(config.paths.hot_folder):
+        problems.append(f"[paths] hot_folder: {why}")
     for route in config.routes:
         if not route.to.is_dir():
             if config.router.create_folders:

@@ -20,13 +20,14 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import heartbeat, separation, store
+from . import files, heartbeat, separation, store
 from . import config as config_module
 from .config import CONTROL_CHARACTERS, Config, ConfigError
 
@@ -107,7 +108,7 @@ class Stopper:
 class Context:
     """What a program is built from."""
     name: str            # the program instance: scanner, router_00, ...
-    actor: str           # name:pid, as written in the audit trail
+    actor: str           # name@host:pid, as written in the audit trail
     config: Config
     db: store.Engine
     stopper: Stopper
@@ -128,6 +129,8 @@ def load_config(path: str | None) -> Config:
     store.check_location(cfg.paths.database)
     for problem in separation.problems(cfg):
         raise ConfigError(problem)
+    if why := files.unstable_inodes(cfg.paths.hot_folder):
+        raise ConfigError(f"[paths] hot_folder: {why}")
     return cfg
 
 
@@ -170,7 +173,8 @@ def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Con
     stopper = Stopper()
     stopper.install()
     try:
-        code = main(Context(name=name, actor=f"{name}:{os.getpid()}", config=cfg, db=db, stopper=stopper,
+        actor = f"{name}@{socket.gethostname()}:{os.getpid()}"         # router_00@host:pid (SPEC §15)
+        code = main(Context(name=name, actor=actor, config=cfg, db=db, stopper=stopper,
                             args=args)) or EXIT_OK
         heartbeat.retire(db, name)
     except ConfigError as e:            # a check that needs more than the file (an environment variable)

@@ -247,6 +247,7 @@ class Detect:
     observer: str
     slow_scan: float
     scan_timeout: float
+    poll_interval: float          # seconds between two looks of the polling observer
 
 
 @dataclass(frozen=True)
@@ -379,6 +380,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "observer": (choice("inotify", "polling"), "inotify"),
         "slow_scan": (positive_number, 30),
         "scan_timeout": (positive_number, 120),
+        "poll_interval": (positive_number, 1.0),
     },
     "router": {
         "batch_size": (positive_int, 100),

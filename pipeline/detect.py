@@ -9,12 +9,14 @@ recorded, so they stay where they are until someone renames them).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
 import time
 from pathlib import Path
 
+from .files import Identity
 from .jobs import Sighting
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,10 @@ class HotFolder:
             st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            if e.errno == errno.ESTALE:         # NFS: the file was removed on another host
+                return None
+            raise
         if stat.S_ISLNK(st.st_mode):
             self._warn_once(path, "ignoring symbolic link %s (links are not followed)")
             return None
@@ -108,7 +114,20 @@ class HotFolder:
         return Sighting(path=path, client_folder=client, file_name=name, st=st)
 
     def restat(self, sighting: Sighting) -> Sighting | None:
-        return self._sighting(sighting.path, sighting.client_folder, sighting.file_name)
+        """The second look of a scan, through open and fstat: on NFS an open revalidates the
+        file's attributes with the server, where a stat may answer from the client's cache."""
+        again = self._sighting(sighting.path, sighting.client_folder, sighting.file_name)
+        if again is None:
+            return None
+        try:
+            fd = os.open(again.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:             # gone (ENOENT, ESTALE), replaced by a link (ELOOP), refused
+            return None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return again if stat.S_ISREG(st.st_mode) and Identity.of(st) == Identity.of(again.st) else None
 
 
 def _is_utf8(name: str) -> bool:

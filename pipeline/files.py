@@ -45,14 +45,16 @@ def fit_name(name: str, room: int = 0) -> str:
 
 
 class Identity(NamedTuple):
-    device: int
+    """Which file this is: inode, size and mtime. Not the device: on a network share ``st_dev``
+    differs from host to host and from mount to mount for the same file (SPEC §15), while these
+    three do not; within one hot folder an inode number is one file."""
     inode: int
     size: int
     mtime_ns: int
 
     @classmethod
     def of(cls, st: os.stat_result) -> "Identity":
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class NotRegular(Exception):
@@ -106,7 +108,7 @@ def read_exact(path: str, identity: Identity, limit: int) -> bytes | None:
 
 
 def _describe_change(old: Identity, new: Identity) -> str:
-    if (old.device, old.inode) != (new.device, new.inode):
+    if old.inode != new.inode:
         return "was replaced by another file of the same name"
     return f"was modified after it was detected (size {old.size} -> {new.size} bytes)"
 
@@ -320,3 +322,35 @@ def move_exact(src: str, dst: Path, identity: Identity, folders: Folders) -> Non
         folders.touched(dst.parent)
     remove_exact(src, identity)
     folders.touched(os.path.dirname(src))
+
+
+def mount_of(path: Path, mountinfo: str = "/proc/self/mountinfo") -> tuple[str, set[str]]:
+    """(type, options) of the filesystem holding ``path``, from
+    mountinfo: ("unknown", set()) when it cannot be told. Options are the mount's and the
+    filesystem's own (SMB's ``noserverino`` is one of the latter)."""
+    path = Path(path).resolve()         # a path not there yet is on the mount of its ancestors
+    best, found = "", ("unknown", set())
+    try:
+        with open(mountinfo, encoding="utf-8") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields, extra = left.split(), right.split()
+                mount_point = fields[4].replace("\\040", " ")
+                if (str(path) == mount_point or str(path).startswith(mount_point.rstrip("/") + "/")) \
+                        and len(mount_point) >= len(best):
+                    options = set(fields[5].split(",")) | set(extra[2].split(",") if len(extra) > 2 else ())
+                    best, found = mount_point, (extra[0], options)
+    except OSError:
+        pass
+    return found
+
+
+def unstable_inodes(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """Why inode numbers under ``path`` are not the same on every host, or None. An SMB mount with
+    ``noserverino`` makes its inode numbers up on each client: the job of a file would not know the
+    file again on another host, nor after a remount (SPEC §15)."""
+    fstype, options = mount_of(path, mountinfo)
+    if fstype in ("cifs", "smb3") and "noserverino" in options:
+        return (f"{path} is an SMB mount with noserverino: its inode numbers differ from host to host; "
+                "mount it with serverino")
+    return None

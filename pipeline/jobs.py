@@ -107,7 +107,7 @@ WHERE NOT EXISTS (
     -- failed at detect never took its file (it was gone, or another file): that file seen again,
     -- say with its client folder moved back into the hot folder, is a new appearance.
     SELECT 1 FROM jobs
-    WHERE inode = ? AND device = ? AND size = ? AND mtime_ns = ?
+    WHERE inode = ? AND size = ? AND mtime_ns = ?
       AND (state IN ('detected', 'archived')
            OR (ctime_ns >= ? AND (failed_step IS NULL OR failed_step <> 'detect'))))
 -- Where the engine has several writers, a unique index over the appearance of unfinished jobs
@@ -253,7 +253,7 @@ class Jobs:
                 row = self._sql(_SQL_CREATE, (
                     uuid.uuid4().hex, s.path, s.client_folder, s.file_name, st.st_size,
                     st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino, detected_by, now, now, now,
-                    st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)).fetchone()
+                    st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)).fetchone()
                 if row:
                     created.append(row[0])
                     self._event(row[0], now, None, "detected", f"{detected_by}: {s.path}")

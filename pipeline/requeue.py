@@ -23,6 +23,7 @@ import argparse
 import datetime as dt
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if not chosen:
             print("nothing to requeue")
             return cli.EXIT_OK
-        requeue = Requeue(config, Jobs(db, f"requeue:{os.getpid()}"), dry_run=args.dry_run)
+        requeue = Requeue(config, Jobs(db, f"requeue@{socket.gethostname()}:{os.getpid()}"), dry_run=args.dry_run)
         done = 0
         for job in chosen:
             ok, line = requeue.job(job)

@@ -68,7 +68,7 @@ class Work:
     @property
     def identity(self) -> Identity:
         j = self.job
-        return Identity(j.device, j.inode, j.size, j.mtime_ns)
+        return Identity(j.inode, j.size, j.mtime_ns)
 
     @property
     def label(self) -> str:

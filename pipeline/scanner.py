@@ -21,6 +21,7 @@ from .config import Config
 from .detect import HotFolder
 from .files import Identity
 from .jobs import Jobs, Sighting
+from .leadership import RENEW, Leadership
 from .program import Program
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Scanner(Program):
         self.hot = HotFolder(config.paths.hot_folder)
         self.db = jobs.db
         self.kind = "startup"
+        self.leadership = Leadership(jobs.db, "scanner")
 
     def scan(self, kind: str, detected_by: str, folders: list[Path] | None = None,
              on_listing: Callable[[], None] | None = None) -> int:
@@ -98,9 +100,14 @@ class Scanner(Program):
 
     def step(self, now: float) -> float:
         """The startup scan, then one scan every ``detect.scan_interval`` seconds (a scan that took
-        longer still leaves a moment before the next; ``--once`` ends after one)."""
+        longer still leaves a moment before the next; ``--once`` ends after one), while this host
+        detects (leadership.py)."""
+        if not self.leadership.held():
+            return RENEW                # another host detects: look again at the next renewal
+        if self.leadership.take_over():
+            self.kind = "rescan"        # this host was standing by: scan all it did not detect
         started = time.monotonic()
-        self.scan(self.kind, self.kind)
+        self.scan(self.kind, "periodic" if self.kind == "rescan" else self.kind)
         self.kind = "periodic"
         return max(started + self.config.detect.scan_interval - time.monotonic(), 0.1)
 

@@ -94,6 +94,7 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
                            "last_error AS reason FROM jobs WHERE state = 'failed' ORDER BY failed_at DESC LIMIT 5")
         stuck_total, stuck = alerts.stuck(db, now, config.alerts.stuck_after, limit=5,
                                           notify=bool(config.api.endpoint))
+        detector = _rows(db, "SELECT host, holder, since, lease_until FROM leaders WHERE role = 'detect'")
         report = _rows(db, "SELECT day, state, attempts, last_error, sent_at FROM reports "
                            "WHERE state != 'pending' OR attempts > 0 ORDER BY day DESC LIMIT 1")
         silences = expectations.current(db, config.expect, now, config.report.timezone)
@@ -104,7 +105,8 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
     status = {"time": now, "database": str(config.paths.database), "jobs_by_state": by_state,
               "oldest_waiting_seconds": oldest, "today": today, "last_scans": scans, "programs": beats,
               "last_errors": errors, "stuck_jobs": stuck_total, "stuck": stuck,
-              "last_report": report[0] if report else None, "silences": silences}
+              "last_report": report[0] if report else None, "silences": silences,
+              "detecting": detector[0] if detector and detector[0]["lease_until"] >= now else None}
     graded = graded_problems(status, config)
     status["problems"] = [text for _, text in graded]
     status["warnings"] = [silence_text(s, tz) for s in silences]
@@ -195,6 +197,9 @@ def render_text(status: dict[str, Any]) -> str:
     else:
         out.append("today     no jobs yet")
     out.append("")
+    detecting = status["detecting"]
+    out.append(f"detection {detecting['host']} (since {utc_text(detecting['since'])})" if detecting else
+               "detection no host holds it (its lease ran out, or no scanner or watcher ran yet)")
     out.append(f"{'program':<20}{'pid':>8}  {'host':<16}{'up':>8}{'beat':>8}")
     for b in status["programs"]:
         flag = "  SILENT" if b["age"] > SILENT_AFTER else ""
@@ -226,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     argp.add_argument("--config", metavar="FILE", help="configuration file (default: as the programs find it)")
     output = argp.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON for monitoring systems")
+    argp.add_argument("--host", metavar="NAME", help="show only the programs of this host (several hosts, SPEC §15)")
     output.add_argument("--nagios", action="store_true",
                         help="one line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (a Nagios plugin)")
     args = argp.parse_args(argv)
@@ -240,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         db.close()
     status["host"] = socket.gethostname()
+    if args.host:
+        status["programs"] = [b for b in status["programs"] if b["host"] == args.host]
     if args.nagios:
         print(render_nagios(status))
         return status["nagios"]

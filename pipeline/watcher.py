@@ -35,6 +35,7 @@ from . import cli, store
 from .config import Config
 from .files import Identity
 from .jobs import Jobs
+from .leadership import Leadership
 from .program import Program
 from .scanner import Scanner
 
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 INOTIFY_EVENTS = [FileClosedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
 POLLING_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
-POLL_SECONDS = 1.0
 FULL_RESCAN = None   # the rescan queue's item for "the whole hot folder"
 ROOT_EVENT = (True, None)   # the events queue's item for "something happened to the hot folder itself"
 ROOT_EVENTS = [DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
@@ -111,6 +111,8 @@ class Watcher(Program):
         self.full_rescan = threading.Event()                      # a full rescan is pending
         self.pending: dict[str, tuple[Identity, float]] = {}    # polling: path -> (identity, seen at)
         self.unsaved: dict = {}         # sightings whose jobs are not committed yet (a database error)
+        self.leadership = Leadership(jobs.db, "watcher")
+        self.leading = True
         self._alarm = _OverflowAlarm(self.overflow)
         self.ready = threading.Event()                            # set once the watch is in place
         self.observer = None
@@ -118,7 +120,8 @@ class Watcher(Program):
         self.root_id: tuple[int, int] | None = None               # the folder that watch is on
 
     def _start_observer(self) -> None:
-        self.observer = PollingObserver(timeout=POLL_SECONDS) if self.polling else InotifyObserver(generate_full_events=True)
+        self.observer = (PollingObserver(timeout=self.config.detect.poll_interval) if self.polling
+                         else InotifyObserver(generate_full_events=True))
         self.observer.start()
         self._watch()
 
@@ -187,6 +190,9 @@ class Watcher(Program):
             self._start_observer()
             self._request_rescan()
         self._check_root()
+        self.leading = self.leadership.held()
+        if self.leadership.take_over():
+            self._request_rescan()      # this host was standing by: what came meanwhile is found
         # Checked after the queue is drained, so that a burst of overflows asks once.
         if self.overflow.is_set():
             self.overflow.clear()
@@ -234,7 +240,8 @@ class Watcher(Program):
                 sightings[sighting.path] = sighting
         if self.polling:
             sightings.update(self._stable_pending())
-        self._create(list(sightings.values()), "realtime")
+        if self.leading:                # standing by, the events are the detecting host's to take
+            self._create(list(sightings.values()), "realtime")
 
     def _stable_pending(self) -> dict:
         """Polling mode: the files that have stayed unchanged for min_file_age."""

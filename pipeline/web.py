@@ -178,7 +178,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
             flask.abort(400, f"since: {e}")
         confirmed = flask.request.form.get("confirm") == "yes"
         chosen = failed_jobs(ids or None, client or None, step or None, since)
-        actor = f"dashboard:{os.getpid()}:{user}"
+        actor = f"dashboard@{socket.gethostname()}:{os.getpid()}:{user}"
         doer = Requeue(config, Jobs(db, actor, clock), dry_run=not confirmed)
         lines = [doer.job(j)[1] for j in chosen]
         if confirmed:

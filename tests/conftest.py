@@ -186,11 +186,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "postgresql_only: about PostgreSQL itself; not run on SQLite")
 
 
+# Modules about the files' side (rules, paths, names, the watcher's events, the browser): the
+# database does the same there on both engines, and the tests of the database side run on both
+# already; so these run on SQLite only, which keeps the whole suite near ten minutes.
+FILE_SIDE_MODULES = {"test_rules", "test_separation", "test_security", "test_explain", "test_detection",
+                     "test_isolation", "test_dashboard_browser"}
+
+
 def pytest_generate_tests(metafunc):
     """Every test that uses ``tree`` (or what is built on it) runs once per engine."""
     if "engine" in metafunc.fixturenames:
         marked = metafunc.definition.get_closest_marker
-        engines = ["sqlite"] if marked("sqlite_only") else ["postgresql"] if marked("postgresql_only") \
+        file_side = metafunc.module.__name__ in FILE_SIDE_MODULES
+        engines = ["sqlite"] if marked("sqlite_only") or file_side else ["postgresql"] if marked("postgresql_only") \
             else ["sqlite", "postgresql"]
         metafunc.parametrize("engine", engines, scope="function")
 
@@ -219,13 +227,14 @@ def database(engine, tmp_path):
     admin.autocommit = True
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin.cursor().execute(f"CREATE SCHEMA {schema}")
-    yield f"{POSTGRES}?options={quote(f'-csearch_path={schema}')}"
+    # The schema names the test's connections too, so that its clean-up ends its own and no others.
+    yield f"{POSTGRES}?options={quote(f'-csearch_path={schema}')}&application_name={schema}"
     try:
         with admin.cursor() as cur:
             # The test's programs are gone, but a killed one's backend may still hold its locks.
             cur.execute("SET lock_timeout = '5s'")
             cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND application_name = 'hotfolder-pipeline'")
+                        "WHERE datname = current_database() AND application_name = %s", (schema,))
             cur.execute(f"DROP SCHEMA {schema} CASCADE")
     except Exception:           # noqa: BLE001 - left for the next session's sweep
         pass

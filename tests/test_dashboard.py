@@ -252,7 +252,7 @@ def test_16_a_requeue_from_the_browser_writes_what_bin_requeue_writes_and_names_
                               "ORDER BY id DESC LIMIT 1", (i,)).fetchone()
     ours, theirs = last_event(job_id), last_event(twin)
     assert ours[:2] == theirs[:2] == ("failed", "detected")
-    assert ours[2].startswith("dashboard:") and ours[2].endswith(":alice")
+    assert ours[2].startswith("dashboard@") and ours[2].endswith(":alice")
     stamp = re.compile(r"\d{8}_\d{6}_")           # FAILED names carry the second each one failed in
     assert stamp.sub("", ours[3].replace(BAD_NAME, "twin.json")) == stamp.sub("", theirs[3])
     assert (tree.hot / "LOREAL" / BAD_NAME).exists()

@@ -121,7 +121,7 @@ def test_16_a_requeue_clicked_through_in_the_browser_is_in_the_audit_trail(brows
     assert "went back to detected" in text_of(browser, "pre")
     actor, detail = db.run_sql("SELECT actor, detail FROM job_events WHERE job_id = ? ORDER BY id DESC LIMIT 1",
                                    (job_id,)).fetchone()
-    assert actor.startswith("dashboard:") and actor.endswith(":carol") and "requeued" in detail
+    assert actor.startswith("dashboard@") and actor.endswith(":carol") and "requeued" in detail
     browser.get(f"{dashboard}/jobs/{job_id}")
     page_says(browser, "table.events", "carol")
     assert problems_in_console(browser) == []

@@ -40,13 +40,13 @@ def _drop_backlog(tree, n: int) -> None:
 
 
 def _kill_backends(db) -> int:
-    """pg_terminate_backend on every connection of the pipeline's programs (not the test's); how many."""
-    mine = db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+    """pg_terminate_backend on every connection of this test's programs (not the test's own); how many."""
+    mine, name = db.execute_sql("SELECT pg_backend_pid(), current_setting('application_name')").fetchone()
     admin = psycopg2.connect(POSTGRES)
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND application_name = 'hotfolder-pipeline' AND pid <> %s", (mine,))
+                    "AND application_name = %s AND pid <> %s", (name, mine))
         killed = cur.fetchone()[0]
     admin.close()
     return killed

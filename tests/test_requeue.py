@@ -112,7 +112,7 @@ def test_a_mix_of_failures_goes_back_where_each_failed_and_then_finishes(tree, d
         assert (job.attempts, job.claims, job.failed_step, job.failed_at, job.last_error, job.lease_token) == (
             0, 0, None, None, None, None)
         [event] = JobEvent.select().where(JobEvent.job == job.id, JobEvent.from_state == "failed")
-        assert event.to_state == job.state and event.actor.startswith("requeue:")
+        assert event.to_state == job.state and event.actor.startswith("requeue@")
         assert event.detail.startswith(f"requeued after failing at {step}")
     # The invalid file is back in its hot folder as the job's own file; FAILED is empty.
     back = tree.hot / "RANK" / "bad.json"

@@ -2,6 +2,8 @@
 
     tools/bench [--n 5000] [--routers 2] [--quick] [--no-record]
     tools/bench --rules [--n 5000]       # only the backlog: the seeds' matrix, then 20 rules of §5a
+    tools/bench --database URL [--n 5000]            # the PostgreSQL figures, against SQLite
+    tools/bench --hosts 2 --database URL [--n 5000]  # 2 hosts x 2 routers against 1 host (root)
 
 Every figure is measured on a temporary tree with the real programs under a real supervisord,
 using this repository's supervisord.conf, fsync on, leases on. Results are printed and appended to
@@ -490,6 +492,53 @@ def postgres_figures(url: str, n: int, routers: int, drops: int) -> Results:
     return results
 
 
+def hosts_backlog(url: str, n: int, hosts: int) -> float:
+    """N files pre-dropped into a shared folder, ``hosts`` hosts x 2 routers (tests/hosts.py: each
+    host its namespaces and bindfs view) on one PostgreSQL: files/s from start to the last routed."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hosts import Host, unavailable
+    why = unavailable()
+    if why:
+        raise SystemExit(f"--hosts: {why}")
+    schema = PostgresSchema(url)
+    running = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            share, view = root / "share", root / "view"
+            view.mkdir()
+            for folder in ("hot", "store", "failed", "errors"):
+                (share / folder).mkdir(parents=True)
+            config = root / "pipeline.toml"
+            config.write_text(f'[paths]\nhot_folder = "{view}/hot"\nstore = "{view}/store"\nfailed = "{view}/failed"\n'
+                              f'error_log = "{view}/errors"\ndatabase = "{schema.url}"\n'
+                              '[detect]\nobserver = "polling"\nmin_file_age = 0.3\n' + ROUTES.replace('to = "', f'to = "{view}/'))
+            pre_drop(share / "hot", n)
+            settle()
+            started = time.time()
+            for i in range(hosts):
+                running.append(Host(f"bench{i + 1}", share, view, config,
+                                    ["scanner", "watcher", "router=router_00", "router=router_01"], root))
+            engine = store.connect(schema.url)
+            try:
+                deadline = time.monotonic() + 600
+                while engine.run_sql("SELECT count(*) FROM jobs WHERE state = 'routed'").fetchone()[0] < n:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("--hosts: the backlog was not routed within 600 s")
+                    time.sleep(0.05)
+                last = engine.run_sql("SELECT max(routed_at) FROM jobs").fetchone()[0]
+            finally:
+                engine.close()
+            for host in running:
+                host.kill()
+            running = []
+            return n / (last - started)
+    finally:
+        for host in running:
+            host.kill()
+        schema.drop()
+
+
 def wake_ups(url: str, count: int) -> list[float]:
     """Seconds from a job's commit to the wake-up of a worker waiting on LISTEN, ``count`` times:
     the path an idle router takes (store.postgres: Database.wait_for_work)."""
@@ -539,8 +588,20 @@ def main() -> None:
     argp.add_argument("--database", metavar="URL",
                       help="a PostgreSQL database (postgresql://user@host/db, password from libpq's environment): "
                            "only the §12 PostgreSQL figures, each run in a fresh schema of it")
+    argp.add_argument("--hosts", type=int, metavar="N",
+                      help="with --database: N hosts x 2 routers (namespaces, bindfs views, root) against 1 host")
     args = argp.parse_args()
     n = 1000 if args.quick else args.n
+    if args.hosts:
+        if not args.database:
+            raise SystemExit("--hosts needs --database postgresql://... (the hosts share it)")
+        results = Results()
+        one, two = hosts_backlog(args.database, n, 1), hosts_backlog(args.database, n, args.hosts)
+        results.add(f"{args.hosts} hosts x 2 routers, N={n}", f"{two:.0f} files/s", f"{one:.0f} files/s (1 host x 2 routers)",
+                    f"{two / one:.2f}", ">= 1.30", two / one >= 1.3)
+        if not args.no_record and not args.quick:
+            record(results, n, 0, 2, f"--hosts {args.hosts} --database postgresql://...")
+        return
     if args.database:
         results = postgres_figures(args.database, n, args.routers, 60 if args.quick else 300)
         if not args.no_record and not args.quick:

@@ -144,11 +144,11 @@ class PostgresSchema:
         self.admin.autocommit = True
         self.admin.cursor().execute(f"CREATE SCHEMA {self.name}")
         separator = "&" if "?" in base else "?"
-        self.url = f"{base}{separator}options={quote(f'-csearch_path={self.name}')}"
+        self.url = f"{base}{separator}options={quote(f'-csearch_path={self.name}')}&application_name={self.name}"
 
     def drop(self) -> None:
         with self.admin.cursor() as cur:
             cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND application_name = 'hotfolder-pipeline'")
+                        "WHERE datname = current_database() AND application_name = %s", (self.name,))
             cur.execute(f"DROP SCHEMA {self.name} CASCADE")
         self.admin.close()

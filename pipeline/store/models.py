@@ -91,6 +91,17 @@ class Scan(BaseModel):
         table_name = "scans"
 
 
+class Leader(BaseModel):
+    role = peewee.TextField(primary_key=True)
+    host = peewee.TextField()
+    holder = peewee.TextField()
+    since = peewee.FloatField()
+    lease_until = peewee.FloatField()
+
+    class Meta:
+        table_name = "leaders"
+
+
 class Heartbeat(BaseModel):
     program = peewee.TextField()
     host = peewee.TextField()
@@ -189,7 +200,8 @@ class Tally(BaseModel):
         without_rowid = True
 
 
-MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Report, Alert, AlertDelivery, Silence, ErrorLogRecord, Tally)
+MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Leader, Report, Alert, AlertDelivery, Silence, ErrorLogRecord,
+          Tally)
 
 
 def bind(db: peewee.Database) -> None:

@@ -42,6 +42,7 @@ except ImportError:                 # the postgres extra is not installed
 log = logging.getLogger(__name__)
 
 CHANNEL = "pipeline_work"
+APPLICATION_NAME = "hotfolder-pipeline"
 IDLE_POLL = 1.0                 # seconds an idle router or notifier waits between two looks
 CONNECT_TIMEOUT = 10            # seconds (libpq's connect_timeout) before a connect gives up
 SCHEMA_LOCK = 0x70697065        # advisory lock key while the schema is applied ("pipe")
@@ -59,7 +60,9 @@ class Database(Engine, peewee.PostgresqlDatabase):
     IDLE_POLL = IDLE_POLL
 
     def __init__(self, url: str, **kwargs):
-        super().__init__(url, connect_timeout=CONNECT_TIMEOUT, application_name="hotfolder-pipeline",
+        if "application_name=" not in url:      # the URL's own name wins (pg_stat_activity shows it)
+            kwargs["application_name"] = APPLICATION_NAME
+        super().__init__(url, connect_timeout=CONNECT_TIMEOUT,
                          # TCP keepalives: a server that vanished (a host or the network down) is
                          # noticed within about a minute instead of the kernel's two hours.
                          keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,

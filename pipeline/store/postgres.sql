@@ -51,7 +51,7 @@ CREATE INDEX IF NOT EXISTS jobs_notify_queue ON jobs (next_attempt_at, id) WHERE
 CREATE INDEX IF NOT EXISTS jobs_inode        ON jobs (inode, device);
 -- Several writers at once: two scanners that both found no job for an appearance cannot both
 -- create one (jobs.py's insert says ON CONFLICT DO NOTHING).
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_appearance ON jobs (inode, device, size, mtime_ns)
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_appearance ON jobs (inode, size, mtime_ns)
     WHERE state IN ('detected', 'archived');
 CREATE INDEX IF NOT EXISTS jobs_updated      ON jobs (updated_at);
 CREATE INDEX IF NOT EXISTS jobs_detected     ON jobs (detected_at);   -- today's counts, bin/status
@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS job_events (
     at         DOUBLE PRECISION NOT NULL,
     from_state TEXT,                                  -- NULL when the job is created
     to_state   TEXT    NOT NULL,
-    actor      TEXT    NOT NULL,                      -- program:pid
+    actor      TEXT    NOT NULL,                      -- program@host:pid
     detail     TEXT
 );
 CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, id);
@@ -142,7 +142,7 @@ CREATE TABLE IF NOT EXISTS reports (
     state           TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'recorded')),
     created_at      DOUBLE PRECISION NOT NULL,
     next_attempt_at DOUBLE PRECISION NOT NULL,                 -- due time; while claimed, the lease expiry
-    claimed_by      TEXT,                             -- program:pid of the last claimant
+    claimed_by      TEXT,                             -- program@host:pid of the last claimant
     claimed_at      DOUBLE PRECISION,
     lease_token     TEXT,
     attempts        BIGINT NOT NULL DEFAULT 0,       -- sends tried
@@ -205,6 +205,16 @@ CREATE UNIQUE INDEX IF NOT EXISTS silences_open ON silences (rule, client) WHERE
 CREATE INDEX IF NOT EXISTS silences_due ON silences (due_at);
 -- A client's last file, for the expectations (matching is case-insensitive).
 CREATE INDEX IF NOT EXISTS jobs_client_detected ON jobs (upper(client_folder), detected_at);
+
+-- Who detects (SPEC §15): with several hosts on one hot folder, the scanner and watcher of one
+-- host hold this lease and renew it at every heartbeat; another host takes it once it runs out.
+CREATE TABLE IF NOT EXISTS leaders (
+    role        TEXT    NOT NULL PRIMARY KEY,         -- 'detect'
+    host        TEXT    NOT NULL,
+    holder      TEXT    NOT NULL,                     -- program@host:pid of the last renewal
+    since       DOUBLE PRECISION NOT NULL,                     -- when this host took it
+    lease_until DOUBLE PRECISION NOT NULL
+);
 
 -- ---------------------------------------------------------------------------------------------
 -- Audit views. Times are shown in UTC as YYYY-MM-DD HH:MM:SS.SSS.

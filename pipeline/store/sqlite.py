@@ -13,12 +13,13 @@ from pathlib import Path
 
 import peewee
 
+from .. import files
 from .engine import DatabaseUnusable, Engine
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7      # 4: error_log_outbox, 5: tallies, 6: alert_deliveries, silences,
-                        # 7: heartbeats.clock_skew
+SCHEMA_VERSION = 8      # 4: error_log_outbox, 5: tallies, 6: alert_deliveries, silences,
+                        # 7: heartbeats.clock_skew, 8: leaders
 BUSY_TIMEOUT_MS = 5000
 # A reader that stays long stops checkpoints from reaching the WAL's end, and the WAL grows; once it
 # lets go, SQLite cuts the file back to this size at the next restart of the WAL instead of keeping
@@ -166,21 +167,7 @@ def apply_schema(db: Database) -> None:
 
 def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str:
     """The type of the filesystem holding ``path`` (its nearest existing ancestor), from mountinfo."""
-    path = path.resolve()
-    while not path.exists():
-        path = path.parent
-    best, fstype = "", "unknown"
-    try:
-        with open(mountinfo, encoding="utf-8") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                mount_point = left.split()[4].replace("\\040", " ")
-                if (str(path) == mount_point or str(path).startswith(mount_point.rstrip("/") + "/")) \
-                        and len(mount_point) >= len(best):
-                    best, fstype = mount_point, right.split()[0]
-    except OSError:
-        pass
-    return fstype
+    return files.mount_of(path, mountinfo)[0]
 
 
 def check_local(path: Path, mountinfo: str = "/proc/self/mountinfo") -> None:

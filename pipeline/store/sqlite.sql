@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS job_events (
     at         REAL    NOT NULL,
     from_state TEXT,                                  -- NULL when the job is created
     to_state   TEXT    NOT NULL,
-    actor      TEXT    NOT NULL,                      -- program:pid
+    actor      TEXT    NOT NULL,                      -- program@host:pid
     detail     TEXT
 );
 CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, id);
@@ -133,7 +133,7 @@ CREATE TABLE IF NOT EXISTS reports (
     state           TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'recorded')),
     created_at      REAL    NOT NULL,
     next_attempt_at REAL    NOT NULL,                 -- due time; while claimed, the lease expiry
-    claimed_by      TEXT,                             -- program:pid of the last claimant
+    claimed_by      TEXT,                             -- program@host:pid of the last claimant
     claimed_at      REAL,
     lease_token     TEXT,
     attempts        INTEGER NOT NULL DEFAULT 0,       -- sends tried
@@ -196,6 +196,16 @@ CREATE UNIQUE INDEX IF NOT EXISTS silences_open ON silences (rule, client) WHERE
 CREATE INDEX IF NOT EXISTS silences_due ON silences (due_at);
 -- A client's last file, for the expectations (matching is case-insensitive).
 CREATE INDEX IF NOT EXISTS jobs_client_detected ON jobs (upper(client_folder), detected_at);
+
+-- Who detects (SPEC §15): with several hosts on one hot folder, the scanner and watcher of one
+-- host hold this lease and renew it at every heartbeat; another host takes it once it runs out.
+CREATE TABLE IF NOT EXISTS leaders (
+    role        TEXT    NOT NULL PRIMARY KEY,         -- 'detect'
+    host        TEXT    NOT NULL,
+    holder      TEXT    NOT NULL,                     -- program@host:pid of the last renewal
+    since       REAL    NOT NULL,                     -- when this host took it
+    lease_until REAL    NOT NULL
+);
 
 -- ---------------------------------------------------------------------------------------------
 -- Audit views. Times are shown in UTC as YYYY-MM-DD HH:MM:SS.SSS.
