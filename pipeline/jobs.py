@@ -20,6 +20,7 @@ Rules every function here keeps (SPEC §14):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -163,15 +164,14 @@ UPDATE jobs SET state = 'failed', failed_at = ?, updated_at = ?, failed_step = ?
                 attempts = ?, claims = 0, lease_owner = NULL, lease_token = NULL
 WHERE id = ? AND lease_token = ? AND state = ?"""
 
-# Counter tallies (SPEC §16): one row per counter and label values, bumped in the transition's
-# transaction. The job's client comes from its row, so the callers need not carry it.
+# Counter tallies (SPEC §16): one row per counter and label values (a JSON array), bumped in the
+# transaction of the transitions they count. The bumps of a transaction are added up and written
+# at its end, in the order of their rows: several writers at once (routers on PostgreSQL) then
+# lock the shared rows in one order, and never deadlock on them.
 _SQL_TALLY = """
-INSERT INTO tallies (name, labels, value) VALUES (?, ?, 1)
-ON CONFLICT (name, labels) DO UPDATE SET value = tallies.value + 1"""
-_SQL_TALLY_FINISHED = """
-INSERT INTO tallies (name, labels, value)
-SELECT 'finished', CAST(json_array(client_folder, CAST(? AS TEXT)) AS TEXT), 1 FROM jobs WHERE id = ?
-ON CONFLICT (name, labels) DO UPDATE SET value = tallies.value + 1"""
+INSERT INTO tallies (name, labels, value) VALUES (?, ?, ?)
+ON CONFLICT (name, labels) DO UPDATE SET value = tallies.value + excluded.value"""
+_SQL_CLIENTS = "SELECT id, client_folder FROM jobs WHERE id IN ({id_list})"
 
 _SQL_ERROR_LOG_ADD = "INSERT INTO error_log_outbox (job_id, name, record) VALUES (?, ?, ?)"
 _SQL_ERROR_LOG_PENDING = "SELECT id, name, record FROM error_log_outbox ORDER BY id LIMIT ?"
@@ -217,12 +217,11 @@ class Jobs:
         self.db = db
         self.actor = actor
         self.clock = clock
+        self._bumps: list[tuple] = []       # tallies of the open transaction: (name, labels) or (job id, outcome)
+        self._depth = 0                     # transaction() levels open
 
     # -- transactions ---------------------------------------------------------------------------
 
-    def transaction(self):
-        """A write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` on SQLite (rolled back on error)."""
-        return self.db.write()
 
     def _sql(self, sql: str, params: Sequence = ()):
         return self.db.run_sql(sql, params)
@@ -230,9 +229,46 @@ class Jobs:
     def _event(self, job_id: int, now: float, from_state: str | None, to_state: str, detail: str | None):
         self._sql(_SQL_EVENT, (job_id, now, from_state, to_state, self.actor, detail))
 
+    @contextlib.contextmanager
+    def transaction(self):
+        """A write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` on SQLite (rolled back on error).
+        Inside another, a savepoint: what it did, its tallies included, is undone on error."""
+        mark = len(self._bumps)
+        self._depth += 1
+        try:
+            with self.db.write():
+                yield
+                if self._depth == 1:
+                    self._write_tallies()
+        except BaseException:
+            del self._bumps[mark:]
+            raise
+        finally:
+            self._depth -= 1
+
     def _tally(self, name: str, *labels: str) -> None:
-        # The same text as SQLite's json_array(), so both kinds of bump land on one row.
-        self._sql(_SQL_TALLY, (name, json.dumps(labels, separators=(",", ":"), ensure_ascii=False)))
+        self._bump((name, labels))
+
+    def _tally_finished(self, job_id: int, outcome: str) -> None:
+        """finished{client, outcome}: the client comes from the job's row when the tallies are written."""
+        self._bump((job_id, outcome))
+
+    def _bump(self, bump: tuple) -> None:
+        self._bumps.append(bump)
+        if self._depth == 0:        # a transition called in a transaction of the caller's own
+            self._write_tallies()
+
+    def _write_tallies(self) -> None:
+        bumps, self._bumps = self._bumps, []
+        finished = [job_id for job_id, _ in bumps if isinstance(job_id, int)]
+        clients = dict(self._sql(_SQL_CLIENTS, (self.db.id_list(finished),)).fetchall()) if finished else {}
+        counts: dict[tuple[str, str], int] = {}
+        for first, second in bumps:
+            name, labels = ("finished", (clients[first], second)) if isinstance(first, int) else (first, second)
+            key = (name, json.dumps(labels, separators=(",", ":"), ensure_ascii=False))
+            counts[key] = counts.get(key, 0) + 1
+        for (name, labels), value in sorted(counts.items()):
+            self._sql(_SQL_TALLY, (name, labels, value))
 
     def _expect_one(self, cursor, job_id: int) -> None:
         if cursor.rowcount != 1:
@@ -333,14 +369,14 @@ class Jobs:
         self._expect_one(self._sql(_SQL_ROUTED, (now, now, now, job_id, token)), job_id)
         self.db.announce()
         self._event(job_id, now, "archived", "routed", detail)
-        self._sql(_SQL_TALLY_FINISHED, ("routed", job_id))
+        self._tally_finished(job_id, "routed")
 
     def notified(self, token: str, job_id: int, attempts: int, detail: str) -> None:
         """routed -> notified: the API accepted the job."""
         now = self.clock()
         self._expect_one(self._sql(_SQL_NOTIFIED, (now, now, attempts, job_id, token)), job_id)
         self._event(job_id, now, "routed", "notified", detail)
-        self._sql(_SQL_TALLY_FINISHED, ("notified", job_id))
+        self._tally_finished(job_id, "notified")
         self._tally("notify_attempts", "accepted")
 
     def will_fail(self, token: str, job: Claimed, failed_path: str, error: str) -> None:
@@ -360,7 +396,7 @@ class Jobs:
         self._expect_one(self._sql(_SQL_FAILED, (
             now, now, step, error, attempts, job.id, token, job.state)), job.id)
         self._event(job.id, now, job.state, "failed", f"{step}: {error}")
-        self._sql(_SQL_TALLY_FINISHED, ("failed", job.id))
+        self._tally_finished(job.id, "failed")
         if job.state == "routed":
             self._tally("notify_attempts", "failed")
         if file_path is not None:

@@ -363,7 +363,7 @@ class Router(Program):
                     continue
                 state, attempts = w.state, w.attempts
                 try:
-                    with self.db.write():        # a savepoint: one job's refusal is its own
+                    with self.jobs.transaction():    # a savepoint: one job's refusal is its own
                         record(token, w)
                 except LeaseLost:
                     log.warning("%s: lease lost to another router; leaving the job to it", w.label)

@@ -540,8 +540,9 @@ def hosts_backlog(url: str, n: int, hosts: int) -> float:
 
 
 def wake_ups(url: str, count: int) -> list[float]:
-    """Seconds from a job's commit to the wake-up of a worker waiting on LISTEN, ``count`` times:
-    the path an idle router takes (store.postgres: Database.wait_for_work)."""
+    """Seconds from the start of a job's creating transaction to the wake-up of a worker waiting on
+    LISTEN, ``count`` times: the path an idle router takes (store.postgres: wait_for_work). The
+    insert and its commit are inside the figure: a wake-up cannot come before the commit."""
     from pipeline.cli import Stopper
     from pipeline.jobs import Jobs, Sighting
     waiter, writer = store.connect(url), store.connect(url)
@@ -556,11 +557,11 @@ def wake_ups(url: str, count: int) -> list[float]:
             thread.start()
             time.sleep(0.02)                       # the waiter is in select() by now
             fake = types.SimpleNamespace(st_size=100, st_mtime_ns=i, st_ctime_ns=i, st_dev=1, st_ino=i + 1)
+            created = time.perf_counter()        # the notification goes out as the commit returns
             jobs.create([Sighting(f"/bench/{i}.json", "BENCH", f"{i}.json", fake)], "realtime")
-            committed = time.perf_counter()
             thread.join(10)
             if woke:
-                out.append(woke[0] - committed)
+                out.append(woke[0] - created)
     finally:
         stopper.request()
         waiter.close()
