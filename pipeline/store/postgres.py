@@ -130,13 +130,7 @@ class Database(Engine, peewee.PostgresqlDatabase):
                 conn.close()
             except Exception:       # noqa: BLE001 - a broken connection may fail to close
                 pass
-        with self._listener_lock:
-            if self._listener is not None:
-                try:
-                    self._listener.close()
-                except Exception:   # noqa: BLE001
-                    pass
-                self._listener = None
+        self._close_listener()
 
     # -- wake-ups ----------------------------------------------------------------------------------
 
@@ -187,14 +181,17 @@ class Database(Engine, peewee.PostgresqlDatabase):
         return (before + clock()) / 2 - float(server)
 
     def close(self):
+        self._close_listener()
+        return super().close()
+
+    def _close_listener(self) -> None:
         with self._listener_lock:
             if self._listener is not None:
                 try:
                     self._listener.close()
-                except Exception:   # noqa: BLE001
+                except Exception:   # noqa: BLE001 - a broken connection may fail to close
                     pass
                 self._listener = None
-        return super().close()
 
 
 def _number(value: str | None, cursor):
