@@ -112,7 +112,7 @@ def build(db, cfg, day: Day, n: int, rng: random.Random, failure_rate: float = 0
     times = drop_times(day, n, rng)
     for first in range(0, n, CHUNK):
         plans = []
-        with db.atomic("IMMEDIATE"):
+        with jobs.transaction():
             for drop in times[first:first + CHUNK]:
                 number = next(NUMBERS)
                 client = rng.choices(names, weights)[0]
@@ -127,7 +127,7 @@ def build(db, cfg, day: Day, n: int, rng: random.Random, failure_rate: float = 0
                 plans.append((client, category, clock.now))
         clock.now = times[-1] + 3600
         batch = jobs.claim(ROUTE_QUEUE, CHUNK, 60)
-        with db.atomic("IMMEDIATE"):
+        with jobs.transaction():
             for job, (client, category, detected) in zip(batch.jobs, plans):
                 clock.now = detected + rng.uniform(0.002, 0.01)
                 if rng.random() < failure_rate:
