@@ -76,10 +76,18 @@ class Engine:
               set_params: tuple, where_params: tuple, limit: int):
         """``UPDATE table SET set_clause`` on the first ``limit`` rows matching ``where`` by
         ``order``, returning ``returning`` of each: one statement, so under a single writer no
-        other worker can take the same rows in between."""
-        sql = self.sql(f"UPDATE {table} SET {set_clause} WHERE id IN (SELECT id FROM {table} WHERE {where} "
-                       f"ORDER BY {order} LIMIT ?) RETURNING {returning}")
-        return self.execute_sql(sql, (*set_params, *where_params, limit))
+        other worker can take the same rows in between. The statement is built once per claim
+        and engine (the routers claim every few milliseconds)."""
+        text, set_first = _claim_statement(type(self), table, where, order, set_clause, returning)
+        params = (*set_params, *where_params, limit) if set_first else (*where_params, limit, *set_params)
+        return self.execute_sql(text, params)
+
+    @classmethod
+    def claim_statement(cls, table: str, where: str, order: str, set_clause: str,
+                        returning: str) -> tuple[str, bool]:
+        """The claim's text in this engine's dialect, and whether the SET parameters come first."""
+        return (cls.dialect(f"UPDATE {table} SET {set_clause} WHERE id IN (SELECT id FROM {table} WHERE {where} "
+                            f"ORDER BY {order} LIMIT ?) RETURNING {returning}"), True)
 
     def serialize(self, name: str) -> None:
         """One writer at a time already: nothing to take."""
@@ -116,6 +124,11 @@ class Engine:
 @lru_cache(maxsize=None)
 def _translate(engine: type, text: str) -> str:
     return engine.dialect(text)
+
+
+@lru_cache(maxsize=None)
+def _claim_statement(engine: type, *parts: str) -> tuple[str, bool]:
+    return engine.claim_statement(*parts)
 
 
 def retry_later(db: Engine, error: BaseException, then: str, once: bool = False) -> bool:

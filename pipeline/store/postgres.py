@@ -92,13 +92,14 @@ class Database(Engine, peewee.PostgresqlDatabase):
         """Inside a write transaction: wait for, and hold until it ends, the lock called ``name``."""
         self.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
 
-    def claim(self, table: str, where: str, order: str, set_clause: str, returning: str,
-              set_params: tuple, where_params: tuple, limit: int):
+    @classmethod
+    def claim_statement(cls, table: str, where: str, order: str, set_clause: str,
+                        returning: str) -> tuple[str, bool]:
         qualified = ", ".join(f"{table}.{c.strip()}" for c in returning.split(","))
-        sql = self.sql(f"WITH c AS MATERIALIZED (SELECT id FROM {table} WHERE {where} ORDER BY {order} "
-                       f"LIMIT ? FOR UPDATE SKIP LOCKED) "
-                       f"UPDATE {table} SET {set_clause} FROM c WHERE {table}.id = c.id RETURNING {qualified}")
-        return self.execute_sql(sql, (*where_params, limit, *set_params))
+        return (cls.dialect(f"WITH c AS MATERIALIZED (SELECT id FROM {table} WHERE {where} ORDER BY {order} "
+                            f"LIMIT ? FOR UPDATE SKIP LOCKED) "
+                            f"UPDATE {table} SET {set_clause} FROM c WHERE {table}.id = c.id RETURNING {qualified}"),
+                False)
 
     def id_list(self, ids) -> list[int]:
         return list(ids)
