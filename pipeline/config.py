@@ -261,6 +261,7 @@ class Router:
     file_mode: int
     dir_mode: int
     poll_interval: float
+    threads: int                  # copies made at the same time by one router
 
 
 @dataclass(frozen=True)
@@ -392,6 +393,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "file_mode": (octal_mode, "0664"),
         "dir_mode": (octal_mode, "0775"),
         "poll_interval": (positive_number, 0.01),
+        "threads": (positive_int, 4),
     },
     "api": {
         "endpoint": (url, ""),

@@ -171,15 +171,14 @@ class Folders:
         for error in self.sync_each().values():
             raise error
 
-    def sync_each(self) -> dict[str, OSError]:
-        """Like ``sync``, but every folder is tried: returns the folders that failed, with why."""
+    def sync_each(self, map=map) -> dict[str, OSError]:
+        """Like ``sync``, but every folder is tried: returns the folders that failed, with why.
+        ``map`` may be a thread pool's, to sync the folders at the same time."""
         dirty, self._dirty = self._dirty, set()
         failed = {}
-        for folder in sorted(dirty):
-            try:
-                fsync_dir(folder)
-            except OSError as e:
-                failed[folder] = e
+        for folder, error in zip(sorted(dirty), map(_fsync_dir_error, sorted(dirty))):
+            if error is not None:
+                failed[folder] = error
                 self._known.discard(folder)
         return failed
 
@@ -198,6 +197,14 @@ def _real_folders_below(base: Path, folder: Path) -> None:
         if st is not None and not stat.S_ISDIR(st.st_mode):
             raise NotRegular(f"{level} is not a folder")
         level = level.parent
+
+
+def _fsync_dir_error(folder: str) -> OSError | None:
+    try:
+        fsync_dir(folder)
+    except OSError as e:
+        return e
+    return None
 
 
 def fsync_dir(folder: str | Path) -> None:

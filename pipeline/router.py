@@ -24,7 +24,9 @@ import dataclasses
 import hashlib
 import logging
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,8 @@ from .validation import Invalid, JobDetails, parse, too_large, wanted
 log = logging.getLogger(__name__)
 
 PLACE_BACKOFF_CAP = 60.0   # seconds (SPEC §6)
+COPY_BUDGET = 16 << 20      # bytes of read jobs a batch holds before it copies them
+FIRST_BATCH = 8             # jobs claimed when work starts again; doubles up to router.batch_size
 
 
 @dataclass
@@ -54,6 +58,10 @@ class Work:
     archive_path: Path | None = None
     archived_now: bool = False                  # detected -> archived to commit in phase B
     delivered: list[tuple[str, str, str]] = field(default_factory=list)   # (name, path, action)
+    data: bytes | None = None                   # the content, from its read to its copies
+    targets: list = field(default_factory=list)     # rules.Destination: where its copies go
+    refused: str = ""                           # why its destinations cannot be made (rules.Unsafe)
+    delivered_before: set[str] = field(default_factory=set)   # copies an earlier claim made
     outcome: str = ""                           # route | fail | move | wait | release
     step: str = ""
     error: str = ""
@@ -118,6 +126,21 @@ class Router(Program):
         self.hot_folder = HotFolder(config.paths.hot_folder)
         self._hot_files: dict[Identity, Sighting] | None = None     # listed on first need, per phase
         self.keep = wanted(rules.paths_named(config.routes))     # what validation keeps of a job file
+        self._copying: ThreadPoolExecutor | None = None
+        self._claim_size = min(FIRST_BATCH, rc.batch_size)
+        self._listing = threading.Lock()
+
+    @property
+    def copying(self) -> ThreadPoolExecutor:
+        """The threads making copies (``router.threads``), from the first batch to the finish."""
+        if self._copying is None:
+            self._copying = ThreadPoolExecutor(self.config.router.threads, thread_name_prefix="copy")
+        return self._copying
+
+    def finish(self) -> None:
+        if self._copying is not None:
+            self._copying.shutdown()
+            self._copying = None
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -130,22 +153,28 @@ class Router(Program):
     def run_batch(self) -> int:
         """Claim and finish one batch; returns how many jobs it claimed."""
         cfg = self.config.router
-        batch = self.jobs.claim(ROUTE_QUEUE, cfg.batch_size, cfg.lease)
+        batch = self.jobs.claim(ROUTE_QUEUE, self._claim_size, cfg.lease)
+        # A backlog starts with small batches, doubling up to batch_size: its first files are
+        # routed within milliseconds instead of after a whole batch.
+        full = len(batch.jobs) == self._claim_size
+        self._claim_size = min(self._claim_size * 2, cfg.batch_size) if full else min(FIRST_BATCH, cfg.batch_size)
         if not batch.jobs:
             return 0
         delivered = self.jobs.delivered_paths(j.id for j in batch.jobs if j.state == "archived")
         works = [Work(job=job, state=job.state) for job in batch.jobs]
         self._hot_files = None
+        ready, held = [], 0
         for work in works:
             if self.stopper.requested:
                 work.outcome = "release"
                 continue
-            try:
-                self._prepare(work, delivered.get(work.job.id, set()))
-            except Exception as e:      # a defect met by this one job: it fails, its batch flows
-                log.exception("%s: unexpected error", work.label)
-                work.fail(STEP_OF_STATE[work.state], f"unexpected error: {_describe(e)}",
-                          move=work.state == "detected")
+            if self._guarded(work, self._prepare, work, delivered.get(work.job.id, set())):
+                ready.append(work)
+                held += len(work.data)
+            if held > COPY_BUDGET:      # many large files: copy what is read before reading on
+                self._copy_all(ready)
+                ready, held = [], 0
+        self._copy_all(ready)
         self._sync_copies(works)
         self._commit_progress(batch.token, works)
         self._hot_files = None          # files may have moved since phase A looked
@@ -176,7 +205,43 @@ class Router(Program):
         except Invalid as e:
             work.fail("validate", str(e), move=work.state == "detected")
             return
-        self._deliver(work, data, delivered)
+        job = work.job
+        try:
+            work.targets = rules.destinations(self.config.routes, rules.Facts.of(
+                work.details, job.client_folder, job.file_name, job.detected_at))
+        except rules.Unsafe as e:
+            work.refused = str(e)       # archived all the same: the job fails at route below
+        work.data, work.delivered_before = data, delivered
+        return True
+
+    def _guarded(self, work: Work, call, *args) -> bool:
+        """``call(*args)`` for one job; a defect it meets fails that job alone, its batch flows."""
+        try:
+            return bool(call(*args))
+        except Exception as e:
+            log.exception("%s: unexpected error", work.label)
+            work.fail(STEP_OF_STATE[work.state], f"unexpected error: {_describe(e)}",
+                      move=work.state == "detected")
+            return False
+
+    def _copy_all(self, works: list[Work]) -> None:
+        """Make the copies of read jobs, ``router.threads`` at a time: their fsyncs overlap, and
+        fsyncs from several writers share the filesystem's journal commits. Jobs writing to the
+        same path (two versions of one name, two names renamed alike) are copied one after the
+        other, in claim order, so the later one wins as it would in one thread."""
+        for done in [self.copying.submit(self._copy_group, group)
+                     for group in _by_shared_paths(works, self._paths_written)]:
+            done.result()
+
+    def _copy_group(self, group: list[Work]) -> None:
+        for work in group:
+            self._guarded(work, self._deliver, work)
+            work.data = None
+
+    def _paths_written(self, work: Work) -> list[str]:
+        job = work.job
+        archive = self.config.paths.store / job.client_folder / job.file_name
+        return [str(archive)] + [str(d.path) for d in work.targets]
 
     def _read(self, work: Work) -> bytes | None:
         """The job's content: from the hot folder while detected, from the archive once archived."""
@@ -213,9 +278,10 @@ class Router(Program):
 
     def _follow(self, work: Work) -> bool:
         """Make the job follow its file when it was renamed within the hot folder; True when it did."""
-        if self._hot_files is None:
-            sightings, _ = self.hot_folder.list()
-            self._hot_files = {Identity.of(s.st): s for s in sightings}
+        with self._listing:         # copies run in threads: one listing serves them all
+            if self._hot_files is None:
+                sightings, _ = self.hot_folder.list()
+                self._hot_files = {Identity.of(s.st): s for s in sightings}
         found = self._hot_files.get(work.identity)
         if found is None or found.path == work.job.source_path:
             return False
@@ -241,13 +307,8 @@ class Router(Program):
         work.sha256, work.archive_path = sha, path
         return data
 
-    def _deliver(self, work: Work, data: bytes, delivered: set[str]) -> None:
-        job = work.job
-        try:
-            targets, refused = rules.destinations(self.config.routes, rules.Facts.of(
-                work.details, job.client_folder, job.file_name, job.detected_at)), None
-        except rules.Unsafe as e:
-            targets, refused = [], str(e)       # archived all the same: the job fails at route below
+    def _deliver(self, work: Work) -> None:
+        job, data, targets, delivered = work.job, work.data, work.targets, work.delivered_before
         if job.claims > 1:      # its previous owner died, maybe mid-copy: clear what it left
             archive = self.config.paths.store / job.client_folder / job.file_name
             for target in [archive] + [d.path for d in targets]:
@@ -263,8 +324,8 @@ class Router(Program):
             work.archive_path = target
         if work.state == "detected":
             work.archived_now = True
-        if refused:
-            work.fail("route", refused)
+        if work.refused:
+            work.fail("route", work.refused)
             return
         problems = []
         conflict = self.config.router.conflict
@@ -299,7 +360,7 @@ class Router(Program):
 
     def _sync_copies(self, works: list[Work]) -> None:
         """fsync the folders phase A wrote to; a copy whose folder did not sync is not made."""
-        failed = {**self.places.sync_each(), **self.destinations.sync_each()}
+        failed = {**self.places.sync_each(self.copying.map), **self.destinations.sync_each(self.copying.map)}
         if not failed:
             return
         for w in works:
@@ -485,6 +546,29 @@ class Router(Program):
 
 
 FAILED_NOW = ("fail", "move", "failed")     # the outcomes that record a failure in this batch
+
+
+def _by_shared_paths(works: list[Work], paths) -> list[list[Work]]:
+    """The works in groups, each in its original order, such that no two groups write a same path
+    (``paths(work)``): the groups can be copied at the same time."""
+    groups: list[list[Work]] = []
+    owner: dict[str, int] = {}          # path -> index of the group writing it
+    for work in works:
+        mine = sorted({owner[p] for p in paths(work) if p in owner})
+        if not mine:
+            index = len(groups)
+            groups.append([])
+        else:                           # rare: merge every group it shares a path with into the first
+            index = mine[0]
+            for other in mine[1:]:
+                groups[index] += groups[other]
+                groups[other] = []
+                owner.update({p: index for p, g in owner.items() if g == other})
+            if len(mine) > 1:
+                groups[index].sort(key=works.index)
+        groups[index].append(work)
+        owner.update({p: index for p in paths(work)})
+    return [g for g in groups if g]
 
 
 def _route_detail(w: Work) -> str:

@@ -26,7 +26,8 @@ from .program import Program
 
 log = logging.getLogger(__name__)
 
-CREATE_CHUNK = 500   # jobs per insert transaction: routers start on the first ones at once
+CREATE_CHUNK = 100   # jobs per insert transaction (a few ms: waiting routers get their turn between two)
+FIRST_CHUNK = 20     # the first transaction of a scan: routers start on these while it goes on
 
 _SQL_SCAN_START = "INSERT INTO scans (kind, actor, started_at) VALUES (?, ?, ?) RETURNING id"
 _SQL_SCAN_END = """
@@ -95,8 +96,13 @@ class Scanner(Program):
     def _create(self, sightings: list[Sighting], detected_by: str) -> int:
         """Jobs for the sightings, oldest drop first, in chunks so routers start on the first at once."""
         sightings = sorted(sightings, key=lambda s: s.st.st_mtime_ns)
-        return sum(len(self.jobs.create(sightings[i:i + CREATE_CHUNK], detected_by))
-                   for i in range(0, len(sightings), CREATE_CHUNK))
+        edges = [0] + list(range(FIRST_CHUNK, len(sightings), CREATE_CHUNK)) + [len(sightings)]
+        created = 0
+        for start, end in zip(edges, edges[1:]):
+            if start:
+                self.db.give_way()      # a router waiting to claim the first ones gets its turn
+            created += len(self.jobs.create(sightings[start:end], detected_by))
+        return created
 
     def step(self, now: float) -> float:
         """The startup scan, then one scan every ``detect.scan_interval`` seconds (a scan that took

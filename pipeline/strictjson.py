@@ -20,6 +20,7 @@ checked and dropped.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -53,7 +54,13 @@ def _patterns(levels: int) -> tuple[dict, dict]:
     return compiled(small), compiled(runs)
 
 
-_SMALL, _RUN = _patterns(3)
+@functools.lru_cache(maxsize=None)
+def _window_patterns() -> tuple[dict, dict]:
+    """(small containers, runs), compiled at the first file larger than a window: compiling
+    them takes tens of milliseconds that a program's start, and most job files, do without."""
+    return _patterns(3)
+
+
 _CLOSE = {"{": "}", "[": "]"}
 _LITERALS = (("true", True), ("false", False), ("null", None))
 
@@ -224,7 +231,7 @@ class _Walk:
         text = self.text
         char = text[pos:pos + 1]
         if char in ("{", "["):
-            small = _SMALL[char].match(text, pos, pos + self.window)
+            small = _window_patterns()[0][char].match(text, pos, pos + self.window)
             if small:
                 value, end = self.decoder.raw_decode(text, pos)
                 return _prune(value, wanted) if wanted is not None else None, end, None
@@ -254,7 +261,7 @@ class _Walk:
         """Take the small members from ``pos`` on, up to a comma, in one call of the C decoder;
         returns where the members it did not take start (``pos`` if none)."""
         text = self.text
-        match = _RUN[frame.kind].match(text, pos, pos + self.window)
+        match = _window_patterns()[1][frame.kind].match(text, pos, pos + self.window)
         if not match:
             return pos
         body = text[pos:match.end() - 1]

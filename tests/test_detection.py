@@ -383,3 +383,16 @@ def test_a_client_folder_moved_out_and_back_after_its_jobs_failed_is_detected_ag
     assert Scanner(tree.config, jobs).scan("periodic", "periodic") == 1
     Router(tree.config, jobs).run(once=True)
     assert states(db) == {"failed": 1, "routed": 1} and tree.files(tree.hot) == []
+
+
+def test_a_startup_scan_creates_a_small_first_chunk_then_chunks_of_a_hundred(tree, db, monkeypatch):
+    """Routers start on the first jobs while the scan inserts the rest, and can claim between chunks."""
+    for i in range(250):
+        tree.drop("ACME", f"{i:03}.json")
+    jobs = Jobs(db, "scanner@test:1")
+    sizes, create = [], jobs.create
+    monkeypatch.setattr(jobs, "create", lambda sightings, by: sizes.append(len(sightings)) or create(sightings, by))
+    time.sleep(0.35)                          # past min_file_age: the scan takes every file at once
+    assert Scanner(tree.config, jobs).scan("startup", "startup") == 250
+    assert sizes == [20, 100, 100, 30]
+    assert states(db) == {"detected": 250}

@@ -167,3 +167,49 @@ def test_claims_are_counted_until_an_outcome_is_recorded(tree, db, clock):
         batch = jobs.claim(ROUTE_QUEUE, 10, lease=1)
         assert batch.jobs[0].claims == expected
         clock.advance(2)                                 # the worker died each time
+
+
+@pytest.mark.sqlite_only
+def test_an_idle_wait_on_sqlite_is_woken_by_another_programs_commit(tree, db):
+    """The WAL file is written by every commit: a wait of 60 s ends when another connection
+    commits a new job (as LISTEN/NOTIFY does on PostgreSQL, test_postgres.py)."""
+    import threading
+    from pipeline import store
+    from pipeline.cli import Stopper
+    from pipeline.scanner import Scanner
+    tree.drop("RANK", "a.json")
+    waiter, stopper, woken = store.connect(tree.config.paths.database), Stopper(), {}
+    try:
+        waiter.wait_for_work(stopper, 0, listen=True)          # the watch is in place from here on
+        assert waiter.IDLE_POLL > 0                             # woken on commits: polls seldom
+        while waiter.wait_for_work(stopper, 0, listen=True):   # what earlier commits left
+            pass
+        thread = threading.Thread(target=lambda: woken.setdefault("by", waiter.wait_for_work(stopper, 60, listen=True)))
+        thread.start()
+        time.sleep(0.35)                                        # past min_file_age
+        Scanner(tree.config, Jobs(db, "scanner:1")).scan("startup", "startup")
+        thread.join(20)             # far less than the 60 s asked: only a wake-up ends it this soon
+        assert not thread.is_alive(), "the wait was not woken"
+    finally:
+        stopper.request()
+        waiter.close()
+    assert woken["by"] is True
+
+
+@pytest.mark.sqlite_only
+def test_without_inotify_an_idle_wait_on_sqlite_polls(tree, db, monkeypatch, caplog):
+    from pipeline import store
+    from pipeline.cli import Stopper
+    from pipeline.store import wakeup
+
+    def refuse(database):
+        raise OSError(24, "inotify_init1: Too many open files")
+    monkeypatch.setattr(wakeup.WalWatch, "open", refuse)
+    caplog.set_level("INFO")
+    waiter = store.connect(tree.config.paths.database)
+    try:
+        assert waiter.wait_for_work(Stopper(), 0.01, listen=True) is False
+        assert waiter.IDLE_POLL == 0            # the router's own poll_interval applies
+    finally:
+        waiter.close()
+    assert "cannot be watched" in caplog.text and "idle programs poll" in caplog.text

@@ -195,3 +195,32 @@ def test_a_heartbeat_that_meets_the_lock_is_skipped_not_fatal(tree, db, caplog, 
     wait_for(lambda: Job.select().count() == 2, message="the next periodic scan")
     scanner.stop(stopper)
     assert "database busy past the timeout (database is locked); heartbeat skipped" in caplog.text
+
+
+def test_a_writer_waiting_for_the_lock_gets_it_between_two_transactions_of_a_busy_one(tree):
+    """SQLite's own wait backs off to 100 ms between tries: behind a writer that begins again soon
+    after it commits (a startup scan inserting thousands of jobs), a router found the lock free only
+    by chance. Now the waiter tries every millisecond and gets in at the busy writer's first pause."""
+    import time
+    from pipeline.scanner import scan_started
+    busy, waiter = store.connect(tree.config.paths.database), store.connect(tree.config.paths.database)
+    rounds, done, waited = 60, [], []
+
+    def hog():
+        for i in range(rounds):
+            with busy.write():
+                scan_started(busy, "periodic", "hog", 0.0)
+                time.sleep(0.02)                # a transaction of 20 ms
+            done.append(i)
+            busy.give_way()
+
+    thread = threading.Thread(target=hog)
+    thread.start()
+    wait_for(lambda: len(done) >= 3)
+    waited.append(len(done))
+    with waiter.write():
+        waited.append(len(done))
+        scan_started(waiter, "periodic", "waiter", 0.0)
+    thread.join()
+    busy.close(), waiter.close()
+    assert waited[1] - waited[0] <= 3, f"the waiter got the lock only {waited[1] - waited[0]} transactions later"

@@ -330,3 +330,52 @@ def test_a_resumed_job_clears_the_temporaries_its_dead_owner_left(tree, db, cloc
     Router(tree.config, jobs).run(once=True)
     assert Job.get().state == "routed"
     assert sorted(os.listdir(tree.dest(RANK))) == [".b.json.0123456789ab.tmp", "a.json"]
+
+
+# -- copies in threads (router.threads), small first batches ---------------------------------------
+
+def test_copies_renamed_alike_land_in_claim_order_whatever_the_threads(tree, db):
+    """Two jobs of one batch that write the same path are copied one after the other in claim
+    order, as one thread would: the later job's copy is the one left, every time."""
+    tree.write_config(router="threads = 8", routes="""
+[[route]]
+name = "One name"
+clients = ["RANK"]
+to = "dest/one"
+rename = "{ClientCode}.json"
+""")
+    for i in range(40):
+        tree.drop("RANK", f"{i:03}.json", job_document("RANK", Title=f"job {i:03}"))
+        os.utime(tree.hot / "RANK" / f"{i:03}.json", ns=(10**18 + i, 10**18 + i))   # claim order = name order
+    route_all(tree, db)
+    assert states(db) == {"routed": 40}
+    last = Job.select().order_by(Job.id.desc()).get()
+    kept = json.loads((tree.root / "dest" / "one" / "RANK.json").read_text())
+    assert kept["JobSpecification"]["JobDetails"]["Title"] == "job 039" and last.file_name == "039.json"
+    assert len(list((tree.store / "RANK").iterdir())) == 40            # the archive copies are all there
+
+
+def test_jobs_sharing_no_path_are_copied_apart_and_sharing_ones_together():
+    from pipeline.router import _by_shared_paths
+    paths = {"a": ["x", "1"], "b": ["y", "2"], "c": ["z", "1"], "d": ["w", "2", "3"], "e": ["3"], "f": ["q"]}
+    groups = _by_shared_paths(list("abcdef"), paths.__getitem__)
+    assert groups == [["a", "c"], ["b", "d", "e"], ["f"]]
+    # a job that joins two groups merges them, keeping the claim order
+    paths.update(g=["1", "2"])
+    assert _by_shared_paths(list("abcdefg"), paths.__getitem__) == [["a", "b", "c", "d", "e", "g"], ["f"]]
+
+
+def test_a_backlog_is_claimed_in_batches_doubling_from_eight(tree, db, monkeypatch):
+    tree.write_config(router="batch_size = 50")
+    for i in range(130):
+        tree.drop("ACME", f"{i:03}.json")
+    jobs = Jobs(db, "test-router:1")
+    Scanner(tree.config, jobs).scan("startup", "startup")
+    sizes = []
+    claim = jobs.claim
+    monkeypatch.setattr(jobs, "claim", lambda queue, limit, lease: sizes.append(limit) or claim(queue, limit, lease))
+    Router(tree.config, jobs).run(once=True)
+    assert states(db) == {"routed": 130}
+    assert sizes[:5] == [8, 16, 32, 50, 50]       # 8+16+32+50 = 106, then 24 of 50: the ramp starts again
+    assert sizes[5:] == [8]                        # the empty claim that ends --once
+

@@ -43,8 +43,9 @@ def set_routers(conf: Path, n: int) -> None:
 
 
 def start_supervisord(conf: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([str(VENV_BIN / "supervisord"), "--nodaemon", "-c", str(conf)], env=env,
-                            cwd=conf.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """supervisord as bin/start runs it (pipeline.supervise)."""
+    return subprocess.Popen([str(VENV_BIN / "python"), "-m", "pipeline.supervise", "--nodaemon", "-c", str(conf)],
+                            env=env, cwd=conf.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
@@ -183,3 +184,16 @@ def test_the_benchmark_chooses_its_router_count_in_its_copy_of_the_conf(tmp_path
         bench.Pipeline(root, routers=routers)
         assert bench.router_count((root / "supervisord.conf").read_text()) == (routers or 2)
     assert (ROOT / "supervisord.conf").read_text().count("numprocs = 2") == 1        # the original untouched
+
+
+def test_supervise_starts_the_programs_without_supervisords_first_second(monkeypatch):
+    """supervisord 4.3.0 spawns after a first poll that waits 1 s; pipeline.supervise makes that one
+    poll not wait (Supervisor's own later fix) and leaves every other poll's timeout as it is."""
+    from supervisor import poller
+    from pipeline import supervise
+    timeouts = []
+    monkeypatch.setattr(poller.Poller, "poll", lambda self, timeout: timeouts.append(timeout) or ([], []))
+    p = supervise._FirstPollAtOnce.__new__(supervise._FirstPollAtOnce)
+    for _ in range(3):
+        p.poll(1)
+    assert timeouts == [0, 1, 1]

@@ -95,6 +95,10 @@ class Engine:
     def announce(self) -> None:
         """Nobody listens: idle workers poll."""
 
+    def give_way(self) -> None:
+        """Between two write transactions in a row: nothing to do where writers lock rows, not
+        the database."""
+
     def clock_skew(self, clock=None) -> float:
         """This host's clock minus the database's: here one host, one clock."""
         return 0.0

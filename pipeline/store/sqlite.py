@@ -9,11 +9,13 @@ import math
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import peewee
 
 from .. import files
+from . import wakeup
 from .engine import DatabaseUnusable, Engine
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 8      # 4: error_log_outbox, 5: tallies, 6: alert_deliveries, silences,
                         # 7: heartbeats.clock_skew, 8: leaders
 BUSY_TIMEOUT_MS = 5000
+LOCK_POLL = 0.001       # seconds between two tries for the write lock (Database.begin)
+WAKE_POLL = 0.25        # seconds an idle router or notifier woken by commits waits between looks
 # A reader that stays long stops checkpoints from reaching the WAL's end, and the WAL grows; once it
 # lets go, SQLite cuts the file back to this size at the next restart of the WAL instead of keeping
 # it at its largest for ever, and bound_wal() truncates a WAL that is still larger.
@@ -48,6 +52,7 @@ class Database(Engine, peewee.SqliteDatabase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.identity: tuple[int, int] | None = None     # (st_dev, st_ino) of the file at connect()
+        self._watch: wakeup.WalWatch | None | bool = None  # False: inotify could not be had
         self._init_engine()
         # PostgreSQL's names for the scalar max and min (SQLite's max(a, b)), so that a statement
         # is written once for both engines; and floor(), which not every SQLite is built with.
@@ -62,9 +67,61 @@ class Database(Engine, peewee.SqliteDatabase):
     def savepoint(self):
         return _Savepoint(self)
 
+    def begin(self, lock_type=None):
+        """BEGIN IMMEDIATE, waiting for the write lock in steps of a millisecond.
+
+        SQLite's own wait backs off to 100 ms between tries, so a program waiting behind a writer
+        that commits and begins again at once (a startup scan inserting thousands of jobs) found
+        the lock free only by chance and could wait out the whole run of transactions: the routers
+        started on a backlog only once its scan was over. Tried every millisecond, the waiter gets
+        the lock in the gap a writer leaves between two of its transactions (``give_way``)."""
+        lock_type = lock_type or self._lock_type
+        if lock_type != "IMMEDIATE":
+            return super().begin(lock_type)
+        cursor = self.cursor()
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        cursor.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    cursor.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.Error as e:
+                    if getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                        with peewee.__exception_wrapper__:      # as peewee raises it: its own type
+                            raise
+                time.sleep(LOCK_POLL)
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    @staticmethod
+    def give_way() -> None:
+        """Between two write transactions in a row: leave a waiting program its turn (``begin``)."""
+        time.sleep(2 * LOCK_POLL)
+
     def snapshot(self):
         """A deferred transaction: one consistent read that never takes the write lock."""
         return self.atomic("DEFERRED")
+
+    def wait_for_work(self, stopper, seconds: float, listen: bool = False) -> bool:
+        """Woken by any program's commit (``wakeup.WalWatch``) when ``listen``; else a plain sleep."""
+        if listen and self._watch is None:
+            try:
+                self._watch = wakeup.WalWatch.open(Path(self.database))
+                self.IDLE_POLL = WAKE_POLL      # woken on commits: the poll is only a fallback
+            except OSError as e:
+                log.info("commits to %s cannot be watched (%s): idle programs poll", self.database, e)
+                self._watch = False
+        if not (listen and self._watch) or stopper.requested:
+            stopper.wait(seconds)
+            return False
+        return self._watch.wait(seconds)
+
+    def close(self):
+        if self._watch:
+            self._watch.close()
+        self._watch = None
+        return super().close()
 
     def id_list(self, ids) -> str:
         return json.dumps(list(ids))
