@@ -45,6 +45,7 @@ from .program import Program
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.05        # seconds between looks at the queue while nothing is due
+COMMIT_WITHIN = 0.02        # seconds a decided outcome may wait for others to share its commit
 UTF8_BOM = b"\xef\xbb\xbf"      # stripped: JSON on the wire must not start with one
 
 
@@ -68,6 +69,7 @@ class Outcome:
     attempts: int
     message: str
     delay: float = 0.0
+    decided: float = field(default_factory=time.monotonic)
 
 
 class Notifier(Program):
@@ -141,9 +143,12 @@ class Notifier(Program):
         Each list is emptied only once its transaction committed: a database error keeps it for
         the next try. Returns how many jobs were claimed."""
         claimed = 0
-        if claim and len(self.in_flight) < self.in_flight_limit and self.jobs.has_due(NOTIFY_QUEUE):
+        # Claimed again once half the calls in flight are done: a claim of many at a time, while the
+        # other half keeps every worker busy (not one claim transaction per call that ends).
+        if claim and len(self.in_flight) <= self.in_flight_limit // 2 and self.jobs.has_due(NOTIFY_QUEUE):
             claimed = self._claim(self.pool, self.in_flight, self.ready)
-        if self.ready:
+        if self.ready and (claimed or len(self.ready) >= self.config.api.concurrency or not self.in_flight
+                           or time.monotonic() - self.ready[0].decided > COMMIT_WITHIN):
             self._commit(self.ready)
             self.ready = []
         if self.unsent:
