@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .files import Identity
-from .jobs import Sighting
+from .jobs import FileStat, Sighting
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ class HotFolder:
             except OSError as e:
                 log.warning("cannot list %s: %s", folder, e.strerror)
                 continue
+            client = folder.name            # one string for the folder's files, not one each
             for entry in entries:
-                sighting = self._sighting(entry.path, folder.name, entry.name)
+                sighting = self._sighting(entry.path, client, entry.name)
                 if sighting:
                     sightings.append(sighting)
         return sightings, False
@@ -111,7 +112,7 @@ class HotFolder:
         if not stat.S_ISREG(st.st_mode):
             self._warn_once(path, "ignoring %s: not a regular file")
             return None
-        return Sighting(path=path, client_folder=client, file_name=name, st=st)
+        return Sighting(path=path, client_folder=client, st=FileStat.of(st))
 
     def restat(self, sighting: Sighting) -> Sighting | None:
         """The second look of a scan, through open and fstat: on NFS an open revalidates the

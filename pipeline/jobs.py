@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 from . import failures, store
 from .store import LeaseLost
@@ -59,13 +59,31 @@ _CLAIMED_COLUMNS = ("id, uuid, state, source_path, client_folder, file_name, siz
                     "attempts, claims, last_error, detected_at")
 
 
-@dataclass(frozen=True)
+class FileStat(NamedTuple):
+    """What a sighting keeps of a file's ``os.stat_result``: five numbers instead of its twenty
+    fields, each an object of its own (a startup scan of 50,000 files holds 50,000 of these)."""
+    st_ino: int
+    st_dev: int
+    st_size: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "FileStat":
+        return cls(st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
 class Sighting:
-    """A file seen in the hot folder by a scan or an event, ready to become a job."""
+    """A file seen in the hot folder by a scan or an event, ready to become a job. Slots, and the
+    name taken from the path: a startup scan holds one for every file of the backlog."""
     path: str
     client_folder: str
-    file_name: str
-    st: os.stat_result
+    st: os.stat_result | FileStat
+
+    @property
+    def file_name(self) -> str:
+        return os.path.basename(self.path)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def put_job(tree, jobs: Jobs, clock, client: str, name: str, *, drop: float, det
     path.write_text("{}")
     os.utime(path, ns=(round(drop * 1e9), round(drop * 1e9)))
     clock.now = detected
-    [job_id] = jobs.create([Sighting(str(path), client, name, os.stat(path))], by)
+    [job_id] = jobs.create([Sighting(str(path), client, os.stat(path))], by)
     batch = jobs.claim(ROUTE_QUEUE, 1, 3600)
     [job] = batch.jobs
     assert job.id == job_id

@@ -111,7 +111,7 @@ def test_a_full_disk_rolls_the_transaction_back_cleanly_and_writes_resume_once_t
         filler.unlink()
         path = drop(tree, "after.json")
         st = os.stat(path)
-        assert len(jobs.create([Sighting(str(path), "RANK", "after.json", st)], "realtime")) == 1
+        assert len(jobs.create([Sighting(str(path), "RANK", st)], "realtime")) == 1
         assert db.run_sql("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         db.close()
@@ -241,7 +241,7 @@ def test_the_wal_a_long_reader_made_large_shrinks_below_the_limit_after_it_lets_
         reader.execute("SELECT count(*) FROM jobs").fetchone()      # holds its snapshot: no checkpoint passes it
         files = [drop(tree, f"many{i}.json") for i in range(300)]
         for chunk in range(0, len(files), 10):
-            jobs.create([Sighting(str(p), "RANK", p.name, os.stat(p)) for p in files[chunk:chunk + 10]], "startup")
+            jobs.create([Sighting(str(p), "RANK", os.stat(p)) for p in files[chunk:chunk + 10]], "startup")
             heartbeat.beat(force=True)
         assert os.path.getsize(wal) > limit, "the test wrote too little to grow the WAL"
         reader.execute("COMMIT")

@@ -51,7 +51,7 @@ def test_the_same_name_dropped_again_later_is_a_new_job(tree, jobs):
     time.sleep(0.01)
     path = tree.drop("RANK", "a.json")                     # same content, same name, later
     st = os.lstat(path)
-    os.utime(path, ns=(first.st.st_atime_ns, first.st.st_mtime_ns))   # even with the same mtime (cp -p)
+    os.utime(path, ns=(first.st.st_mtime_ns, first.st.st_mtime_ns))   # even with the same mtime (cp -p)
     assert len(jobs.create([sight(tree, path)], "realtime")) == 1
     assert Job.select().count() == 2
     assert st.st_ctime_ns > first.st.st_ctime_ns

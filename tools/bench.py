@@ -575,7 +575,7 @@ def wake_ups(url: str, count: int) -> list[float]:
             time.sleep(0.02)                       # the waiter is in select() by now
             fake = types.SimpleNamespace(st_size=100, st_mtime_ns=i, st_ctime_ns=i, st_dev=1, st_ino=i + 1)
             created = time.perf_counter()        # the notification goes out as the commit returns
-            jobs.create([Sighting(f"/bench/{i}.json", "BENCH", f"{i}.json", fake)], "realtime")
+            jobs.create([Sighting(f"/bench/{i}.json", "BENCH", fake)], "realtime")
             thread.join(10)
             if woke:
                 out.append(woke[0] - created)

@@ -123,7 +123,7 @@ def build(db, cfg, day: Day, n: int, rng: random.Random, failure_rate: float = 0
                 path = f"/data/PRODUCTION/JSON/{client}/{number}.json"
                 by = rng.choices(["realtime", "periodic", "startup"], [97, 2.5, 0.5])[0]
                 clock.now = drop + (rng.uniform(0.003, 0.03) if by == "realtime" else rng.uniform(1, 60))
-                jobs.create([Sighting(path, client, f"{number}.json", st)], by)
+                jobs.create([Sighting(path, client, st)], by)
                 plans.append((client, category, clock.now))
         clock.now = times[-1] + 3600
         batch = jobs.claim(ROUTE_QUEUE, CHUNK, 60)
