@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -128,7 +127,6 @@ class Router(Program):
         self.keep = wanted(rules.paths_named(config.routes))     # what validation keeps of a job file
         self._copying: ThreadPoolExecutor | None = None
         self._claim_size = min(FIRST_BATCH, rc.batch_size)
-        self._listing = threading.Lock()
 
     @property
     def copying(self) -> ThreadPoolExecutor:
@@ -278,10 +276,9 @@ class Router(Program):
 
     def _follow(self, work: Work) -> bool:
         """Make the job follow its file when it was renamed within the hot folder; True when it did."""
-        with self._listing:         # copies run in threads: one listing serves them all
-            if self._hot_files is None:
-                sightings, _ = self.hot_folder.list()
-                self._hot_files = {Identity.of(s.st): s for s in sightings}
+        if self._hot_files is None:
+            sightings, _ = self.hot_folder.list()
+            self._hot_files = {Identity.of(s.st): s for s in sightings}
         found = self._hot_files.get(work.identity)
         if found is None or found.path == work.job.source_path:
             return False

@@ -353,6 +353,7 @@ def dashboard_pages(rows: int) -> dict[str, float]:
 
 def latency(count: int, routers: int, rate: float = 20.0, database: str = "pipeline.db") -> list[float]:
     """Files dropped at ``rate``/s into an idle running pipeline: drop-to-routed seconds each."""
+    os.sync()           # an earlier run's tens of thousands of files are on the disk, not in flight
     with tempfile.TemporaryDirectory() as tmp:
         p = Pipeline(Path(tmp), routers=routers, database=database)
         for client, _ in CLIENTS:                  # a real hot folder has its client folders

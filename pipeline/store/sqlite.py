@@ -87,7 +87,8 @@ class Database(Engine, peewee.SqliteDatabase):
                     cursor.execute("BEGIN IMMEDIATE")
                     return
                 except sqlite3.Error as e:
-                    if getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    busy = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_BUSY
+                    if not busy or time.monotonic() >= deadline:
                         with peewee.__exception_wrapper__:      # as peewee raises it: its own type
                             raise
                 time.sleep(LOCK_POLL)
