@@ -18,7 +18,6 @@ import pytest
 
 from conftest import POSTGRES, job_document, wait_for
 from pipeline import store
-from pipeline.cli import Stopper
 from pipeline.heartbeat import Heartbeat
 from pipeline.jobs import Jobs
 from pipeline.scanner import Scanner
@@ -156,25 +155,6 @@ def test_postgresql_restarted_mid_run_the_programs_carry_on_and_status_says_unre
     assert _routed_once(db) == (1000, 1000, 0)
     logs = tree.logs("router")
     assert "database unreachable" in logs and "Traceback" not in logs
-
-
-def test_an_idle_wait_is_woken_by_a_committed_new_job_not_by_its_poll(tree, db, database):
-    """LISTEN/NOTIFY: a wait of 60 s ends as soon as another connection commits a new job."""
-    _drop_backlog(tree, 1)
-    waiter = store.connect(database)
-    woken = {}
-    stopper = Stopper()
-    try:
-        waiter.wait_for_work(stopper, 0, listen=True)          # LISTEN is in place from here on
-        thread = threading.Thread(target=lambda: woken.setdefault("by", waiter.wait_for_work(stopper, 60, listen=True)))
-        thread.start()
-        Scanner(tree.config, Jobs(db, "scanner:1")).scan("startup", "startup")
-        thread.join(20)             # far less than the 60 s asked: only a wake-up ends it this soon
-        assert not thread.is_alive(), "the wait was not woken"
-    finally:
-        stopper.request()
-        waiter.close()
-    assert woken["by"] is True
 
 
 def test_a_url_with_a_password_is_refused_naming_the_key(tree):

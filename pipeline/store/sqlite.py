@@ -93,7 +93,10 @@ class Database(Engine, peewee.SqliteDatabase):
                             raise
                 time.sleep(LOCK_POLL)
         finally:
-            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            try:
+                cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            except sqlite3.Error:
+                pass            # the connection is failing: what BEGIN raised is what tells why
 
     @staticmethod
     def give_way() -> None:
