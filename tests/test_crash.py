@@ -19,6 +19,11 @@ def routed_count(db):
     return db.run_sql("SELECT count(*) FROM jobs WHERE state = 'routed'").fetchone()[0]
 
 
+def leased_count(db):
+    return db.run_sql("SELECT count(*) FROM jobs WHERE lease_token IS NOT NULL"
+                      " AND state IN ('detected', 'archived')").fetchone()[0]
+
+
 def test_a_router_killed_mid_batch_loses_nothing_and_duplicates_nothing(tree, db):
     tree.write_config(router="batch_size = 25\nlease = 2")
     n = 500
@@ -31,20 +36,23 @@ def test_a_router_killed_mid_batch_loses_nothing_and_duplicates_nothing(tree, db
     tree.run("scanner", "--once")
     assert Job.select().count() == n
 
-    # Kill the router while it holds a batch; a kill that lands in the instant between two
-    # batches holds nothing, so try again (a few times at most) until one lands mid-batch.
+    # Kill the router while it holds a batch, once it has routed a few. The routed count grows
+    # only as a batch ends, so waiting on it alone would kill in the gap before the next claim:
+    # wait until a batch is held as well. A kill can still land just after that batch ends, so
+    # try again (a few times at most) until one lands mid-batch.
     leased = 0
     for attempt in range(5):
         router = tree.spawn("router")
         target = routed_count(db) + 60
         try:
-            wait_for(lambda: routed_count(db) >= target, interval=0.005, message="the router to get going")
+            wait_for(lambda: routed_count(db) >= target and leased_count(db), interval=0.002,
+                     message="the router to get going")
             os.kill(router.pid, signal.SIGKILL)
             router.wait(10)
         finally:
             if router.poll() is None:
                 router.kill()
-        leased = Job.select().where(Job.lease_token.is_null(False), Job.state.in_(["detected", "archived"])).count()
+        leased = leased_count(db)
         if leased:
             break
     assert leased > 0, "no kill landed mid-batch"
