@@ -225,7 +225,7 @@ def database(engine, tmp_path):
         return
     admin = _postgres_admin()
     admin.autocommit = True
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+    schema = f"t_{os.getpid()}_{uuid.uuid4().hex[:12]}"     # the pid: see _sweep_postgres_schemas
     admin.cursor().execute(f"CREATE SCHEMA {schema}")
     # The schema names the test's connections too, so that its clean-up ends its own and no others.
     yield f"{POSTGRES}?options={quote(f'-csearch_path={schema}')}&application_name={schema}"
@@ -242,9 +242,23 @@ def database(engine, tmp_path):
         admin.close()
 
 
+def _run_alive(schema: str) -> bool:
+    pid = schema.split("_")[1]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _sweep_postgres_schemas():
-    """Schemas left by an interrupted run are dropped once per session."""
+    """Schemas left by an interrupted run are dropped once per session; those of a test run still
+    going on (its pid in the name, alive) are left to it."""
     try:
         import psycopg2
         conn = psycopg2.connect(POSTGRES, connect_timeout=3)
@@ -255,6 +269,8 @@ def _sweep_postgres_schemas():
     with conn.cursor() as cur:
         cur.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%'")
         for (name,) in cur.fetchall():
+            if _run_alive(name):
+                continue
             try:
                 cur.execute(f"DROP SCHEMA {name} CASCADE")
             except psycopg2.Error:
