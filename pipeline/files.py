@@ -222,6 +222,12 @@ def write_atomic(target: Path, data: bytes, folders: Folders, *, mtime_ns: int |
     Returns False, writing nothing, when ``replace`` is off and ``target`` already exists.
     The file keeps ``mtime_ns`` when given, so a copy carries its original's time.
     """
+    return publish(stage(target, data, folders, mtime_ns=mtime_ns), target, folders, replace=replace)
+
+
+def stage(target: Path, data: bytes, folders: Folders, *, mtime_ns: int | None = None) -> Path:
+    """The slow half of ``write_atomic``: write ``data`` and fsync it under a temporary name
+    beside ``target``, and return that name for ``publish`` (or ``discard``)."""
     folders.ensure(target.parent)
     tmp = target.parent / f".{fit_name(target.name, _TEMP_ROOM)}.{uuid.uuid4().hex[:12]}.tmp"   # matches _TEMP_SUFFIX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, folders.modes.file)
@@ -236,6 +242,18 @@ def write_atomic(target: Path, data: bytes, folders: Folders, *, mtime_ns: int |
             os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        discard(tmp)
+        raise
+    return tmp
+
+
+def publish(tmp: Path, target: Path, folders: Folders, *, replace: bool = True) -> bool:
+    """Give the temporary ``stage`` wrote its name ``target`` at once (rename or link).
+
+    Returns False, removing the temporary, when ``replace`` is off and ``target`` already exists.
+    """
+    try:
         if replace:
             os.replace(tmp, target)
         else:
@@ -246,10 +264,18 @@ def write_atomic(target: Path, data: bytes, folders: Folders, *, mtime_ns: int |
             finally:
                 os.unlink(tmp)
     except BaseException:
-        _unlink_quietly(tmp)
+        discard(tmp)
         raise
     folders.touched(target.parent)
     return True
+
+
+def discard(tmp: Path) -> None:
+    """Remove a temporary that will not be published (or what is left of one)."""
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
 
 
 def remove_stale_temporaries(folder: Path, name: str) -> int:
@@ -265,20 +291,13 @@ def remove_stale_temporaries(folder: Path, name: str) -> int:
         return 0
     for path in candidates:
         if _TEMP_SUFFIX.fullmatch(path.name[len(name) + 1:]):
-            _unlink_quietly(path)
+            discard(path)
             removed += 1
     return removed
 
 
 def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def remove_exact(path: str, identity: Identity) -> bool:

@@ -34,8 +34,8 @@ import peewee
 from . import cli, failures, retry, rules
 from .config import Config
 from .detect import HotFolder
-from .files import (Changed, Folders, Identity, NotRegular, move_exact, read_exact, remove_exact,
-                    remove_stale_temporaries, write_atomic)
+from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
+                    remove_exact, remove_stale_temporaries, stage)
 from .jobs import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE, Claimed, Jobs, LeaseLost, Sighting
 from .program import Program
 from .validation import Invalid, JobDetails, parse, too_large, wanted
@@ -107,6 +107,15 @@ class Work:
         if self.outcome not in ("fail", "move"):
             self.step, self.error = step, problem
         self.outcome, self.problem, self.late = "wait", problem, True
+
+
+@dataclass
+class Copy:
+    """One copy of a job's content: staged in a copying thread, published by the batch's."""
+    target: Path
+    dest: rules.Destination | None = None       # None: the archive copy
+    staged: Path | None = None                  # its temporary, written and fsynced
+    error: Exception | None = None              # what staging it met, for publishing to judge
 
 
 class Router(Program):
@@ -223,23 +232,47 @@ class Router(Program):
             return False
 
     def _copy_all(self, works: list[Work]) -> None:
-        """Make the copies of read jobs, ``router.threads`` at a time: their fsyncs overlap, and
-        fsyncs from several writers share the filesystem's journal commits. Jobs writing to the
-        same path (two versions of one name, two names renamed alike) are copied one after the
-        other, in claim order, so the later one wins as it would in one thread."""
-        for done in [self.copying.submit(self._copy_group, group)
-                     for group in _by_shared_paths(works, self._paths_written)]:
-            done.result()
-
-    def _copy_group(self, group: list[Work]) -> None:
-        for work in group:
-            self._guarded(work, self._deliver, work)
+        """Make the copies of read jobs. Each copy is first staged, written and fsynced under a
+        temporary name, ``router.threads`` at a time: the fsyncs overlap, those of one job
+        included, and fsyncs from several writers share the filesystem's journal commits. Then
+        this thread publishes them under their names, job by job in claim order: no destination
+        copy appears unless its job's archive copy did, and of two jobs writing one path the
+        later one wins, as in one thread."""
+        planned = [(work, self._planned(work)) for work in works]
+        for staged in [self.copying.submit(self._stage, copy, work.data, work.job.mtime_ns)
+                       for work, copies in planned for copy in copies]:
+            staged.result()
+        for work, copies in planned:
+            try:
+                self._guarded(work, self._deliver, work, copies)
+            finally:
+                for copy in copies:
+                    if copy.staged is not None:     # not published: the job failed or waits
+                        discard(copy.staged)
             work.data = None
 
-    def _paths_written(self, work: Work) -> list[str]:
+    def _planned(self, work: Work) -> list[Copy]:
+        """The copies the job still needs, its archive copy first."""
         job = work.job
         archive = self.config.paths.store / job.client_folder / job.file_name
-        return [str(archive)] + [str(d.path) for d in work.targets]
+        if job.claims > 1:      # its previous owner died, maybe mid-copy: clear what it left
+            for target in [archive] + [d.path for d in work.targets]:   # (before any staging)
+                remove_stale_temporaries(target.parent, target.name)
+        copies = [Copy(archive)] if work.state == "detected" and work.archive_path is None else []
+        if not work.refused:
+            copies += [Copy(d.path, d) for d in work.targets if str(d.path) not in work.delivered_before]
+        return copies
+
+    def _stage(self, copy: Copy, data: bytes, mtime_ns: int) -> None:
+        try:
+            if copy.dest is None:
+                copy.staged = stage(copy.target, data, self.places, mtime_ns=mtime_ns)
+                return
+            if copy.dest.templated:     # folders named by the job's values: no symlink below the base
+                self.destinations.ensure(copy.dest.folder, below=copy.dest.base)
+            copy.staged = stage(copy.target, data, self.destinations, mtime_ns=mtime_ns)
+        except Exception as e:
+            copy.error = e
 
     def _read(self, work: Work) -> bytes | None:
         """The job's content: from the hot folder while detected, from the archive once archived."""
@@ -304,21 +337,18 @@ class Router(Program):
         work.sha256, work.archive_path = sha, path
         return data
 
-    def _deliver(self, work: Work) -> None:
-        job, data, targets, delivered = work.job, work.data, work.targets, work.delivered_before
-        if job.claims > 1:      # its previous owner died, maybe mid-copy: clear what it left
-            archive = self.config.paths.store / job.client_folder / job.file_name
-            for target in [archive] + [d.path for d in targets]:
-                remove_stale_temporaries(target.parent, target.name)
-        if work.state == "detected" and work.archive_path is None:
-            target = self.config.paths.store / job.client_folder / job.file_name
+    def _deliver(self, work: Work, copies: list[Copy]) -> None:
+        """Publish the job's staged copies in order, and judge what went wrong with any."""
+        job = work.job
+        if copies and copies[0].dest is None:
+            archive, copies = copies[0], copies[1:]
             try:
-                write_atomic(target, data, self.places, mtime_ns=job.mtime_ns)
+                _published(archive, self.places, replace=True)
             except OSError as e:
-                self.places.forget(target.parent)
-                work.wait("archive", f"cannot write the archive copy {target}: {_os_reason(e)}")
+                self.places.forget(archive.target.parent)
+                work.wait("archive", f"cannot write the archive copy {archive.target}: {_os_reason(e)}")
                 return
-            work.archive_path = target
+            work.archive_path = archive.target
         if work.state == "detected":
             work.archived_now = True
         if work.refused:
@@ -326,15 +356,10 @@ class Router(Program):
             return
         problems = []
         conflict = self.config.router.conflict
-        for dest in targets:
-            target = dest.path
-            if str(target) in delivered:
-                continue
+        for copy in copies:
+            dest = copy.dest
             try:
-                if dest.templated:      # folders named by the job's values: no symlink below the base
-                    self.destinations.ensure(dest.folder, below=dest.base)
-                written = write_atomic(target, data, self.destinations, mtime_ns=job.mtime_ns,
-                                       replace=conflict == "replace")
+                written = _published(copy, self.destinations, replace=conflict == "replace")
             except NotRegular as e:
                 work.fail("route", f"{dest.name}: {e}")
                 return
@@ -343,13 +368,13 @@ class Router(Program):
                 problems.append(f"{dest.name}: {_os_reason(e)} ({dest.folder})")
                 continue
             action = "written"
-            if not written and not _same_content(target, work.sha256):
+            if not written and not _same_content(copy.target, work.sha256):
                 if conflict == "fail":
                     work.fail("route", f"a different file named {dest.file_name} is already in {dest.name} "
                                        f"({dest.folder}) and router.conflict is fail")
                     return
                 action = "kept"
-            work.delivered.append((dest.name, str(target), action))
+            work.delivered.append((dest.name, str(copy.target), action))
         if problems:
             work.wait("route", "; ".join(problems))
         else:
@@ -545,27 +570,12 @@ class Router(Program):
 FAILED_NOW = ("fail", "move", "failed")     # the outcomes that record a failure in this batch
 
 
-def _by_shared_paths(works: list[Work], paths) -> list[list[Work]]:
-    """The works in groups, each in its original order, such that no two groups write a same path
-    (``paths(work)``): the groups can be copied at the same time."""
-    groups: list[list[Work]] = []
-    owner: dict[str, int] = {}          # path -> index of the group writing it
-    for work in works:
-        mine = sorted({owner[p] for p in paths(work) if p in owner})
-        if not mine:
-            index = len(groups)
-            groups.append([])
-        else:                           # rare: merge every group it shares a path with into the first
-            index = mine[0]
-            for other in mine[1:]:
-                groups[index] += groups[other]
-                groups[other] = []
-                owner.update({p: index for p, g in owner.items() if g == other})
-            if len(mine) > 1:
-                groups[index].sort(key=works.index)
-        groups[index].append(work)
-        owner.update({p: index for p in paths(work)})
-    return [g for g in groups if g]
+def _published(copy: Copy, folders: Folders, replace: bool) -> bool:
+    """Give a staged copy its name (False: kept what was there), or raise what staging it met."""
+    if copy.error is not None:
+        raise copy.error
+    tmp, copy.staged = copy.staged, None
+    return publish(tmp, copy.target, folders, replace=replace)
 
 
 def _route_detail(w: Work) -> str:

@@ -216,6 +216,7 @@ def test_an_unwritable_archive_makes_the_job_wait_with_the_file_in_the_hot_folde
     assert (job.state, job.attempts) == ("detected", 1)
     assert "cannot write the archive copy" in job.last_error
     assert path.exists()
+    assert tree.files(tree.dest(RANK)) == []        # no destination copy without the archive one
     tree.store.unlink()
     clock.advance(2)
     Router(tree.config, Jobs(db, "r:2", clock)).run(once=True)
@@ -335,8 +336,8 @@ def test_a_resumed_job_clears_the_temporaries_its_dead_owner_left(tree, db, cloc
 # -- copies in threads (router.threads), small first batches ---------------------------------------
 
 def test_copies_renamed_alike_land_in_claim_order_whatever_the_threads(tree, db):
-    """Two jobs of one batch that write the same path are copied one after the other in claim
-    order, as one thread would: the later job's copy is the one left, every time."""
+    """Jobs of one batch that write the same path are staged at the same time but published in
+    claim order, as one thread would: the later job's copy is the one left, every time."""
     tree.write_config(router="threads = 8", routes="""
 [[route]]
 name = "One name"
@@ -355,14 +356,26 @@ rename = "{ClientCode}.json"
     assert len(list((tree.store / "RANK").iterdir())) == 40            # the archive copies are all there
 
 
-def test_jobs_sharing_no_path_are_copied_apart_and_sharing_ones_together():
-    from pipeline.router import _by_shared_paths
-    paths = {"a": ["x", "1"], "b": ["y", "2"], "c": ["z", "1"], "d": ["w", "2", "3"], "e": ["3"], "f": ["q"]}
-    groups = _by_shared_paths(list("abcdef"), paths.__getitem__)
-    assert groups == [["a", "c"], ["b", "d", "e"], ["f"]]
-    # a job that joins two groups merges them, keeping the claim order
-    paths.update(g=["1", "2"])
-    assert _by_shared_paths(list("abcdefg"), paths.__getitem__) == [["a", "b", "c", "d", "e", "g"], ["f"]]
+def test_a_jobs_copies_are_staged_at_the_same_time_and_published_archive_first(tree, db, monkeypatch):
+    """One job's three copies (archive, Monday Rank, Celtra) are written and fsynced together:
+    each waits at a barrier the other two must reach. They appear archive first all the same."""
+    import threading
+    from pipeline import router as router_module
+    together = threading.Barrier(3, timeout=20)
+    stage, publish, published = router_module.stage, router_module.publish, []
+
+    def staged(target, *args, **kwargs):
+        together.wait()                             # serial staging would break the barrier
+        return stage(target, *args, **kwargs)
+
+    monkeypatch.setattr(router_module, "stage", staged)
+    monkeypatch.setattr(router_module, "publish",
+                        lambda tmp, target, *a, **k: published.append(target.parent.name) or publish(tmp, target, *a, **k))
+    tree.drop("RANK", "a.json", job_document("RANK", "CELTRA"))
+    route_all(tree, db)
+    assert states(db) == {"routed": 1}
+    assert published == ["RANK", RANK, CELTRA]     # the archive's client folder, then the rules' order
+    assert tree.files(tree.dest(RANK)) == ["a.json"] and tree.files(tree.dest(CELTRA)) == ["a.json"]
 
 
 def test_a_backlog_is_claimed_in_batches_doubling_from_eight(tree, db, monkeypatch):
