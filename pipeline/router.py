@@ -432,11 +432,14 @@ class Router(Program):
             self._failed(token, w)
 
     def _commit_each(self, token: str, works: list[Work], record) -> None:
-        """One transaction for the batch, one savepoint per job: a job whose record cannot be
-        written (its lease lost to another router, a value the database refuses) is rolled back
-        alone and the others are committed. The database itself failing fails the whole batch."""
+        """One transaction for the batch. A job whose record cannot be written (its lease lost to
+        another router, a value the database refuses) is rolled back alone and the others are
+        committed: the batch is recorded whole under one savepoint, and only when a job refuses is
+        it recorded again with a savepoint per job (two statements a job saved in the usual case).
+        The database itself failing fails the whole batch."""
         with self.jobs.transaction():
             owned = self.jobs.owned(token, [w.job.id for w in works])
+            todo = []
             for w in works:
                 if w.outcome in ("lost", "release", "unrecorded"):
                     continue
@@ -444,19 +447,35 @@ class Router(Program):
                     log.warning("%s: lease lost to another router; leaving the job to it", w.label)
                     w.outcome = "lost"
                     continue
-                state, attempts = w.state, w.attempts
-                try:
-                    with self.jobs.transaction():    # a savepoint: one job's refusal is its own
+                todo.append(w)
+            before = [(w, _recorded_fields(w)) for w in todo]
+            try:
+                with self.jobs.transaction():       # a savepoint: the batch as one
+                    for w in todo:
                         record(token, w)
-                except LeaseLost:
-                    log.warning("%s: lease lost to another router; leaving the job to it", w.label)
-                    w.outcome = "lost"
-                except Exception as e:
-                    if isinstance(e, peewee.OperationalError) or self.db.transient(e):
-                        raise           # the database's trouble, not this job's: the batch waits
-                    log.exception("%s: cannot record its outcome", w.label)
-                    w.state, w.attempts, w.outcome = state, attempts, "unrecorded"
-                    w.error = f"cannot record its outcome: {_describe(e)}"
+                return
+            except Exception as e:
+                if isinstance(e, peewee.OperationalError) or self.db.transient(e):
+                    raise           # the database's trouble, not a job's: the batch waits
+            for w, fields in before:                # as before the savepoint rolled back
+                vars(w).update(fields)
+            for w in todo:
+                self._record_alone(token, w, record)
+
+    def _record_alone(self, token: str, w: Work, record) -> None:
+        fields = _recorded_fields(w)
+        try:
+            with self.jobs.transaction():    # a savepoint: one job's refusal is its own
+                record(token, w)
+        except LeaseLost:
+            log.warning("%s: lease lost to another router; leaving the job to it", w.label)
+            w.outcome = "lost"
+        except Exception as e:
+            if isinstance(e, peewee.OperationalError) or self.db.transient(e):
+                raise
+            log.exception("%s: cannot record its outcome", w.label)
+            vars(w).update(fields)
+            w.outcome, w.error = "unrecorded", f"cannot record its outcome: {_describe(e)}"
 
     def _failed(self, token: str, w: Work) -> None:
         self.jobs.failed(token, self._as_committed(w), w.step, w.error, w.attempts,
@@ -568,6 +587,11 @@ class Router(Program):
 
 
 FAILED_NOW = ("fail", "move", "failed")     # the outcomes that record a failure in this batch
+
+
+def _recorded_fields(w: Work) -> dict:
+    """What recording a job's progress changes in its Work: put back when the record is undone."""
+    return {name: getattr(w, name) for name in ("state", "attempts", "outcome", "error", "moved_from")}
 
 
 def _published(copy: Copy, folders: Folders, replace: bool) -> bool:

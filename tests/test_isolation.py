@@ -210,3 +210,6 @@ def test_a_job_whose_record_the_database_refuses_is_rolled_back_alone(tree, db, 
     assert refused.state == "detected" and refused.lease_token is not None    # claimed again later
     assert JobEvent.select().where(JobEvent.job == refused.id, JobEvent.to_state == "archived").count() == 0
     assert_good_routed(tree)
+    # The batch was first recorded whole, then undone and recorded job by job: once each.
+    for _, name in GOOD:
+        assert JobEvent.select().where(JobEvent.job == job(name).id, JobEvent.to_state == "archived").count() == 1
