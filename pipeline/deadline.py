@@ -38,27 +38,41 @@ class Deadline:
         self.expired = False
         self._over = False          # the call ended: its socket may be back in the pool, hands off
         self._handle: socket.socket | None = None
+        self._owned = False         # the handle is the deadline's own dup, to close when done
         self._lock = threading.Lock()
 
-    def watch(self, sock: socket.socket) -> None:
+    def watch(self, sock: socket.socket, pooled: bool = False) -> None:
         """Note the socket the call uses now; shut it at once when the deadline has passed already.
 
-        The deadline keeps its own descriptor of the socket (a dup): wrapping a socket in TLS
-        detaches the one urllib3 connected, so without its own a deadline could not end a
-        handshake. shutdown acts on the connection, whichever descriptor it is given.
+        A new connection's socket is watched through a descriptor of the deadline's own (a dup):
+        wrapping a socket in TLS detaches the one urllib3 connected, so without its own a deadline
+        could not end a handshake. A pooled connection's socket (``pooled``), TLS done, is watched
+        as it is, saving a dup and a close per call; it is never closed here, only shut down.
+        shutdown acts on the connection, whichever descriptor it is given.
         """
-        try:
-            handle = socket.fromfd(sock.fileno(), sock.family, sock.type)
-        except OSError:
-            return                  # already closed: the call is ending anyway
+        if pooled:
+            handle, owned = sock, False
+        else:
+            try:
+                handle, owned = socket.fromfd(sock.fileno(), sock.family, sock.type), True
+            except OSError:
+                return              # already closed: the call is ending anyway
         with self._lock:
             if self._over:
-                handle.close()
+                if owned:
+                    handle.close()
                 return
             self._drop()
-            self._handle = handle
+            self._handle, self._owned = handle, owned
             if self.expired:
                 _shutdown(handle)
+
+    def forget(self, sock: socket.socket) -> None:
+        """The call is closing ``sock``: a pooled socket watched as it is must not be shut down
+        once closed, when its descriptor number may already be another file's."""
+        with self._lock:
+            if self._handle is sock:
+                self._handle = None
 
     def expire(self) -> None:
         with self._lock:
@@ -74,16 +88,18 @@ class Deadline:
             self._drop()
 
     def _drop(self) -> None:
-        if self._handle is not None:
+        if self._handle is not None and self._owned:
             self._handle.close()
-            self._handle = None
+        self._handle = None
 
 
 def _shutdown(sock: socket.socket) -> None:
     try:
         # shutdown, not close: it wakes the thread blocked on the connection (reading, sending, in a
         # TLS handshake) at once, and the thread's own descriptor stays its own until it closes it.
-        sock.shutdown(socket.SHUT_RDWR)
+        # The plain socket's shutdown even on a TLS socket: SSLSocket's own would drop its TLS state
+        # under the thread reading it. A socket closed meanwhile has no descriptor: OSError.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass                        # the peer has gone already
 
@@ -132,10 +148,10 @@ class Watchdog:
                 deadline.expire()
 
 
-def _watch(sock: socket.socket) -> None:
+def _watch(sock: socket.socket, pooled: bool = False) -> None:
     deadline = getattr(_current, "deadline", None)
     if deadline is not None:
-        deadline.watch(sock)
+        deadline.watch(sock, pooled)
 
 
 class _Watched:
@@ -149,8 +165,14 @@ class _Watched:
 
     def request(self, *args, **kwargs):
         if self.sock is not None:
-            _watch(self.sock)
+            _watch(self.sock, pooled=True)
         return super().request(*args, **kwargs)
+
+    def close(self) -> None:
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None and self.sock is not None:
+            deadline.forget(self.sock)
+        super().close()
 
 
 class _HTTPConnection(_Watched, HTTPConnection):

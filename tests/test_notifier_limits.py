@@ -206,6 +206,24 @@ def test_an_answer_that_trickles_is_cut_at_api_timeout_and_the_next_job_still_go
     assert not complete
 
 
+def test_an_answer_that_trickles_on_a_kept_connection_is_cut_at_api_timeout(tree, db, api, clock):
+    # The second call is made on the connection the first one kept: its deadline watches that
+    # pooled socket itself (no descriptor of its own) and still ends the call in time.
+    configure(tree, api.url, timeout=1, concurrency=1)
+    api.script = [200, Trickle(), 200]
+    first, slow, last = routed(tree, db, "a.json", "b.json", "c.json")
+    notify(tree, db, clock)
+    first, slow, last = fresh(first), fresh(slow), fresh(last)
+    assert (first.state, last.state) == ("notified", "notified")
+    assert (slow.state, slow.attempts) == ("routed", 1)
+    assert slow.last_error == ("API answered 200 OK but sent no complete answer within api.timeout (1 s) "
+                               "(attempt 1 of 5)")
+    assert [r.key for r in api.received] == [first.uuid, slow.uuid, last.uuid]
+    assert api.connections == 2                       # the cut connection is not used again
+    [(_, complete)] = wait_for(lambda: api.streamed, message="the server to see the client hang up")
+    assert not complete                               # cut at the deadline, not read to its end
+
+
 def test_a_tls_handshake_that_trickles_is_cut_at_api_timeout(tree, db, clock):
     server = TrickleTls()
     try:
