@@ -455,15 +455,13 @@ class Router(Program):
                         record(token, w)
                 return
             except Exception as e:
-                if isinstance(e, peewee.OperationalError) or self.db.transient(e):
+                if self._database_trouble(e):
                     raise           # the database's trouble, not a job's: the batch waits
-            for w, fields in before:                # as before the savepoint rolled back
-                vars(w).update(fields)
-            for w in todo:
-                self._record_alone(token, w, record)
+            for w, fields in before:
+                vars(w).update(fields)              # as before the savepoint rolled back
+                self._record_alone(token, w, record, fields)
 
-    def _record_alone(self, token: str, w: Work, record) -> None:
-        fields = _recorded_fields(w)
+    def _record_alone(self, token: str, w: Work, record, fields: dict) -> None:
         try:
             with self.jobs.transaction():    # a savepoint: one job's refusal is its own
                 record(token, w)
@@ -471,11 +469,14 @@ class Router(Program):
             log.warning("%s: lease lost to another router; leaving the job to it", w.label)
             w.outcome = "lost"
         except Exception as e:
-            if isinstance(e, peewee.OperationalError) or self.db.transient(e):
+            if self._database_trouble(e):
                 raise
             log.exception("%s: cannot record its outcome", w.label)
             vars(w).update(fields)
             w.outcome, w.error = "unrecorded", f"cannot record its outcome: {_describe(e)}"
+
+    def _database_trouble(self, e: Exception) -> bool:
+        return isinstance(e, peewee.OperationalError) or self.db.transient(e) is not None
 
     def _failed(self, token: str, w: Work) -> None:
         self.jobs.failed(token, self._as_committed(w), w.step, w.error, w.attempts,

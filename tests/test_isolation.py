@@ -16,7 +16,7 @@ import pytest
 from conftest import job_document
 from mounts import fill
 from pipeline import rules
-from pipeline.jobs import ROUTE_QUEUE, Jobs
+from pipeline.jobs import ROUTE_QUEUE, Jobs, LeaseLost
 from pipeline.store.models import ErrorLogRecord, Job, JobEvent
 from pipeline.router import Router
 from pipeline.scanner import Scanner
@@ -213,3 +213,20 @@ def test_a_job_whose_record_the_database_refuses_is_rolled_back_alone(tree, db, 
     # The batch was first recorded whole, then undone and recorded job by job: once each.
     for _, name in GOOD:
         assert JobEvent.select().where(JobEvent.job == job(name).id, JobEvent.to_state == "archived").count() == 1
+
+
+def test_a_lease_found_lost_while_recording_leaves_that_job_and_records_the_others_once(tree, db, monkeypatch):
+    drop_batch(tree, {"taken.json": job_document("RANK")})
+    jobs = scan(tree, db)
+    routed = jobs.routed
+
+    def taken(token, job_id, detail):
+        if Job.get_by_id(job_id).file_name == "taken.json":
+            raise LeaseLost(f"job {job_id} is no longer held")
+        return routed(token, job_id, detail)
+    monkeypatch.setattr(jobs, "routed", taken)
+    assert Router(tree.config, jobs).run_batch() == 4
+    assert job("taken.json").state == "archived"        # left to whoever holds it now
+    assert_good_routed(tree)
+    for _, name in GOOD:
+        assert JobEvent.select().where(JobEvent.job == job(name).id, JobEvent.to_state == "routed").count() == 1
