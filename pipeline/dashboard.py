@@ -13,7 +13,8 @@ import threading
 
 import waitress
 
-from . import cli, web
+from . import cli
+from .web.app import create_app
 from .program import Program
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class Dashboard(Program):
         self.server = None
 
     def start(self) -> None:
-        app = web.create_app(self.config, self.db)
+        app = create_app(self.config, self.db)
         host, port = self.config.dashboard.listen
         try:
             self.server = waitress.create_server(app, host=host, port=port, threads=THREADS,

@@ -33,7 +33,7 @@ import peewee
 
 from . import cli, failures, retry, rules
 from .config import Config
-from .detect import HotFolder
+from .hotfolder import HotFolder
 from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
                     remove_exact, remove_stale_temporaries, stage)
 from .jobs import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE, Claimed, Jobs, LeaseLost, Sighting

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from . import templates
-from .templates import MISSING, Facts, Unsafe
+from . import placeholders
+from .placeholders import MISSING, Facts, Unsafe
 
 __all__ = ["Route", "Destination", "Facts", "Unsafe", "compile_route", "destinations", "evaluate",
            "paths_named"]
@@ -31,17 +31,17 @@ class Condition:
     shown: str                      # the allowed values as written, for explanations
 
     def holds(self, document: Any) -> bool:
-        text = templates.as_text(templates.lookup(document, self.keys))   # MISSING: None, as a container
+        text = placeholders.as_text(placeholders.lookup(document, self.keys))   # MISSING: None, as a container
         return text is not None and text.casefold() in self.allowed
 
     def failure(self, document: Any) -> str | None:
         """Why the condition does not hold, in one line; None when it does."""
         if self.holds(document):
             return None
-        value = templates.lookup(document, self.keys)
+        value = placeholders.lookup(document, self.keys)
         if value is MISSING:
             return f"match {self.path}: missing in this job"
-        text = templates.as_text(value)
+        text = placeholders.as_text(value)
         if text is None:
             return f"match {self.path}: is {'an object' if isinstance(value, dict) else 'an array'}, not a value"
         return f"match {self.path}: {text[:80]!r} is not one of {self.shown}"
@@ -57,8 +57,8 @@ class Route:
     match: tuple[Condition, ...] = ()
     files: re.Pattern | None = None            # the globs as one case-insensitive expression
     files_shown: str = ""
-    template: templates.Destination | None = None
-    rename: templates.Component | None = None
+    template: placeholders.Destination | None = None
+    rename: placeholders.Component | None = None
 
     def matches(self, facts: Facts) -> bool:
         """Every condition holds (what ``failure`` explains, without building its words)."""
@@ -152,7 +152,7 @@ def paths_named(routes: Iterable[Route]) -> list[tuple[str, ...]]:
         if route.template:
             found += route.template.paths
         if route.rename:
-            found += templates.field_paths(route.rename)
+            found += placeholders.field_paths(route.rename)
     return found
 
 
@@ -180,13 +180,13 @@ def compile_route(table: Mapping[str, Any], timezone: str, resolve: Callable[[st
     if "files" in table:
         globs = _non_empty("files", _keyed("files", string_list, table["files"]))
         fields["files"], fields["files_shown"] = _globs(globs), ", ".join(globs)
-    to = _keyed("to", templates.destination, table["to"], timezone, resolve)
-    if isinstance(to, templates.Destination):
+    to = _keyed("to", placeholders.destination, table["to"], timezone, resolve)
+    if isinstance(to, placeholders.Destination):
         fields["template"], to = to, to.base
     if "rename" in table:
         if not isinstance(table["rename"], str) or not table["rename"]:
             raise RuleError("rename", "expected a non-empty string")
-        fields["rename"] = _keyed("rename", templates.file_name, table["rename"], timezone)
+        fields["rename"] = _keyed("rename", placeholders.file_name, table["rename"], timezone)
     return Route(name=table["name"], to=to, **fields)
 
 
@@ -212,12 +212,12 @@ def _conditions(table: Any) -> tuple[Condition, ...]:
     conditions = []
     for path, values in _flatten(table):
         key = f"match {path}"
-        keys = _keyed(key, templates.split_path, path)
+        keys = _keyed(key, placeholders.split_path, path)
         if not isinstance(values, list) or not values:
             raise RuleError(key, f"expected a non-empty list of the values it may have, got {values!r}")
         texts = []
         for value in values:
-            text = None if isinstance(value, float) and value != value else templates.as_text(value)
+            text = None if isinstance(value, float) and value != value else placeholders.as_text(value)
             if text is None or not isinstance(value, (str, int, float, bool)):
                 raise RuleError(key, f"expected strings, numbers or booleans, got {value!r}")
             texts.append(text)

@@ -18,7 +18,7 @@ from typing import Callable
 
 from . import cli, store
 from .config import Config
-from .detect import HotFolder
+from .hotfolder import HotFolder
 from .files import Identity
 from .jobs import Jobs, Sighting
 from .leadership import RENEW, Leadership

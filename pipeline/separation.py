@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .config import Config
-from .templates import Destination
+from .placeholders import Destination
 
 
 def _existing(path: Path) -> Path:

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import jobs as jobs_module
-from pipeline import web
+from pipeline.web import app as web_app
 from pipeline.config import ConfigError
 from pipeline.jobs import Jobs
 from pipeline.router import Router
@@ -50,7 +50,7 @@ def filled(tree, db):
 def client_for(tree, db, actions: bool = False, **environ):
     if actions:
         tree.write_config(f'[dashboard]\nlisten = "127.0.0.1:{tree.dashboard_port}"\nactions = true\n')
-    app = web.create_app(tree.config, db, environ=environ)
+    app = web_app.create_app(tree.config, db, environ=environ)
     return app.test_client()
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import Tree, job_document
 from pipeline import store
-from pipeline.detect import eligible_name
+from pipeline.hotfolder import eligible_name
 from pipeline.files import NAME_MAX
 from pipeline.jobs import Jobs
 from pipeline.router import Router

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from pipeline.detect import HotFolder
+from pipeline.hotfolder import HotFolder
 from pipeline.jobs import MAX_CLAIMS, NOTIFY_QUEUE, ROUTE_QUEUE, Jobs, LeaseLost
 from pipeline.store.models import Job, JobEvent
 

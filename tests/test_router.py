@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from conftest import job_document, states
-from pipeline.detect import HotFolder
+from pipeline.hotfolder import HotFolder
 from pipeline.failures import ERROR_LOG_KEYS
 from pipeline.files import write_atomic, Folders, Modes
 from pipeline.jobs import MAX_CLAIMS, ROUTE_QUEUE, Jobs

@@ -333,13 +333,13 @@ def fill_finished(database: Path, rows: int) -> None:
 def dashboard_pages(rows: int) -> dict[str, float]:
     """Median milliseconds of the dashboard's heaviest pages on a table of ``rows`` finished jobs
     (the WSGI application itself, as waitress serves it, without the socket)."""
-    from pipeline import web
+    from pipeline.web.app import create_app
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         config = config_module.load(write_config(Path(tmp)))
         db = store.connect(config.paths.database)
         fill_finished(config.paths.database, rows)
-        client = web.create_app(config, db).test_client()
+        client = create_app(config, db).test_client()
         for url in ("/", "/healthz", "/metrics", "/jobs?q=no-such-name", "/jobs?q=99", "/failed?client=C3"):
             times = []
             for _ in range(5):

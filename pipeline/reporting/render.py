@@ -18,7 +18,7 @@ import jinja2
 from ..config import Config
 
 _env = jinja2.Environment(
-    loader=jinja2.PackageLoader("pipeline", "templates"),
+    loader=jinja2.PackageLoader("pipeline.reporting", "templates"),
     autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=True),
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,

@@ -7,10 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from . import cli, config as config_module, files, separation, store
-from .config import Config, ConfigError
-from .api import resolve_headers
-from .reporting import channels
+from .. import cli, config as config_module, files, separation, store
+from ..config import Config, ConfigError
+from ..api import resolve_headers
+from ..reporting import channels
 
 
 def _writable_place(path: Path) -> str | None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import peewee
 
-from .config import Config
-from .jobs import NOTIFY_QUEUE, ROUTE_QUEUE
+from ..config import Config
+from ..jobs import NOTIFY_QUEUE, ROUTE_QUEUE
 
 PAGE = 50
 RECENT = 20_000       # ids a name search reads in id order before it turns to the name index

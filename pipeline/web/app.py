@@ -30,11 +30,12 @@ import flask
 import peewee
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import browse, metrics, route, status
-from .config import Config, ConfigError
-from .jobs import STATES, Jobs
-from .store.models import bind
-from .requeue import STEPS, Requeue, failed_jobs, utc_time
+from . import metrics, queries
+from ..commands import route, status
+from ..config import Config, ConfigError
+from ..jobs import STATES, Jobs
+from ..store.models import bind
+from ..requeue import STEPS, Requeue, failed_jobs, utc_time
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def password(config: Config, environ: Mapping[str, str]) -> str | None:
 
 def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float] = time.time,
                environ: Mapping[str, str] = os.environ) -> flask.Flask:
-    app = _Flask(__name__, static_folder="static", template_folder="templates/dashboard")
+    app = _Flask(__name__, static_folder="static", template_folder="templates")
     app.json.sort_keys = False
     secret = password(config, environ)
     csrf = hmac.new(secrets.token_bytes(32), b"requeue", hashlib.sha256).hexdigest()   # per process
@@ -105,7 +106,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
         now = clock()
         with db.snapshot():
             s = status.gather(db, config, now)
-            bars = browse.hourly(db, config, now)
+            bars = queries.hourly(db, config, now)
         return page("overview.html", status=s, bars=bars, now=now, refresh=REFRESH_SECONDS, states=STATES)
 
     @app.get("/healthz")
@@ -122,30 +123,30 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     @app.get("/jobs")
     def jobs():
         search, problem = _search(flask.request.args)
-        found, more = browse.search(db, search) if not problem else ([], None)
+        found, more = queries.search(db, search) if not problem else ([], None)
         return page("jobs.html", search=search, found=found, more=more, problem=problem,
                     states=STATES, steps=STEPS, title="Jobs", path="/jobs")
 
     @app.get("/failed")
     def failed():
         search, problem = _search(flask.request.args, state="failed")
-        found, more = browse.search(db, search, time_column="failed_at") if not problem else ([], None)
+        found, more = queries.search(db, search, time_column="failed_at") if not problem else ([], None)
         return page("jobs.html", search=search, found=found, more=more, problem=problem,
                     states=None, steps=STEPS, title="Failed", path="/failed")
 
     @app.get("/waiting")
     def waiting():
-        return page("waiting.html", found=browse.waiting(db, notify=bool(config.api.endpoint)), now=clock())
+        return page("waiting.html", found=queries.waiting(db, notify=bool(config.api.endpoint)), now=clock())
 
     @app.get("/jobs/<int:job_id>")
     def job(job_id: int):
-        told = browse.story(db, job_id)
+        told = queries.story(db, job_id)
         if told is None:
             flask.abort(404)
         row = told["job"]
-        archived = browse.read_inside(row["archive_path"], config.paths.store, browse.SHOWN_BYTES)
-        sidecar = browse.read_inside(row["failed_path"] and row["failed_path"] + ".error.json",
-                                     config.paths.failed, browse.SHOWN_BYTES)
+        archived = queries.read_inside(row["archive_path"], config.paths.store, queries.SHOWN_BYTES)
+        sidecar = queries.read_inside(row["failed_path"] and row["failed_path"] + ".error.json",
+                                     config.paths.failed, queries.SHOWN_BYTES)
         where = row["archive_path"] if archived else None
         # explain's first lines describe the file's place, which is the archive here, not the hot folder.
         routing = [line for line in route.explain(config, Path(where))
@@ -155,8 +156,8 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     @app.get("/jobs/<int:job_id>/archived")
     def archived(job_id: int):
-        told = browse.story(db, job_id)
-        found = told and browse.read_inside(told["job"]["archive_path"], config.paths.store,
+        told = queries.story(db, job_id)
+        found = told and queries.read_inside(told["job"]["archive_path"], config.paths.store,
                                             config.router.max_file_bytes)
         if not found:
             flask.abort(404)
@@ -218,7 +219,7 @@ def _authorize(secret: str | None, csrf: str) -> str:
     return auth.username
 
 
-def _search(args: Mapping[str, str], state: str = "") -> tuple[browse.Search, str | None]:
+def _search(args: Mapping[str, str], state: str = "") -> tuple[queries.Search, str | None]:
     """The filters of a list page from its query string, and a one-line problem when one is bad."""
     problem = None
     since = None
@@ -234,7 +235,7 @@ def _search(args: Mapping[str, str], state: str = "") -> tuple[browse.Search, st
     step = args.get("step", "")
     if step and step not in STEPS:
         problem = f"step: expected one of {', '.join(STEPS)}"
-    return browse.Search(q=args.get("q", "")[:200], client=args.get("client", "")[:200], state=chosen_state,
+    return queries.Search(q=args.get("q", "")[:200], client=args.get("client", "")[:200], state=chosen_state,
                          step=step, since=since, before=int(before) if before.isdigit() else None), problem
 
 

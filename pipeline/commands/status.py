@@ -24,10 +24,10 @@ from typing import Any
 
 import peewee
 
-from . import cli
-from .config import Config
-from .jobs import NOTIFY_QUEUE, QUEUE_OF_STATE, ROUTE_QUEUE, STATES, WAITING_SINCE
-from .reporting import alerts, expectations
+from .. import cli
+from ..config import Config
+from ..jobs import NOTIFY_QUEUE, QUEUE_OF_STATE, ROUTE_QUEUE, STATES, WAITING_SINCE
+from ..reporting import alerts, expectations
 
 EXIT_UNHEALTHY = 1
 NAGIOS = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}

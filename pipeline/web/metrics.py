@@ -15,9 +15,10 @@ import peewee
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
-from . import __version__, status
-from .jobs import STATES
-from .config import Config
+from .. import __version__
+from ..commands import status
+from ..jobs import STATES
+from ..config import Config
 
 # tallies.name -> (metric name without _total, help, label names in the order jobs.py writes them)
 COUNTERS = {

@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import cli, failures, rules
-from .config import Config, ConfigError
-from .detect import eligible_name
-from .validation import Invalid, parse, too_large, wanted
+from .. import cli, failures, rules
+from ..config import Config, ConfigError
+from ..hotfolder import eligible_name
+from ..validation import Invalid, parse, too_large, wanted
 
 
 def explain(config: Config, path: Path) -> list[str]:

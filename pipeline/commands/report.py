@@ -16,10 +16,10 @@ import logging
 import sys
 from pathlib import Path
 
-from . import cli
-from .reporting import ledger, mail, render
-from .reporting.figures import Day
-from .reporter import Reporter
+from .. import cli
+from ..reporting import ledger, mail, render
+from ..reporting.figures import Day
+from ..reporter import Reporter
 
 log = logging.getLogger(__name__)
 
