@@ -21,7 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import urllib3
 
-from .config import ConfigError, header_value_problem
+from .config import ConfigError
+from .convert import header_value_problem
 
 RETRIED_STATUSES = {408, 429}
 BODY_CAP = 64 * 1024            # bytes of an answer read at most: its status says what happened, the

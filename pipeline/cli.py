@@ -29,7 +29,8 @@ from typing import Callable
 
 from . import files, heartbeat, separation, store
 from . import config as config_module
-from .config import CONTROL_CHARACTERS, Config, ConfigError
+from .config import Config, ConfigError
+from .convert import CONTROL_CHARACTERS
 
 EXIT_OK = 0
 EXIT_ERROR = 1

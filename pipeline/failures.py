@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .files import Folders, fit_name, write_atomic
+from .times import iso
 
 if TYPE_CHECKING:
-    from .jobs import Claimed, Jobs
+    from . import store
+    from .jobs import Claimed
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,8 @@ ERROR_LOG_KEYS = ("timestamp", "file_name", "file_path", "error_message", "retry
                   "first_detected", "processing_duration")
 
 
-def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds")
+_SQL_PENDING = "SELECT id, name, record FROM error_log_outbox ORDER BY id LIMIT ?"
+_SQL_WRITTEN = "DELETE FROM error_log_outbox WHERE id IN ({id_list})"
 
 
 def failed_path(failed_root: Path, client_folder: str, file_name: str, now: float, job_id: int | None = None) -> Path:
@@ -59,7 +61,8 @@ def error_log_record(job: Claimed, reason: str, retry_count: int, file_path: str
 
 
 class ErrorLog:
-    """Writes the error-log records that failures committed (``Jobs.failed``) into paths.error_log.
+    """Writes the error-log records that failures committed (``Jobs.failed``) into paths.error_log,
+    and takes them out of the outbox table.
 
     A record leaves the database only once its file is written and its folder fsynced; when the
     disk refuses, the records stay and are tried again ``retry`` seconds later. Two programs
@@ -67,9 +70,9 @@ class ErrorLog:
     """
     CHUNK = 100
 
-    def __init__(self, folder: Path, jobs: Jobs, folders: Folders, retry: float = 30.0):
+    def __init__(self, folder: Path, db: store.Engine, folders: Folders, retry: float = 30.0):
         self.folder = folder
-        self.jobs = jobs
+        self.db = db
         self.folders = folders
         self.retry = retry
         self.pending = True             # records a previous run left behind
@@ -80,7 +83,7 @@ class ErrorLog:
         self.pending = self.pending or new
         if not self.pending or time.monotonic() < self.retry_at:
             return
-        rows = self.jobs.error_log_pending(self.CHUNK)
+        rows = list(self.db.run_sql(_SQL_PENDING, (self.CHUNK,)))
         written = []
         try:
             for record_id, name, record in rows:
@@ -94,8 +97,8 @@ class ErrorLog:
             log.warning("cannot write to the error log %s: %s; %d record(s) kept in the database, "
                         "trying again in %gs", self.folder, e.strerror or e, len(rows), self.retry)
         if written:
-            with self.jobs.transaction():
-                self.jobs.error_log_written(written)
+            with self.db.write():
+                self.db.run_sql(_SQL_WRITTEN, (self.db.id_list(written),))
         self.pending = len(rows) == self.CHUNK or len(written) < len(rows)
 
 

@@ -14,12 +14,40 @@ import logging
 import os
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .files import Identity
-from .jobs import FileStat, Sighting
 
 log = logging.getLogger(__name__)
+
+
+class FileStat(NamedTuple):
+    """What a sighting keeps of a file's ``os.stat_result``: five numbers instead of its twenty
+    fields, each an object of its own (a startup scan of 50,000 files holds 50,000 of these)."""
+    st_ino: int
+    st_dev: int
+    st_size: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "FileStat":
+        return cls(st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """A file seen in the hot folder by a scan or an event, ready to become a job. Slots, and the
+    name taken from the path: a startup scan holds one for every file of the backlog."""
+    path: str
+    client_folder: str
+    st: os.stat_result | FileStat
+
+    @property
+    def file_name(self) -> str:
+        return os.path.basename(self.path)
 
 
 def eligible_name(name: str) -> bool:

@@ -1,9 +1,6 @@
 """The job table and its transitions: the only code that writes to ``jobs``.
 
-Life of a job (SPEC §3)::
-
-    detected -> archived -> routed -> notified
-        \\___________\\__________\\_________\\___> failed  (failed_step says where)
+Life of a job: ``states.py``.
 
 Rules every function here keeps (SPEC §14):
 
@@ -26,64 +23,18 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
-from . import failures, store
+from . import store
+from .states import NOTIFY_QUEUE, REQUEUE_STATE, ROUTE_QUEUE
 from .store import LeaseLost
 
-# A job claimed this many times without an outcome being recorded has crashed its worker each
-# time (a pathological file, say): it fails at its step instead of looping forever (SPEC §3).
-MAX_CLAIMS = 5
-
-STATES = ("detected", "archived", "routed", "notified", "failed")
-# The states in which a job waits for a program, each with the column that says since when.
-WAITING_SINCE = {"detected": "detected_at", "archived": "archived_at", "routed": "routed_at"}
-
-# The two queues, as the text of the partial indexes jobs_route_queue and jobs_notify_queue: a
-# query must spell its state clause exactly so for the planner to use them.
-ROUTE_QUEUE = "state IN ('detected', 'archived')"
-NOTIFY_QUEUE = "state = 'routed'"
-QUEUE_OF_STATE = {"detected": ROUTE_QUEUE, "archived": ROUTE_QUEUE, "routed": NOTIFY_QUEUE}
-# A job waits for a router from detection, and for the notifier from routing: each wait's queue and
-# the column saying since when (the stuck-job alerts and bin/status read them).
-WAITS = {"route": (ROUTE_QUEUE, "detected_at"), "notify": (NOTIFY_QUEUE, "routed_at")}
-
-STEP_OF_STATE = {"detected": "validate", "archived": "route", "routed": "notify"}
-
-# Where ``bin/requeue`` puts a job back, by the step it failed at. A validation failure goes back
-# to detected too, but with its file (Jobs.requeue_file); a detect failure has nothing to put back.
-REQUEUE_STATE = {"archive": "detected", "route": "archived", "notify": "routed"}
+if TYPE_CHECKING:
+    from .hotfolder import Sighting
 
 _CLAIMED_COLUMNS = ("id, uuid, state, source_path, client_folder, file_name, size, mtime_ns, "
                     "device, inode, sha256, client_code, job_category, archive_path, failed_path, "
                     "attempts, claims, last_error, detected_at")
-
-
-class FileStat(NamedTuple):
-    """What a sighting keeps of a file's ``os.stat_result``: five numbers instead of its twenty
-    fields, each an object of its own (a startup scan of 50,000 files holds 50,000 of these)."""
-    st_ino: int
-    st_dev: int
-    st_size: int
-    st_mtime_ns: int
-    st_ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> "FileStat":
-        return cls(st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-@dataclass(frozen=True, slots=True)
-class Sighting:
-    """A file seen in the hot folder by a scan or an event, ready to become a job. Slots, and the
-    name taken from the path: a startup scan holds one for every file of the backlog."""
-    path: str
-    client_folder: str
-    st: os.stat_result | FileStat
-
-    @property
-    def file_name(self) -> str:
-        return os.path.basename(self.path)
 
 
 @dataclass(frozen=True)
@@ -192,8 +143,6 @@ ON CONFLICT (name, labels) DO UPDATE SET value = tallies.value + excluded.value"
 _SQL_CLIENTS = "SELECT id, client_folder FROM jobs WHERE id IN ({id_list})"
 
 _SQL_ERROR_LOG_ADD = "INSERT INTO error_log_outbox (job_id, name, record) VALUES (?, ?, ?)"
-_SQL_ERROR_LOG_PENDING = "SELECT id, name, record FROM error_log_outbox ORDER BY id LIMIT ?"
-_SQL_ERROR_LOG_WRITTEN = "DELETE FROM error_log_outbox WHERE id IN ({id_list})"
 
 _SQL_WAIT = """
 UPDATE jobs SET next_attempt_at = ?, updated_at = ?, attempts = ?, last_error = ?,
@@ -403,11 +352,12 @@ class Jobs:
             failed_path, error, self.clock(), job.id, token, job.state)), job.id)
 
     def failed(self, token: str, job: Claimed, step: str, error: str, attempts: int | None = None,
-               file_path: str | None = None) -> None:
+               error_log: tuple[str, str] | None = None) -> None:
         """Any state -> failed, at ``step``, with a one-line reason a person understands.
 
-        With ``file_path`` (where the file is now), its error-log record is committed with the
-        failure, for ``failures.ErrorLog`` to write after the commit.
+        ``error_log``, the (name, JSON text) that ``failures.error_log_record`` built, is put in
+        the error log's outbox in the failure's transaction, for ``failures.ErrorLog`` to write
+        after the commit.
         """
         now = self.clock()
         attempts = job.attempts if attempts is None else attempts
@@ -417,9 +367,8 @@ class Jobs:
         self._tally_finished(job.id, "failed")
         if job.state == "routed":
             self._tally("notify_attempts", "failed")
-        if file_path is not None:
-            name, record = failures.error_log_record(job, error, attempts, file_path, now)
-            self._sql(_SQL_ERROR_LOG_ADD, (job.id, name, record))
+        if error_log is not None:
+            self._sql(_SQL_ERROR_LOG_ADD, (job.id, *error_log))
 
     def wait(self, token: str, job: Claimed, delay: float, error: str, attempts: int,
              problem: str | None = None) -> None:
@@ -434,15 +383,6 @@ class Jobs:
         self._event(job.id, now, job.state, job.state, f"retry {attempts} in {delay:g}s: {problem or error}")
         if job.state == "routed":
             self._tally("notify_attempts", "retried")
-
-    # -- the error-log outbox -----------------------------------------------------------------------
-
-    def error_log_pending(self, limit: int) -> list[tuple[int, str, str]]:
-        """Error-log records not yet written, oldest first: (id, file name, JSON text)."""
-        return list(self._sql(_SQL_ERROR_LOG_PENDING, (limit,)))
-
-    def error_log_written(self, record_ids: list[int]) -> None:
-        self._sql(_SQL_ERROR_LOG_WRITTEN, (self.db.id_list(record_ids),))
 
     # -- requeue (bin/requeue; failed jobs hold no lease) -----------------------------------------
 

@@ -39,7 +39,8 @@ from .api import (Answer, classify, describe_error, read_start, redact, resolve_
                   root_reason, said)
 from .config import Config
 from .files import Folders
-from .jobs import MAX_CLAIMS, NOTIFY_QUEUE, Claimed, Jobs, LeaseLost
+from .jobs import Claimed, Jobs, LeaseLost
+from .states import MAX_CLAIMS, NOTIFY_QUEUE
 from .program import Program
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Notifier(Program):
         # A claimed job may wait in the pool behind one full timeout before its own call starts.
         self.lease = api.timeout * 2 + 30
         self.in_flight_limit = api.concurrency * 2
-        self.error_log = failures.ErrorLog(config.paths.error_log, jobs, Folders.made_as(config.router))
+        self.error_log = failures.ErrorLog(config.paths.error_log, jobs.db, Folders.made_as(config.router))
         self.watchdog = deadline.Watchdog()
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
@@ -316,8 +317,9 @@ class Notifier(Program):
         elif o.kind == "wait":
             self.jobs.wait(token, job, o.delay, o.message, o.attempts)
         else:
-            self.jobs.failed(token, job, "notify", o.message, o.attempts,
-                             file_path=job.archive_path or job.source_path)
+            record = failures.error_log_record(job, o.message, o.attempts, job.archive_path or job.source_path,
+                                               self.jobs.clock())
+            self.jobs.failed(token, job, "notify", o.message, o.attempts, error_log=record)
 
     def _report(self, o: Outcome) -> None:
         ms = (time.monotonic() - o.call.started) * 1000

@@ -225,7 +225,7 @@ def component(text: str, timezone: str) -> Component:
 
 
 @dataclass(frozen=True)
-class Destination:
+class Template:
     """A ``to`` with placeholders: its static base folder and the components below it."""
     base: Path
     below: tuple[Component, ...]
@@ -247,8 +247,8 @@ class Destination:
         return len(levels) <= len(self.below) and all(c.could_be(n) for c, n in zip(self.below, levels))
 
 
-def destination(text: str, timezone: str, resolve: Callable[[str], Path]) -> Path | Destination:
-    """A rule's ``to``: a Path when it has no placeholder, else a Destination; raises ValueError."""
+def destination(text: str, timezone: str, resolve: Callable[[str], Path]) -> Path | Template:
+    """A rule's ``to``: a Path when it has no placeholder, else a Template; raises ValueError."""
     pieces = _split_levels(text)
     compiled = [component(piece, timezone) for piece in pieces]
     first = next((i for i, c in enumerate(compiled) if not c.static), None)
@@ -262,7 +262,7 @@ def destination(text: str, timezone: str, resolve: Callable[[str], Path]) -> Pat
             raise ValueError(f"{text!r}: '..' after a placeholder would leave the rule's base folder")
         below.append(c)
     base = resolve("/".join(_literal(c) for c in compiled[:first]) or ("/" if text.startswith("/") else "."))
-    return Destination(base, tuple(below), _field_paths(below))
+    return Template(base, tuple(below), _field_paths(below))
 
 
 def _split_levels(text: str) -> list[str]:

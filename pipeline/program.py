@@ -37,6 +37,7 @@ class Program:
     db: store.Engine
     stopper: object                     # cli.Stopper
     clock: Callable[[], float] = staticmethod(time.time)      # what step() is given as now
+    injected_sleep: Callable[[float], None] | None = None       # tests: a sleep that only moves their clock
     once = False
     wakes_on_work = False       # an idle wait ends early when the engine says work has come
 
@@ -57,11 +58,20 @@ class Program:
     def sleep(self, seconds: float, heartbeat: Heartbeat | None) -> None:
         """Wait up to ``seconds`` (``math.inf``: until stopped), beating between heartbeat-sized
         slices; returns early on a stop, or when the engine says work may have come."""
+        if self.injected_sleep:
+            self.injected_sleep(seconds)
+        else:
+            self._idle(seconds, heartbeat)
+
+    def _idle(self, seconds: float, heartbeat: Heartbeat | None) -> None:
+        """The real wait. It ends when ``seconds`` have passed on the monotonic clock or on the
+        program's own: a wall clock set forward (the reporter's day changed) is seen within a
+        heartbeat, one set back never lengthens the wait."""
         if self.wakes_on_work:      # woken on new work, so only the fallback poll is timed
             seconds = max(seconds, self.db.IDLE_POLL)
-        deadline = time.monotonic() + seconds
+        deadline, by_clock = time.monotonic() + seconds, self.clock() + seconds
         while not self.stopper.requested:
-            left = deadline - time.monotonic()
+            left = min(deadline - time.monotonic(), by_clock - self.clock())
             if left <= 0:
                 return
             if heartbeat:
@@ -112,8 +122,8 @@ class Program:
                     log.warning("stopping without finishing: the database stayed unusable; "
                                 "what this program held is taken over when its leases run out")
                     return True
-                # Real time, whatever clock the program's own waits follow (tests inject one).
-                Program.sleep(self, pause, heartbeat) if not until_done else time.sleep(pause)
+                # Real time, even where tests inject the program's own sleep.
+                self._idle(pause, heartbeat) if not until_done else time.sleep(pause)
                 if not until_done:
                     return None
                 continue

@@ -20,17 +20,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import socket
 import time
 from functools import partial
 from typing import Callable
 
 from . import cli, jobs, store
-from . import heartbeat as heartbeat_module
 from .config import Config
 from .program import Program
-from .reporting import alerts, channels, expectations, ledger, mail, render
-from .reporting.figures import Day, figures as day_figures
+from .times import utc_text
+from .reporting import alerts, channels, expectations, figures, ledger, mail, render
+from .reporting.figures import Day
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +49,12 @@ class Reporter(Program):
         self.actor = actor
         self.stopper = stopper or cli.Stopper()
         self.clock = clock
-        self._sleep = sleep
+        self.injected_sleep = sleep
         # Why reports / alerts cannot be mailed (None: they can).
         self.reports_off = mail.configured(config.smtp, config.report.recipients, "[report] recipients")
         self.email_off = mail.configured(config.smtp, config.alerts.recipients, "[alerts] recipients")
         self.channels = {c.key: c for c in channels.resolve(config.alerts.urls)}   # ConfigError: exit 78
         self.alerts_off = self.email_off if not self.channels else None
-
-    @property
-    def sender(self) -> str:
-        return self.config.report.sender or self.config.smtp.username or f"hotfolder-pipeline@{socket.getfqdn()}"
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -106,16 +101,6 @@ class Reporter(Program):
             wake = min(wake, now + ALERT_POLL)
         return wake
 
-    def sleep(self, seconds: float, heartbeat) -> None:
-        """Sleep on the (injected) wall clock, so a stop or a clock change is seen; tests give a
-        ``sleep`` that only moves their clock."""
-        if self._sleep:
-            self._sleep(seconds)
-            return
-        deadline = self.clock() + seconds
-        while not self.stopper.requested and self.clock() < deadline:
-            super().sleep(min(deadline - self.clock(), heartbeat_module.INTERVAL), heartbeat)
-
     # -- daily reports ----------------------------------------------------------------------------
 
     def schedule(self, now: float) -> None:
@@ -145,32 +130,25 @@ class Reporter(Program):
         r = self.config.report
         numbers = claim.figures
         if numbers is None:
-            numbers = self.figures(Day.of(claim.day, r.timezone))
+            numbers = figures.of_day(self.db, self.config, Day.of(claim.day, r.timezone), self.clock())
             ledger.save_figures(self.db, claim, numbers)
         if self.reports_off:
             ledger.recorded(self.db, claim, f"not sent: {self.reports_off}")
             log.warning("report for %s recorded, not sent: %s (%d processed, %d errors)",
                         claim.day, self.reports_off, numbers["processed"], numbers["errors"])
             return 1
-        msg = mail.build(render.report(numbers, self.config), self.sender, r.recipients, self.clock())
+        msg = mail.build(render.report(numbers, self.config), mail.sender(self.config), r.recipients, self.clock())
         try:
             mail.send(self.config.smtp, msg)
         except mail.MailError as e:
             retry_at = ledger.failed(self.db, claim, str(e), self.clock())
             log.error("report for %s not sent (attempt %d): %s; trying again at %s", claim.day,
-                      claim.attempts + 1, e, _utc(retry_at))
+                      claim.attempts + 1, e, utc_text(retry_at) + "Z")
             return 0
         ledger.sent(self.db, claim, r.recipients, self.clock())
         log.info("report for %s sent to %s: %d processed, %d errors", claim.day, ", ".join(r.recipients),
                  numbers["processed"], numbers["errors"])
         return 1
-
-    def figures(self, day: Day) -> dict:
-        """The day's figures with this configuration (bin/report uses the same)."""
-        numbers = day_figures(self.db, day, highlight=self.config.report.highlight_destination,
-                              scan_interval=self.config.detect.scan_interval, now=self.clock())
-        numbers["silences"] = expectations.at(self.db, min(day.end, self.clock()))
-        return numbers
 
     def maintain(self, now: float) -> None:
         """Retention (jobs, scans, alerts and ended silences older than retention_days), then a WAL checkpoint."""
@@ -234,17 +212,13 @@ class Reporter(Program):
         if delivery.destination == "email":
             if self.email_off:
                 raise mail.MailError(f"email is no longer configured: {self.email_off}")
-            mail.send(self.config.smtp, mail.build(rendered, self.sender, self.config.alerts.recipients,
+            mail.send(self.config.smtp, mail.build(rendered, mail.sender(self.config), self.config.alerts.recipients,
                                                    self.clock()))
             return
         channel = self.channels.get(delivery.destination)
         if channel is None:
             raise channels.ChannelError("this channel is no longer in [alerts] urls")
         channels.send(channel, rendered.subject, rendered.text, self.config.alerts.channel_timeout)
-
-
-def _utc(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def main(argv: list[str] | None = None) -> int:

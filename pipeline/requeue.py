@@ -1,4 +1,4 @@
-"""``bin/requeue --failed``: put failed jobs back where they failed, with an audit event (SPEC §9).
+"""Putting failed jobs back where they failed, with an audit event (``bin/requeue`` and the dashboard).
 
 Where each goes back, by the step it failed at:
 
@@ -23,22 +23,19 @@ import argparse
 import datetime as dt
 import logging
 import os
-import socket
-import sys
 from pathlib import Path
 
 import peewee
 
-from . import cli
 from .config import Config
 from .files import (Changed, Folders, Identity, NotRegular, fit_name, fsync_dir, read_exact, remove_exact,
                     write_atomic)
-from .jobs import REQUEUE_STATE, Jobs, LeaseLost
-from .store.models import Job, bind
+from .jobs import Jobs, LeaseLost
+from .states import REQUEUE_STATE
+from .store.models import Job
 
 log = logging.getLogger(__name__)
 
-STEPS = ("detect", "validate", "archive", "route", "notify")
 HOLD = 30.0     # seconds a job put back with its file stays leased to requeue while the file moves
 
 _WHAT_HAPPENS = {
@@ -171,47 +168,3 @@ class Requeue:
         except LeaseLost:
             log.warning("job %d: putting its file back took longer than %gs; a router may have taken it "
                         "first", job.id, HOLD)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argp = cli.parser("requeue", "Put failed jobs back where they failed, so that they are processed again.",
-                      once=False)
-    argp.add_argument("--failed", action="store_true", required=True,
-                      help="requeue failed jobs (all of them, or those the options below choose)")
-    argp.add_argument("--id", metavar="N", type=int, action="append", dest="ids",
-                      help="only this job (repeat for several)")
-    argp.add_argument("--client", metavar="C", help="only this client folder (case-insensitive)")
-    argp.add_argument("--step", choices=STEPS, help="only jobs that failed at this step")
-    argp.add_argument("--since", metavar="T", type=utc_time,
-                      help="only jobs that failed at or after T (ISO date or date and time, UTC)")
-    argp.add_argument("--dry-run", action="store_true", help="print what would be done and change nothing")
-    args = argp.parse_args(argv)
-    cli.setup_logging("requeue")
-    try:
-        config, db = cli.open_existing(args.config)
-    except cli.ToolError as e:
-        print(e, file=sys.stderr)
-        return e.code
-    try:
-        bind(db)
-        chosen = failed_jobs(args.ids, args.client, args.step, args.since)
-        if not chosen:
-            print("nothing to requeue")
-            return cli.EXIT_OK
-        requeue = Requeue(config, Jobs(db, f"requeue@{socket.gethostname()}:{os.getpid()}"), dry_run=args.dry_run)
-        done = 0
-        for job in chosen:
-            ok, line = requeue.job(job)
-            done += ok
-            print(line)
-        skipped = len(chosen) - done
-        verb = "would requeue" if args.dry_run else "requeued"
-        print(f"{verb} {done} of {len(chosen)} failed jobs" + (f", {skipped} skipped" if skipped else "")
-              + (" (dry run: nothing changed)" if args.dry_run else ""))
-    finally:
-        db.close()
-    return cli.EXIT_OK
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

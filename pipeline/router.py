@@ -33,10 +33,11 @@ import peewee
 
 from . import cli, failures, retry, rules
 from .config import Config
-from .hotfolder import HotFolder
+from .hotfolder import HotFolder, Sighting
 from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
                     remove_exact, remove_stale_temporaries, stage)
-from .jobs import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE, Claimed, Jobs, LeaseLost, Sighting
+from .jobs import Claimed, Jobs, LeaseLost
+from .states import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE
 from .program import Program
 from .validation import Invalid, JobDetails, parse, too_large, wanted
 
@@ -130,7 +131,7 @@ class Router(Program):
         self.places = Folders.made_as(rc)                                  # archive, FAILED
         self.destinations = Folders.made_as(rc, create=rc.create_folders)  # client destinations
         self.hot = Folders.made_as(rc, create=False)                       # only fsynced after removals
-        self.error_log = failures.ErrorLog(config.paths.error_log, jobs, Folders.made_as(rc))
+        self.error_log = failures.ErrorLog(config.paths.error_log, jobs.db, Folders.made_as(rc))
         self.hot_folder = HotFolder(config.paths.hot_folder)
         self._hot_files: dict[Identity, Sighting] | None = None     # listed on first need, per phase
         self.keep = wanted(rules.paths_named(config.routes))     # what validation keeps of a job file
@@ -479,8 +480,11 @@ class Router(Program):
         return isinstance(e, peewee.OperationalError) or self.db.transient(e) is not None
 
     def _failed(self, token: str, w: Work) -> None:
-        self.jobs.failed(token, self._as_committed(w), w.step, w.error, w.attempts,
-                         file_path=str(w.failed_path or w.archive_path or w.job.source_path))
+        job = self._as_committed(w)
+        attempts = job.attempts if w.attempts is None else w.attempts
+        where = str(w.failed_path or w.archive_path or job.source_path)
+        self.jobs.failed(token, job, w.step, w.error, attempts,
+                         error_log=failures.error_log_record(job, w.error, attempts, where, self.jobs.clock()))
 
     def _wait(self, token: str, w: Work) -> None:
         attempts = w.attempts = w.job.attempts + 1

@@ -57,7 +57,7 @@ class Route:
     match: tuple[Condition, ...] = ()
     files: re.Pattern | None = None            # the globs as one case-insensitive expression
     files_shown: str = ""
-    template: placeholders.Destination | None = None
+    template: placeholders.Template | None = None
     rename: placeholders.Component | None = None
 
     def matches(self, facts: Facts) -> bool:
@@ -181,7 +181,7 @@ def compile_route(table: Mapping[str, Any], timezone: str, resolve: Callable[[st
         globs = _non_empty("files", _keyed("files", string_list, table["files"]))
         fields["files"], fields["files_shown"] = _globs(globs), ", ".join(globs)
     to = _keyed("to", placeholders.destination, table["to"], timezone, resolve)
-    if isinstance(to, placeholders.Destination):
+    if isinstance(to, placeholders.Template):
         fields["template"], to = to, to.base
     if "rename" in table:
         if not isinstance(table["rename"], str) or not table["rename"]:

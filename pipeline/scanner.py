@@ -18,9 +18,9 @@ from typing import Callable
 
 from . import cli, store
 from .config import Config
-from .hotfolder import HotFolder
+from .hotfolder import HotFolder, Sighting
 from .files import Identity
-from .jobs import Jobs, Sighting
+from .jobs import Jobs
 from .leadership import RENEW, Leadership
 from .program import Program
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .config import Config
-from .placeholders import Destination
+from .placeholders import Template
 
 
 def _existing(path: Path) -> Path:
@@ -71,7 +71,7 @@ def _under_a_file(path: Path) -> Path | None:
 
 
 class _Place:
-    def __init__(self, key: str, path: Path, template: Destination | None = None):
+    def __init__(self, key: str, path: Path, template: Template | None = None):
         self.key, self.path, self.template = key, path, template
         self.real = _real(path)
         self.on_the_way = _identities_on_the_way(path)

@@ -12,7 +12,9 @@ import os
 import zoneinfo
 
 from pipeline import scanner
-from pipeline.jobs import ROUTE_QUEUE, Jobs, Sighting
+from pipeline.hotfolder import Sighting
+from pipeline.jobs import Jobs
+from pipeline.states import ROUTE_QUEUE
 
 LONDON = zoneinfo.ZoneInfo("Europe/London")
 DAY = dt.date(2026, 7, 15)

@@ -24,7 +24,8 @@ from pipeline import config as config_module
 from pipeline import store
 from pipeline.store import sqlite
 from pipeline.heartbeat import Heartbeat
-from pipeline.jobs import Jobs, Sighting
+from pipeline.hotfolder import Sighting
+from pipeline.jobs import Jobs
 from pipeline.store.models import Job, bind
 
 pytestmark = pytest.mark.sqlite_only      # SQLite's file on its own disk

@@ -19,6 +19,7 @@ from pipeline.config import ConfigError
 from pipeline.heartbeat import Heartbeat
 from pipeline.jobs import Jobs
 from pipeline.reporter import Reporter
+from pipeline.reporting import figures
 from pipeline.reporting.figures import Day
 from pipeline.store.models import Silence
 
@@ -156,8 +157,9 @@ def test_the_daily_report_lists_the_clients_silent_at_its_end(tree, db, monkeypa
     reporter.run(once=True)
     text = tree.run("report", "--date", report_day.DAY.isoformat(), "--fresh").stdout
     assert "SILENT CLIENTS" in text and "RANK  last file 2026-07-15 10:00  (within 600s)" in text
-    figures = reporter.figures(Day.of(report_day.DAY - dt.timedelta(days=1), "Europe/London"))
-    assert figures["silences"] == []                             # the day before: nobody was silent
+    numbers = figures.of_day(db, tree.config, Day.of(report_day.DAY - dt.timedelta(days=1), "Europe/London"),
+                             report_day.at(11))
+    assert numbers["silences"] == []                             # the day before: nobody was silent
 
 
 # -- bin/status ---------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import pytest
 from conftest import job_document
 from mounts import fill
 from pipeline import rules
-from pipeline.jobs import ROUTE_QUEUE, Jobs, LeaseLost
+from pipeline.jobs import Jobs, LeaseLost
+from pipeline.states import ROUTE_QUEUE
 from pipeline.store.models import ErrorLogRecord, Job, JobEvent
 from pipeline.router import Router
 from pipeline.scanner import Scanner

@@ -6,7 +6,8 @@ import time
 import pytest
 
 from pipeline.hotfolder import HotFolder
-from pipeline.jobs import MAX_CLAIMS, NOTIFY_QUEUE, ROUTE_QUEUE, Jobs, LeaseLost
+from pipeline.jobs import Jobs, LeaseLost
+from pipeline.states import MAX_CLAIMS, NOTIFY_QUEUE, ROUTE_QUEUE
 from pipeline.store.models import Job, JobEvent
 
 

@@ -14,7 +14,8 @@ from api_server import HANG, ApiServer, closed_port
 from conftest import BIN, job_document, states, wait_for
 from pipeline import cli
 from pipeline.failures import ERROR_LOG_KEYS
-from pipeline.jobs import MAX_CLAIMS, Jobs
+from pipeline.jobs import Jobs
+from pipeline.states import MAX_CLAIMS
 from pipeline.store.models import Job, JobEvent
 from pipeline.api import retry_after
 from pipeline.notifier import Notifier

@@ -10,7 +10,8 @@ from conftest import job_document, states
 from pipeline.hotfolder import HotFolder
 from pipeline.failures import ERROR_LOG_KEYS
 from pipeline.files import write_atomic, Folders, Modes
-from pipeline.jobs import MAX_CLAIMS, ROUTE_QUEUE, Jobs
+from pipeline.jobs import Jobs
+from pipeline.states import MAX_CLAIMS, ROUTE_QUEUE
 from pipeline.store.models import Delivery, Job
 from pipeline.router import Router
 from pipeline.scanner import Scanner

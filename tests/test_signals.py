@@ -7,7 +7,8 @@ import pytest
 
 from api_server import HANG, ApiServer
 from conftest import job_document, wait_for
-from pipeline.jobs import ROUTE_QUEUE, Jobs
+from pipeline.jobs import Jobs
+from pipeline.states import ROUTE_QUEUE
 from pipeline.store.models import Job
 
 

@@ -562,7 +562,8 @@ def wake_ups(url: str, count: int) -> list[float]:
     LISTEN, ``count`` times: the path an idle router takes (store.postgres: wait_for_work). The
     insert and its commit are inside the figure: a wake-up cannot come before the commit."""
     from pipeline.cli import Stopper
-    from pipeline.jobs import Jobs, Sighting
+    from pipeline.hotfolder import Sighting
+    from pipeline.jobs import Jobs
     waiter, writer = store.connect(url), store.connect(url)
     jobs, stopper = Jobs(writer, "bench:1"), Stopper()
     waiter.wait_for_work(stopper, 0, listen=True)

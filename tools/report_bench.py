@@ -26,7 +26,9 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import config as config_module, rules, scanner, store  # noqa: E402
 from pipeline.reporting import render  # noqa: E402
-from pipeline.jobs import ROUTE_QUEUE, Jobs, Sighting  # noqa: E402
+from pipeline.hotfolder import Sighting  # noqa: E402
+from pipeline.jobs import Jobs  # noqa: E402
+from pipeline.states import ROUTE_QUEUE  # noqa: E402
 from pipeline.reporting.figures import Day, figures  # noqa: E402
 
 DAY = dt.date(2026, 2, 6)

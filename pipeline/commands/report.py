@@ -14,12 +14,12 @@ import argparse
 import datetime as dt
 import logging
 import sys
+import time
 from pathlib import Path
 
 from .. import cli
-from ..reporting import ledger, mail, render
+from ..reporting import figures, ledger, mail, render
 from ..reporting.figures import Day
-from ..reporter import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(ctx: cli.Context) -> int:
     args, cfg = ctx.args, ctx.config
-    reporter = Reporter(cfg, ctx.db, ctx.actor, ctx.stopper)
-    date = args.date or Day.containing(reporter.clock(), cfg.report.timezone).date - dt.timedelta(days=1)
+    now = time.time()
+    date = args.date or Day.containing(now, cfg.report.timezone).date - dt.timedelta(days=1)
     numbers = None if args.fresh else ledger.stored_figures(ctx.db, date)
     if numbers is None:
-        numbers = reporter.figures(Day.of(date, cfg.report.timezone))
+        numbers = figures.of_day(ctx.db, cfg, Day.of(date, cfg.report.timezone), now)
     rendered = render.report(numbers, cfg)
     if args.preview:
         args.preview.write_text(rendered.html, encoding="utf-8")
@@ -69,11 +69,11 @@ def run(ctx: cli.Context) -> int:
             log.error("cannot send: %s", why)
             return cli.EXIT_CONFIG
         try:
-            mail.send(cfg.smtp, mail.build(rendered, reporter.sender, cfg.report.recipients, reporter.clock()))
+            mail.send(cfg.smtp, mail.build(rendered, mail.sender(cfg), cfg.report.recipients, now))
         except mail.MailError as e:
             log.error("report for %s not sent: %s", date, e)
             return EXIT_NOT_SENT
-        ledger.sent_by_hand(ctx.db, date, numbers, cfg.report.recipients, ctx.actor, reporter.clock())
+        ledger.sent_by_hand(ctx.db, date, numbers, cfg.report.recipients, ctx.actor, time.time())
         log.info("report for %s sent to %s", date, ", ".join(cfg.report.recipients))
     return cli.EXIT_OK
 

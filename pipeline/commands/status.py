@@ -14,141 +14,21 @@ program silent or missing, the hot folder missing), 3 UNKNOWN (database or confi
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import socket
 import sys
 import time
-import zoneinfo
 from typing import Any
 
 import peewee
 
 from .. import cli
-from ..config import Config
-from ..jobs import NOTIFY_QUEUE, QUEUE_OF_STATE, ROUTE_QUEUE, STATES, WAITING_SINCE
-from ..reporting import alerts, expectations
+from ..health import SILENT_AFTER, gather
+from ..states import STATES
+from ..times import age_text, utc_text
 
 EXIT_UNHEALTHY = 1
 NAGIOS = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
-SILENT_AFTER = 30.0          # seconds without a heartbeat before a program counts as silent
-
-
-# Each count and minimum reads a partial queue index (jobs.py's queue conditions match them), not
-# the whole table: on a million finished jobs a plain GROUP BY state takes a third of a second.
-# The "+" stops SQLite from walking the time column's index in order looking for a matching state.
-_SQL_OLDEST = {state: f"SELECT min(+{column}) FROM jobs WHERE {QUEUE_OF_STATE[state]} AND state = ?"
-               for state, column in WAITING_SINCE.items()}
-_SQL_COUNTS = (f"SELECT state, count(*) FROM jobs WHERE {ROUTE_QUEUE} GROUP BY state",
-               f"SELECT 'routed', count(*) FROM jobs WHERE {NOTIFY_QUEUE}",
-               "SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'")
-
-
-def counts_by_state(db: peewee.Database) -> dict[str, int]:
-    """Jobs in each state; notified is what the others leave of the table's count."""
-    counts = {}
-    for sql in _SQL_COUNTS:
-        counts.update((state, n) for state, n in db.run_sql(sql).fetchall() if n)
-    notified = db.run_sql("SELECT count(*) FROM jobs").fetchone()[0] - sum(counts.values())
-    if notified:
-        counts["notified"] = notified
-    return counts
-
-
-def required_programs(config: Config) -> list[str]:
-    """The programs that must be beating: the notifier only with an API, the reporter only with SMTP."""
-    programs = ["scanner", "watcher", "router"]
-    if config.api.endpoint:
-        programs.append("notifier")
-    if config.smtp.host:
-        programs.append("reporter")
-    return programs
-
-
-def _rows(db: peewee.SqliteDatabase, sql: str, params: tuple = ()) -> list[dict]:
-    cursor = db.run_sql(sql, params)
-    names = [c[0] for c in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
-def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, Any]:
-    """Everything bin/status shows, read in one snapshot, with the problems found."""
-    tz = zoneinfo.ZoneInfo(config.report.timezone)
-    midnight = dt.datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0, microsecond=0)
-    with db.snapshot():          # one read snapshot: the figures agree with each other
-        by_state = counts_by_state(db)
-        oldest = {}
-        # Routed waits for the notifier only when an API is configured; otherwise it is final.
-        waiting = WAITING_SINCE if config.api.endpoint else {s: c for s, c in WAITING_SINCE.items() if s != "routed"}
-        for state, column in waiting.items():
-            since = db.run_sql(_SQL_OLDEST[state], (state,)).fetchone()[0]
-            if since is not None:
-                oldest[state] = round(now - since, 1)
-        today = _rows(db, "SELECT client_folder AS client, state, count(*) AS jobs FROM jobs WHERE detected_at >= ? "
-                          "GROUP BY client_folder, state ORDER BY client_folder, state", (midnight.timestamp(),))
-        scans = _rows(db, "SELECT kind, actor, started_at, finished_at - started_at AS seconds, files_seen, "
-                          "jobs_created, slow, timed_out FROM scans ORDER BY started_at DESC LIMIT 5")
-        beats = _rows(db, "SELECT program, host, pid, started_at, beat_at, clock_skew FROM heartbeats "
-                          "ORDER BY program, host")
-        errors = _rows(db, "SELECT id, failed_at, client_folder AS client, file_name AS file, failed_step AS step, "
-                           "last_error AS reason FROM jobs WHERE state = 'failed' ORDER BY failed_at DESC LIMIT 5")
-        stuck_total, stuck = alerts.stuck(db, now, config.alerts.stuck_after, limit=5,
-                                          notify=bool(config.api.endpoint))
-        detector = _rows(db, "SELECT host, holder, since, lease_until FROM leaders WHERE role = 'detect'")
-        report = _rows(db, "SELECT day, state, attempts, last_error, sent_at FROM reports "
-                           "WHERE state != 'pending' OR attempts > 0 ORDER BY day DESC LIMIT 1")
-        silences = expectations.current(db, config.expect, now, config.report.timezone)
-    for scan in scans:
-        scan["seconds"] = None if scan["seconds"] is None else round(scan["seconds"], 3)
-    for beat in beats:
-        beat["age"] = round(now - beat["beat_at"], 1)
-    status = {"time": now, "database": str(config.paths.database), "jobs_by_state": by_state,
-              "oldest_waiting_seconds": oldest, "today": today, "last_scans": scans, "programs": beats,
-              "last_errors": errors, "stuck_jobs": stuck_total, "stuck": stuck,
-              "last_report": report[0] if report else None, "silences": silences,
-              "detecting": detector[0] if detector and detector[0]["lease_until"] >= now else None}
-    graded = graded_problems(status, config)
-    status["problems"] = [text for _, text in graded]
-    status["warnings"] = [silence_text(s, tz) for s in silences]
-    status["healthy"] = not status["problems"]
-    status["nagios"] = max([level for level, _ in graded] + [1] * bool(silences) + [0])
-    return status
-
-
-def graded_problems(status: dict[str, Any], config: Config) -> list[tuple[int, str]]:
-    """Why the pipeline is unhealthy, one line each with its Nagios level (2 critical, 1 warning)."""
-    found = []
-    beats = status["programs"]
-    for program in required_programs(config):
-        mine = [b for b in beats if b["program"] == program or b["program"].startswith(program + "_")]
-        if not mine:
-            found.append((2, f"{program}: not running (no heartbeat)"))
-    for beat in beats:
-        if beat["age"] > SILENT_AFTER:
-            found.append((2, f"{beat['program']} (pid {beat['pid']} on {beat['host']}): silent for {beat['age']:.0f}s"))
-        elif abs(beat["clock_skew"]) > config.database.max_clock_skew:
-            found.append((2, f"{beat['program']} (pid {beat['pid']} on {beat['host']}): its clock is "
-                             f"{beat['clock_skew']:+.1f}s off the database's (database.max_clock_skew "
-                             f"{config.database.max_clock_skew:g}s); run NTP on every host"))
-    if not config.paths.hot_folder.is_dir():
-        # The watcher waits for it to be there again; meanwhile nothing can be dropped or detected.
-        found.append((2, f"the hot folder {config.paths.hot_folder} is missing (deleted or moved away)"))
-    if status["stuck_jobs"]:
-        first = status["stuck"][0]
-        found.append((1, f"{status['stuck_jobs']} job(s) waiting longer than {config.alerts.stuck_after:g}s; the "
-                         f"oldest: {first['client']}/{first['file']} ({first['state']}) {first['reason'] or ''}".rstrip()))
-    report = status["last_report"]
-    if report and report["state"] == "pending" and report["last_error"]:
-        found.append((1, f"the report for {report['day']} could not be sent ({report['attempts']} attempts): "
-                         f"{report['last_error']}"))
-    return found
-
-
-def silence_text(silence: dict, tz: zoneinfo.ZoneInfo) -> str:
-    """ "no file from RANK since 2026-07-15 10:02; expected within 2 h on weekdays 08:00-18:00"."""
-    since = (f"since {dt.datetime.fromtimestamp(silence['last_seen'], tz):%Y-%m-%d %H:%M}"
-             if silence["last_seen"] else "yet")
-    return f"no file from {silence['client']} {since}; {silence['expected']}"
 
 
 def render_nagios(status: dict[str, Any]) -> str:
@@ -162,18 +42,6 @@ def render_nagios(status: dict[str, Any]) -> str:
     perf += [f"stuck={status['stuck_jobs']};;;0", f"silences={len(status['silences'])};;;0",
              f"oldest_waiting={oldest:g}s;;;0", f"programs={len(status['programs'])};;;0"]
     return f"PIPELINE {NAGIOS[status['nagios']]} - {summary.replace('|', '/')} | {' '.join(perf)}"
-
-
-def utc_text(ts: float | None) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
-
-
-def age_text(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def render_text(status: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from typing import Sequence
 
 from .. import retry, store
 from ..config import Alerts, Expect
-from ..jobs import WAITS
+from ..states import WAITS
 from .expectations import expected_text
 
 LISTED = 50            # jobs listed per kind; the rest are counted

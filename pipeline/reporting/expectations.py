@@ -21,7 +21,7 @@ from typing import Iterable
 
 from .. import store
 from ..config import Expect
-from .render import seconds
+from ..times import duration
 
 LOOKBACK_DAYS = 8      # windows looked at, back from today: a week and a day covers every rule
 
@@ -137,4 +137,4 @@ def expected_text(rule: Expect) -> str:
     """ "expected within 2 h on weekdays 08:00-18:00", as an alert says it."""
     days = {frozenset(range(7)): "", frozenset(range(5)): "on weekdays", frozenset({5, 6}): "on weekends"}
     when = days.get(rule.days, f"on {rule.days_text}")
-    return " ".join(filter(None, (f"expected within {seconds(rule.within)}", when, rule.hours_text)))
+    return " ".join(filter(None, (f"expected within {duration(rule.within)}", when, rule.hours_text)))

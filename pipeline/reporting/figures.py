@@ -22,8 +22,13 @@ import math
 import time
 import zoneinfo
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import store
+from . import expectations
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 DETECTORS = ("realtime", "startup", "periodic")
 ERRORS_LISTED = 10
@@ -179,6 +184,15 @@ def figures(db: store.Engine, day: Day, *, highlight: str, scan_interval: float,
                          "step": step, "reason": reason}
                         for at, client, name, step, reason in last_errors],
     }
+
+
+def of_day(db: store.Engine, config: Config, day: Day, now: float) -> dict:
+    """The day's figures with this configuration, silences included: the reporter and bin/report
+    show the same."""
+    numbers = figures(db, day, highlight=config.report.highlight_destination,
+                      scan_interval=config.detect.scan_interval, now=now)
+    numbers["silences"] = expectations.at(db, min(day.end, now))
+    return numbers
 
 
 def _rank(p: float, n: int) -> int:

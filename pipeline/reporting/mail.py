@@ -11,14 +11,20 @@ import email.utils
 import logging
 import os
 import smtplib
+import socket
 import ssl
 from email.message import EmailMessage
 from typing import Sequence
 
-from ..config import Smtp
+from ..config import Config, Smtp
 from .render import Rendered
 
 log = logging.getLogger(__name__)
+
+
+def sender(config: Config) -> str:
+    """The From address: report.sender, else the SMTP user, else one naming this host."""
+    return config.report.sender or config.smtp.username or f"hotfolder-pipeline@{socket.getfqdn()}"
 
 
 class MailError(Exception):

@@ -16,6 +16,7 @@ import css_inline
 import jinja2
 
 from ..config import Config
+from ..times import duration
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("pipeline.reporting", "templates"),
@@ -35,19 +36,6 @@ class Rendered:
     text: str
 
 
-def seconds(value: float | None) -> str:
-    """A duration for people: 85 ms, 1.24 s, 3 min 5 s, 2 h 10 min."""
-    if value is None:
-        return "-"
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 60:
-        return f"{value:.2f} s"
-    if value < 3600:
-        return f"{int(value // 60)} min" + (f" {int(value % 60)} s" if int(value % 60) else "")
-    return f"{int(value // 3600)} h" + (f" {int(value % 3600 // 60)} min" if int(value % 3600 // 60) else "")
-
-
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
@@ -63,7 +51,7 @@ def text_bar(count: int, largest: int, width: int = 40) -> str:
     return "\u2588" * max(1, round(width * count / largest))
 
 
-_env.filters.update(seconds=seconds, percent=percent, number=number, text_bar=text_bar)
+_env.filters.update(seconds=duration, percent=percent, number=number, text_bar=text_bar)
 
 
 def _branding(config: Config) -> dict:

@@ -1,7 +1,7 @@
 """The storage seam (SPEC §15): the job table's database, whichever engine holds it.
 
 ``connect(location)`` gives an engine (``engine.Engine``); nothing outside this package knows which
-one. SQLite (``sqlite.py``, with its DDL in ``sqlite.sql``) is the default: one file on a local
+one. SQLite (``sqlite.py``, with its DDL in ``sqlite.sql``, the package's copy of the top-level ``schema.sql``) is the default: one file on a local
 disk, nothing to install. PostgreSQL (``postgres.py``, ``postgres.sql``) is for several hosts. ``models.py`` has the peewee models of the tables, for the tools and
 reports; the hot path uses pre-written SQL through ``Engine.sql``.
 """
@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import postgres, sqlite
-from ..config import POSTGRES_SCHEMES
 from .engine import SAYS, DatabaseUnusable, Engine, LeaseLost, Trouble, retry_later
 
 __all__ = ["SAYS", "DatabaseUnusable", "Engine", "LeaseLost", "Trouble", "check_location", "connect",
            "retry_later"]
+
+# What ``paths.database`` starts with to name a PostgreSQL server rather than a SQLite file.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def connect(location: Path, *, create: bool = True) -> Engine:

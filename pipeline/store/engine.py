@@ -44,7 +44,7 @@ class LeaseLost(Exception):
 class Engine:
     """The seam's interface, with what is the same on every engine."""
 
-    ID_LIST = "SELECT value FROM json_each(?)"      # the engine's way to say "one of these ids"
+    ID_LIST: str        # each engine's way to say "one of these ids" in a statement
     IDLE_POLL = 0.0         # the shortest idle wait worth it (an engine with wake-ups waits longer)
 
     def _init_engine(self) -> None:

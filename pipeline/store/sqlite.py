@@ -49,6 +49,7 @@ class Database(Engine, peewee.SqliteDatabase):
     hides the real one. Here a rollback with nothing left to roll back does nothing.
     """
 
+    ID_LIST = "SELECT value FROM json_each(?)"
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.identity: tuple[int, int] | None = None     # (st_dev, st_ino) of the file at connect()

@@ -1,6 +1,6 @@
 """The dashboard's web application (SPEC §16): pages rendered on the server, read-only by default.
 
-Everything a page shows comes from ``status.gather`` (the overview, /healthz, /metrics share
+Everything a page shows comes from ``health.gather`` (the overview, /healthz, /metrics share
 ``bin/status``'s verdict), ``browse`` (search, a job's story) and ``route`` (what routing
 would do now). Job files are untrusted: every template is autoescaped, the CSP allows no script
 and no inline style, and files named by the job table are read only inside their folders.
@@ -31,11 +31,12 @@ import peewee
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import metrics, queries
-from ..commands import route, status
+from .. import explain, health, times
 from ..config import Config, ConfigError
-from ..jobs import STATES, Jobs
+from ..jobs import Jobs
+from ..requeue import Requeue, failed_jobs, utc_time
+from ..states import STATES, STEPS
 from ..store.models import bind
-from ..requeue import STEPS, Requeue, failed_jobs, utc_time
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     @app.context_processor
     def _common():
-        return {"actions": secret is not None, "csrf": csrf, "clock": status.utc_text, "age": status.age_text, "size": _size,
+        return {"actions": secret is not None, "csrf": csrf, "clock": times.utc_text, "age": times.age_text, "size": _size,
                 "refresh": None, "host": host}
 
     def page(template: str, **values):
@@ -105,13 +106,13 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     def overview():
         now = clock()
         with db.snapshot():
-            s = status.gather(db, config, now)
+            s = health.gather(db, config, now)
             bars = queries.hourly(db, config, now)
         return page("overview.html", status=s, bars=bars, now=now, refresh=REFRESH_SECONDS, states=STATES)
 
     @app.get("/healthz")
     def healthz():
-        s = status.gather(db, config, clock())
+        s = health.gather(db, config, clock())
         s["host"] = host
         return flask.jsonify(s), (200 if s["healthy"] else 503)
 
@@ -149,7 +150,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
                                      config.paths.failed, queries.SHOWN_BYTES)
         where = row["archive_path"] if archived else None
         # explain's first lines describe the file's place, which is the archive here, not the hot folder.
-        routing = [line for line in route.explain(config, Path(where))
+        routing = [line for line in explain.explain(config, Path(where))
                    if not line.startswith(("file:", "client:", "note:"))] if where else None
         return page("job.html", told=told, job=row, archived=_text(archived), sidecar=_text(sidecar),
                     routing=routing, api=bool(config.api.endpoint), now=clock())

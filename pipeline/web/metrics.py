@@ -16,8 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import CollectorRegistry
 
 from .. import __version__
-from ..commands import status
-from ..jobs import STATES
+from .. import health
+from ..states import STATES
 from ..config import Config
 
 # tallies.name -> (metric name without _total, help, label names in the order jobs.py writes them)
@@ -49,7 +49,7 @@ def last_scans(db: peewee.Database) -> dict[str, float]:
 def read(db: peewee.Database, config: Config, now: float) -> tuple[dict, dict, dict]:
     """Everything /metrics shows, in one read snapshot: bin/status's document, tallies, scans."""
     with db.snapshot():
-        return status.gather(db, config, now), tallies(db), last_scans(db)
+        return health.gather(db, config, now), tallies(db), last_scans(db)
 
 
 class Collector:

@@ -18,12 +18,11 @@ from typing import Any
 import peewee
 
 from ..config import Config
-from ..jobs import NOTIFY_QUEUE, ROUTE_QUEUE
+from ..states import NOTIFY_QUEUE, ROUTE_QUEUE
 
 PAGE = 50
 RECENT = 20_000       # ids a name search reads in id order before it turns to the name index
 SHOWN_BYTES = 256 * 1024          # the archived JSON shown on a job's page; the download has it all
-STEPS = ("detect", "validate", "archive", "route", "notify")
 
 _JOB_COLUMNS = ("id, state, client_folder AS client, file_name, size, detected_by, detected_at, archived_at, "
                 "routed_at, notified_at, failed_at, failed_step, last_error, attempts, next_attempt_at, "

@@ -1,0 +1,66 @@
+"""What the router would do with a file, touching nothing: ``bin/route --explain`` prints it and
+the dashboard's job page shows it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from . import failures, rules
+from .config import Config
+from .hotfolder import eligible_name
+from .validation import Invalid, parse, too_large, wanted
+
+
+def explain(config: Config, path: Path) -> list[str]:
+    """Lines describing the file's fate: validation, archive, destinations, clean-up."""
+    path = Path(os.path.abspath(path))
+    client = path.parent.name
+    lines = [f"file:        {path}", f"client:      {client} (its folder)"]
+    hot = config.paths.hot_folder
+    if path.parent.parent != hot:
+        lines.append(f"note:        not in a client folder of the hot folder {hot}; the scanner would not see it")
+    if not eligible_name(path.name):
+        lines.append("note:        the name is not one the pipeline picks up (it must end in .json and "
+                     "not be hidden or temporary)")
+    if path.is_symlink():
+        return lines + ["outcome:     ignored: symbolic links are never followed"]
+    failed = failures.failed_path(config.paths.failed, client, path.name, time.time())
+    try:
+        size = path.stat().st_size
+        if size > config.router.max_file_bytes:
+            raise too_large(size, config.router.max_file_bytes)
+        details = parse(path.read_bytes(), client, wanted(rules.paths_named(config.routes)))
+    except Invalid as e:
+        return lines + [f"outcome:     fails validation: {e}",
+                        f"moved to:    {failed} (with {failed.name}.error.json beside it)"]
+    except OSError as e:
+        return lines + [f"outcome:     cannot be read: {e.strerror}"]
+    lines += [f"ClientCode:  {details.client_code}", f"JobCategory: {details.job_category}",
+              f"archive:     {config.paths.store / client / path.name}"]
+    facts = rules.Facts.of(details, client, path.name, time.time())   # detected now, were it dropped now
+    verdicts = rules.evaluate(config.routes, facts)
+    lines += [_verdict_line(i, v) for i, v in enumerate(verdicts, 1)]
+    unsafe = next((v.unsafe for v in verdicts if v.unsafe), None)
+    if unsafe:
+        return lines + [f"outcome:     fails at route: {unsafe}",
+                        "then:        removed from the hot folder; the archive copy is kept"]
+    chosen = rules.destinations(config.routes, facts)
+    for dest in chosen:
+        lines.append(f"route:       {dest.name}: {dest.path}")
+    if not chosen:
+        lines.append("route:       none (no rule matches: archived only)")
+    lines.append("then:        removed from the hot folder"
+                 + ("; POSTed to " + config.api.endpoint if config.api.endpoint else ""))
+    return lines
+
+
+def _verdict_line(number: int, verdict: rules.Verdict) -> str:
+    """One rule: matched and where its copy goes, or the first condition that failed."""
+    head = f"rule {number}:".ljust(13) + f"{verdict.route.name}: "
+    if verdict.failed:
+        return head + f"no match: {verdict.failed}"
+    if verdict.unsafe:
+        return head + f"matches, but its destination cannot be built: {verdict.unsafe}"
+    return head + f"matches: {verdict.target}"
