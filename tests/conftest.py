@@ -25,8 +25,8 @@ from pipeline import config as config_module
 from pipeline import store
 from pipeline.jobs import Jobs
 from pipeline.store.models import Job, bind
-from mounts import Tmpfs
-from smtp_server import Inbox, free_port, start_server
+from helpers.mounts import Tmpfs
+from helpers.smtp_server import Inbox, free_port, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"

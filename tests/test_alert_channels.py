@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-import report_day
-from api_server import HANG, ApiServer, closed_port
+from helpers import report_day
+from helpers.api_server import HANG, ApiServer, closed_port
 from conftest import FakeClock
 from pipeline import cli
 from pipeline.config import ConfigError

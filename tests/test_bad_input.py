@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from api_server import HANG, ApiServer, closed_port
+from helpers.api_server import HANG, ApiServer, closed_port
 from conftest import BIN, MATRIX, Tree, growing, job_document
-from dblock import Locker
-from mounts import Tmpfs, fill
+from helpers.dblock import Locker
+from helpers.mounts import Tmpfs, fill
 from pipeline import cli
 from pipeline.failures import ERROR_LOG_KEYS
 from pipeline.store.models import Alert, Job, JobEvent

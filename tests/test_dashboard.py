@@ -1,7 +1,7 @@
 """The dashboard over HTTP (SPEC §16): a real database filled by the real scanner and router.
 
 Pages go through Flask's test client, which runs the same WSGI application waitress serves
-(tests/test_dashboard_browser.py drives the real bin/dashboard in a browser).
+(tests/system/test_dashboard_browser.py drives the real bin/dashboard in a browser).
 """
 
 from __future__ import annotations

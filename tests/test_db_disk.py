@@ -18,7 +18,7 @@ import peewee
 import pytest
 
 from conftest import job_document, wait_for
-from mounts import fill
+from helpers.mounts import fill
 from pipeline import heartbeat as heartbeat_module
 from pipeline import config as config_module
 from pipeline import store

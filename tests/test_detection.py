@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import growing, job_document, states, wait_for
-from dblock import Locker
+from helpers.dblock import Locker
 from pipeline.cli import Stopper
 from pipeline.jobs import Jobs
 from pipeline.store.models import Job, JobEvent, Scan

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-import report_day
-from api_server import ApiServer
-from smtp_server import free_port
+from helpers import report_day
+from helpers.api_server import ApiServer
+from helpers.smtp_server import free_port
 from conftest import FakeClock
 from pipeline import cli
 from pipeline.config import ConfigError

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from conftest import job_document
-from mounts import fill
+from helpers.mounts import fill
 from pipeline import rules
 from pipeline.jobs import Jobs, LeaseLost
 from pipeline.states import ROUTE_QUEUE

@@ -13,9 +13,9 @@ import threading
 
 import pytest
 
-from api_server import ApiServer
+from helpers.api_server import ApiServer
 from conftest import job_document, wait_for
-from dblock import Locker
+from helpers.dblock import Locker
 from pipeline import cli, heartbeat
 from pipeline import store
 from pipeline.store import sqlite

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from api_server import HANG, ApiServer, closed_port
+from helpers.api_server import HANG, ApiServer, closed_port
 from conftest import BIN, job_document, states, wait_for
 from pipeline import cli
 from pipeline.failures import ERROR_LOG_KEYS

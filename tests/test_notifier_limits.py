@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-import report_day
-from api_server import Huge, Trickle, TrickleTls, closed_port
+from helpers import report_day
+from helpers.api_server import Huge, Trickle, TrickleTls, closed_port
 from conftest import job_document, wait_for
 from pipeline.reporting import alerts
 from pipeline.jobs import Jobs

@@ -15,7 +15,7 @@ import signal
 import pytest
 
 from conftest import job_document, wait_for
-from mounts import Tmpfs, fill
+from helpers.mounts import Tmpfs, fill
 from pipeline.jobs import Jobs
 from pipeline.store.models import Delivery, Job
 from pipeline.reporter import Reporter

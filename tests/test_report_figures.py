@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-import report_day
+from helpers import report_day
 from pipeline import jobs as jobs_module
 from pipeline.jobs import Jobs
 from pipeline.store.models import Delivery, Job, JobEvent

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-import report_day
-from smtp_server import Inbox, free_port, self_signed, start_server
+from helpers import report_day
+from helpers.smtp_server import Inbox, free_port, self_signed, start_server
 from conftest import FakeClock
 from pipeline import cli
 from pipeline.jobs import Jobs

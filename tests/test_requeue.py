@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from api_server import ApiServer
+from helpers.api_server import ApiServer
 from conftest import BIN, FakeClock, job_document, states
 from pipeline.jobs import Jobs
 from pipeline.store.models import Job, JobEvent

@@ -28,7 +28,7 @@ from pipeline.notifier import Notifier
 from pipeline.router import Router
 from pipeline.scanner import Scanner
 from pipeline.validation import is_safe_component
-from smtp_server import Inbox, free_port, self_signed, start_server
+from helpers.smtp_server import Inbox, free_port, self_signed, start_server
 
 RANK = "Monday Rank"
 

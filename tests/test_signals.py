@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from api_server import HANG, ApiServer
+from helpers.api_server import HANG, ApiServer
 from conftest import job_document, wait_for
 from pipeline.jobs import Jobs
 from pipeline.states import ROUTE_QUEUE

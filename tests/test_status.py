@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from smtp_server import free_port
+from helpers.smtp_server import free_port
 from pipeline.heartbeat import Heartbeat
 from pipeline.jobs import Jobs
 from pipeline.router import Router

@@ -511,10 +511,10 @@ def postgres_figures(url: str, n: int, routers: int, drops: int) -> Results:
 
 
 def hosts_backlog(url: str, n: int, hosts: int) -> float:
-    """N files pre-dropped into a shared folder, ``hosts`` hosts x 2 routers (tests/hosts.py: each
+    """N files pre-dropped into a shared folder, ``hosts`` hosts x 2 routers (tests/helpers/hosts.py: each
     host its namespaces and bindfs view) on one PostgreSQL: files/s from start to the last routed."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from hosts import Host, unavailable
+    from helpers.hosts import Host, unavailable
     why = unavailable()
     if why:
         raise SystemExit(f"--hosts: {why}")

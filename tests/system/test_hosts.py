@@ -1,5 +1,5 @@
 """Several hosts sharing one hot folder and one PostgreSQL (SPEC §15), each host a set of
-namespaces with its own bindfs view of the shared folder (tests/hosts.py says how)."""
+namespaces with its own bindfs view of the shared folder (tests/helpers/hosts.py says how)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import job_document, wait_for
-from hosts import Host, unavailable
+from helpers.hosts import Host, unavailable
 from pipeline.files import unstable_inodes
 
 pytestmark = pytest.mark.postgresql_only

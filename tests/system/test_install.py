@@ -9,6 +9,8 @@ site-packages through a plain path entry, so ``pipeline`` itself can only come f
 from __future__ import annotations
 
 import json
+import os
+import zipfile
 import shutil
 import subprocess
 import sys
@@ -27,15 +29,22 @@ def _run(*args, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """The python of a fresh virtual environment with the project's wheel installed in it."""
-    work = tmp_path_factory.mktemp("install")
+def wheel(tmp_path_factory) -> Path:
+    """The project's wheel, built from a copy of this checkout."""
+    work = tmp_path_factory.mktemp("wheel")
     source = work / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "var", "*.egg-info",
                                                                "__pycache__", ".pytest_cache", ".hypothesis"))
     _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
          "-w", work / "dist", source)
-    wheel, = (work / "dist").glob("*.whl")
+    built, = (work / "dist").glob("*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, wheel) -> Path:
+    """The python of a fresh virtual environment with the project's wheel installed in it."""
+    work = tmp_path_factory.mktemp("install")
     _run(sys.executable, "-m", "venv", "--without-pip", work / "venv")
     python = work / "venv" / "bin" / "python"
     _run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", wheel)
@@ -62,3 +71,31 @@ def test_8_the_installed_package_runs_from_another_folder_without_the_source_tre
     # The report's templates are package data too.
     _run(installed, "-c", "from pipeline.reporting import render; render._env.get_template('report.html.j2')",
          cwd=site_dir, env=env)
+
+
+def _assets(folder: str, pattern: str) -> set[str]:
+    return {str(p.relative_to(ROOT)) for p in (ROOT / folder).glob(pattern)}
+
+
+def test_the_wheel_carries_every_wing_s_assets(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    wanted = ({"pipeline/store/sqlite.sql", "pipeline/store/postgres.sql"}
+              | _assets("pipeline/reporting/templates", "*.j2")
+              | _assets("pipeline/web/templates", "*.html")
+              | _assets("pipeline/web/static", "*"))
+    assert len(wanted) > 10 and wanted - names == set()
+
+
+def test_the_packaged_sqlite_schema_is_the_top_level_schema_sql(wheel):
+    """schema.sql is the one source of SQLite's DDL; the package carries the same text."""
+    packaged = zipfile.ZipFile(wheel).read("pipeline/store/sqlite.sql").decode("utf-8")
+    assert packaged == (ROOT / "schema.sql").read_text(encoding="utf-8")
+    assert "CREATE TABLE" in packaged and "jobs" in packaged
+
+
+@pytest.mark.postgresql_only
+def test_the_installed_package_opens_postgresql(installed, database, tmp_path):
+    """postgres.sql is package data: an installed copy creates its schema on a real server."""
+    script = "import sys; from pipeline import store; print(store.connect(sys.argv[1]).run_sql('SELECT count(*) FROM jobs').fetchone()[0])"
+    env = {"PATH": "/usr/bin:/bin", "PGPASSWORD": os.environ.get("PGPASSWORD", "")}
+    assert _run(installed, "-c", script, database, cwd=tmp_path, env=env).stdout.strip() == "0"

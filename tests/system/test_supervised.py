@@ -136,7 +136,7 @@ def test_status_is_healthy_when_idle_and_not_when_the_router_is_stopped_with_wor
 
 
 def test_stop_all_during_a_busy_run_leaves_nothing_half_done(tree, db, installation):
-    from api_server import ApiServer
+    from helpers.api_server import ApiServer
     api = ApiServer()
     tree.write_config(extra=f'[api]\nendpoint = "{api.url}"\n')
     n = 800
