@@ -1,4 +1,4 @@
-"""The HTTP side of notifying (SPEC §7): the request's headers, and what an answer means.
+"""The HTTP side of notifying (docs/design.md#notification): the request's headers, and what an answer means.
 
 Nothing here touches the job table: ``notifier.py`` claims, calls and commits; this module says
 what to send and how to read what came back, without trusting the API to behave (only the first

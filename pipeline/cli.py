@@ -73,7 +73,7 @@ def setup_logging(program: str, level: int = logging.INFO) -> None:
 
 
 class Stopper:
-    """Signal handlers only set a flag; the loops act on it, and log it (STYLE 5).
+    """Signal handlers only set a flag; the loops act on it, and log it.
 
     First SIGTERM/SIGINT: finish or release the current batch, then exit 0.
     Second: exit at once.
@@ -174,7 +174,7 @@ def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Con
     stopper = Stopper()
     stopper.install()
     try:
-        actor = f"{name}@{socket.gethostname()}:{os.getpid()}"         # router_00@host:pid (SPEC §15)
+        actor = f"{name}@{socket.gethostname()}:{os.getpid()}"  # router_00@host:pid, told apart across hosts
         code = main(Context(name=name, actor=actor, config=cfg, db=db, stopper=stopper,
                             args=args)) or EXIT_OK
         heartbeat.retire(db, name)

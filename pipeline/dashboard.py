@@ -1,4 +1,4 @@
-"""``bin/dashboard``: the web dashboard and /metrics (SPEC §16), served by waitress.
+"""``bin/dashboard``: the web dashboard and /metrics (docs/design.md#operating-it), served by waitress.
 
 Listens on ``dashboard.listen`` (loopback by default: put a reverse proxy with TLS in front to
 reach it from elsewhere). The server runs in a thread; the main thread beats the heartbeat and

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".error.json"   # NAME.error.json beside a FAILED file; error log files end so too
 
-# Exactly these keys, in this order (SPEC §7): monitoring tools parse them.
+# Exactly these keys, in this order (docs/design.md#notification): monitoring tools parse them.
 ERROR_LOG_KEYS = ("timestamp", "file_name", "file_path", "error_message", "retry_count",
                   "first_detected", "processing_duration")
 

@@ -3,7 +3,7 @@
 * A copy is written to a hidden temporary name in the target folder, fsynced, then renamed; the
   folder is fsynced once per batch (``Folders.sync``). A half-written file never appears.
 * A file is identified by (device, inode, size, mtime): removing or moving an original checks
-  that it is still the exact file the job took (SPEC §4).
+  that it is still the exact file the job took (docs/design.md#detection).
 * Symbolic links are never followed: sources are opened with O_NOFOLLOW.
 """
 
@@ -46,7 +46,7 @@ def fit_name(name: str, room: int = 0) -> str:
 
 class Identity(NamedTuple):
     """Which file this is: inode, size and mtime. Not the device: on a network share ``st_dev``
-    differs from host to host and from mount to mount for the same file (SPEC §15), while these
+    differs from host to host and from mount to mount for the same file (docs/design.md#several-hosts), while these
     three do not; within one hot folder an inode number is one file."""
     inode: int
     size: int
@@ -374,7 +374,7 @@ def mount_of(path: Path, mountinfo: str = "/proc/self/mountinfo") -> tuple[str, 
 def unstable_inodes(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """Why inode numbers under ``path`` are not the same on every host, or None. An SMB mount with
     ``noserverino`` makes its inode numbers up on each client: the job of a file would not know the
-    file again on another host, nor after a remount (SPEC §15)."""
+    file again on another host, nor after a remount (docs/design.md#several-hosts)."""
     fstype, options = mount_of(path, mountinfo)
     if fstype in ("cifs", "smb3") and "noserverino" in options:
         return (f"{path} is an SMB mount with noserverino: its inode numbers differ from host to host; "

@@ -1,4 +1,4 @@
-"""Heartbeats: each running program's row in ``heartbeats``, which bin/status reads (SPEC §9)."""
+"""Heartbeats: each running program's row in ``heartbeats``, which bin/status reads (docs/design.md#operating-it)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from . import store
 
 log = logging.getLogger(__name__)
 
-INTERVAL = 5.0              # seconds; bin/status calls a program silent after 30 s (SPEC §9)
+INTERVAL = 5.0              # seconds; bin/status calls a program silent after 30 s
 TIDY_INTERVAL = 60.0        # seconds between two of a program's calls of the engine's tidy()
 
 _SQL_BEAT = """

@@ -1,4 +1,4 @@
-"""What counts as a job file in the hot folder, shared by the scanner and the watcher (SPEC §4).
+"""What counts as a job file in the hot folder, shared by the scanner and the watcher (docs/design.md#detection).
 
 Eligible: a regular file ending in ``.json`` (any case) directly inside a client subfolder.
 Ignored: dotfiles, ``~$*``, ``*~``, temporary and partial downloads (they do not end in .json),

@@ -2,7 +2,7 @@
 
 Life of a job: ``states.py``.
 
-Rules every function here keeps (SPEC §14):
+Rules every function here keeps (docs/design.md#job-lifecycle):
 
 * Writes happen inside ``Jobs.transaction()``, the engine's write transaction (``BEGIN IMMEDIATE``
   on SQLite).
@@ -133,7 +133,7 @@ UPDATE jobs SET state = 'failed', failed_at = ?, updated_at = ?, failed_step = ?
                 attempts = ?, claims = 0, lease_owner = NULL, lease_token = NULL
 WHERE id = ? AND lease_token = ? AND state = ?"""
 
-# Counter tallies (SPEC §16): one row per counter and label values (a JSON array), bumped in the
+# Counter tallies (docs/design.md#operating-it): one row per counter and label values (a JSON array), bumped in the
 # transaction of the transitions they count. The bumps of a transaction are added up and written
 # at its end, in the order of their rows: several writers at once (routers on PostgreSQL) then
 # lock the shared rows in one order, and never deadlock on them.

@@ -1,4 +1,4 @@
-"""One detector at a time (SPEC §15): the scanner and the watcher of one host hold a lease.
+"""One detector at a time (docs/design.md#several-hosts): the scanner and the watcher of one host hold a lease.
 
 Several hosts may share one hot folder. Routers and notifiers work on every host at once, but
 listing a large hot folder from every host would only multiply the work (job creation is

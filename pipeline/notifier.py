@@ -1,4 +1,4 @@
-"""The notifier: POSTs each routed job's JSON to the API, with retries and backoff (SPEC §7).
+"""The notifier: POSTs each routed job's JSON to the API, with retries and backoff (docs/design.md#notification).
 
 The main thread claims due jobs and commits their outcomes; a pool of ``api.concurrency`` worker
 threads only makes the HTTP calls, so one slow call never holds the others. No HTTP call happens

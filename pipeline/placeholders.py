@@ -1,4 +1,5 @@
-"""Destinations built from the job: placeholders in a rule's ``to`` and ``rename`` (SPEC §5a).
+"""Destinations built from the job: placeholders in a rule's ``to`` and ``rename``
+(docs/design.md#validation-and-routing).
 
 A template is compiled once at start into literal text and placeholders; a placeholder that names
 nothing known, a bad date format or a literal ``..`` is a ValueError there (the config names the
@@ -111,7 +112,7 @@ def is_one_component(name: str) -> bool:
 class _Placeholder:
     text: str                                   # as written, for reasons: "{field:Items.0.Code}"
     value: Callable[[Facts], Any]               # MISSING when the job has no such value
-    # Values from the job's content must be safe folder names (SPEC §5). The file's own name and
+    # Values from the job's content must be safe folder names. The file's own name and
     # folder already are one component on disk and are copied under that name without a rename:
     # holding them to letters and digits would fail every "Proof 1.json".
     from_content: bool = True

@@ -1,5 +1,5 @@
 """The reporter: the nightly report, alerts, expected arrivals, retention and the WAL checkpoint
-(SPEC §8, §9, §17).
+(docs/design.md#reports-and-alerts, docs/design.md#operating-it).
 
 No cron: it sleeps until ``report.time`` in ``report.timezone`` (zoneinfo, so the nights the
 clocks change are handled) and sends the report of the day that just ended. Every day it runs

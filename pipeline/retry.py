@@ -1,4 +1,5 @@
-"""The one retry schedule: each failed attempt doubles the wait, up to a cap (SPEC §6, §7, §8)."""
+"""The one retry schedule: each failed attempt doubles the wait, up to a cap: places, the API
+and mail wait alike."""
 
 from __future__ import annotations
 

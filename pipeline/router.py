@@ -1,4 +1,5 @@
-"""The router: claims detected jobs in batches, validates, archives, copies, and cleans up (SPEC §5, §6).
+"""The router: claims detected jobs in batches, validates, archives, copies, and cleans up
+(docs/design.md#validation-and-routing, docs/design.md#file-operations).
 
 A batch goes through four phases so that no file operation happens inside a write transaction
 and a crash between any two of them is resumed by the next owner of the lease:
@@ -43,7 +44,7 @@ from .validation import Invalid, JobDetails, parse, too_large, wanted
 
 log = logging.getLogger(__name__)
 
-PLACE_BACKOFF_CAP = 60.0   # seconds (SPEC §6)
+PLACE_BACKOFF_CAP = 60.0   # seconds: the longest wait between tries at a place
 COPY_BUDGET = 16 << 20      # bytes of read jobs a batch holds before it copies them
 FIRST_BATCH = 8             # jobs claimed when work starts again; doubles up to router.batch_size
 

@@ -1,4 +1,5 @@
-"""Routing rules: data from the config deciding which destinations a job is copied to (SPEC §5, §5a).
+"""Routing rules: data from the config deciding which destinations a job is copied to
+(docs/design.md#validation-and-routing).
 
 A rule's conditions (``clients``, ``categories``, ``match``, ``files``) are combined with AND; an
 absent one matches anything. Everything is compiled once, when the config is loaded: at routing a

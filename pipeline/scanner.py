@@ -1,4 +1,4 @@
-"""The scanner: a startup scan (crash recovery), then periodic scans as a safety net (SPEC §4).
+"""The scanner: a startup scan (crash recovery), then periodic scans as a safety net (docs/design.md#detection).
 
 A scan takes only files whose size and mtime stayed unchanged for ``detect.min_file_age``. On a
 local disk a file whose mtime and ctime are both older than that has been unchanged that long (any

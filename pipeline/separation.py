@@ -1,4 +1,5 @@
-"""No place the pipeline writes to may feed the hot folder or another of its places (SPEC §4, §5).
+"""No place the pipeline writes to may feed the hot folder or another of its places
+(docs/design.md#validation-and-routing).
 
 The config's own check compares paths as written; this one looks at the disk: a symlink on the
 way, or a bind mount (the same device and inode seen at another path), can make a destination

@@ -1,4 +1,4 @@
-"""Strict, memory-bounded JSON parsing of job files (SPEC §5, §13).
+"""Strict, memory-bounded JSON parsing of job files (docs/design.md#validation-and-routing, docs/design.md#bad-input).
 
 Python's ``json.loads`` accepts what a job file must not hold (``NaN`` and ``Infinity``, duplicate
 keys, integers too long for ``int()``) and builds the whole document: a 49 MiB file of small

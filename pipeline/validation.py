@@ -1,4 +1,5 @@
-"""Validation of a job file's content: every failure is one line a person understands (SPEC §5, §13)."""
+"""Validation of a job file's content: every failure is one line a person understands
+(docs/design.md#validation-and-routing, docs/design.md#bad-input)."""
 
 from __future__ import annotations
 

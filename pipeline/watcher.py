@@ -1,4 +1,4 @@
-"""The watcher: creates a job within milliseconds of a file being complete in the hot folder (SPEC §4).
+"""The watcher: creates a job within milliseconds of a file being complete in the hot folder (docs/design.md#detection).
 
 With inotify it reacts to close-after-write and moved-into-folder events only, never to creation,
 so a file still being written is never taken. With ``detect.observer = "polling"`` (network
@@ -6,7 +6,7 @@ mounts, where inotify sees nothing) it takes a file once it has stayed unchanged
 ``detect.min_file_age``. A new client folder is rescanned (files written into it before its watch
 existed), and an inotify queue overflow or a dead observer triggers a full rescan. Rescans run in
 their own thread so they never delay realtime events, and they are coalesced: however many
-overflows a burst brings, one rescan is pending at a time (SPEC §4).
+overflows a burst brings, one rescan is pending at a time (docs/design.md#detection).
 
 The hot folder itself may be deleted, or moved away, and created again while the watcher runs.
 Its watch then hears nothing more (watchdog stops it silently on IN_DELETE_SELF and ignores

@@ -1,7 +1,7 @@
-"""Benchmarks of SPEC §12, each next to a baseline measured in the same run.
+"""Benchmarks of the performance targets (docs/design.md#performance), each next to a baseline measured in the same run.
 
     tools/bench [--n 5000] [--routers 2] [--quick] [--no-record]
-    tools/bench --rules [--n 5000]       # only the backlog: the seeds' matrix, then 20 rules of §5a
+    tools/bench --rules [--n 5000]       # only the backlog: the seeds' matrix, then 20 rules using every rule feature
     tools/bench --database URL [--n 5000]            # the PostgreSQL figures, against SQLite
     tools/bench --hosts 2 --database URL [--n 5000]  # 2 hosts x 2 routers against 1 host (root)
 
@@ -189,7 +189,7 @@ def baseline_loop(n: int, routes: str = ROUTES) -> float:
 
 def parallel_loop(n: int, writers: int = 8, routes: str = ROUTES) -> float:
     """The same loop split over ``writers`` processes: the disk's real durable-copy limit, as
-    fsyncs from several writers share journal commits (SPEC §12, round 2). Files/s."""
+    fsyncs from several writers share journal commits (the second baseline). Files/s."""
     import multiprocessing
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -475,7 +475,7 @@ def chaos(files: int) -> dict[str, str]:
 
 
 def postgres_figures(url: str, n: int, routers: int, drops: int) -> Results:
-    """SPEC §12 on PostgreSQL: the backlog against SQLite in the same run, an idle worker's wake-up
+    """The targets on PostgreSQL: the backlog against SQLite in the same run, an idle worker's wake-up
     by a new job, and the drop-to-routed latency."""
     results = Results()
     print(f"backlog of {n} files on SQLite, then on PostgreSQL", flush=True)
@@ -604,10 +604,10 @@ def main() -> None:
     argp.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
     argp.add_argument("--rules", action="store_true",
                       help="only the backlog, with the seeds' matrix and with 20 rules using every feature "
-                           "of SPEC §5a (tools/workload.py RICH_ROUTES), each against its baseline loop")
+                           "of the rules (tools/workload.py RICH_ROUTES), each against its baseline loop")
     argp.add_argument("--database", metavar="URL",
                       help="a PostgreSQL database (postgresql://user@host/db, password from libpq's environment): "
-                           "only the §12 PostgreSQL figures, each run in a fresh schema of it")
+                           "only the PostgreSQL figures, each run in a fresh schema of it")
     argp.add_argument("--hosts", type=int, metavar="N",
                       help="with --database: N hosts x 2 routers (namespaces, bindfs views, root) against 1 host")
     argp.add_argument("--large", type=int, default=50_000, metavar="N",
@@ -753,7 +753,7 @@ def rules_backlog(n: int, routers: int) -> Results:
     (which makes the same copies), and the routing decision's own time per job for both."""
     results = Results()
     figures = {}
-    for label, routes in (("seeds' matrix, 6 rules", ROUTES), ("20 rules, every §5a feature", RICH_ROUTES)):
+    for label, routes in (("seeds' matrix, 6 rules", ROUTES), ("20 rules, every rule feature", RICH_ROUTES)):
         print(f"backlog of {n} files, {label}", flush=True)
         base = baseline_loop(n, routes)
         got, _ = pipeline_backlog(n, routers, routes=routes)

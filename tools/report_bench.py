@@ -6,7 +6,7 @@ The day's jobs go through the real transitions (pipeline/jobs.py: create, claim,
 delivered, routed or failed) with an injected clock that places each one in the day, so the
 table looks like one the pipeline wrote: a working-hours peak, the seeds' clients and routing
 matrix, about 1% failures, a periodic scan every minute. ``--other N`` adds N more jobs over the
-30 days before, to time the report against a bigger table (SPEC §12: 1,000,000 jobs). ``--keep
+30 days before, to time the report against a bigger table (the report's target is a 1,000,000-job table). ``--keep
 DIR`` builds in DIR and leaves it there with a pipeline.toml, for bin/report --preview.
 """
 

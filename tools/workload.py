@@ -40,7 +40,7 @@ to = "dest/Celtra"
 """
 
 
-# 20 rules using every feature of SPEC §5a (clients, categories, match on fields, list items and
+# 20 rules using every feature of the routing rules (clients, categories, match on fields, list items and
 # numbers, files globs, placeholders of every kind in to and rename), for `tools/bench --rules`.
 # Five of them route the workload much as ROUTES does (so the copies per file stay comparable);
 # the other fifteen are near misses that are evaluated to their last condition for many jobs.

@@ -1,4 +1,5 @@
-"""``bin/check-config [FILE]``: validate a configuration file and the places it names (SPEC §4, §10)."""
+"""``bin/check-config [FILE]``: validate a configuration file and the places it names
+(docs/design.md#configuration)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``bin/status``: the pipeline at a glance, and a health check (SPEC §9).
+"""``bin/status``: the pipeline at a glance, and a health check (docs/design.md#operating-it).
 
 Prints counts by state, the oldest waiting job per state, today's per-client counts, the last
 scans, each program's heartbeat, the last errors and the last report; ``--json`` prints the same
@@ -6,7 +6,7 @@ for monitoring systems. Exit status: 0 healthy, 1 unhealthy (a program silent or
 stuck past ``alerts.stuck_after``, a report that cannot be sent), 69 database unusable, 78 bad
 configuration. A client silent past its ``[[expect]]`` rule is shown as a warning.
 
-``--nagios`` (SPEC §17) prints one line with perfdata and exits as Nagios, Icinga and their
+``--nagios`` (docs/design.md#reports-and-alerts) prints one line with perfdata and exits as Nagios, Icinga and their
 successors expect: 0 OK, 1 WARNING (a job stuck, a report not sent, a silence), 2 CRITICAL (a
 program silent or missing, the hot folder missing), 3 UNKNOWN (database or configuration unusable).
 """
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     argp.add_argument("--config", metavar="FILE", help="configuration file (default: as the programs find it)")
     output = argp.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON for monitoring systems")
-    argp.add_argument("--host", metavar="NAME", help="show only the programs of this host (several hosts, SPEC §15)")
+    argp.add_argument("--host", metavar="NAME", help="show only the programs of this host (several hosts)")
     output.add_argument("--nagios", action="store_true",
                         help="one line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (a Nagios plugin)")
     args = argp.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Alerts (SPEC §8, §17): what is new since the last alert, and the ``alerts`` table.
+"""Alerts (docs/design.md#reports-and-alerts): what is new since the last alert, and the ``alerts`` table.
 
 An alert goes out when jobs failed since the last alert, when a client fell silent or resumed
 (expectations.py), or when jobs became stuck:

@@ -1,4 +1,4 @@
-"""Alert channels through Apprise (SPEC §17): chat and webhook services besides email.
+"""Alert channels through Apprise (docs/design.md#reports-and-alerts): chat and webhook services besides email.
 
 ``[alerts] urls`` holds Apprise URLs, or ``"env:NAME"`` to read one from the environment at start:
 the URLs carry tokens. Those tokens must never reach a log, a table or an error message, so a

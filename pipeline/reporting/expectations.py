@@ -1,4 +1,4 @@
-"""Expected arrivals (SPEC §17): ``[[expect]]`` rules, and the ``silences`` table.
+"""Expected arrivals (docs/design.md#reports-and-alerts): ``[[expect]]`` rules, and the ``silences`` table.
 
 A rule's clients each send a file within ``within`` seconds during the rule's window (``hours`` on
 ``days``, in ``report.timezone``; windows that touch, such as whole days, make one). The clock

@@ -1,4 +1,4 @@
-"""A day's figures for the nightly report (SPEC §8), computed by SQL from the tables alone.
+"""A day's figures for the nightly report (docs/design.md#reports-and-alerts), computed by SQL from the tables alone.
 
 Every figure is an aggregate the database computes over the day's jobs; no query loads the day's
 rows into Python, so a 100,000-job day costs a few index range scans. The result is a plain dict

@@ -1,4 +1,4 @@
-"""The storage seam (SPEC §15): the job table's database, whichever engine holds it.
+"""The storage seam (docs/design.md#several-hosts): the job table's database, whichever engine holds it.
 
 ``connect(location)`` gives an engine (``engine.Engine``); nothing outside this package knows which
 one. SQLite (``sqlite.py``, with its DDL in ``sqlite.sql``, the package's copy of the top-level ``schema.sql``) is the default: one file on a local

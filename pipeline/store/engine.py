@@ -2,7 +2,7 @@
 
 An engine is a peewee ``Database`` subclass mixing in ``Engine``. The programs only ever use:
 
-- ``write()``: the write transaction (SPEC §14: on SQLite ``BEGIN IMMEDIATE``), nested as savepoints;
+- ``write()``: the write transaction (on SQLite ``BEGIN IMMEDIATE``), nested as savepoints;
 - ``snapshot()``: a short read-only transaction whose reads agree with each other;
 - ``sql(text)``: a statement written once for every engine (``?`` placeholders, ``{id_list}`` for
   "one of these ids", given its value by ``id_list(ids)``), in the engine's own dialect;

@@ -1,4 +1,4 @@
-"""The PostgreSQL engine (SPEC §15): one database that the programs of several hosts share.
+"""The PostgreSQL engine (docs/design.md#several-hosts): one database that the programs of several hosts share.
 
 What differs from SQLite, all of it here:
 
@@ -175,7 +175,7 @@ class Database(Engine, peewee.PostgresqlDatabase):
     # -- clocks ------------------------------------------------------------------------------------
 
     def clock_skew(self, clock=time.time) -> float:
-        """This host's clock minus the database server's, in seconds (SPEC §15, Clocks), taken at
+        """This host's clock minus the database server's, in seconds (docs/design.md#several-hosts), taken at
         the middle of the round trip."""
         before = clock()
         server = self.execute_sql("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0]

@@ -30,7 +30,7 @@ WAKE_POLL = 0.25        # seconds an idle router or notifier woken by commits wa
 # it at its largest for ever, and bound_wal() truncates a WAL that is still larger.
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
-# Filesystems on which SQLite's WAL locking does not work (§4: the database must be local).
+# Filesystems on which SQLite's WAL locking does not work (the database must be on a local disk).
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph",
                        "glusterfs", "fuse.sshfs", "fuse.glusterfs", "fuse.s3fs", "davfs", "fuse.davfs2"}
 
@@ -171,7 +171,7 @@ def _least(*values):
 def connect(path: Path, *, create: bool = True) -> Database:
     """Open the database, applying the schema when it is new or older than this code.
 
-    Every transaction that ``db.atomic()`` starts is ``BEGIN IMMEDIATE`` (§14): a deferred
+    Every transaction that ``db.atomic()`` starts is ``BEGIN IMMEDIATE``: a deferred
     transaction that reads and then writes fails with "database is locked" at once.
     """
     if create:

@@ -1,4 +1,4 @@
-"""The dashboard's web application (SPEC §16): pages rendered on the server, read-only by default.
+"""The dashboard's web application (docs/design.md#operating-it): pages rendered on the server, read-only by default.
 
 Everything a page shows comes from ``health.gather`` (the overview, /healthz, /metrics share
 ``bin/status``'s verdict), ``browse`` (search, a job's story) and ``route`` (what routing

@@ -1,4 +1,4 @@
-"""``/metrics``: the job table in Prometheus' text format (SPEC §16).
+"""``/metrics``: the job table in Prometheus' text format (docs/design.md#operating-it).
 
 Gauges are read from the table at each scrape; counters come from ``tallies``, which the
 transitions bump in their own transactions and pruning never touches, so a counter never goes

@@ -1,5 +1,5 @@
 """What the dashboard reads beyond ``bin/status``: job search, a job's whole story, the waiting
-jobs, today's hourly bars (SPEC §16). Read-only, dialect-neutral SQL, each page one snapshot.
+jobs, today's hourly bars (docs/design.md#operating-it). Read-only, dialect-neutral SQL, each page one snapshot.
 
 Lists are paged by key (``before`` an id), never by OFFSET, and never counted: on a table of a
 million jobs both would read every matching row for each page.
