@@ -125,6 +125,7 @@ class Copy:
     dest: rules.Destination | None = None       # None: the archive copy
     staged: Path | None = None                  # its temporary, written and fsynced
     error: Exception | None = None              # what staging it met, for publishing to judge
+    present: bool = False                       # made already, by an owner that stopped before recording it
 
 
 class Router(Program):
@@ -272,7 +273,7 @@ class Router(Program):
         planned = [(work, self._planned(work)) for work in works]
         try:
             for staged in [self.copying.submit(self._stage, copy, work.data, work.job.mtime_ns)
-                           for work, copies in planned for copy in copies]:
+                           for work, copies in planned for copy in copies if not copy.present]:
                 staged.result()
             if works:
                 self._hold(works, renew=True)
@@ -322,6 +323,13 @@ class Router(Program):
         copies = [Copy(archive)] if work.state == "detected" and work.archive_path is None else []
         if not work.refused:
             copies += [Copy(d.path, d) for d in work.targets if str(d.path) not in work.delivered_before]
+        if job.claims > 1:
+            # Its previous owner may have published copies and stopped (killed, or frozen past
+            # its lease) before recording them: a copy that is there, this very content with the
+            # original's mtime, is not published again, so a consumer of the folder does not
+            # receive the file twice.
+            for copy in copies:
+                copy.present = _is_copy_of(copy.target, work.identity) and _same_content(copy.target, work.sha256)
         return copies
 
     def _stage(self, copy: Copy, data: bytes, mtime_ns: int) -> None:
@@ -412,14 +420,17 @@ class Router(Program):
                 work.fail("archive", f"a newer job of the same name (job {newer}) is already archived "
                                      f"at {archive.target}; this older one is not put over it")
                 return
-            if not self._held(work, batch):
-                return
-            try:
-                _published(archive, self.places, replace=True)
-            except OSError as e:
-                self.places.forget(archive.target.parent)
-                work.wait("archive", f"cannot write the archive copy {archive.target}: {_os_reason(e)}")
-                return
+            if archive.present:
+                self.places.touched(archive.target.parent)      # its folder synced with this batch's
+            else:
+                if not self._held(work, batch):
+                    return
+                try:
+                    _published(archive, self.places, replace=True)
+                except OSError as e:
+                    self.places.forget(archive.target.parent)
+                    work.wait("archive", f"cannot write the archive copy {archive.target}: {_os_reason(e)}")
+                    return
             work.archive_path = archive.target
         if work.state == "detected":
             work.archived_now = True
@@ -436,6 +447,12 @@ class Router(Program):
                 log.info("%s: %s keeps the copy of a newer job of the same name (job %d)",
                          work.label, dest.name, newer)
                 work.delivered.append((dest.name, str(copy.target), "kept"))
+                continue
+            if copy.present:
+                log.info("%s: %s holds its copy already (made before its previous owner stopped)",
+                         work.label, dest.name)
+                self.destinations.touched(copy.target.parent)
+                work.delivered.append((dest.name, str(copy.target), "written"))
                 continue
             if not self._held(work, batch):
                 return

@@ -231,6 +231,41 @@ def test_a_router_frozen_before_clean_up_past_its_lease_leaves_the_originals_to_
         assert [e for e in events(j.id) if e[1] in ("routed", "failed")][0][2].startswith("router_02")
 
 
+def test_copies_a_router_published_before_it_stopped_are_not_published_again_by_the_next_owner(
+        tree, db, clock, arrivals):
+    """It published the job's copies and stopped (killed, or frozen past its lease) before
+    recording them: the router that takes the job over records them, and renames nothing into
+    the archive or a destination again. A consumer of the folder receives the file once."""
+    original = tree.drop("RANK", "a.json", version(1, category="CELTRA"))
+    tree.age(original)
+    detect(tree, Jobs(db, "scanner@test:1", clock))
+    seen = {folder: arrivals(folder) for folder in (tree.store / "RANK", tree.dest(RANK), tree.dest(CELTRA))}
+    a = Router(tree.config, Jobs(db, "router_00@test:2", clock))
+
+    class Stopped(Exception):
+        pass
+
+    def stopped(*args):
+        raise Stopped("stopped right after publishing, before recording anything")
+    a._commit_progress = stopped
+    with pytest.raises(Stopped):
+        a.run_batch()
+    a.finish()
+    assert all(folder.counts() == {"a.json": 1} for folder in seen.values())
+    assert job("a.json").state == "detected"
+
+    clock.advance(LEASE + 1)
+    Router(tree.config, Jobs(db, "router_01@test:3", clock)).run(once=True)
+    first = job("a.json")
+    assert first.state == "routed" and not original.exists()
+    assert all(folder.counts() == {"a.json": 1} for folder in seen.values())    # not renamed in again
+    assert sorted(deliveries(first.id)) == [("Celtra", str(tree.dest(CELTRA) / "a.json"), "written"),
+                                            (RANK, str(tree.dest(RANK) / "a.json"), "written")]
+    assert first.archive_path == str(tree.store / "RANK" / "a.json")
+    assert (tree.store / "RANK" / "a.json").read_bytes() == version(1, category="CELTRA")
+    assert hidden(tree.store, tree.root / "dest") == []
+
+
 # -- a newer job of the same name already made the copy -----------------------------------------------
 
 def test_an_older_job_read_before_its_file_was_replaced_does_not_put_its_copies_over_the_newer_jobs(
