@@ -18,6 +18,7 @@ import shlex
 import signal
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -439,3 +440,193 @@ to = "share/dest/Rank"
         assert not [actor for _, _, actor in events(job_id) if actor.startswith("router_00")]
     assert tree.files(tree.hot) == [] and hidden(share) == []
     assert "Traceback" not in log_path.read_text(errors="replace")
+
+
+# -- detection: a detector frozen past its leadership ---------------------------------------------------
+
+def test_a_detector_frozen_with_sightings_in_hand_past_its_leadership_makes_no_second_job(tree, db, clock):
+    """Host 1's scanner listed the hot folder, then froze past the detection lease. Host 2 took
+    detection over and recorded the files (one routed and gone since, one waiting for a router,
+    and one a file of the same name dropped again). Host 1 resumes and makes jobs of what it
+    listed before it froze: none is made twice; then it sees it no longer detects."""
+    from pipeline.leadership import LEASE as DETECTION_LEASE, Leadership
+
+    def leadership(host: str) -> Leadership:
+        lead = Leadership(db, "scanner", clock=clock)
+        lead.host = host
+        return lead
+
+    for name in ("routed.json", "waiting.json", "again.json"):
+        tree.age(tree.drop("RANK", name, version(1)))
+    first, second = leadership("host1"), leadership("host2")
+    assert first.held() and not second.held()
+    host1 = Scanner(tree.config, Jobs(db, "scanner@host1:1", clock))
+    listed, _ = host1.hot.list()                            # then host 1 freezes
+    assert len(listed) == 3
+
+    clock.advance(DETECTION_LEASE + 1)
+    assert second.held()                                    # host 2 takes detection over
+    host2 = Jobs(db, "scanner@host2:2", clock)
+    Scanner(tree.config, host2).scan("rescan", "periodic")
+    assert Job.select().count() == 3
+    Job.update(next_attempt_at=clock.now + 3600).where(Job.file_name == "waiting.json").execute()
+    Router(tree.config, Jobs(db, "router_00@host2:3", clock)).run(once=True)
+    assert job("routed.json").state == "routed" and job("waiting.json").state == "detected"
+    tree.age(tree.drop("RANK", "again.json", version(2)))   # dropped again: a new appearance
+    Scanner(tree.config, host2).scan("periodic", "periodic")
+    assert Job.select().count() == 4
+
+    assert host1._create(listed, "periodic") == 0           # host 1 resumes with its listing
+    assert Job.select().count() == 4
+    assert sorted(j.file_name for j in Job.select()) == ["again.json", "again.json", "routed.json", "waiting.json"]
+    assert not first.held()                                 # and it stands by from now on
+
+
+def _host_programs(host) -> list[int]:
+    """The processes of a host's programs: every process of its PID namespace but its first one
+    and its bindfs (the shared folder's server, which does not freeze with a host)."""
+    children = collections.defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children[parent].append(int(stat.parent.name))
+    found, todo = [], [pid for init in children[host.proc.pid] for pid in children[init]]
+    while todo:
+        pid = todo.pop()
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "bindfs":
+                continue
+        except OSError:
+            continue
+        found.append(pid)
+        todo += children[pid]
+    return found
+
+
+def _drop_files(share: Path, client: str, first: int, count: int) -> None:
+    """Files written aside and renamed in, as upstream drops them, and old enough to be taken."""
+    body = json.dumps(job_document(client)).encode()
+    old = time.time() - 30
+    for i in range(first, first + count):
+        path = share / "hot" / client / f"{i:05d}.json"
+        aside = path.with_name(f".{path.name}.part")
+        aside.write_bytes(body)
+        os.utime(aside, (old, old))
+        os.rename(aside, path)
+
+
+def _routed(db, client: str = "RANK") -> int:
+    return db.run_sql("SELECT count(*) FROM jobs WHERE state = 'routed' AND client_folder = ?", (client,)).fetchone()[0]
+
+
+FROZEN = 25.0       # seconds the detecting host stays frozen: past the detection lease (15 s)
+
+
+@pytest.mark.postgresql_only
+def test_a_detecting_host_frozen_past_the_detection_lease_delivers_nothing_twice_and_makes_no_job_twice(
+        tree, db, database, arrivals):
+    """Two hosts (tests/hosts.py) on one PostgreSQL. The detecting host is frozen whole (SIGSTOP
+    of every program; a paused VM) while its routers write a batch's copies, for longer than the
+    detection lease. The other host takes detection and the frozen host's jobs over and routes
+    everything; then the frozen host resumes. A consumer of the destination receives each file
+    once, every file is one job, and the resumed host stands by."""
+    from urllib.parse import quote
+
+    from hosts import Host, unavailable
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    share, view = tree.root / "share", tree.root / "view"
+    for folder in ("hot/RANK", "hot/ACME", "store", "failed", "errors", "dest/Rank"):
+        (share / folder).mkdir(parents=True, exist_ok=True)
+    view.mkdir()
+    # A frozen host's open transaction would keep its locks until the host resumes: as the README
+    # advises for several hosts, the server ends such a session (the host reconnects on resuming).
+    url = database.replace("options=", "options=" + quote("-cidle_in_transaction_session_timeout=3000 "), 1)
+    config = tree.root / "hosts.toml"
+    config.write_text(f'''
+[paths]
+hot_folder = "{view}/hot"
+store = "{view}/store"
+failed = "{view}/failed"
+error_log = "{view}/errors"
+database = "{url}"
+[detect]
+observer = "polling"
+poll_interval = 0.2
+min_file_age = 0.3
+scan_interval = 2
+[router]
+lease = 5
+create_folders = false
+[[route]]
+name = "Rank"
+clients = ["RANK"]
+to = "{view}/dest/Rank"
+[[route]]
+name = "Acme"
+clients = ["ACME"]
+to = "{view}/dest/Acme"
+''')                    # dest/Acme is not there: ACME's jobs wait, their files stay in the hot folder
+    programs = ["scanner", "watcher", "router=router_00", "router=router_01"]
+    dest = arrivals(share / "dest" / "Rank")
+    hosts: list[Host] = []
+    frozen: list[int] = []
+    try:
+        hosts.append(Host("host1", share, view, config, programs, tree.root))
+        wait_for(lambda: db.run_sql("SELECT host FROM leaders WHERE role = 'detect'").fetchone(),
+                 message="host1 detecting")
+        _drop_files(share, "RANK", 0, 600)
+        wait_for(lambda: _routed(db) >= 100, timeout=120, message="host1 routing")
+        _drop_files(share, "ACME", 0, 20)                   # being detected by host1 as it freezes
+        frozen = _host_programs(hosts[0])
+        assert len(frozen) == 4
+        dest.counts()
+        staged = dest.temporaries
+        wait_for(lambda: dest.counts() is not None and dest.temporaries > staged, interval=0.001,
+                 message="host1 writing a batch's copies")
+        for pid in frozen:
+            _signal(pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+
+        hosts.append(Host("host2", share, view, config, programs, tree.root))
+        _drop_files(share, "RANK", 600, 200)               # only host2 can detect these
+        wait_for(lambda: _routed(db) == 800, timeout=240, interval=0.5,
+                 message="host2 routing everything, the frozen host's leased jobs included")
+        wait_for(lambda: time.monotonic() - frozen_at > FROZEN, timeout=FROZEN + 1, interval=0.5,
+                 message="the detection lease long over")
+        assert db.run_sql("SELECT host FROM leaders WHERE role = 'detect'").fetchone()[0] == "host2"
+        resumed_at = time.time()
+        for pid in frozen:
+            _signal(pid, signal.SIGCONT)
+        frozen = []
+        wait_for(lambda: hosts[0].log().count("standing by: host host2") >= 2, timeout=60,
+                 message="host1's scanner and watcher standing by")
+        wait_for(lambda: db.run_sql("SELECT count(*) FROM heartbeats WHERE host = 'host1' AND beat_at > ?",
+                                    (resumed_at,)).fetchone()[0] == 4, timeout=60,
+                 message="host1's programs going on")
+        _drop_files(share, "RANK", 800, 20)                # both hosts' routers at work again
+        wait_for(lambda: _routed(db) == 820, timeout=120, interval=0.5, message="the last files routed")
+    finally:
+        for pid in frozen:
+            _signal(pid, signal.SIGCONT)
+        for host in hosts:
+            host.kill()
+
+    names = {f"{i:05d}.json" for i in range(820)}
+    assert dest.counts() == {name: 1 for name in names}     # each file arrived once downstream
+    assert set(os.listdir(share / "dest" / "Rank")) == names and os.listdir(share / "hot" / "RANK") == []
+    per_file = db.run_sql("SELECT client_folder, file_name, count(*) FROM jobs GROUP BY client_folder, file_name"
+                          ).fetchall()
+    assert len(per_file) == 840 and {count for _, _, count in per_file} == {1}      # one job per file
+    twice = db.run_sql("""SELECT count(*) FROM (SELECT job_id FROM job_events
+                          WHERE to_state IN ('archived', 'routed') AND from_state <> to_state
+                          GROUP BY job_id, to_state HAVING count(*) > 1) AS t""").fetchone()[0]
+    assert twice == 0
+    assert db.run_sql("SELECT count(*) FROM deliveries").fetchone()[0] == 820
+    assert len(os.listdir(share / "hot" / "ACME")) == 20    # waiting for their destination, as they should
+    assert "taking over detection" in hosts[1].log()
+    for host in hosts:
+        assert "Traceback" not in host.log()
