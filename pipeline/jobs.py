@@ -67,6 +67,17 @@ class Batch:
     jobs: tuple[Claimed, ...]
 
 
+@dataclass(frozen=True)
+class Renewal:
+    """What renewing a batch's lease found (``Jobs.renew``)."""
+    held: frozenset[int]                # the jobs the token still holds, now until ``until``
+    until: float
+    # For a held job that a job of the same file name detected after it may have overtaken: each
+    # path where such a later job has a copy (its archive copy, its deliveries), and the newest
+    # such job's id.
+    later: dict[int, dict[str, int]]
+
+
 _SQL_CREATE = """
 INSERT INTO jobs (uuid, state, source_path, client_folder, file_name, size, mtime_ns, ctime_ns,
                   device, inode, detected_by, detected_at, updated_at, next_attempt_at)
@@ -98,6 +109,24 @@ _SQL_OWNED = "SELECT id FROM jobs WHERE lease_token = ? AND id IN ({id_list})"
 _SQL_DELIVERED_PATHS = "SELECT job_id, path FROM deliveries WHERE job_id IN ({id_list})"
 
 _SQL_DUE = "SELECT 1 FROM jobs WHERE {queue} AND next_attempt_at <= ? LIMIT 1"
+
+# A batch's lease renewed just before its files are touched: the jobs the token still holds, each
+# with whether a job of the same file name was detected after it (one that may have made a copy
+# at one of its paths already). The CAST lets SQLite use jobs_file_name for a column of the
+# updated row: without it, the subquery scans the table once per job.
+_SQL_RENEW = """
+UPDATE jobs SET next_attempt_at = ?
+WHERE lease_token = ? AND id IN ({id_list})
+RETURNING id, EXISTS (SELECT 1 FROM jobs AS later
+                      WHERE later.file_name = CAST(jobs.file_name AS TEXT) AND later.id > jobs.id)"""
+
+# The copies the later jobs of those names made: their archive copy and their deliveries.
+_SQL_LATER_COPIES = """
+SELECT mine.id, later.id, later.archive_path, d.path
+FROM jobs AS mine
+JOIN jobs AS later ON later.file_name = mine.file_name AND later.id > mine.id
+LEFT JOIN deliveries AS d ON d.job_id = later.id
+WHERE mine.id IN ({id_list})"""
 
 # The claim and the idle poll of each queue, formatted once: the routers poll every few ms.
 _CLAIM = {queue: _CLAIM_WHERE.format(queue=queue) for queue in (ROUTE_QUEUE, NOTIFY_QUEUE)}
@@ -283,6 +312,31 @@ class Jobs:
     def owned(self, token: str, job_ids: Iterable[int]) -> set[int]:
         """Which of ``job_ids`` this token still holds. Inside a transaction the answer stays true."""
         return {row[0] for row in self._sql(_SQL_OWNED, (token, self.db.id_list(job_ids)))}
+
+    def renew(self, token: str, job_ids: Iterable[int], lease: float) -> Renewal:
+        """Extend the lease of those of ``job_ids`` that ``token`` still holds to ``lease`` seconds
+        from now, in one short write transaction; the others were taken over by another worker
+        after the lease ran out (a claim gives a new token), and are not in ``held``.
+
+        A router calls it right before it publishes a batch's copies: a router that was frozen
+        past its lease must not put its copies over the new owner's. For the held jobs it also
+        says which paths a later job of the same name has made a copy at (one more statement,
+        only when there is such a job), so that an older job never replaces a newer one's copy.
+        """
+        ids = list(job_ids)
+        until = self.clock() + lease
+        later: dict[int, dict[str, int]] = {}
+        with self.transaction():
+            rows = self._sql(_SQL_RENEW, (until, token, self.db.id_list(ids))).fetchall()
+            overtaken = [job_id for job_id, newer in rows if newer]
+            if overtaken:
+                for job_id, later_id, archive_path, path in self._sql(
+                        _SQL_LATER_COPIES, (self.db.id_list(overtaken),)):
+                    copies = later.setdefault(job_id, {})
+                    for where in (archive_path, path):
+                        if where is not None:
+                            copies[where] = max(copies.get(where, 0), later_id)
+        return Renewal(frozenset(job_id for job_id, _ in rows), until, later)
 
     def delivered_paths(self, job_ids: Iterable[int]) -> dict[int, set[str]]:
         """The destination paths already committed for each job (so only failed copies are retried)."""

@@ -9,6 +9,13 @@ B. commit: detected -> archived, the deliveries made, the failures about to be m
 C. remove the originals (only the exact file the job took) and move invalid files to FAILED;
 D. commit: archived -> routed, and the failures.
 
+A router may be frozen at any point (SIGSTOP, a paused VM, a hung network mount) for longer than
+its lease, while another router takes its jobs over. So it renews the batch's lease (one statement)
+right before it publishes the copies, and publishes, removes and moves only the files of jobs it
+still holds, with the lease far enough from its end for each file operation; past that point it
+renews again first. A job it no longer holds is left to its new owner, untouched. And an older
+job never replaces a copy that a later job of the same name has made already: that copy is kept.
+
 A job follows its file: when the file is not at its recorded path but a file with its identity
 (inode, size, mtime) is elsewhere in the hot folder (renamed, or its client folder renamed), the
 job is moved there, with an audit event, and goes on; a rename is not a new appearance, and not an
@@ -63,7 +70,9 @@ class Work:
     targets: list = field(default_factory=list)     # rules.Destination: where its copies go
     refused: str = ""                           # why its destinations cannot be made (rules.Unsafe)
     delivered_before: set[str] = field(default_factory=set)   # copies an earlier claim made
-    outcome: str = ""                           # route | fail | move | wait | release
+    held_until: float = 0.0                     # its lease's end as this router last set it (jobs' clock)
+    newer: dict[str, int] = field(default_factory=dict)   # path -> the later job of its name with a copy there
+    outcome: str = ""                           # route | fail | move | wait | release | lost
     step: str = ""
     error: str = ""
     failed_path: Path | None = None
@@ -118,6 +127,7 @@ class Copy:
     dest: rules.Destination | None = None       # None: the archive copy
     staged: Path | None = None                  # its temporary, written and fsynced
     error: Exception | None = None              # what staging it met, for publishing to judge
+    present: bool = False                       # made already, by an owner that stopped before recording it
 
 
 class Router(Program):
@@ -138,6 +148,7 @@ class Router(Program):
         self.keep = wanted(rules.paths_named(config.routes))     # what validation keeps of a job file
         self._copying: ThreadPoolExecutor | None = None
         self._claim_size = min(FIRST_BATCH, rc.batch_size)
+        self._token = ""                # the lease token of the batch in hand
 
     @property
     def copying(self) -> ThreadPoolExecutor:
@@ -145,6 +156,12 @@ class Router(Program):
         if self._copying is None:
             self._copying = ThreadPoolExecutor(self.config.router.threads, thread_name_prefix="copy")
         return self._copying
+
+    @property
+    def _margin(self) -> float:
+        """A job's file is touched only while its lease has at least this long to run: more than
+        one file operation can take, and more than two hosts' clocks may differ."""
+        return self.config.router.lease / 2
 
     def finish(self) -> None:
         if self._copying is not None:
@@ -162,6 +179,7 @@ class Router(Program):
     def run_batch(self) -> int:
         """Claim and finish one batch; returns how many jobs it claimed."""
         cfg = self.config.router
+        claimed_at = self.jobs.clock()
         batch = self.jobs.claim(ROUTE_QUEUE, self._claim_size, cfg.lease)
         # A backlog starts with small batches, doubling up to batch_size: its first files are
         # routed within milliseconds instead of after a whole batch.
@@ -170,7 +188,8 @@ class Router(Program):
         if not batch.jobs:
             return 0
         delivered = self.jobs.delivered_paths(j.id for j in batch.jobs if j.state == "archived")
-        works = [Work(job=job, state=job.state) for job in batch.jobs]
+        self._token = batch.token
+        works = [Work(job=job, state=job.state, held_until=claimed_at + cfg.lease) for job in batch.jobs]
         self._hot_files = None
         ready, held = [], 0
         for work in works:
@@ -224,10 +243,13 @@ class Router(Program):
         return True
 
     def _guarded(self, work: Work, call, *args) -> bool:
-        """``call(*args)`` for one job; a defect it meets fails that job alone, its batch flows."""
+        """``call(*args)`` for one job; a defect it meets fails that job alone, its batch flows.
+        The database's trouble (renewing the lease) is the batch's: it is raised."""
         try:
             return bool(call(*args))
         except Exception as e:
+            if self._database_trouble(e):
+                raise
             log.exception("%s: unexpected error", work.label)
             work.fail(STEP_OF_STATE[work.state], f"unexpected error: {_describe(e)}",
                       move=work.state == "detected")
@@ -239,19 +261,59 @@ class Router(Program):
         included, and fsyncs from several writers share the filesystem's journal commits. Then
         this thread publishes them under their names, job by job in claim order: no destination
         copy appears unless its job's archive copy did, and of two jobs writing one path the
-        later one wins, as in one thread."""
+        later one wins, as in one thread.
+
+        Just before publishing, the batch's lease is renewed: the jobs another router took over
+        while this one was held up (frozen, or stuck on a hung mount) are left to it, their
+        temporaries discarded; and while publishing, a job's lease is renewed again before a
+        copy whenever it runs short (``_held``)."""
+        self._hold(works)           # a job held no longer must not clear the temporaries of its new owner
+        for work in works:
+            if work.outcome == "lost":
+                work.data = None
+        works = [work for work in works if work.outcome != "lost"]
         planned = [(work, self._planned(work)) for work in works]
-        for staged in [self.copying.submit(self._stage, copy, work.data, work.job.mtime_ns)
-                       for work, copies in planned for copy in copies]:
-            staged.result()
-        for work, copies in planned:
-            try:
-                self._guarded(work, self._deliver, work, copies)
-            finally:
-                for copy in copies:
-                    if copy.staged is not None:     # not published: the job failed or waits
-                        discard(copy.staged)
-            work.data = None
+        try:
+            for staged in [self.copying.submit(self._stage, copy, work.data, work.job.mtime_ns)
+                           for work, copies in planned for copy in copies if not copy.present]:
+                staged.result()
+            if works:
+                self._hold(works, renew=True)
+            for i, (work, copies) in enumerate(planned):
+                try:
+                    if work.outcome != "lost":
+                        self._guarded(work, self._deliver, work, copies, works[i:])
+                finally:
+                    _discard_unpublished(copies)    # not published: the job failed, waits or was lost
+                work.data = None
+        finally:
+            for work, copies in planned:            # the batch cut short (the database's trouble)
+                _discard_unpublished(copies)
+                work.data = None
+
+    def _hold(self, works: list[Work], renew: bool = False) -> None:
+        """Renew, in one statement, the lease of those of ``works`` whose lease has less than
+        ``_margin`` to run (of all of them with ``renew``). A job another router has taken over
+        meanwhile is lost: this router leaves it alone from now on, whatever it did so far."""
+        now = self.jobs.clock()
+        due = [w for w in works if w.outcome != "lost" and (renew or now >= w.held_until - self._margin)]
+        if not due:
+            return
+        renewal = self.jobs.renew(self._token, [w.job.id for w in due], self.config.router.lease)
+        for w in due:
+            if w.job.id in renewal.held:
+                w.held_until, w.newer = renewal.until, renewal.later.get(w.job.id, {})
+            else:
+                log.warning("%s: lease lost to another router; leaving the job to it", w.label)
+                w.outcome = "lost"
+
+    def _held(self, work: Work, batch: list[Work]) -> bool:
+        """Whether this router may still touch ``work``'s files: its lease is checked on the clock
+        first, and renewed with those of ``batch`` (the jobs whose files are still to be touched)
+        when it runs short."""
+        if work.outcome != "lost" and self.jobs.clock() >= work.held_until - self._margin:
+            self._hold(batch)
+        return work.outcome != "lost"
 
     def _planned(self, work: Work) -> list[Copy]:
         """The copies the job still needs, its archive copy first."""
@@ -263,6 +325,13 @@ class Router(Program):
         copies = [Copy(archive)] if work.state == "detected" and work.archive_path is None else []
         if not work.refused:
             copies += [Copy(d.path, d) for d in work.targets if str(d.path) not in work.delivered_before]
+        if job.claims > 1:
+            # Its previous owner may have published copies and stopped (killed, or frozen past
+            # its lease) before recording them: a copy that is there, this very content with the
+            # original's mtime, is not published again, so a consumer of the folder does not
+            # receive the file twice.
+            for copy in copies:
+                copy.present = _is_copy_of(copy.target, work.identity) and _same_content(copy.target, work.sha256)
         return copies
 
     def _stage(self, copy: Copy, data: bytes, mtime_ns: int) -> None:
@@ -339,17 +408,31 @@ class Router(Program):
         work.sha256, work.archive_path = sha, path
         return data
 
-    def _deliver(self, work: Work, copies: list[Copy]) -> None:
-        """Publish the job's staged copies in order, and judge what went wrong with any."""
+    def _deliver(self, work: Work, copies: list[Copy], batch: list[Work]) -> None:
+        """Publish the job's staged copies in order, and judge what went wrong with any. Each
+        copy only while the job is held (``batch``: the jobs from this one on, renewed together)."""
         job = work.job
         if copies and copies[0].dest is None:
             archive, copies = copies[0], copies[1:]
-            try:
-                _published(archive, self.places, replace=True)
-            except OSError as e:
-                self.places.forget(archive.target.parent)
-                work.wait("archive", f"cannot write the archive copy {archive.target}: {_os_reason(e)}")
+            newer = work.newer.get(str(archive.target))
+            if newer is not None:
+                # Its file was replaced after it was read, and the newer file's job is archived:
+                # this older content is not put over it. (The original stays, as after any
+                # failure at archive: bin/requeue takes it again.)
+                work.fail("archive", f"a newer job of the same name (job {newer}) is already archived "
+                                     f"at {archive.target}; this older one is not put over it")
                 return
+            if archive.present:
+                self.places.touched(archive.target.parent)      # its folder synced with this batch's
+            else:
+                if not self._held(work, batch):
+                    return
+                try:
+                    _published(archive, self.places, replace=True)
+                except OSError as e:
+                    self.places.forget(archive.target.parent)
+                    work.wait("archive", f"cannot write the archive copy {archive.target}: {_os_reason(e)}")
+                    return
             work.archive_path = archive.target
         if work.state == "detected":
             work.archived_now = True
@@ -360,6 +443,21 @@ class Router(Program):
         conflict = self.config.router.conflict
         for copy in copies:
             dest = copy.dest
+            newer = work.newer.get(str(copy.target))
+            if newer is not None and conflict == "replace":
+                # Of two jobs writing one path the later one wins, whichever publishes last.
+                log.info("%s: %s keeps the copy of a newer job of the same name (job %d)",
+                         work.label, dest.name, newer)
+                work.delivered.append((dest.name, str(copy.target), "kept"))
+                continue
+            if copy.present:
+                log.info("%s: %s holds its copy already (made before its previous owner stopped)",
+                         work.label, dest.name)
+                self.destinations.touched(copy.target.parent)
+                work.delivered.append((dest.name, str(copy.target), "written"))
+                continue
+            if not self._held(work, batch):
+                return
             try:
                 written = _published(copy, self.destinations, replace=conflict == "replace")
             except NotRegular as e:
@@ -508,7 +606,10 @@ class Router(Program):
 
     def _clean_up(self, works: list[Work]) -> None:
         now = self.jobs.clock()
-        for w in works:
+        touching = [w for w in works if _cleans_up(w)]
+        for i, w in enumerate(touching):
+            if not self._held(w, touching[i:]):     # taken over while this router was held up
+                continue
             try:
                 self._clean_up_one(w, now)
             except Exception as e:      # a defect met by this one job: it waits, its batch flows
@@ -524,7 +625,7 @@ class Router(Program):
 
     def _clean_up_one(self, w: Work, now: float) -> None:
         # After a failure the original goes only if the archive copy is verified to hold it.
-        if w.state == "archived" and (w.outcome == "route" or w.outcome == "fail" and w.archive_path):
+        if _removes_original(w):
             if not os.path.lexists(w.job.source_path):
                 self._follow(w)         # removed where it is now; or it is gone (removed before a crash)
             try:
@@ -593,6 +694,23 @@ class Router(Program):
 
 
 FAILED_NOW = ("fail", "move", "failed")     # the outcomes that record a failure in this batch
+
+
+def _removes_original(w: Work) -> bool:
+    """Whether phase C removes the job's original from the hot folder."""
+    return w.state == "archived" and (w.outcome == "route" or w.outcome == "fail" and bool(w.archive_path))
+
+
+def _cleans_up(w: Work) -> bool:
+    """Whether phase C touches the job's files: removes its original, or moves it to FAILED."""
+    return _removes_original(w) or w.outcome == "move"
+
+
+def _discard_unpublished(copies: list[Copy]) -> None:
+    for copy in copies:
+        if copy.staged is not None:
+            discard(copy.staged)
+            copy.staged = None
 
 
 def _recorded_fields(w: Work) -> dict:
