@@ -25,7 +25,8 @@ import pytest
 
 from conftest import BIN, job_document, wait_for
 from pipeline import config as config_module
-from pipeline.jobs import ROUTE_QUEUE, Jobs
+from pipeline.jobs import Jobs
+from pipeline.states import ROUTE_QUEUE
 from pipeline.router import Router
 from pipeline.scanner import Scanner
 from pipeline.store.models import Delivery, Job, JobEvent
@@ -353,7 +354,7 @@ def test_a_real_router_stuck_on_a_hung_mount_past_its_lease_publishes_nothing_wh
     writes the job's copies, and the router is frozen (SIGSTOP) past its lease. Another router
     routes the job, then a newer file of that name. The view comes back, the router resumes
     (SIGCONT): it publishes nothing, removes nothing, and says it lost the job."""
-    from hosts import unavailable
+    from helpers.hosts import unavailable
     why = unavailable()
     if why:
         pytest.skip(why)
@@ -527,14 +528,14 @@ FROZEN = 25.0       # seconds the detecting host stays frozen: past the detectio
 @pytest.mark.postgresql_only
 def test_a_detecting_host_frozen_past_the_detection_lease_delivers_nothing_twice_and_makes_no_job_twice(
         tree, db, database, arrivals):
-    """Two hosts (tests/hosts.py) on one PostgreSQL. The detecting host is frozen whole (SIGSTOP
+    """Two hosts (tests/helpers/hosts.py) on one PostgreSQL. The detecting host is frozen whole (SIGSTOP
     of every program; a paused VM) while its routers write a batch's copies, for longer than the
     detection lease. The other host takes detection and the frozen host's jobs over and routes
     everything; then the frozen host resumes. A consumer of the destination receives each file
     once, every file is one job, and the resumed host stands by."""
     from urllib.parse import quote
 
-    from hosts import Host, unavailable
+    from helpers.hosts import Host, unavailable
     why = unavailable()
     if why:
         pytest.skip(why)
