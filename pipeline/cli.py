@@ -16,6 +16,7 @@ start is retried ``startretries`` times and then left FATAL instead of restartin
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import files, heartbeat, separation, store
+from . import command, files, heartbeat, separation, store
 from . import config as config_module
 from .config import Config, ConfigError
 from .convert import CONTROL_CHARACTERS
@@ -45,26 +46,53 @@ def _escape(match: re.Match) -> str:
     return ascii(match.group())[1:-1]          # Python's own escape: \n, \x1b, \x85, \u2028
 
 
-class _Formatter(logging.Formatter):
-    """``time level program message``, time in UTC with milliseconds."""
+def _utc(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
 
-    converter = time.gmtime
+
+class _Formatter(logging.Formatter):
+    """``time level program message``, time in UTC with milliseconds, and ``job=N`` at the end of
+    a line about a job (``extra={"job": id, "file": path}``)."""
 
     def formatMessage(self, record):
         # One line per event, and nothing a terminal acts on, even when a message quotes a file
         # name with a newline, an ESC sequence or a BEL in it: each control character is written
         # as its escape (\n, \x1b, \x85, \u2028); other unicode stays as it is.
         record.message = CONTROL_CHARACTERS.sub(_escape, record.message)
-        return super().formatMessage(record)
+        line = super().formatMessage(record)
+        job = getattr(record, "job", None)
+        return line if job is None else f"{line} job={job}"
 
     def formatTime(self, record, datefmt=None):
-        return time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created)) + f".{int(record.msecs):03d}Z"
+        return _utc(record)
 
 
-def setup_logging(program: str, level: int = logging.INFO) -> None:
-    """One line per event to stderr; supervisord writes and rotates the files."""
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, for Loki, Elasticsearch and the like: time, level, program, host,
+    pid, message, and job and file when the line is about a job. ASCII only: every control
+    character and every non-ASCII one is a JSON escape, so no line splits or acts on a terminal."""
+
+    def __init__(self, program: str):
+        super().__init__()
+        self.program, self.host = program, socket.gethostname()
+
+    def format(self, record):
+        line = {"time": _utc(record), "level": record.levelname, "program": self.program, "host": self.host,
+                "pid": record.process, "message": record.getMessage()}
+        for key in ("job", "file"):
+            if getattr(record, key, None) is not None:
+                line[key] = getattr(record, key)
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def setup_logging(program: str, level: int = logging.INFO, format: str = "text") -> None:
+    """One line per event to stderr; supervisord writes and rotates the files. ``format`` is
+    ``[logging] format``: set again once the configuration is read."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(f"%(asctime)s %(levelname)s {program}[%(process)d] %(message)s"))
+    handler.setFormatter(_JsonFormatter(program) if format == "json" else
+                         _Formatter(f"%(asctime)s %(levelname)s {program}[%(process)d] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -117,7 +145,7 @@ class Context:
 
 
 def parser(program: str, description: str, once: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"bin/{program}", description=description)
+    p = argparse.ArgumentParser(prog=command(program), description=description)
     p.add_argument("--config", metavar="FILE",
                    help="configuration file (default: $PIPELINE_CONFIG, else ./pipeline.toml, else built-in defaults)")
     if once:
@@ -164,6 +192,8 @@ def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Con
     setup_logging(name)
     try:
         cfg = load_config(args.config)
+        if cfg.logging.format != "text":
+            setup_logging(name, format=cfg.logging.format)
         db = store.connect(cfg.paths.database)
     except ConfigError as e:
         log.error("configuration error: %s", e)

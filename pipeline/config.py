@@ -147,6 +147,11 @@ class Database:
 
 
 @dataclass(frozen=True)
+class Logging:
+    format: str                   # "text": one line per event; "json": one JSON object per line
+
+
+@dataclass(frozen=True)
 class Config:
     paths: Paths
     detect: Detect
@@ -158,6 +163,7 @@ class Config:
     alerts: Alerts
     dashboard: Dashboard
     database: Database
+    logging: Logging = Logging(format="text")
     expect: tuple[Expect, ...] = ()
     source: Path | None = field(default=None, compare=False)  # the file it came from
 
@@ -236,6 +242,9 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "actions": (boolean, False),
         "password_env": (env_name, "DASHBOARD_PASSWORD"),
     },
+    "logging": {
+        "format": (choice("text", "json"), "text"),
+    },
 }
 _EXPECT_KEYS = {"clients", "within", "hours", "days"}
 _ROUTE_KEYS = {"name", "to", "clients", "categories", "match", "files", "rename"}
@@ -298,6 +307,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
                   routes=routes, api=Api(**values["api"]), report=Report(**values["report"]),
                   smtp=Smtp(**values["smtp"]), alerts=Alerts(**values["alerts"]),
                   dashboard=Dashboard(**values["dashboard"]), database=Database(**values["database"]),
+                  logging=Logging(**values["logging"]),
                   expect=_expectations(data.get("expect", [])), source=source)
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import command
 from .files import Folders, fit_name, write_atomic
 from .times import iso
 
@@ -47,7 +48,7 @@ def write_sidecar(path: Path, job: Claimed, step: str, reason: str, attempts: in
     body = {"file_name": job.file_name, "client_folder": job.client_folder, "step": step,
             "reason": reason, "attempts": attempts, "job_id": job.id, "job_uuid": job.uuid,
             "source_path": job.source_path, "failed_at": iso(now),
-            "requeue": f"bin/requeue --failed --id {job.id}"}
+            "requeue": f"{command('requeue')} --failed --id {job.id}"}
     write_atomic(path.with_name(path.name + SIDECAR_SUFFIX), _dump(body), folders)
 
 

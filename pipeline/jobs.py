@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -31,6 +32,8 @@ from .store import LeaseLost
 
 if TYPE_CHECKING:
     from .hotfolder import Sighting
+
+log = logging.getLogger(__name__)
 
 _CLAIMED_COLUMNS = ("id, uuid, state, source_path, client_folder, file_name, size, mtime_ns, "
                     "device, inode, sha256, client_code, job_category, archive_path, failed_path, "
@@ -59,6 +62,16 @@ class Claimed:
     claims: int
     last_error: str | None
     detected_at: float
+
+    @property
+    def label(self) -> str:
+        """CLIENT/name.json, as log lines name a job."""
+        return f"{self.client_folder}/{self.file_name}"
+
+    @property
+    def about(self) -> dict:
+        """``extra=`` for a log line about the job: JSON logs carry its id and file, text ones ``job=N``."""
+        return {"job": self.id, "file": self.source_path}
 
 
 @dataclass(frozen=True)
@@ -278,7 +291,7 @@ class Jobs:
         Runs its own transaction: the duplicate check and the insert must see the same table.
         """
         now = self.clock()
-        created = []
+        created, seen = [], []
         with self.transaction():
             for s in sightings:
                 st = s.st
@@ -288,9 +301,13 @@ class Jobs:
                     st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)).fetchone()
                 if row:
                     created.append(row[0])
+                    seen.append(s)
                     self._event(row[0], now, None, "detected", f"{detected_by}: {s.path}")
             if created:
                 self.db.announce()
+        for job_id, s in zip(created, seen):        # after the commit: the write lock is not held for it
+            log.info("new job %d: %s/%s (%s)", job_id, s.client_folder, s.file_name, detected_by,
+                     extra={"job": job_id, "file": s.path})
         return created
 
     # -- claims ---------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ class Call:
 
     @property
     def label(self) -> str:
-        return f"{self.job.client_folder}/{self.job.file_name}"
+        return self.job.label
 
 
 @dataclass
@@ -83,7 +83,9 @@ class Notifier(Program):
         self.db = jobs.db
         self.stopper = stopper or cli.Stopper()
         api = config.api
-        self.headers = resolve_headers(api.headers, environ)
+        # Without an endpoint nothing is sent: a header's variable need not be set (an example
+        # configuration with its Authorization line must not stop the notifier).
+        self.headers = resolve_headers(api.headers, environ) if api.endpoint else {}
         # A claimed job may wait in the pool behind one full timeout before its own call starts.
         self.lease = api.timeout * 2 + 30
         self.in_flight_limit = api.concurrency * 2
@@ -304,7 +306,7 @@ class Notifier(Program):
                     self._record(o)
                 except LeaseLost:
                     log.warning("%s: lease lost (the call took longer than %gs); leaving the job to its new "
-                                "owner", o.call.label, self.lease)
+                                "owner", o.call.label, self.lease, extra=o.call.job.about)
                     o.kind = "lost"
         for o in outcomes:
             self._report(o)
@@ -324,11 +326,12 @@ class Notifier(Program):
     def _report(self, o: Outcome) -> None:
         ms = (time.monotonic() - o.call.started) * 1000
         if o.kind == "notified":
-            log.info("notified %s: %s on attempt %d (%.0f ms)", o.call.label, o.message, o.attempts, ms)
+            log.info("notified %s: %s on attempt %d (%.0f ms)", o.call.label, o.message, o.attempts, ms,
+                     extra=o.call.job.about)
         elif o.kind == "wait":
-            log.warning("%s: %s; trying again in %gs", o.call.label, o.message, o.delay)
+            log.warning("%s: %s; trying again in %gs", o.call.label, o.message, o.delay, extra=o.call.job.about)
         elif o.kind == "failed":
-            log.error("failed %s at notify: %s", o.call.label, o.message)
+            log.error("failed %s at notify: %s", o.call.label, o.message, extra=o.call.job.about)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,7 +90,11 @@ class Work:
 
     @property
     def label(self) -> str:
-        return f"{self.job.client_folder}/{self.job.file_name}"
+        return self.job.label
+
+    @property
+    def about(self) -> dict:
+        return self.job.about
 
     def follow(self, found: Sighting) -> None:
         """The job's file is at ``found`` now. Until its content is taken (detected) the job is the
@@ -250,7 +254,7 @@ class Router(Program):
         except Exception as e:
             if self._database_trouble(e):
                 raise
-            log.exception("%s: unexpected error", work.label)
+            log.exception("%s: unexpected error", work.label, extra=work.about)
             work.fail(STEP_OF_STATE[work.state], f"unexpected error: {_describe(e)}",
                       move=work.state == "detected")
             return False
@@ -304,7 +308,7 @@ class Router(Program):
             if w.job.id in renewal.held:
                 w.held_until, w.newer = renewal.until, renewal.later.get(w.job.id, {})
             else:
-                log.warning("%s: lease lost to another router; leaving the job to it", w.label)
+                log.warning("%s: lease lost to another router; leaving the job to it", w.label, extra=w.about)
                 w.outcome = "lost"
 
     def _held(self, work: Work, batch: list[Work]) -> bool:
@@ -387,7 +391,7 @@ class Router(Program):
         if found is None or found.path == work.job.source_path:
             return False
         log.info("%s: moved to %s/%s in the hot folder; the job follows it", work.label, found.client_folder,
-                 found.file_name)
+                 found.file_name, extra=work.about)
         work.follow(found)
         return True
 
@@ -544,7 +548,8 @@ class Router(Program):
                 if w.outcome in ("lost", "release", "unrecorded"):
                     continue
                 if w.job.id not in owned:
-                    log.warning("%s: lease lost to another router; leaving the job to it", w.label)
+                    log.warning("%s: lease lost to another router; leaving the job to it", w.label,
+                                extra=w.about)
                     w.outcome = "lost"
                     continue
                 todo.append(w)
@@ -566,12 +571,12 @@ class Router(Program):
             with self.jobs.transaction():    # a savepoint: one job's refusal is its own
                 record(token, w)
         except LeaseLost:
-            log.warning("%s: lease lost to another router; leaving the job to it", w.label)
+            log.warning("%s: lease lost to another router; leaving the job to it", w.label, extra=w.about)
             w.outcome = "lost"
         except Exception as e:
             if self._database_trouble(e):
                 raise
-            log.exception("%s: cannot record its outcome", w.label)
+            log.exception("%s: cannot record its outcome", w.label, extra=w.about)
             vars(w).update(fields)
             w.outcome, w.error = "unrecorded", f"cannot record its outcome: {_describe(e)}"
 
@@ -613,7 +618,7 @@ class Router(Program):
             try:
                 self._clean_up_one(w, now)
             except Exception as e:      # a defect met by this one job: it waits, its batch flows
-                log.exception("%s: unexpected error while cleaning up", w.label)
+                log.exception("%s: unexpected error while cleaning up", w.label, extra=w.about)
                 w.wait_late(w.step or "route", f"unexpected error: {_describe(e)}")
         moved = {str(w.failed_path.parent): w for w in works if w.outcome == "move"}
         for folder, error in self.places.sync_each().items():
@@ -640,7 +645,8 @@ class Router(Program):
                     w.error += f"; {reason}"
                 return
             if not removed:
-                log.warning("%s: left in the hot folder: a newer file of that name replaced it", w.label)
+                log.warning("%s: left in the hot folder: a newer file of that name replaced it", w.label,
+                            extra=w.about)
             self.hot.touched(Path(w.job.source_path).parent)
         elif w.outcome == "move":
             self._move_to_failed(w, now)
@@ -683,14 +689,14 @@ class Router(Program):
             ms = (time.monotonic() - w.started) * 1000
             if w.outcome == "route":
                 where = ", ".join(name for name, _, _ in w.delivered) or "archive only"
-                log.info("routed %s -> %s (%.0f ms)", w.label, where, ms)
+                log.info("routed %s -> %s (%.0f ms)", w.label, where, ms, extra=w.about)
             elif w.outcome == "wait":
-                log.warning("%s waits: %s", w.label, w.problem or w.error)
+                log.warning("%s waits: %s", w.label, w.problem or w.error, extra=w.about)
             elif w.outcome in FAILED_NOW:
                 place = f"; moved to {w.failed_path}" if w.outcome == "move" else ""
-                log.error("failed %s at %s: %s%s", w.label, w.step, w.error, place)
+                log.error("failed %s at %s: %s%s", w.label, w.step, w.error, place, extra=w.about)
             elif w.outcome == "unrecorded":
-                log.error("%s: left for a later claim: %s", w.label, w.error)
+                log.error("%s: left for a later claim: %s", w.label, w.error, extra=w.about)
 
 
 FAILED_NOW = ("fail", "move", "failed")     # the outcomes that record a failure in this batch

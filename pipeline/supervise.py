@@ -1,4 +1,4 @@
-"""supervisord, starting its programs at once: what ``bin/start`` runs.
+"""supervisord, starting its programs at once: what ``bin/start`` and ``hotfolder start`` run.
 
 supervisord 4.3.0 spawns its programs at the end of its first pass through its event loop, after a
 poll that waits up to 1 s for an event that does not come: every start of the pipeline began with
@@ -22,9 +22,10 @@ class _FirstPollAtOnce(poller.Poller):
         return super().poll(timeout)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """supervisord's own command line (``argv``, else the process's arguments)."""
     poller.Poller = _FirstPollAtOnce    # supervisor's options build their poller from this name
-    supervisord.main()
+    supervisord.main(args=argv)
 
 
 if __name__ == "__main__":

@@ -265,12 +265,8 @@ class Watcher(Program):
         if not self.unsaved:
             return
         batch = list(self.unsaved.values())
-        created = self.jobs.create(batch, detected_by)
+        self.jobs.create(batch, detected_by)          # each new job is logged with its id
         self.unsaved.clear()
-        if created:
-            log.info("%d new job%s: %s", len(created), "s" * (len(created) != 1),
-                     ", ".join(f"{s.client_folder}/{s.file_name}" for s in batch[:5])
-                     + (" ..." if len(batch) > 5 else ""))
 
     def _rescan_loop(self) -> None:
         while True:

@@ -467,14 +467,14 @@ def test_13_api_slow_4xx_5xx_or_429_affects_only_its_own_job(tree, db, answer, o
     line = log_line(proc.stderr, "RANK/api.json")
     if outcome == "failed":
         assert (job.state, job.failed_step) == ("failed", "notify")
-        assert line.endswith(f"failed RANK/api.json at notify: {reason}")
+        assert line.endswith(f"failed RANK/api.json at notify: {reason} job={job.id}")
         entry = error_log_entry(tree, job)
         assert (entry["error_message"], entry["file_path"], entry["retry_count"]) == (reason, job.archive_path, 1)
     else:
         delay = 7 if isinstance(answer, tuple) else 2           # Retry-After: 7, else 2^1
         assert (job.state, job.failed_step) == ("routed", None)
         assert job.next_attempt_at == pytest.approx(job.updated_at + delay)
-        assert line.endswith(f"RANK/api.json: {reason}; trying again in {delay}s")
+        assert line.endswith(f"RANK/api.json: {reason}; trying again in {delay}s job={job.id}")
     # The file stays in the archive and its destination; the other jobs of the batch were notified.
     assert (tree.store / "RANK" / "api.json").read_bytes() == content
     assert (tree.dest(RANK) / "api.json").read_bytes() == content

@@ -207,3 +207,20 @@ def test_postgresql_claims_read_the_queue_indexes_on_next_attempt_at_and_id(pg):
 def test_connecting_again_leaves_the_schema_as_it_is(pg, database):
     store.connect(database).close()         # the version is current: nothing is applied again
     assert pg.execute_sql("SELECT count(*), max(version) FROM pipeline_schema").fetchone() == (1, sqlite.SCHEMA_VERSION)
+
+
+def test_a_database_from_a_newer_release_is_refused_and_left_as_it_is(tree, db, database):
+    """A downgrade after an upgrade must not write into tables the code does not fully know."""
+    newer = sqlite.SCHEMA_VERSION + 1
+    if tree.engine == "sqlite":
+        db.execute_sql(f"PRAGMA user_version = {newer}")
+    else:
+        db.execute_sql("UPDATE pipeline_schema SET version = %s", (newer,))
+    db.close()
+    location = tree.config.paths.database
+    with pytest.raises(store.DatabaseUnusable, match=f"schema is version {newer}, from a newer release"):
+        store.connect(location)
+    proc = tree.run("status", check=False)
+    assert proc.returncode == 69 and "from a newer release" in proc.stderr
+    if tree.engine == "sqlite":          # nothing was applied over it
+        assert sqlite3.connect(location).execute("PRAGMA user_version").fetchone() == (newer,)

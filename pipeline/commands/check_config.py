@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .. import cli, config as config_module, files, separation, store
+from .. import cli, command, config as config_module, files, separation, store
 from ..config import Config, ConfigError
 from ..api import resolve_headers
 from ..reporting import channels
@@ -89,7 +89,7 @@ def check(config: Config) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argp = argparse.ArgumentParser(prog="bin/check-config", description="Validate a configuration file and the "
+    argp = argparse.ArgumentParser(prog=command("check-config"), description="Validate a configuration file and the "
                                                                         "places it names.")
     argp.add_argument("file", nargs="?", metavar="FILE", help="the file to check (or use --config)")
     argp.add_argument("--config", metavar="FILE", help="the file to check")

@@ -7,13 +7,13 @@ import os
 import sys
 from pathlib import Path
 
-from .. import cli
+from .. import cli, command
 from ..config import ConfigError
 from ..explain import explain
 
 
 def main(argv: list[str] | None = None) -> int:
-    argp = argparse.ArgumentParser(prog="bin/route", description="Explain what the router would do with a file, "
+    argp = argparse.ArgumentParser(prog=command("route"), description="Explain what the router would do with a file, "
                                                                  "without touching anything.")
     argp.add_argument("--explain", metavar="FILE", required=True, help="the job file to explain")
     argp.add_argument("--config", metavar="FILE", help="configuration file (default: as the programs find it)")

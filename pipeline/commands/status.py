@@ -22,7 +22,7 @@ from typing import Any
 
 import peewee
 
-from .. import cli
+from .. import cli, command
 from ..health import SILENT_AFTER, gather
 from ..states import STATES
 from ..times import age_text, utc_text
@@ -94,7 +94,7 @@ def render_text(status: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argp = argparse.ArgumentParser(prog="bin/status", description="Show the pipeline's state; exit non-zero when "
+    argp = argparse.ArgumentParser(prog=command("status"), description="Show the pipeline's state; exit non-zero when "
                                                                   "it is unhealthy (a health check).")
     argp.add_argument("--config", metavar="FILE", help="configuration file (default: as the programs find it)")
     output = argp.add_mutually_exclusive_group()

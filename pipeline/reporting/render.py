@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import css_inline
 import jinja2
 
+from .. import command
 from ..config import Config
 from ..times import duration
 
@@ -52,6 +53,7 @@ def text_bar(count: int, largest: int, width: int = 40) -> str:
 
 
 _env.filters.update(seconds=duration, percent=percent, number=number, text_bar=text_bar)
+_env.globals["command"] = command      # help text names the command the operator runs
 
 
 def _branding(config: Config) -> dict:

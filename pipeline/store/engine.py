@@ -118,6 +118,11 @@ class Engine:
     def reopen_after(self, reason: str) -> None:
         """After a transient error: drop the connection when the engine needs a fresh one."""
 
+    def backup(self, target) -> str | None:
+        """Copy the whole database to ``target`` while the programs run, or return the command
+        that does it for this engine (a server's own dump tool)."""
+        raise NotImplementedError
+
     def wait_for_work(self, stopper, seconds: float, listen: bool = False) -> bool:
         """Sleep up to ``seconds`` or until stopped; True when woken because work may have come
         (``listen``: the caller wants that; an engine without wake-ups never is)."""
@@ -133,6 +138,13 @@ def _translate(engine: type, text: str) -> str:
 @lru_cache(maxsize=None)
 def _claim_statement(engine: type, *parts: str) -> tuple[str, bool]:
     return engine.claim_statement(*parts)
+
+
+def newer_schema(location, found: int, known: int) -> DatabaseUnusable:
+    """A database that a newer release upgraded is not this release's to write: its tables may
+    mean more than this code knows."""
+    return DatabaseUnusable(f"{location}: its schema is version {found}, from a newer release (this one knows "
+                            f"up to {known}); run that release, or restore the backup taken before the upgrade")
 
 
 def retry_later(db: Engine, error: BaseException, then: str, once: bool = False) -> bool:

@@ -24,12 +24,13 @@ import importlib.resources
 import logging
 import re
 import select
+import shlex
 import threading
 import time
 
 import peewee
 
-from .engine import DatabaseUnusable, Engine
+from .engine import DatabaseUnusable, Engine, newer_schema
 from .sqlite import SCHEMA_VERSION          # one version for both DDL files
 
 try:
@@ -70,6 +71,11 @@ class Database(Engine, peewee.PostgresqlDatabase):
         self._init_engine()
         self._listener = None
         self._listener_lock = threading.Lock()
+
+    def backup(self, target) -> str:
+        """A server's backup is its own tool's: the pg_dump line (the password from libpq's
+        environment, as the programs take it)."""
+        return f"pg_dump --format=custom --file={shlex.quote(str(target))} {shlex.quote(self.database)}"
 
     def _connect(self):
         conn = super()._connect()
@@ -266,6 +272,9 @@ def connect(url: str, *, create: bool = True) -> Database:
     except (psycopg2.Error, peewee.DatabaseError, peewee.InterfaceError) as e:
         db.close()
         raise DatabaseUnusable(f"{url}: {_one_line(e)}") from None
+    if version is not None and version > SCHEMA_VERSION:
+        db.close()
+        raise newer_schema(url, version, SCHEMA_VERSION)
     return db
 
 

@@ -3,6 +3,7 @@ from ``sqlite.sql`` beside this module."""
 
 from __future__ import annotations
 
+import errno
 import importlib.resources
 import json
 import math
@@ -16,7 +17,7 @@ import peewee
 
 from .. import files
 from . import wakeup
-from .engine import DatabaseUnusable, Engine
+from .engine import DatabaseUnusable, Engine, newer_schema
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,31 @@ class Database(Engine, peewee.SqliteDatabase):
         """Fold the WAL back into the database so it does not grow without bound."""
         self.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def backup(self, target: Path) -> None:
+        """SQLite's online backup API: a consistent copy while the programs write, made under a
+        temporary name beside ``target``, fsynced, then renamed over it."""
+        if not target.parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "no such folder", str(target.parent))
+        partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+        try:
+            copy = sqlite3.connect(partial)
+            try:
+                self.connection().backup(copy)
+            except sqlite3.Error as e:          # the copy's disk full, say: one line, as for a file
+                raise OSError(errno.EIO, str(e)) from None
+            finally:
+                copy.close()
+            fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(partial, target)
+        finally:
+            if os.path.lexists(partial):
+                os.unlink(partial)
+        files.fsync_dir(target.parent)
+
     def reopen_after(self, reason: str) -> None:
         """After a read-only file or an I/O error, close this thread's connection; peewee opens a
         new one (with the pragmas) at the next statement. SQLite keeps a connection opened read-only
@@ -190,11 +216,15 @@ def connect(path: Path, *, create: bool = True) -> Database:
     try:
         db.connect()
         db.identity = _identity(path)
-        if db.execute_sql("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        version = db.execute_sql("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
             apply_schema(db)
     except (sqlite3.DatabaseError, peewee.DatabaseError, OSError) as e:
         db.close()
         raise DatabaseUnusable(f"{path}: {e}") from None
+    if version > SCHEMA_VERSION:
+        db.close()
+        raise newer_schema(path, version, SCHEMA_VERSION)
     return db
 
 

@@ -9,17 +9,21 @@ site-packages through a plain path entry, so ``pipeline`` itself can only come f
 from __future__ import annotations
 
 import json
+import re
+import signal
 import os
 import zipfile
 import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import BASE_CONFIG, MATRIX, ROOT, job_document
+from helpers.smtp_server import free_port
 
 
 def _run(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -82,7 +86,8 @@ def test_the_wheel_carries_every_wing_s_assets(wheel):
     wanted = ({"pipeline/store/sqlite.sql", "pipeline/store/postgres.sql"}
               | _assets("pipeline/reporting/templates", "*.j2")
               | _assets("pipeline/web/templates", "*.html")
-              | _assets("pipeline/web/static", "*"))
+              | _assets("pipeline/web/static", "*")
+              | {"pipeline/commands/site/supervisord.conf", "pipeline/commands/site/pipeline.example.toml"})
     assert len(wanted) > 10 and wanted - names == set()
 
 
@@ -99,3 +104,40 @@ def test_the_installed_package_opens_postgresql(installed, database, tmp_path):
     script = "import sys; from pipeline import store; print(store.connect(sys.argv[1]).run_sql('SELECT count(*) FROM jobs').fetchone()[0])"
     env = {"PATH": "/usr/bin:/bin", "PGPASSWORD": os.environ.get("PGPASSWORD", "")}
     assert _run(installed, "-c", script, database, cwd=tmp_path, env=env).stdout.strip() == "0"
+
+
+def test_hotfolder_init_makes_a_site_that_starts_and_routes(installed, database, tmp_path):
+    """pip install, ``hotfolder init``, ``hotfolder start``: a file dropped in routes, on either engine."""
+    hotfolder = installed.parent / "hotfolder"
+    assert hotfolder.is_file()                              # pip made the console command
+    env = {"PATH": "/usr/bin:/bin", "PGPASSWORD": os.environ.get("PGPASSWORD", ""), "HOME": str(tmp_path)}
+    assert _run(hotfolder, "--version", env=env).stdout.startswith("hotfolder ")
+    site = tmp_path / "site"
+    _run(hotfolder, "init", site, env=env)
+    config = site / "pipeline.toml"
+    text = config.read_text()
+    if database != "pipeline.db":
+        text = text.replace('database   = "var/pipeline.db"', f'database   = "{database}"')
+    text = re.sub(r'listen       = "127.0.0.1:8750"', f'listen       = "127.0.0.1:{free_port()}"', text)
+    config.write_text(text)
+    assert "hotfolder scanner" in (site / "supervisord.conf").read_text()
+
+    log = open(tmp_path / "start.log", "wb")
+    start = subprocess.Popen([hotfolder, "start"], cwd=site, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        (site / "data" / "JSON" / "RANK").mkdir()
+        dropped = site / "data" / "JSON" / "RANK" / "first.json"
+        (site / "data" / "JSON" / "RANK" / ".first.json").write_text(json.dumps(job_document("RANK")))
+        os.rename(site / "data" / "JSON" / "RANK" / ".first.json", dropped)
+        routed = site / "data" / "SYNC" / "MAKE" / "Monday Rank" / "first.json"
+        deadline = time.monotonic() + 90
+        while not (routed.exists() and not dropped.exists()) and time.monotonic() < deadline:
+            assert start.poll() is None, (tmp_path / "start.log").read_text()
+            time.sleep(0.2)
+        assert routed.exists() and not dropped.exists(), (tmp_path / "start.log").read_text()
+        status = subprocess.run([hotfolder, "status"], cwd=site, env=env, capture_output=True, text=True, timeout=60)
+        assert "routed 1" in status.stdout, status.stdout + status.stderr
+    finally:
+        start.send_signal(signal.SIGTERM)
+        start.wait(timeout=120)
+        log.close()
