@@ -451,12 +451,12 @@ class Router(Program):
             if newer is not None and conflict == "replace":
                 # Of two jobs writing one path the later one wins, whichever publishes last.
                 log.info("%s: %s keeps the copy of a newer job of the same name (job %d)",
-                         work.label, dest.name, newer)
+                         work.label, dest.name, newer, extra=work.about)
                 work.delivered.append((dest.name, str(copy.target), "kept"))
                 continue
             if copy.present:
                 log.info("%s: %s holds its copy already (made before its previous owner stopped)",
-                         work.label, dest.name)
+                         work.label, dest.name, extra=work.about)
                 self.destinations.touched(copy.target.parent)
                 work.delivered.append((dest.name, str(copy.target), "written"))
                 continue
