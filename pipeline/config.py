@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, env_name, headers,
-                      listen_address, non_negative_int, non_negative_number, octal_mode, port, positive_int,
-                      positive_number, string, string_list, time_of_day, timezone, url, weekdays, window)
+from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, control_character, env_name,
+                      headers, listen_address, non_negative_int, non_negative_number, octal_mode, port,
+                      positive_int, positive_number, string, string_list, time_of_day, timezone, url, weekdays,
+                      window)
 from .rules import Route, RuleError, compile_route
 from .store import POSTGRES_SCHEMES
 
@@ -361,6 +362,12 @@ def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple
         for key in ("name", "to"):
             if not isinstance(table.get(key), str) or not table[key].strip():
                 raise ConfigError(f"{where} {key}: required, a non-empty string")
+        # The name is recorded with every copy (PostgreSQL's text refuses NUL) and written in log lines.
+        found = control_character(table["name"])
+        if found:
+            raise ConfigError(f"{where} name: contains the control character {found}")
+        if "\0" in table["to"]:
+            raise ConfigError(f"{where} to: a path cannot hold a NUL character (U+0000)")
         try:
             routes.append(compile_route(table, timezone, resolve, string_list))
         except RuleError as e:

@@ -125,8 +125,14 @@ def _optional_string(details: dict, key: str, limit: int | None = None) -> str |
 
 
 def _storable(value: str, key: str) -> str:
-    """A lone UTF-16 surrogate (``"\\ud800"`` in the file) parses but is not Unicode text: no
-    database, log or report can hold it."""
+    """A value the job table records must be text every engine stores. ``"\\u0000"`` parses, but
+    PostgreSQL's text refuses NUL (SQLite keeps it): refused on both, so that a job's fate does not
+    depend on the engine, and before any copy is made. A lone UTF-16 surrogate (``"\\ud800"``)
+    parses but is not Unicode text: no database, log or report can hold it. (Those are the only
+    characters a JSON string can carry that PostgreSQL's UTF-8 text cannot.)"""
+    if "\0" in value:
+        raise Invalid(f"JobSpecification.JobDetails.{key} holds a NUL character (\\u0000), "
+                      "which the job table cannot store")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:

@@ -185,6 +185,23 @@ def test_13_json_a_receiver_may_read_otherwise_fails_validation_in_one_batch(tre
     })
 
 
+def test_13_a_nul_in_a_recorded_field_fails_validation_on_both_engines_before_any_copy(tree, db):
+    """\\u0000 is valid JSON, but PostgreSQL's text refuses it: the job's outcome could not be
+    recorded there, and it would be claimed again and again after its copies were made. One rule
+    for both engines, at validation: the field is named, the file goes to FAILED, nothing is copied."""
+    nul = "NUL character (\\u0000), which the job table cannot store"
+    cases = {"title.json": (job_document("RANK", Title="Spring\x00sale"), "Title"),
+             "category.json": (job_document("RANK", "CEL\x00TRA"), "JobCategory"),
+             "studio.json": (job_document("RANK", StudioCode="LDN\x00"), "StudioCode"),
+             "studio-only-nul.json": (job_document("RANK", StudioCode="\x00"), "StudioCode"),
+             "client.json": (job_document("RANK\x00"), "ClientCode")}
+    assert_validation_fails(tree, {name: (content, f"JobSpecification.JobDetails.{field} holds a {nul}")
+                                   for name, (content, field) in cases.items()})
+    for name in cases:
+        assert Batch.job(name).claims == 0 and Batch.job(name).archive_path is None
+        assert not (tree.dest(RANK) / name).exists() and not (tree.dest(CELTRA) / name).exists()
+
+
 def test_13_empty_file_fails_validation(tree, db):
     assert_validation_fails(tree, {"empty.json": (b"", "file is empty"),
                                    "bom-only.json": (b"\xef\xbb\xbf", "file is empty")})
@@ -255,8 +272,11 @@ def test_13_clientcode_differing_from_its_folder_fails_validation(tree, db):
 def test_13_clientcode_with_slash_backslash_dotdot_or_nul_fails_validation(tree, db):
     unsafe = "ClientCode {!r} is not a safe folder name (only letters, digits, _, - and . are allowed)".format
     codes = {"slash.json": "RANK/../../outside", "backslash.json": "..\\..\\outside", "dotdot.json": "..",
-             "nul.json": "RANK\x00", "absolute.json": "/etc"}
-    assert_validation_fails(tree, {name: (job_document(code), unsafe(code)) for name, code in codes.items()})
+             "absolute.json": "/etc"}
+    cases = {name: (job_document(code), unsafe(code)) for name, code in codes.items()}
+    cases["nul.json"] = (job_document("RANK\x00"), "JobSpecification.JobDetails.ClientCode holds a NUL character "
+                                                    "(\\u0000), which the job table cannot store")
+    assert_validation_fails(tree, cases)
     database = ["pipeline.db", "pipeline.db-shm", "pipeline.db-wal"] if tree.engine == "sqlite" else []
     assert sorted(os.listdir(tree.root)) == sorted(["dest", "failed", "hot", "log", "pipeline.toml", "store", *database])
     assert os.listdir(tree.failed) == ["RANK"] and os.listdir(tree.store) == ["LOREAL", "RANK"]
