@@ -59,6 +59,27 @@ def is_safe_component(name: str) -> bool:
     return bool(_SAFE_COMPONENT.fullmatch(name)) and name.strip(".") != ""
 
 
+# Names Windows keeps for its devices, in any case and whatever follows a dot ("con.json",
+# "Com1.txt"): an SMB share refuses a file so named, or the copy goes to the device.
+_DEVICE_NAMES = frozenset(["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+                          + [port + n for port in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"])
+
+
+def share_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a copy's file or folder, or None. Destinations are often Windows
+    (SMB) shares, and the hot folders of the next application: a device name or a trailing dot or
+    space is an error there or a file nobody can open, and a leading dot hides the copy from that
+    hot folder. Said as what follows "gives 'CON.json', ..." in a job's reason."""
+    device = name.partition(".")[0].rstrip(" ").upper()
+    if device in _DEVICE_NAMES:
+        return f"a name Windows shares cannot hold ({device} is a device name)"
+    if name.endswith((".", " ")):
+        return f"a name Windows shares cannot hold (it ends with a {'dot' if name.endswith('.') else 'space'})"
+    if name.startswith("."):
+        return "a hidden name (it starts with a dot) that the next hot folder would ignore"
+    return None
+
+
 def parse(data: bytes, client_folder: str, keep: dict = _WANTED) -> JobDetails:
     """Decode, parse and check a job file found in ``client_folder``; raises Invalid. ``keep`` is
     what of the document to keep (``wanted``), beyond the details it always reads."""

@@ -411,6 +411,50 @@ def test_13_names_with_spaces_unicode_and_percent_are_routed_and_failed_like_any
     assert os.listdir(tree.hot / "RANK") == [latin1]
 
 
+SHARE_ROUTES = MATRIX + """
+[[route]]
+name = "Proofs"
+clients = ["RANK"]
+to = "dest/PROOFS/{field:JobSpecification.JobDetails.Desk}"
+rename = "{stem}.json"
+"""
+
+
+def test_13_a_copy_named_as_a_share_cannot_hold_fails_at_route_keeping_its_archive_copy(tree, db):
+    """A device name (con.json, as dropped or as a rule makes it), a trailing dot, a leading dot:
+    an error or an invisible file on an SMB share. The job fails at route naming the rule; its
+    archive copy, local, is kept; no destination gets a copy."""
+    tree.write_config(routes=SHARE_ROUTES)
+    bad = {"con.json": (job_document("RANK", Desk="LDN"),
+                        "[[route]] 'Monday Rank': the file name 'con.json' is a name Windows shares cannot hold "
+                        "(CON is a device name)"),
+           "desk.json": (job_document("RANK", Desk="Com1"),
+                         "[[route]] 'Proofs' to: {field:JobSpecification.JobDetails.Desk} gives 'Com1', "
+                         "a name Windows shares cannot hold (COM1 is a device name)"),
+           "dot.json": (job_document("RANK", Desk=".hidden"),
+                        "[[route]] 'Proofs' to: {field:JobSpecification.JobDetails.Desk} gives '.hidden', "
+                        "a hidden name (it starts with a dot) that the next hot folder would ignore"),
+           "trail.json": (job_document("RANK", Desk="LDN."),
+                          "[[route]] 'Proofs' to: {field:JobSpecification.JobDetails.Desk} gives 'LDN.', "
+                          "a name Windows shares cannot hold (it ends with a dot)")}
+    explained = drop(tree, "RANK", "Nul.json", job_document("RANK", Desk="LDN"))
+    out = tree.run("route", "--explain", str(explained)).stdout
+    assert ("outcome:     fails at route: [[route]] 'Monday Rank': the file name 'Nul.json' is a name Windows "
+            "shares cannot hold (NUL is a device name)") in out
+    explained.unlink()
+    good = job_document("RANK", Desk="LDN")
+    batch = run_batch(tree, {"good.json": good, **{name: content for name, (content, _) in bad.items()}}, good=())
+    for name, (content, reason) in bad.items():
+        job = batch.job(name)
+        assert (job.state, job.failed_step, job.last_error, job.failed_path) == ("failed", "route", reason, None)
+        assert (tree.store / "RANK" / name).read_bytes() == as_bytes(content)
+        assert not (tree.hot / "RANK" / name).exists()
+        assert f"failed RANK/{name} at route: {reason}" in log_line(batch.router_log, f"failed RANK/{name} at")
+        assert error_log_entry(tree, job)["error_message"] == reason
+    assert batch.job("good.json").state == "routed"
+    assert tree.files(tree.root / "dest") == ["Monday Rank/good.json", "PROOFS/LDN/good.json"]
+
+
 # -- the places ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("problem, why", [("missing", "destination folder is missing (share not mounted?)"),
