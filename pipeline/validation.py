@@ -96,7 +96,8 @@ def parse(data: bytes, client_folder: str, keep: dict = _WANTED) -> JobDetails:
     try:
         document = strictjson.loads(text, keep)
     except json.JSONDecodeError as e:
-        raise Invalid(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        # Some of the parser's messages end with "at" already ("Unterminated string starting at").
+        raise Invalid(f"invalid JSON: {e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise Invalid("invalid JSON: nested too deeply") from None
     except strictjson.Refused as e:
