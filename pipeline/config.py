@@ -82,6 +82,9 @@ class Report:
     recipients: tuple[str, ...]
     title: str
     retention_days: int
+    archive_retention_days: int   # 0: archive copies are kept forever (also failed_, error_log_)
+    failed_retention_days: int
+    error_log_retention_days: int
     brand_color: str              # header and table-header background
     accent_color: str             # title text on the header, card borders, activity bars
     footer: str
@@ -209,6 +212,9 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "recipients": (address_list, []),
         "title": (string, "JSON Workflow Daily Report"),
         "retention_days": (positive_int, 90),
+        "archive_retention_days": (non_negative_int, 0),
+        "failed_retention_days": (non_negative_int, 0),
+        "error_log_retention_days": (non_negative_int, 0),
         "brand_color": (color, "#1f2937"),
         "accent_color": (color, "#3b82f6"),
         "footer": (string, "Sent by the hot-folder pipeline's reporter."),
