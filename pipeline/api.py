@@ -22,7 +22,7 @@ import requests
 import urllib3
 
 from .config import ConfigError
-from .convert import header_value_problem
+from .convert import CONTROL_CHARACTERS, header_value_problem
 
 RETRIED_STATUSES = {408, 429}
 BODY_CAP = 64 * 1024            # bytes of an answer read at most: its status says what happened, the
@@ -124,7 +124,9 @@ def classify(response: requests.Response, start: bytes, secrets: Iterable[str] =
     text = _text(response, start)
     if len(start) >= BODY_CAP:      # cut: a secret running past the cut could not be matched below
         text = text[:len(text) - max(map(len, secrets), default=0)]
-    excerpt = " ".join(text.split())
+    # One line a log and every engine's text hold: control characters (a NUL, which PostgreSQL
+    # refuses; a terminal escape) count as the whitespace they are collapsed with.
+    excerpt = " ".join(CONTROL_CHARACTERS.sub(" ", text).split())
     for secret in secrets:
         excerpt = excerpt.replace(secret, "***")
     excerpt = excerpt[:200]

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, env_name, headers,
-                      listen_address, non_negative_int, non_negative_number, octal_mode, port, positive_int,
-                      positive_number, string, string_list, time_of_day, timezone, url, weekdays, window)
+from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, control_character, env_name,
+                      headers, listen_address, non_negative_int, non_negative_number, octal_mode, port,
+                      positive_int, positive_number, string, string_list, time_of_day, timezone, url, weekdays,
+                      window)
 from .rules import Route, RuleError, compile_route
 from .store import POSTGRES_SCHEMES
 
@@ -81,6 +82,9 @@ class Report:
     recipients: tuple[str, ...]
     title: str
     retention_days: int
+    archive_retention_days: int   # 0: archive copies are kept forever (also failed_, error_log_)
+    failed_retention_days: int
+    error_log_retention_days: int
     brand_color: str              # header and table-header background
     accent_color: str             # title text on the header, card borders, activity bars
     footer: str
@@ -214,6 +218,9 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "recipients": (address_list, []),
         "title": (string, "JSON Workflow Daily Report"),
         "retention_days": (positive_int, 90),
+        "archive_retention_days": (non_negative_int, 0),
+        "failed_retention_days": (non_negative_int, 0),
+        "error_log_retention_days": (non_negative_int, 0),
         "brand_color": (color, "#1f2937"),
         "accent_color": (color, "#3b82f6"),
         "footer": (string, "Sent by the hot-folder pipeline's reporter."),
@@ -371,6 +378,12 @@ def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple
         for key in ("name", "to"):
             if not isinstance(table.get(key), str) or not table[key].strip():
                 raise ConfigError(f"{where} {key}: required, a non-empty string")
+        # The name is recorded with every copy (PostgreSQL's text refuses NUL) and written in log lines.
+        found = control_character(table["name"])
+        if found:
+            raise ConfigError(f"{where} name: contains the control character {found}")
+        if "\0" in table["to"]:
+            raise ConfigError(f"{where} to: a path cannot hold a NUL character (U+0000)")
         try:
             routes.append(compile_route(table, timezone, resolve, string_list))
         except RuleError as e:

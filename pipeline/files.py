@@ -318,6 +318,27 @@ def remove_exact(path: str, identity: Identity) -> bool:
     return True
 
 
+def remove_copy(path: Path, root: Path, size: int, mtime_ns: int) -> str:
+    """Remove the copy the pipeline made at ``path`` below ``root`` of a file of ``size`` bytes and
+    mtime ``mtime_ns`` (its copies keep both). Returns "removed"; "gone" when nothing is there (an
+    earlier run removed it); or "left" when what is there is not that copy, or is reached through
+    a symbolic link below ``root`` or lies outside it: such a file is never touched. Raises OSError.
+    """
+    if root not in path.parents:
+        return "left"
+    try:
+        _real_folders_below(root, path.parent)
+    except NotRegular:
+        return "left"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "gone"
+    if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+        return "left"
+    return "removed" if remove_exact(str(path), Identity.of(st)) else "left"
+
+
 def move_exact(src: str, dst: Path, identity: Identity, folders: Folders) -> None:
     """Move the exact file ``identity`` from ``src`` to ``dst`` without clobbering anything.
 

@@ -495,26 +495,89 @@ class Jobs:
         self._expect_one(self._sql(_SQL_FILE_IN_PLACE, (path, ctime_ns, self.clock(), job_id, token)), job_id)
         self.db.announce()
 
+    # -- retention of files (the reporter, nightly; finished jobs hold no lease) --------------------
+
+    def forget_files(self, kind: str, files: Iterable[tuple[RecordedFile, str]]) -> None:
+        """The jobs no longer record these files (``kind``: "archive" or "failed"), which retention
+        removed, found gone, or found not to be theirs; each gets an event with ``detail``. A job
+        that changed since it was read (requeued) is left as it is."""
+        now = self.clock()
+        with self.transaction():
+            for f, detail in files:
+                if self._sql(_SQL_FORGET[kind], (f.id, f.state, f.path)).rowcount == 1:
+                    self._event(f.id, now, f.state, f.state, detail)
+
 
 # -- retention (the reporter, nightly) -------------------------------------------------------------
 
+# A job whose archive copy or FAILED file a file retention is to remove (the flags) is kept while
+# it records it: the table forgets a file only once it is removed, never leaving one nobody knows.
 _SQL_PRUNE = """
 DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs WHERE updated_at < ? AND state IN ('routed', 'notified', 'failed') LIMIT ?)"""
+    SELECT id FROM jobs WHERE updated_at < ? AND state IN ('routed', 'notified', 'failed')
+      AND NOT (? AND archive_path IS NOT NULL) AND NOT (? AND failed_path IS NOT NULL) LIMIT ?)"""
 
 PRUNE_CHUNK = 2000   # jobs per delete transaction: routers wait for each chunk, never for the whole prune
 
 
-def prune(db: store.Engine, before: float, chunk: int = PRUNE_CHUNK) -> int:
+def prune(db: store.Engine, before: float, chunk: int = PRUNE_CHUNK, *, keep_archives: bool = False,
+          keep_failed: bool = False) -> int:
     """Delete finished jobs whose last change is older than ``before``; returns how many.
 
     Their audit rows and deliveries go with them (ON DELETE CASCADE); the daily reports keep their
-    figures. Jobs still in flight are kept whatever their age: they are someone's work.
+    figures. Jobs still in flight are kept whatever their age: they are someone's work. With
+    ``keep_archives`` (``keep_failed``), a job still recording an archive copy (a FAILED file) is
+    kept too: the archive (FAILED) retention removes that file first.
     """
     deleted = 0
     while True:
         with db.write():
-            count = db.run_sql(_SQL_PRUNE, (before, chunk)).rowcount
+            count = db.run_sql(_SQL_PRUNE, (before, keep_archives, keep_failed, chunk)).rowcount
         deleted += count
         if count < chunk:
             return deleted
+
+
+@dataclass(frozen=True)
+class RecordedFile:
+    """A file a finished job records (its archive copy or its FAILED file), as retention sees it."""
+    id: int
+    state: str
+    path: str
+    size: int               # the original's size and mtime: the copies keep both
+    mtime_ns: int
+    superseded: bool        # a later job records the same path: what is there is that job's
+
+
+# Finished jobs last changed before the cutoff, by id from a point (keyset: each row read once a
+# run). An archive copy is finished with once the job is notified or failed, or routed when no API
+# is configured (routed is then final). A later job of the same name may have archived over it.
+_SQL_FILES_DUE = {
+    "archive": """
+SELECT j.id, j.state, j.archive_path, j.size, j.mtime_ns,
+       EXISTS (SELECT 1 FROM jobs n WHERE n.file_name = j.file_name AND n.archive_path = j.archive_path
+                                     AND n.id > j.id)
+FROM jobs j
+WHERE j.id > ? AND j.updated_at < ? AND j.archive_path IS NOT NULL
+  AND (j.state IN ('notified', 'failed') OR (j.state = 'routed' AND ?))
+ORDER BY j.id LIMIT ?""",
+    "failed": """
+SELECT id, state, failed_path, size, mtime_ns, 0
+FROM jobs
+WHERE id > ? AND updated_at < ? AND failed_path IS NOT NULL AND state = 'failed'
+ORDER BY id LIMIT ?""",
+}
+
+_SQL_FORGET = {
+    "archive": "UPDATE jobs SET archive_path = NULL WHERE id = ? AND state = ? AND archive_path = ?",
+    "failed": "UPDATE jobs SET failed_path = NULL WHERE id = ? AND state = ? AND failed_path = ?",
+}
+
+
+def files_due(db: store.Engine, kind: str, before: float, after_id: int, limit: int,
+              routed_final: bool = False) -> list[RecordedFile]:
+    """Up to ``limit`` files of ``kind`` ("archive" or "failed") that finished jobs with an id above
+    ``after_id``, last changed before ``before``, record; ``routed_final``: no API is configured."""
+    params = (after_id, before, routed_final, limit) if kind == "archive" else (after_id, before, limit)
+    rows = db.run_sql(_SQL_FILES_DUE[kind], params).fetchall()
+    return [RecordedFile(*row[:5], superseded=bool(row[5])) for row in rows]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .files import NAME_MAX
-from .validation import JobDetails, is_safe_component
+from .validation import JobDetails, is_safe_component, share_problem
 
 MISSING = object()      # what a dotted path finds in a job that does not have it
 
@@ -164,6 +164,7 @@ def _check_date_format(text: str, spec: str) -> None:
 class Component:
     """One path component (or a file name): literal text and placeholders, in order."""
     parts: tuple[str | _Placeholder, ...]
+    text: str = ""                              # as written, for reasons
 
     @property
     def static(self) -> bool:
@@ -182,7 +183,22 @@ class Component:
         if len(os.fsencode(name)) > NAME_MAX:       # each value fits, but not with the rest of the name
             raise Unsafe(f"{where}: {name[:80]!r}... is longer than a file or folder name may be "
                          f"({NAME_MAX} bytes)")
+        # Each value is safe, but together with the rest they may give a name a share cannot hold.
+        problem = share_problem(name)
+        if problem:
+            raise Unsafe(f"{where}: {self.text} gives {name!r}, {problem}")
         return name
+
+    def check_holdable(self) -> None:
+        """Refuse, at start, a component that gives a name no copy may have whatever the job:
+        its literal text alone makes it a device name, or makes it start with a dot or end with
+        a dot or space (``.{name}``, ``{stem}.``, ``CON.{stem}``). Raises ValueError."""
+        # "_" is in no device name and neither starts nor ends a problem: what the sample shows
+        # comes from the literal text, so it holds for every value.
+        sample = "".join(p if isinstance(p, str) else "_" for p in self.parts)
+        problem = share_problem(sample)
+        if problem:
+            raise ValueError(f"{self.text!r} {'is' if self.static else 'always gives'} {problem}")
 
 
 def _substitute(placeholder: _Placeholder, facts: Facts, where: str) -> str:
@@ -222,7 +238,7 @@ def component(text: str, timezone: str) -> Component:
         if not name:
             raise ValueError(f"{text!r}: an empty placeholder {{}} names nothing")
         parts.append(_placeholder(name, spec or "", timezone))
-    return Component(tuple(parts))
+    return Component(tuple(parts), text)
 
 
 @dataclass(frozen=True)
@@ -261,6 +277,7 @@ def destination(text: str, timezone: str, resolve: Callable[[str], Path]) -> Pat
             continue
         if c.static and piece == "..":
             raise ValueError(f"{text!r}: '..' after a placeholder would leave the rule's base folder")
+        c.check_holdable()
         below.append(c)
     base = resolve("/".join(_literal(c) for c in compiled[:first]) or ("/" if text.startswith("/") else "."))
     return Template(base, tuple(below), _field_paths(below))
@@ -297,6 +314,7 @@ def file_name(text: str, timezone: str) -> Component:
         raise ValueError(f"{text!r} is not a file name")
     if not c.parts:
         raise ValueError("an empty file name")
+    c.check_holdable()
     return c
 
 

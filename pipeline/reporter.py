@@ -24,7 +24,7 @@ import time
 from functools import partial
 from typing import Callable
 
-from . import cli, jobs, store
+from . import cli, jobs, retention, store
 from .config import Config
 from .program import Program
 from .times import utc_text
@@ -151,10 +151,18 @@ class Reporter(Program):
         return 1
 
     def maintain(self, now: float) -> None:
-        """Retention (jobs, scans, alerts and ended silences older than retention_days), then a WAL checkpoint."""
-        days = self.config.report.retention_days
+        """Retention (the files past their retentions; then jobs, scans, alerts and ended silences
+        older than retention_days), then a WAL checkpoint."""
+        r = self.config.report
+        counts = retention.prune_files(self.config, jobs.Jobs(self.db, self.actor, self.clock), now)
+        if counts:
+            log.log(logging.WARNING if any(c.failed for c in counts) else logging.INFO,
+                    "file retention: %s", "; ".join(map(str, counts)))
+        days = r.retention_days
         cutoff = now - days * 86400
-        pruned = jobs.prune(self.db, cutoff)
+        # Files first: a job still recording a file its retention is to remove is kept meanwhile.
+        pruned = jobs.prune(self.db, cutoff, keep_archives=bool(r.archive_retention_days),
+                            keep_failed=bool(r.failed_retention_days))
         with self.db.write():
             scans = self.db.run_sql(_SQL_PRUNE_SCANS, (cutoff,)).rowcount
             self.db.run_sql(_SQL_PRUNE_ALERTS, (cutoff,))

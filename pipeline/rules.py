@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import placeholders
 from .placeholders import MISSING, Facts, Unsafe
+from .validation import share_problem
 
 __all__ = ["Route", "Destination", "Facts", "Unsafe", "compile_route", "destinations", "evaluate",
            "paths_named"]
@@ -86,8 +87,14 @@ class Route:
         """Where this rule's copy of the job goes; raises Unsafe naming the placeholder and value."""
         where = f"[[route]] {self.name!r}"
         folder = self.template.expand(facts, f"{where} to") if self.template else self.to
-        name = self.rename.expand(facts, f"{where} rename") if self.rename else facts.name
-        return folder / name
+        if self.rename:
+            return folder / self.rename.expand(facts, f"{where} rename")
+        # Copied under its own name: a name the hot folder holds (con.json) may be one a share
+        # cannot. The archive copy is local, and made all the same.
+        problem = share_problem(facts.name)
+        if problem:
+            raise Unsafe(f"{where}: the file name {facts.name!r} is {problem}")
+        return folder / facts.name
 
 
 @dataclass(frozen=True)

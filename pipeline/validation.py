@@ -59,6 +59,27 @@ def is_safe_component(name: str) -> bool:
     return bool(_SAFE_COMPONENT.fullmatch(name)) and name.strip(".") != ""
 
 
+# Names Windows keeps for its devices, in any case and whatever follows a dot ("con.json",
+# "Com1.txt"): an SMB share refuses a file so named, or the copy goes to the device.
+_DEVICE_NAMES = frozenset(["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+                          + [port + n for port in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"])
+
+
+def share_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a copy's file or folder, or None. Destinations are often Windows
+    (SMB) shares, and the hot folders of the next application: a device name or a trailing dot or
+    space is an error there or a file nobody can open, and a leading dot hides the copy from that
+    hot folder. Said as what follows "gives 'CON.json', ..." in a job's reason."""
+    device = name.partition(".")[0].rstrip(" ").upper()
+    if device in _DEVICE_NAMES:
+        return f"a name Windows shares cannot hold ({device} is a device name)"
+    if name.endswith((".", " ")):
+        return f"a name Windows shares cannot hold (it ends with a {'dot' if name.endswith('.') else 'space'})"
+    if name.startswith("."):
+        return "a hidden name (it starts with a dot) that the next hot folder would ignore"
+    return None
+
+
 def parse(data: bytes, client_folder: str, keep: dict = _WANTED) -> JobDetails:
     """Decode, parse and check a job file found in ``client_folder``; raises Invalid. ``keep`` is
     what of the document to keep (``wanted``), beyond the details it always reads."""
@@ -75,7 +96,8 @@ def parse(data: bytes, client_folder: str, keep: dict = _WANTED) -> JobDetails:
     try:
         document = strictjson.loads(text, keep)
     except json.JSONDecodeError as e:
-        raise Invalid(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        # Some of the parser's messages end with "at" already ("Unterminated string starting at").
+        raise Invalid(f"invalid JSON: {e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise Invalid("invalid JSON: nested too deeply") from None
     except strictjson.Refused as e:
@@ -125,8 +147,14 @@ def _optional_string(details: dict, key: str, limit: int | None = None) -> str |
 
 
 def _storable(value: str, key: str) -> str:
-    """A lone UTF-16 surrogate (``"\\ud800"`` in the file) parses but is not Unicode text: no
-    database, log or report can hold it."""
+    """A value the job table records must be text every engine stores. ``"\\u0000"`` parses, but
+    PostgreSQL's text refuses NUL (SQLite keeps it): refused on both, so that a job's fate does not
+    depend on the engine, and before any copy is made. A lone UTF-16 surrogate (``"\\ud800"``)
+    parses but is not Unicode text: no database, log or report can hold it. (Those are the only
+    characters a JSON string can carry that PostgreSQL's UTF-8 text cannot.)"""
+    if "\0" in value:
+        raise Invalid(f"JobSpecification.JobDetails.{key} holds a NUL character (\\u0000), "
+                      "which the job table cannot store")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:

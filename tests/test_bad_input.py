@@ -164,7 +164,12 @@ def test_13_invalid_json_fails_validation_with_the_parsers_line_and_column(tree,
     assert_validation_fails(tree, {
         "bad.json": (b'{"JobSpecification": {"JobDetails": {"ClientCode": "RANK",}}}',
                      "invalid JSON: Expecting property name enclosed in double quotes at line 1 column 59"),
-        "cut.json": (b'{"JobSpecification": {"JobDetails":\n', "invalid JSON: Expecting value at line 2 column 1")})
+        "cut.json": (b'{"JobSpecification": {"JobDetails":\n', "invalid JSON: Expecting value at line 2 column 1"),
+        # The parser's own text ends with "at" in these two: said once, not "at at".
+        "open.json": (b'{"JobSpecification": {"JobDetails": {"ClientCode": "RANK',
+                      "invalid JSON: Unterminated string starting at line 1 column 52"),
+        "control.json": (b'{"JobSpecification": "a\x01b"}', "invalid JSON: Invalid control character at line 1 column 24"),
+        "escape.json": (b'{"JobSpecification": "a\\xb"}', "invalid JSON: Invalid \\escape at line 1 column 24")})
 
 
 def test_13_json_a_receiver_may_read_otherwise_fails_validation_in_one_batch(tree, db):
@@ -183,6 +188,23 @@ def test_13_json_a_receiver_may_read_otherwise_fails_validation_in_one_batch(tre
         "surrogate.json": (doc % '"Title": "caf\\udce9"',
                            "JobSpecification.JobDetails.Title holds a lone UTF-16 surrogate (\\udce9), which is not text"),
     })
+
+
+def test_13_a_nul_in_a_recorded_field_fails_validation_on_both_engines_before_any_copy(tree, db):
+    """\\u0000 is valid JSON, but PostgreSQL's text refuses it: the job's outcome could not be
+    recorded there, and it would be claimed again and again after its copies were made. One rule
+    for both engines, at validation: the field is named, the file goes to FAILED, nothing is copied."""
+    nul = "NUL character (\\u0000), which the job table cannot store"
+    cases = {"title.json": (job_document("RANK", Title="Spring\x00sale"), "Title"),
+             "category.json": (job_document("RANK", "CEL\x00TRA"), "JobCategory"),
+             "studio.json": (job_document("RANK", StudioCode="LDN\x00"), "StudioCode"),
+             "studio-only-nul.json": (job_document("RANK", StudioCode="\x00"), "StudioCode"),
+             "client.json": (job_document("RANK\x00"), "ClientCode")}
+    assert_validation_fails(tree, {name: (content, f"JobSpecification.JobDetails.{field} holds a {nul}")
+                                   for name, (content, field) in cases.items()})
+    for name in cases:
+        assert Batch.job(name).claims == 0 and Batch.job(name).archive_path is None
+        assert not (tree.dest(RANK) / name).exists() and not (tree.dest(CELTRA) / name).exists()
 
 
 def test_13_empty_file_fails_validation(tree, db):
@@ -255,8 +277,11 @@ def test_13_clientcode_differing_from_its_folder_fails_validation(tree, db):
 def test_13_clientcode_with_slash_backslash_dotdot_or_nul_fails_validation(tree, db):
     unsafe = "ClientCode {!r} is not a safe folder name (only letters, digits, _, - and . are allowed)".format
     codes = {"slash.json": "RANK/../../outside", "backslash.json": "..\\..\\outside", "dotdot.json": "..",
-             "nul.json": "RANK\x00", "absolute.json": "/etc"}
-    assert_validation_fails(tree, {name: (job_document(code), unsafe(code)) for name, code in codes.items()})
+             "absolute.json": "/etc"}
+    cases = {name: (job_document(code), unsafe(code)) for name, code in codes.items()}
+    cases["nul.json"] = (job_document("RANK\x00"), "JobSpecification.JobDetails.ClientCode holds a NUL character "
+                                                    "(\\u0000), which the job table cannot store")
+    assert_validation_fails(tree, cases)
     database = ["pipeline.db", "pipeline.db-shm", "pipeline.db-wal"] if tree.engine == "sqlite" else []
     assert sorted(os.listdir(tree.root)) == sorted(["dest", "failed", "hot", "log", "pipeline.toml", "store", *database])
     assert os.listdir(tree.failed) == ["RANK"] and os.listdir(tree.store) == ["LOREAL", "RANK"]
@@ -389,6 +414,50 @@ def test_13_names_with_spaces_unicode_and_percent_are_routed_and_failed_like_any
     assert "caf\\xe9 latin-1.json: its name is not valid UTF-8; rename the file to have it processed" \
         in log_line(batch.scanner_log, "latin-1")
     assert os.listdir(tree.hot / "RANK") == [latin1]
+
+
+SHARE_ROUTES = MATRIX + """
+[[route]]
+name = "Proofs"
+clients = ["RANK"]
+to = "dest/PROOFS/{field:JobSpecification.JobDetails.Desk}"
+rename = "{stem}.json"
+"""
+
+
+def test_13_a_copy_named_as_a_share_cannot_hold_fails_at_route_keeping_its_archive_copy(tree, db):
+    """A device name (con.json, as dropped or as a rule makes it), a trailing dot, a leading dot:
+    an error or an invisible file on an SMB share. The job fails at route naming the rule; its
+    archive copy, local, is kept; no destination gets a copy."""
+    tree.write_config(routes=SHARE_ROUTES)
+    bad = {"con.json": (job_document("RANK", Desk="LDN"),
+                        "[[route]] 'Monday Rank': the file name 'con.json' is a name Windows shares cannot hold "
+                        "(CON is a device name)"),
+           "desk.json": (job_document("RANK", Desk="Com1"),
+                         "[[route]] 'Proofs' to: {field:JobSpecification.JobDetails.Desk} gives 'Com1', "
+                         "a name Windows shares cannot hold (COM1 is a device name)"),
+           "dot.json": (job_document("RANK", Desk=".hidden"),
+                        "[[route]] 'Proofs' to: {field:JobSpecification.JobDetails.Desk} gives '.hidden', "
+                        "a hidden name (it starts with a dot) that the next hot folder would ignore"),
+           "trail.json": (job_document("RANK", Desk="LDN."),
+                          "[[route]] 'Proofs' to: {field:JobSpecification.JobDetails.Desk} gives 'LDN.', "
+                          "a name Windows shares cannot hold (it ends with a dot)")}
+    explained = drop(tree, "RANK", "Nul.json", job_document("RANK", Desk="LDN"))
+    out = tree.run("route", "--explain", str(explained)).stdout
+    assert ("outcome:     fails at route: [[route]] 'Monday Rank': the file name 'Nul.json' is a name Windows "
+            "shares cannot hold (NUL is a device name)") in out
+    explained.unlink()
+    good = job_document("RANK", Desk="LDN")
+    batch = run_batch(tree, {"good.json": good, **{name: content for name, (content, _) in bad.items()}}, good=())
+    for name, (content, reason) in bad.items():
+        job = batch.job(name)
+        assert (job.state, job.failed_step, job.last_error, job.failed_path) == ("failed", "route", reason, None)
+        assert (tree.store / "RANK" / name).read_bytes() == as_bytes(content)
+        assert not (tree.hot / "RANK" / name).exists()
+        assert f"failed RANK/{name} at route: {reason}" in log_line(batch.router_log, f"failed RANK/{name} at")
+        assert error_log_entry(tree, job)["error_message"] == reason
+    assert batch.job("good.json").state == "routed"
+    assert tree.files(tree.root / "dest") == ["Monday Rank/good.json", "PROOFS/LDN/good.json"]
 
 
 # -- the places ---------------------------------------------------------------------------------------

@@ -91,6 +91,10 @@ def test_relative_paths_resolve_against_the_config_files_folder(tmp_path, monkey
     ('[[route]]\nname = "A"\nto = "x"\nclient = ["RANK"]\n', "[[route]] #1 client: unknown key"),
     ('[[route]]\nname = "A"\nto = "x"\nclients = []\n', "[[route]] #1 clients: an empty list matches nothing"),
     ('[[route]]\nname = "A"\nto = "x"\nclients = "RANK"\n', "[[route]] #1 clients: expected a list"),
+    # A rule's name is recorded with each copy, and in log lines: text every engine stores, one line.
+    ('[[route]]\nname = "A\\u0000"\nto = "x"\n', "[[route]] #1 name: contains the control character U+0000"),
+    ('[[route]]\nname = "A\\nB"\nto = "x"\n', "[[route]] #1 name: contains the control character U+000A"),
+    ('[[route]]\nname = "A"\nto = "x\\u0000y"\n', "[[route]] #1 to: a path cannot hold a NUL character (U+0000)"),
     ('[paths]\nstore = "var/hot/archive"\n', "[paths] store"),
     ('[paths]\nfailed = "var/hot"\n', "[paths] failed"),
     ('[[route]]\nname = "A"\nto = "var/hot/RANK"\n', "lies inside the hot folder"),

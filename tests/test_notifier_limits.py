@@ -149,6 +149,18 @@ def test_a_token_echoed_across_the_read_limit_is_not_quoted_in_part(tree, db, ap
     assert (job.state, job.last_error) == ("failed", "API answered 400 Bad Request (not retried)")
 
 
+def test_a_refusal_quoting_control_characters_is_recorded_on_both_engines(tree, db, api, clock):
+    """The quoted body is one line a log and the job table hold: a NUL (PostgreSQL's text refuses it)
+    or a terminal escape becomes a space, as a line break does."""
+    configure(tree, api.url)
+    api.script = [(400, {}, b'{"error": "bad\x00byte\x1b[31m red\r\nX: 1"}')]
+    [job] = routed(tree, db, "a.json")
+    notify(tree, db, clock)
+    job = fresh(job)
+    assert (job.state, job.failed_step) == ("failed", "notify")
+    assert job.last_error == 'API answered 400 Bad Request: {"error": "bad byte [31m red X: 1"} (not retried)'
+
+
 def test_an_answer_that_breaks_off_is_retried(tree, db, api, clock):
     configure(tree, api.url)
     api.script = [Huge(size=1000, cut=10)]

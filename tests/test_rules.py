@@ -190,6 +190,79 @@ def test_a_rule_that_does_not_match_is_not_expanded(tmp_path):
     assert targets(routes, doc()) == []
 
 
+# --- names a Windows share cannot hold -------------------------------------------------------------
+
+SHARE = "a name Windows shares cannot hold"
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("CON", f"{SHARE} (CON is a device name)"), ("nul", f"{SHARE} (NUL is a device name)"),
+    ("Com1", f"{SHARE} (COM1 is a device name)"), ("LPT9", f"{SHARE} (LPT9 is a device name)"),
+    ("aux", f"{SHARE} (AUX is a device name)"), ("PRN", f"{SHARE} (PRN is a device name)"),
+    ("con.json", f"{SHARE} (CON is a device name)"), ("Com1.txt", f"{SHARE} (COM1 is a device name)"),
+    ("LDN.", f"{SHARE} (it ends with a dot)"),
+    (".LDN", "a hidden name (it starts with a dot) that the next hot folder would ignore"),
+])
+def test_a_value_giving_a_folder_a_share_cannot_hold_fails_naming_the_rule_and_the_name(tmp_path, value, reason):
+    routes = compile_rules(tmp_path, {"name": "Proofs", "to": "d/{field:JobSpecification.JobDetails.Code}"})
+    with pytest.raises(rules.Unsafe) as e:
+        targets(routes, doc(Code=value))
+    assert str(e.value) == f"[[route]] 'Proofs' to: {{field:JobSpecification.JobDetails.Code}} gives {value!r}, {reason}"
+
+
+@pytest.mark.parametrize("name, rename, gives, reason", [
+    ("CON.json", "{stem}.json", "CON.json", f"{SHARE} (CON is a device name)"),
+    ("nul.json", "{name}", "nul.json", f"{SHARE} (NUL is a device name)"),
+    ("a.json", "{field:JobSpecification.JobDetails.Code}.txt", "Com1.txt", f"{SHARE} (COM1 is a device name)"),
+    ("a.json", "{stem}_{field:JobSpecification.JobDetails.Trail}", "a_x.", f"{SHARE} (it ends with a dot)"),
+    ("a .json", "{stem}", "a ", f"{SHARE} (it ends with a space)"),
+    ("a.json", "{field:JobSpecification.JobDetails.Dot}_{name}", ".x_a.json",
+     "a hidden name (it starts with a dot) that the next hot folder would ignore"),
+])
+def test_a_rename_giving_a_name_a_share_cannot_hold_fails_naming_the_rule(tmp_path, name, rename, gives, reason):
+    routes = compile_rules(tmp_path, {"name": "Proofs", "to": "d", "rename": rename})
+    with pytest.raises(rules.Unsafe) as e:
+        targets(routes, doc(Code="Com1", Dot=".x", Trail="x."), name=name)
+    assert str(e.value) == f"[[route]] 'Proofs' rename: {rename} gives {gives!r}, {reason}"
+
+
+@pytest.mark.parametrize("name, device", [("con.json", "CON"), ("Com1.json", "COM1"), ("LPT9.JSON", "LPT9"),
+                                          ("aux.v2.json", "AUX"), ("PRN .json", "PRN"), ("COM¹.json", "COM¹")])
+def test_a_file_whose_own_name_a_share_cannot_hold_fails_a_rule_that_copies_it(tmp_path, name, device):
+    routes = compile_rules(tmp_path, {"name": "Proofs", "to": "d"})
+    with pytest.raises(rules.Unsafe) as e:
+        targets(routes, doc(), name=name)
+    assert str(e.value) == f"[[route]] 'Proofs': the file name {name!r} is {SHARE} ({device} is a device name)"
+    # A rename that gives another name copies it; no rule: archived only (the archive is local).
+    assert targets(compile_rules(tmp_path, {"to": "d", "rename": "job_{name}"}), doc(), name=name) == \
+        [tmp_path / "d" / f"job_{name}"]
+    assert targets(compile_rules(tmp_path, {"clients": ["LOREAL"], "to": "d"}), doc(), name=name) == []
+
+
+@pytest.mark.parametrize("value", ["CONSOLE", "COM10", "LPT", "con_x", "x.con", "a.b", "NULL", "Proof 1", "x-"])
+def test_names_that_only_look_like_device_names_are_fine(tmp_path, value):
+    routes = compile_rules(tmp_path, {"to": "d/{stem}"})
+    assert targets(routes, doc(), name=f"{value}.json") == [tmp_path / "d" / value / f"{value}.json"]
+
+
+@pytest.mark.parametrize("lines, message", [
+    ('rename = "CON.json"', "[[route]] #1 rename: 'CON.json' is a name Windows shares cannot hold (CON is a device name)"),
+    ('rename = "proof."', "[[route]] #1 rename: 'proof.' is a name Windows shares cannot hold (it ends with a dot)"),
+    ('rename = ".{name}"', "[[route]] #1 rename: '.{name}' always gives a hidden name (it starts with a dot) "
+                           "that the next hot folder would ignore"),
+    ('rename = "{stem}.json "', "[[route]] #1 rename: '{stem}.json ' always gives a name Windows shares cannot hold "
+                                "(it ends with a space)"),
+    ('to = "d/{ClientCode}/aux"', "[[route]] #1 to: 'aux' is a name Windows shares cannot hold (AUX is a device name)"),
+])
+def test_a_rule_whose_own_text_gives_a_name_a_share_cannot_hold_is_refused_at_start(tree, lines, message):
+    to = "" if lines.startswith("to =") else 'to = "d"\n'
+    path = tree.root / "bad.toml"
+    path.write_text(f'[paths]\nhot_folder = "hot"\n\n[[route]]\nname = "R"\n{to}{lines}\n')
+    with pytest.raises(config_module.ConfigError) as e:
+        config_module.load(path)
+    assert message in str(e.value)
+
+
 # --- no value lands a copy outside its rule's base folder ----------------------------------------
 
 values = st.one_of(st.text(), st.sampled_from(["..", ".", "/", "a/../..", "\0", "", "~", "-", ".a", "a..", "//x"]),

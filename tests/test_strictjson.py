@@ -94,6 +94,18 @@ def test_nesting_deeper_than_the_walk_allows_is_too_deep():
     assert verdict(text, 0) == ("too deep",)
 
 
+@pytest.mark.parametrize("head", ["", '{"J": [' + '{"a": [1, 2]}, ' * 6000],
+                         ids=["read at once", "walked: over a window"])
+@pytest.mark.parametrize("tail, message", [('"open', "Unterminated string starting at"),
+                                           ('"a\x01b"', "Invalid control character at")])
+def test_a_parser_message_ending_in_at_says_at_once(head, tail, message):
+    text = head + tail
+    column = len(head) + 1 + (2 if "\x01" in tail else 0)
+    with pytest.raises(Invalid) as e:
+        parse(text.encode(), "RANK")
+    assert str(e.value) == f"invalid JSON: {message} line 1 column {column}"
+
+
 @pytest.mark.parametrize("field", ["Title", "StudioCode", "JobCategory"])
 def test_a_lone_surrogate_in_a_stored_field_fails_validation_naming_it(field):
     details = {"ClientCode": "RANK", "JobCategory": "X", field: "a\udc80b"}
