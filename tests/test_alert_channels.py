@@ -1,4 +1,4 @@
-"""Alert channels through Apprise (SPEC §17): real HTTP servers on 127.0.0.1 stand in for the chat
+"""Alert channels through Apprise (docs/design.md#reports-and-alerts): real HTTP servers on 127.0.0.1 stand in for the chat
 and webhook services (Apprise ``json://`` posts to them), aiosmtpd for the email; time injected."""
 
 from __future__ import annotations

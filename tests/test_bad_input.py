@@ -1,10 +1,10 @@
-"""SPEC §13, case by case: bad input gives one clear line, loses nothing, and holds up no other job.
+"""docs/design.md#bad-input, case by case: bad input gives one clear line, loses nothing, and holds up no other job.
 
 Each test drops its bad file beside good ones and runs the real programs (their stderr is the
 program's log). It checks the job's state and failed step; the one-line reason in the table, the
 ``.error.json`` sidecar, the error log file and the program's log; where the file is now (hot
 folder, archive or FAILED, never nowhere); and that the good files of the same batch were routed.
-``pytest --collect-only -q tests/test_bad_input.py`` reads as the list of §13, in its order.
+``pytest --collect-only -q tests/test_bad_input.py`` reads as the list of docs/design.md#bad-input, in its order.
 """
 
 from __future__ import annotations

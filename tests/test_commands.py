@@ -1,4 +1,4 @@
-"""Every bin/ command has a --help, and the README's first lines give the two commands (STYLE 11, SPEC §11)."""
+"""Every bin/ command has a --help, and the README's first lines give the two commands."""
 
 import subprocess
 

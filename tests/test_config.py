@@ -1,4 +1,4 @@
-"""Configuration: lookup order, defaults, relative paths, and errors that name the key (SPEC §10)."""
+"""Configuration: lookup order, defaults, relative paths, and errors that name the key (docs/design.md#configuration)."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""The dashboard over HTTP (SPEC §16): a real database filled by the real scanner and router.
+"""The dashboard over HTTP (docs/design.md#operating-it): a real database filled by the real scanner and router.
 
 Pages go through Flask's test client, which runs the same WSGI application waitress serves
 (tests/system/test_dashboard_browser.py drives the real bin/dashboard in a browser).

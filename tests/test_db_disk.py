@@ -1,4 +1,4 @@
-"""The database's own disk failing under the programs (issue: hardening round 2, part 6).
+"""The database's own disk failing under the programs.
 
 A full disk, a read-only one, the database file deleted or renamed over, and a WAL that a long
 reader made large. The database lives on its own small tmpfs here, the hot folder and the

@@ -1,4 +1,4 @@
-"""Detection: the watcher's events, the scanner's stability rule, and what is never a job (SPEC §4)."""
+"""Detection: the watcher's events, the scanner's stability rule, and what is never a job (docs/design.md#detection)."""
 
 import json
 import shutil

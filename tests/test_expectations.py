@@ -1,4 +1,4 @@
-"""Expected arrivals (SPEC §17): [[expect]] rules with an injected clock across a window's start and
+"""Expected arrivals (docs/design.md#reports-and-alerts): [[expect]] rules with an injected clock across a window's start and
 end, a weekend and both daylight-saving changes in Europe/London; the alerts go to a real HTTP
 server standing in for a webhook channel. Also bin/status (and --nagios) and the daily report."""
 

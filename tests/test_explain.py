@@ -1,4 +1,4 @@
-"""bin/route --explain FILE: what the router would do with a file, touching nothing (SPEC §5)."""
+"""bin/route --explain FILE: what the router would do with a file, touching nothing (docs/design.md#validation-and-routing)."""
 
 import os
 import re

@@ -1,4 +1,4 @@
-"""One job's trouble stays that job's (issue: hardening round 2, SPEC §6, §13).
+"""One job's trouble stays that job's (docs/design.md#bad-input).
 
 Each test puts one job in trouble in a batch of good ones, with real files, folders, mounts and
 the real router, and checks that the trouble job waits or fails with a one-line reason, that the

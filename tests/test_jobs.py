@@ -1,4 +1,4 @@
-"""The job table's transitions: one job per appearance, leases, stale owners, audit rows (SPEC §3, §14)."""
+"""The job table's transitions: one job per appearance, leases, stale owners, audit rows (docs/design.md#job-lifecycle)."""
 
 import os
 import time

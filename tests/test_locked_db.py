@@ -1,8 +1,8 @@
 """A database locked by another process past the busy timeout: every program logs it, backs off and
-carries on; no job is lost or failed because of it (SPEC §13, §14).
+carries on; no job is lost or failed because of it (docs/design.md#bad-input, docs/design.md#job-lifecycle).
 
 The programs run in-process, in threads, with the busy timeout lowered to 0.2 s so that a lock held
-for about a second is "past the busy timeout" (the real 5 s is used by the §13 test in
+for about a second is "past the busy timeout" (the real 5 s is used by the docs/design.md#bad-input test in
 test_bad_input.py, with the real programs). The lock is held by a separate process.
 """
 

@@ -1,4 +1,4 @@
-"""The notifier against a real HTTP server on 127.0.0.1: success, retries, backoff, failures (SPEC §7)."""
+"""The notifier against a real HTTP server on 127.0.0.1: success, retries, backoff, failures (docs/design.md#notification)."""
 
 import email.utils
 import json

@@ -1,4 +1,4 @@
-"""The notifier does not trust the API (SPEC §7): answers too big, too slow or asking for too long a
+"""The notifier does not trust the API (docs/design.md#notification): answers too big, too slow or asking for too long a
 wait, against the real HTTP server on 127.0.0.1; and a job left un-notified counts as stuck."""
 
 import email.utils

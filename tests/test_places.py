@@ -1,4 +1,4 @@
-"""A place that goes away while jobs flow: the jobs wait, an alert goes out, they finish by themselves (SPEC §6).
+"""A place that goes away while jobs flow: the jobs wait, an alert goes out, they finish by themselves (docs/design.md#file-operations).
 
 The places are real: an unmounted share is a missing folder with ``router.create_folders = false``;
 a read-only or full destination is a small tmpfs remounted read-only or filled up (root ignores

@@ -1,4 +1,4 @@
-"""PostgreSQL itself (SPEC §15): many writers at once, lost connections, a restarted server.
+"""PostgreSQL itself (docs/design.md#several-hosts): many writers at once, lost connections, a restarted server.
 
 The rest of the suite runs on PostgreSQL too (the ``tree`` fixture's engines); these are the
 things SQLite's single writer and local file never meet.

@@ -1,4 +1,4 @@
-"""The report's figures come from the tables alone, by SQL, with the day in report.timezone (SPEC §8)."""
+"""The report's figures come from the tables alone, by SQL, with the day in report.timezone (docs/design.md#reports-and-alerts)."""
 
 import datetime as dt
 

@@ -1,4 +1,4 @@
-"""The reporter and bin/report against a real SMTP server (aiosmtpd on 127.0.0.1), time injected (SPEC §8)."""
+"""The reporter and bin/report against a real SMTP server (aiosmtpd on 127.0.0.1), time injected (docs/design.md#reports-and-alerts)."""
 
 from __future__ import annotations
 

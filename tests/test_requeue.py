@@ -1,4 +1,4 @@
-"""bin/requeue --failed: failed jobs go back where they failed, and then finish (SPEC §9)."""
+"""bin/requeue --failed: failed jobs go back where they failed, and then finish (docs/design.md#operating-it)."""
 
 import hashlib
 import json

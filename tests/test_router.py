@@ -1,4 +1,4 @@
-"""The router: validation, archive, routing rules, clean-up, waits and failures (SPEC §5, §6)."""
+"""The router: validation, archive, routing rules, clean-up, waits and failures (docs/design.md#validation-and-routing, docs/design.md#file-operations)."""
 
 import json
 import os

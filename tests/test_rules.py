@@ -1,4 +1,4 @@
-"""Routing rules beyond client and category (SPEC §5a): match, files, templates in to and rename."""
+"""Routing rules beyond client and category (docs/design.md#validation-and-routing): match, files, templates in to and rename."""
 
 import datetime as dt
 import json

@@ -1,5 +1,5 @@
 """Signals and exit codes: the first SIGTERM finishes or releases the batch and exits 0, a second
-exits at once; a broken config or database gives a documented exit code (SPEC §9, STYLE 5, 8)."""
+exits at once; a broken config or database gives a documented exit code (docs/design.md#operating-it)."""
 
 import signal
 

@@ -1,4 +1,4 @@
-"""bin/status: what it shows, and its exit code as a health check (SPEC §9)."""
+"""bin/status: what it shows, and its exit code as a health check (docs/design.md#operating-it)."""
 
 import json
 import os

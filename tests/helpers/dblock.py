@@ -1,4 +1,4 @@
-"""Another process that holds the database's write lock, for the tests of a locked database (SPEC §13).
+"""Another process that holds the database's write lock, for the tests of a locked database (docs/design.md#bad-input).
 
 On PostgreSQL there is no one write lock: the holder locks the tables every program writes to, so
 writers wait (PostgreSQL has no busy timeout; they carry on once it lets go)."""

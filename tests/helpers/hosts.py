@@ -1,4 +1,4 @@
-"""Several hosts on one machine, for the tests of SPEC §15 "Several hosts sharing one hot folder".
+"""Several hosts on one machine, for the tests of several hosts sharing one hot folder (docs/design.md#several-hosts).
 
 A host is a process tree in its own mount, UTS and PID namespaces (``unshare``): its own host
 name, and its own ``bindfs`` view of the shared folder mounted at the same path as on every other

@@ -1,4 +1,4 @@
-"""Kill a real router with SIGKILL mid-batch: nothing is lost, nothing is done twice (SPEC §3)."""
+"""Kill a real router with SIGKILL mid-batch: nothing is lost, nothing is done twice (docs/design.md#job-lifecycle)."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Several hosts sharing one hot folder and one PostgreSQL (SPEC §15), each host a set of
+"""Several hosts sharing one hot folder and one PostgreSQL (docs/design.md#several-hosts), each host a set of
 namespaces with its own bindfs view of the shared folder (tests/helpers/hosts.py says how)."""
 
 from __future__ import annotations

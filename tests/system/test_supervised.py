@@ -1,4 +1,4 @@
-"""The real programs under a real supervisord, with this repository's supervisord.conf (SPEC §2, §11)."""
+"""The real programs under a real supervisord, with this repository's supervisord.conf (docs/design.md#shape, docs/design.md#operating-it)."""
 
 import os
 import re
