@@ -34,7 +34,7 @@ SUBCOMMANDS = {
 
 def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
-    lines = [f"usage: hotfolder COMMAND [ARGS]   (hotfolder COMMAND --help for its options)", "",
+    lines = ["usage: hotfolder COMMAND [ARGS]   (hotfolder COMMAND --help for its options)", "",
              "JSON hot-folder pipeline. Commands:"]
     lines += [f"  {name:<{width}}  {what}" for name, (_, what) in SUBCOMMANDS.items()]
     lines += ["", "  --version     print the version"]

@@ -415,7 +415,6 @@ class Router(Program):
     def _deliver(self, work: Work, copies: list[Copy], batch: list[Work]) -> None:
         """Publish the job's staged copies in order, and judge what went wrong with any. Each
         copy only while the job is held (``batch``: the jobs from this one on, renewed together)."""
-        job = work.job
         if copies and copies[0].dest is None:
             archive, copies = copies[0], copies[1:]
             newer = work.newer.get(str(archive.target))
