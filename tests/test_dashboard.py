@@ -14,15 +14,17 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import report_day
 from pipeline import jobs as jobs_module
 from pipeline.web import app as web_app
+from pipeline.web import queries
 from pipeline.config import ConfigError
 from pipeline.jobs import Jobs
 from pipeline.router import Router
 from pipeline.scanner import Scanner
 from test_status import beat_all
 
-from conftest import job_document
+from conftest import FakeClock, job_document
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>%'\"é.json"
 HOSTILE_TITLE = "<script>alert('title')</script>"
@@ -158,6 +160,16 @@ def test_16_healthz_is_bin_status_json_200_when_healthy_503_when_not(tree, db, f
     assert healthy.status_code == 200 and healthy.get_json()["healthy"] is True
     status = tree.run("status", "--json")
     assert healthy.get_json()["jobs_by_state"] == json.loads(status.stdout)["jobs_by_state"]
+
+
+def test_the_hourly_bars_count_a_job_in_the_hour_it_was_routed_in(tree, db):
+    # Report day and zone of the helpers: Europe/London, the config's default report.timezone.
+    clock = FakeClock(report_day.at(9))
+    for i, (hh, mm) in enumerate([(9, 10), (9, 50), (10, 50)]):
+        report_day.put_job(tree, Jobs(db, "test:1", clock), clock, "RANK", f"{i}.json", drop=report_day.at(hh, mm - 5),
+                           detected=report_day.at(hh, mm - 5), routed=report_day.at(hh, mm), to=("Monday Rank",))
+    bars = queries.hourly(db, tree.config, report_day.at(11, 30))
+    assert [b["jobs"] for b in bars] == [0] * 9 + [2, 1, 0]      # 09:50 is nine o'clock's, not ten's
 
 
 def _families(client) -> dict:
