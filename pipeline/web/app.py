@@ -13,7 +13,6 @@ audit actor that names the user.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import logging
@@ -30,11 +29,11 @@ import flask
 import peewee
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import metrics, queries
+from . import metrics, params, queries
 from .. import explain, health, times
 from ..config import Config, ConfigError
 from ..jobs import Jobs
-from ..requeue import Requeue, failed_jobs, utc_time
+from ..requeue import Requeue, failed_jobs
 from ..states import STATES, STEPS
 from ..store.models import bind
 
@@ -73,6 +72,7 @@ def password(config: Config, environ: Mapping[str, str]) -> str | None:
 def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float] = time.time,
                environ: Mapping[str, str] = os.environ) -> flask.Flask:
     app = _Flask(__name__, static_folder="static", template_folder="templates")
+    app.url_map.converters["job"] = params.JobId
     app.json.sort_keys = False
     secret = password(config, environ)
     csrf = hmac.new(secrets.token_bytes(32), b"requeue", hashlib.sha256).hexdigest()   # per process
@@ -123,23 +123,23 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     @app.get("/jobs")
     def jobs():
-        search, problem = _search(flask.request.args)
-        found, more = queries.search(db, search) if not problem else ([], None)
-        return page("jobs.html", search=search, found=found, more=more, problem=problem,
+        search = params.search(flask.request.args)
+        found, more = queries.search(db, search)
+        return page("jobs.html", search=search, found=found, more=more,
                     states=STATES, steps=STEPS, title="Jobs", path="/jobs")
 
     @app.get("/failed")
     def failed():
-        search, problem = _search(flask.request.args, state="failed")
-        found, more = queries.search(db, search, time_column="failed_at") if not problem else ([], None)
-        return page("jobs.html", search=search, found=found, more=more, problem=problem,
+        search = params.search(flask.request.args, state="failed")
+        found, more = queries.search(db, search, time_column="failed_at")
+        return page("jobs.html", search=search, found=found, more=more,
                     states=None, steps=STEPS, title="Failed", path="/failed")
 
     @app.get("/waiting")
     def waiting():
         return page("waiting.html", found=queries.waiting(db, notify=bool(config.api.endpoint)), now=clock())
 
-    @app.get("/jobs/<int:job_id>")
+    @app.get("/jobs/<job:job_id>")
     def job(job_id: int):
         told = queries.story(db, job_id)
         if told is None:
@@ -155,7 +155,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
         return page("job.html", told=told, job=row, archived=_text(archived), sidecar=_text(sidecar),
                     routing=routing, api=bool(config.api.endpoint), now=clock())
 
-    @app.get("/jobs/<int:job_id>/archived")
+    @app.get("/jobs/<job:job_id>/archived")
     def archived(job_id: int):
         told = queries.story(db, job_id)
         found = told and queries.read_inside(told["job"]["archive_path"], config.paths.store,
@@ -168,25 +168,15 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     @app.post("/requeue")
     def requeue():
         user = _authorize(secret, csrf)
-        ids = [int(i) for i in flask.request.form.getlist("id") if i.isdigit()]
-        client = flask.request.form.get("client", "").strip()
-        step = flask.request.form.get("step", "")
-        since_text = flask.request.form.get("since", "").strip()
-        if step and step not in STEPS:
-            flask.abort(400, f"unknown step {step!r}")
-        try:
-            since = utc_time(since_text) if since_text else None
-        except argparse.ArgumentTypeError as e:
-            flask.abort(400, f"since: {e}")
-        confirmed = flask.request.form.get("confirm") == "yes"
-        chosen = failed_jobs(ids or None, client or None, step or None, since)
+        form = params.requeue_form(flask.request.form)
+        chosen = failed_jobs(list(form.ids) or None, form.client or None, form.step or None, form.since)
         actor = f"dashboard@{socket.gethostname()}:{os.getpid()}:{user}"
-        doer = Requeue(config, Jobs(db, actor, clock), dry_run=not confirmed)
+        doer = Requeue(config, Jobs(db, actor, clock), dry_run=not form.confirmed)
         lines = [doer.job(j)[1] for j in chosen]
-        if confirmed:
+        if form.confirmed:
             log.info("%s requeued %d job(s) from the dashboard", user, len(chosen))
-        return page("requeue.html", lines=lines, confirmed=confirmed, ids=ids, client=client, step=step,
-                    since=since_text, title="Requeue")
+        return page("requeue.html", lines=lines, confirmed=form.confirmed, ids=form.ids, client=form.client,
+                    step=form.step, since=form.since_text, title="Requeue")
 
     @app.errorhandler(400)
     @app.errorhandler(401)
@@ -218,26 +208,6 @@ def _authorize(secret: str | None, csrf: str) -> str:
     if not hmac.compare_digest(request.form.get("csrf", ""), csrf):
         flask.abort(400, "the form's CSRF token is missing or stale: reload the page and try again")
     return auth.username
-
-
-def _search(args: Mapping[str, str], state: str = "") -> tuple[queries.Search, str | None]:
-    """The filters of a list page from its query string, and a one-line problem when one is bad."""
-    problem = None
-    since = None
-    if args.get("since"):
-        try:
-            since = utc_time(args["since"])
-        except argparse.ArgumentTypeError as e:
-            problem = f"since: {e}"
-    before = args.get("before", "")
-    chosen_state = state or args.get("state", "")
-    if chosen_state and chosen_state not in STATES:
-        problem = f"state: expected one of {', '.join(STATES)}"
-    step = args.get("step", "")
-    if step and step not in STEPS:
-        problem = f"step: expected one of {', '.join(STEPS)}"
-    return queries.Search(q=args.get("q", "")[:200], client=args.get("client", "")[:200], state=chosen_state,
-                         step=step, since=since, before=int(before) if before.isdigit() else None), problem
 
 
 def _text(found: tuple[bytes, int] | None) -> dict | None:

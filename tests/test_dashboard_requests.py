@@ -1,0 +1,101 @@
+"""The dashboard against hostile requests: bad values, foreign Host headers, a database that is
+gone, password guessing. Each is answered with a status that says so and one line, never a 500.
+
+Pages go through Flask's test client, which runs the same WSGI application waitress serves.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from test_dashboard import BAD_NAME, PASSWORD, _token, auth, client_for, filled  # noqa: F401 - a fixture
+
+ID_MAX = 2**63 - 1
+
+# Which kinds of parameter must refuse each value; the others take it as it is. Kinds: "number"
+# (ids, the page key), "text" (the name and client searched), "choice" (state, step), "time".
+ALL = {"number", "text", "choice", "time"}
+NOT_TEXT = {"number", "choice", "time"}
+HOSTILE = {
+    "²": NOT_TEXT,                          # isdigit() but not a number int() takes
+    "٣": NOT_TEXT,                          # isdecimal(), and int() takes it: still not ours
+    "1" * 5000: ALL,                        # past int()'s 4,300 digits, and past any file name
+    str(ID_MAX + 1): NOT_TEXT,              # past what SQLite binds and BIGINT holds
+    "9" * 20: NOT_TEXT,
+    str(ID_MAX): {"choice", "time"},        # the largest id: a number like any other
+    "0": {"choice", "time"},
+    "-1": NOT_TEXT,
+    " 1": NOT_TEXT,
+    "+1": NOT_TEXT,
+    "1e3": NOT_TEXT,
+    "0x10": NOT_TEXT,
+    "\x00": ALL,                            # PostgreSQL takes no NUL in a string
+    "a\x00b": ALL,
+    "line\nfeed": ALL,
+    "\x1b[31mred": ALL,
+    "\u2028": ALL,
+    "x" * 100_000: ALL,
+    "%_'\"<script>": NOT_TEXT,
+    "☃" * 255: NOT_TEXT,                    # long, but as long as a file name may be
+    "2026-13-01": NOT_TEXT,
+    "9999-12-31T23:59:59-23:59": {"number", "choice"},
+    "0001-01-01T00:00+14:00": {"number", "choice"},
+}
+
+KINDS = {"q": "text", "client": "text", "state": "choice", "step": "choice", "since": "time", "before": "number",
+         "id": "number"}
+
+
+def _problem(response) -> str:
+    """The one line a 400 page says."""
+    [line] = re.findall(r'<p class="problem">(.*?)</p>', response.get_data(as_text=True), re.S)
+    assert "\n" not in line
+    return line
+
+
+def _expect(response, name: str, value: str, where: str) -> None:
+    refused = KINDS[name] in HOSTILE[value]
+    assert response.status_code == (400 if refused else 200), (where, name, value[:30], response.status_code)
+    if refused:
+        assert _problem(response).startswith(f"{name}: "), (where, name, value[:30])
+
+
+def test_hostile_values_in_every_parameter_of_every_route_are_400_with_one_line(tree, db, filled):
+    client = client_for(tree, db, actions=True, DASHBOARD_PASSWORD=PASSWORD)
+    job_id = filled[BAD_NAME]
+    token = _token(client, job_id)
+    for value in HOSTILE:
+        _every_route(client, value, job_id, token)
+    assert db.run_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "failed"
+
+
+def _every_route(client, value: str, job_id: int, token: str) -> None:
+    for param in ("q", "client", "state", "step", "since", "before"):
+        _expect(client.get("/jobs", query_string={param: value}), param, value, "/jobs")
+    for param in ("q", "client", "step", "since", "before"):
+        _expect(client.get("/failed", query_string={param: value}), param, value, "/failed")
+    assert client.get("/failed", query_string={"state": value}).status_code == 200     # /failed has no state
+    for path in ("/jobs/{}", "/jobs/{}/archived"):
+        response = client.get(path.format(quote(value, safe="")))
+        if "number" in HOSTILE[value]:
+            assert response.status_code == 400 and _problem(response).startswith("job id: "), (path, value[:30])
+        else:
+            assert response.status_code == 404, (path, value[:30])          # a good id that names no job
+    for path in ("/", "/waiting", "/healthz", "/metrics"):                  # they take no parameter
+        assert client.get(path, query_string={"q": value, "before": value}).status_code in (200, 503), path
+    for field in ("id", "client", "step", "since"):
+        refused = KINDS[field] in HOSTILE[value]
+        form = {"csrf": token, "id": str(job_id), field: value, "confirm": "yes" if refused else "no"}
+        response = client.post("/requeue", data=form, headers={**auth(), "Origin": "http://localhost"})
+        assert response.status_code == (400 if refused else 200), (field, value[:30])
+        if refused:
+            assert _problem(response).startswith(f"{field}: "), (field, value[:30])
+
+
+def test_a_requeue_naming_no_usable_id_chooses_nothing_rather_than_every_failed_job(tree, db, filled):
+    client = client_for(tree, db, actions=True, DASHBOARD_PASSWORD=PASSWORD)
+    form = {"csrf": _token(client, filled[BAD_NAME]), "confirm": "yes", "id": "x"}
+    response = client.post("/requeue", data=form, headers={**auth(), "Origin": "http://localhost"})
+    assert response.status_code == 400 and _problem(response).startswith("id: expected a whole number")
+    assert db.run_sql("SELECT count(*) FROM jobs WHERE state = 'failed'").fetchone()[0] == 1
