@@ -16,8 +16,9 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, env_name, headers,
-                      listen_address, non_negative_int, non_negative_number, octal_mode, port, positive_int,
-                      positive_number, string, string_list, time_of_day, timezone, url, weekdays, window)
+                      host_names, listen_address, non_negative_int, non_negative_number, octal_mode, port,
+                      positive_int, positive_number, string, string_list, time_of_day, timezone, url, weekdays,
+                      window)
 from .rules import Route, RuleError, compile_route
 from .store import POSTGRES_SCHEMES
 
@@ -139,6 +140,7 @@ class Dashboard:
     listen: tuple[str, int]       # host, port
     actions: bool                 # requeue from the browser
     password_env: str             # the variable holding the actions' password
+    hosts: tuple[str, ...]        # Host header names answered besides the listen address (and loopback's)
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "listen": (listen_address, "127.0.0.1:8750"),
         "actions": (boolean, False),
         "password_env": (env_name, "DASHBOARD_PASSWORD"),
+        "hosts": (host_names, []),
     },
 }
 _EXPECT_KEYS = {"clients", "within", "hours", "days"}

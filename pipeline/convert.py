@@ -7,6 +7,7 @@ it expected and what it got; ``config.py`` adds the key's name.
 from __future__ import annotations
 
 import datetime as _dt
+import ipaddress
 import math
 import re
 import zoneinfo
@@ -106,6 +107,28 @@ def listen_address(value: Any) -> tuple[str, int]:
     if not found or not 1 <= int(found.group(2) or found.group(4)) <= 65535:
         raise ValueError(f'expected "host:port" such as "127.0.0.1:8750", got {value!r}')
     return found.group(1) or found.group(3), int(found.group(2) or found.group(4))
+
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
+
+
+def host_names(value: Any) -> tuple[str, ...]:
+    """Names a server answers to in the HTTP Host header: DNS names or IP addresses, without a port
+    (an IPv6 address with or without its brackets), lower-cased as names compare."""
+    names = []
+    for text in string_list(value):
+        bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        try:
+            names.append(str(ipaddress.ip_address(bare)))
+            continue
+        except ValueError:
+            pass
+        if len(text) > 253 or not _HOST_NAME.fullmatch(text):
+            raise ValueError(f"{text!r} is not a host name (a name such as dashboard.example.com, or an IP "
+                             "address, without a port)")
+        names.append(text.lower())
+    return tuple(names)
 
 
 def env_name(value: Any) -> str:

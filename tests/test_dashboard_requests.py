@@ -99,3 +99,37 @@ def test_a_requeue_naming_no_usable_id_chooses_nothing_rather_than_every_failed_
     response = client.post("/requeue", data=form, headers={**auth(), "Origin": "http://localhost"})
     assert response.status_code == 400 and _problem(response).startswith("id: expected a whole number")
     assert db.run_sql("SELECT count(*) FROM jobs WHERE state = 'failed'").fetchone()[0] == 1
+
+
+# -- the Host header (DNS rebinding) -------------------------------------------------------------------
+
+def _with_dashboard(tree, lines: str) -> None:
+    tree.write_config(f"[dashboard]\n{lines}\n")
+
+
+def test_only_the_names_the_dashboard_is_reached_by_are_answered(tree, db, filled):
+    port = tree.dashboard_port
+    client = client_for(tree, db)                       # listening on 127.0.0.1
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "127.0.0.1"):
+        assert client.get("/healthz", headers={"Host": host}).status_code in (200, 503), host
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", f"localhost:{port}:1",
+                 "local host", "", f"[::2]:{port}", "localhost\x00.evil.example"):
+        for path in ("/", "/healthz", "/metrics", f"/jobs/{filled['ok-1.json']}", "/static/dashboard.css"):
+            response = client.get(path, headers={"Host": host})
+            assert response.status_code == 400, (host, path)
+            body = response.get_data(as_text=True)
+            assert "jobs_by_state" not in body and "ok-1.json" not in body and "hotfolder_jobs" not in body
+            assert "is not a name of this dashboard" in _problem(response), (host, path)
+
+
+def test_a_name_in_dashboard_hosts_is_answered_and_loopback_names_only_on_loopback(tree, db):
+    _with_dashboard(tree, 'listen = "192.0.2.10:8750"\nhosts = ["Dashboard.example.com", "[2001:db8::1]"]')
+    client = client_for(tree, db)
+    for host in ("dashboard.example.com", "DASHBOARD.EXAMPLE.COM:443", "192.0.2.10:8750", "[2001:db8:0::1]:8750"):
+        assert client.get("/", headers={"Host": host}).status_code == 200, host
+    for host in ("localhost", "127.0.0.1:8750", "example.com", "evil.dashboard.example.com"):
+        assert client.get("/", headers={"Host": host}).status_code == 400, host
+    _with_dashboard(tree, 'listen = "0.0.0.0:8750"')            # every address, loopback among them
+    client = client_for(tree, db)
+    assert client.get("/", headers={"Host": "localhost:8750"}).status_code == 200
+    assert client.get("/", headers={"Host": "dashboard.example.com"}).status_code == 400

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import re
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 5
 _USER = re.compile(r"[A-Za-z0-9._@-]{1,64}")     # what may stand in an audit actor
+# A Host header: a name or an IPv6 address in brackets, and an optional port.
+_HOST = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]+))(?::[0-9]{1,5})?")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 _HEADERS = {
     # No script at all, styles only from our own stylesheet, nothing framed, forms only to us.
@@ -78,6 +82,19 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     csrf = hmac.new(secrets.token_bytes(32), b"requeue", hashlib.sha256).hexdigest()   # per process
     host = socket.gethostname()
     bind(db)
+
+    hosts = answered_hosts(config)
+
+    @app.before_request
+    def _check_host():
+        # DNS rebinding: a page of any site can point its own name at this address and read the
+        # answers, so only the names the dashboard is reached by are answered. A request without a
+        # Host header comes from no browser, which always sends one.
+        given = flask.request.environ.get("HTTP_HOST")
+        if given is not None and _host_name(given) not in hosts:
+            shown = repr(given[:100])
+            flask.abort(400, f"the Host header {shown} is not a name of this dashboard: add it to "
+                             f"[dashboard] hosts to reach it by that name")
 
     @app.before_request
     def _connect():
@@ -189,6 +206,37 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
         return response
 
     return app
+
+
+def answered_hosts(config: Config) -> frozenset[str]:
+    """The names the dashboard answers to: its listen address, ``dashboard.hosts``, and the
+    loopback names when it listens on loopback (a wildcard address listens there too)."""
+    listen = _normal(config.dashboard.listen[0])
+    names = {listen, *config.dashboard.hosts}
+    if listen == "localhost" or _is_address(listen, lambda a: a.is_loopback or a.is_unspecified):
+        names |= LOOPBACK_NAMES
+    return frozenset(names)
+
+
+def _normal(name: str) -> str:
+    """A host name as names compare: lower case, an IP address in its one written form."""
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return name.lower()
+
+
+def _is_address(name: str, test: Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]) -> bool:
+    try:
+        return test(ipaddress.ip_address(name))
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str | None:
+    """The name in a Host header without its port, or None when it is not a Host header."""
+    found = _HOST.fullmatch(header)
+    return _normal(found.group(1) or found.group(2)) if found else None
 
 
 def _authorize(secret: str | None, csrf: str) -> str:
