@@ -103,6 +103,11 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
     return status
 
 
+def unusable(reason: str) -> dict[str, Any]:
+    """The verdict when the database cannot be read: UNKNOWN to Nagios, one line saying why."""
+    return {"healthy": False, "nagios": 3, "problems": [reason], "warnings": []}
+
+
 def graded_problems(status: dict[str, Any], config: Config) -> list[tuple[int, str]]:
     """Why the pipeline is unhealthy, one line each with its Nagios level (2 critical, 1 warning)."""
     found = []

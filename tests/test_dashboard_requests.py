@@ -9,6 +9,11 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
+import pytest
+
+from helpers.smtp_server import free_port
+from pipeline.store import postgres
+from pipeline.web import app as web_app
 from test_dashboard import BAD_NAME, PASSWORD, _token, auth, client_for, filled  # noqa: F401 - a fixture
 
 ID_MAX = 2**63 - 1
@@ -133,3 +138,40 @@ def test_a_name_in_dashboard_hosts_is_answered_and_loopback_names_only_on_loopba
     client = client_for(tree, db)
     assert client.get("/", headers={"Host": "localhost:8750"}).status_code == 200
     assert client.get("/", headers={"Host": "dashboard.example.com"}).status_code == 400
+
+
+# -- the database gone -----------------------------------------------------------------------------------
+
+PAGES = ("/", "/jobs", "/failed", "/waiting", "/jobs/1", "/jobs/1/archived")
+
+
+def _says_the_database_is_gone(client, says: str) -> None:
+    for path in PAGES:
+        response = client.get(path)
+        assert response.status_code == 503, path
+        assert _problem(response).startswith(says), path
+    healthz = client.get("/healthz")
+    assert healthz.status_code == 503 and healthz.is_json
+    document = healthz.get_json()
+    assert document["healthy"] is False and document["nagios"] == 3
+    [problem] = document["problems"]
+    assert problem.startswith(says) and "\n" not in problem
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 503 and metrics.get_data(as_text=True).startswith(says)
+    assert len(metrics.get_data(as_text=True).splitlines()) == 1
+
+
+def test_the_tables_dropped_every_page_says_503_database_unusable(tree, db):
+    client = client_for(tree, db)
+    assert client.get("/").status_code == 200
+    with db.write():
+        db.execute_sql("DROP TABLE jobs CASCADE" if tree.engine == "postgresql" else "DROP TABLE jobs")
+    _says_the_database_is_gone(client, "database unusable: ")
+
+
+@pytest.mark.postgresql_only
+def test_an_unreachable_postgresql_server_every_page_says_503_database_unreachable(tree):
+    unreachable = postgres.Database(f"postgresql://pipeline@127.0.0.1:{free_port()}/pipeline")   # nothing listens
+    client = web_app.create_app(tree.config, unreachable).test_client()
+    _says_the_database_is_gone(client, "database unreachable: ")
+    assert "Connection refused" in client.get("/healthz").get_json()["problems"][0]

@@ -29,9 +29,10 @@ from urllib.parse import urlsplit
 import flask
 import peewee
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import ServiceUnavailable
 
 from . import metrics, params, queries
-from .. import explain, health, times
+from .. import explain, health, store, times
 from ..config import Config, ConfigError
 from ..jobs import Jobs
 from ..requeue import Requeue, failed_jobs
@@ -204,6 +205,19 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
         if e.code == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="hotfolder dashboard", charset="UTF-8"'
         return response
+
+    @app.errorhandler(peewee.DatabaseError)
+    @app.errorhandler(peewee.InterfaceError)
+    def _database(e):
+        # PostgreSQL down, the tables gone, SQLite locked past its timeout: a monitor and a person
+        # get a 503 that says so in one line, not a 500 with a traceback in the log. The next
+        # request connects again (the connection is closed after every request).
+        said = f"{store.SAYS.get(db.transient(e), 'database unusable')}: {' '.join(str(e).split())}"
+        if flask.request.path == "/healthz":
+            return flask.jsonify(health.unusable(said) | {"host": host}), 503
+        if flask.request.path == "/metrics":
+            return flask.Response(said + "\n", 503, content_type="text/plain; charset=utf-8")
+        return page("error.html", error=ServiceUnavailable(said), title=said.partition(":")[0]), 503
 
     return app
 
