@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
+from conftest import FakeClock
 from helpers.smtp_server import free_port
 from pipeline.store import postgres
 from pipeline.web import app as web_app
@@ -175,3 +176,41 @@ def test_an_unreachable_postgresql_server_every_page_says_503_database_unreachab
     client = web_app.create_app(tree.config, unreachable).test_client()
     _says_the_database_is_gone(client, "database unreachable: ")
     assert "Connection refused" in client.get("/healthz").get_json()["problems"][0]
+
+
+# -- password guessing -------------------------------------------------------------------------------------
+
+def test_failed_logins_are_logged_and_throttled_per_address_with_429_and_retry_after(tree, db, filled, caplog):
+    tree.write_config(f'[dashboard]\nlisten = "127.0.0.1:{tree.dashboard_port}"\nactions = true\n')
+    clock = FakeClock()
+    client = web_app.create_app(tree.config, db, clock=clock, environ={"DASHBOARD_PASSWORD": PASSWORD}).test_client()
+    job_id = filled[BAD_NAME]
+    form = {"id": str(job_id), "csrf": _token(client, job_id)}       # a preview: nothing changes
+
+    def post(password, address="192.0.2.7"):
+        return client.post("/requeue", data=form, environ_base={"REMOTE_ADDR": address},
+                           headers={**auth("mallory", password), "Origin": "http://localhost"})
+
+    caplog.set_level("WARNING", logger="pipeline.web.app")
+    for guess in range(5):
+        assert post(f"guess-{guess}").status_code == 401
+    failures = [r.getMessage() for r in caplog.records if "failed dashboard login" in r.getMessage()]
+    assert failures == [f"failed dashboard login from 192.0.2.7 as user 'mallory' ({n} in a row)" for n in range(1, 6)]
+    assert all(r.levelname == "WARNING" for r in caplog.records if "failed dashboard login" in r.getMessage())
+    throttled = post(PASSWORD)                          # even the right password waits: a guess tells nothing
+    assert throttled.status_code == 429 and throttled.headers["Retry-After"] == "1"
+    assert _problem(throttled) == "too many failed logins from 192.0.2.7: try again in 1s"
+    assert post("guess-x", address="192.0.2.8").status_code == 401     # another address is not held up
+    clock.advance(1)
+    assert post("guess-5").status_code == 401
+    assert post("guess-6").headers["Retry-After"] == "2"                # each failure doubles the wait
+    clock.advance(2)
+    assert post(PASSWORD).status_code == 200                            # a success starts afresh
+    assert post("guess-7").status_code == 401 and post("guess-8").status_code == 401
+    for guess in range(3):
+        post(f"again-{guess}")
+    assert post("guess-9").status_code == 429
+    clock.advance(3601)                                                 # an hour quiet: afresh too
+    assert post("guess-10").status_code == 401
+    assert "guess-" not in caplog.text and PASSWORD not in caplog.text
+    assert db.run_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "failed"

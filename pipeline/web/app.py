@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 import flask
 import peewee
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
-from . import metrics, params, queries
+from . import logins, metrics, params, queries
 from .. import explain, health, store, times
 from ..config import Config, ConfigError
 from ..jobs import Jobs
@@ -85,6 +85,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     bind(db)
 
     hosts = answered_hosts(config)
+    throttle = logins.Throttle(clock)
 
     @app.before_request
     def _check_host():
@@ -185,7 +186,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     @app.post("/requeue")
     def requeue():
-        user = _authorize(secret, csrf)
+        user = _authorize(secret, csrf, throttle)
         form = params.requeue_form(flask.request.form)
         chosen = failed_jobs(list(form.ids) or None, form.client or None, form.step or None, form.since)
         actor = f"dashboard@{socket.gethostname()}:{os.getpid()}:{user}"
@@ -200,10 +201,13 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     @app.errorhandler(401)
     @app.errorhandler(403)
     @app.errorhandler(404)
+    @app.errorhandler(429)
     def _error(e):
         response = flask.make_response(page("error.html", error=e, title=e.name), e.code)
         if e.code == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="hotfolder dashboard", charset="UTF-8"'
+        if e.code == 429:
+            response.headers["Retry-After"] = str(e.retry_after)
         return response
 
     @app.errorhandler(peewee.DatabaseError)
@@ -253,15 +257,25 @@ def _host_name(header: str) -> str | None:
     return _normal(found.group(1) or found.group(2)) if found else None
 
 
-def _authorize(secret: str | None, csrf: str) -> str:
+def _authorize(secret: str | None, csrf: str, throttle: logins.Throttle) -> str:
     """The user of an allowed action, or abort: 403 when actions are off or the request comes from
-    another site, 401 without the password, 400 without this site's CSRF token."""
+    another site, 429 while its address is throttled after failed logins, 401 without the password,
+    400 without this site's CSRF token."""
     request = flask.request
     if secret is None:
         flask.abort(403, "actions are off (dashboard.actions = false)")
+    address = request.remote_addr or "unknown"
+    wait = throttle.wait(address)
+    if wait:         # the password is not even looked at: a guess made now tells nothing
+        raise TooManyRequests(f"too many failed logins from {address}: try again in {wait}s", retry_after=wait)
     auth = request.authorization
     if not auth or auth.type != "basic" or not hmac.compare_digest((auth.password or "").encode(), secret.encode()):
+        if auth and auth.password:      # a browser asks first without credentials: not a failure
+            failures = throttle.failed(address)
+            log.warning("failed dashboard login from %s as user %r (%d in a row)", address,
+                        (auth.username or "")[:64], failures)
         flask.abort(401, "the dashboard's password is needed for this")
+    throttle.succeeded(address)
     if not _USER.fullmatch(auth.username or ""):
         flask.abort(401, "a user name of letters, digits and ._@- (1 to 64) is needed; it goes in the audit trail")
     origin = request.headers.get("Origin") or request.headers.get("Referer")
