@@ -29,6 +29,12 @@ CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
+def escape_control_characters(text: str) -> str:
+    """``text`` on one line with nothing a terminal acts on: each control character written as its
+    Python escape (\\n, \\x1b, \\x85, \\u2028), other unicode as it is; as the logs write them."""
+    return CONTROL_CHARACTERS.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
 def control_character(text: str) -> str | None:
     """The first control character in ``text`` written as U+XXXX, or None when there is none."""
     found = CONTROL_CHARACTERS.search(text)

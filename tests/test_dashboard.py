@@ -150,7 +150,7 @@ def test_16_files_the_table_names_are_read_only_inside_their_folders(tree, db, f
     assert "no archived copy" in client.get(f"/jobs/{job_id}").get_data(as_text=True)
 
 
-def test_16_healthz_is_bin_status_json_200_when_healthy_503_when_not(tree, db, filled):
+def test_16_healthz_is_bin_status_json_503_when_programs_are_missing_200_when_healthy(tree, db, filled):
     client = client_for(tree, db)
     unhealthy = client.get("/healthz")
     assert unhealthy.status_code == 503
@@ -170,6 +170,27 @@ def test_the_hourly_bars_count_a_job_in_the_hour_it_was_routed_in(tree, db):
                            detected=report_day.at(hh, mm - 5), routed=report_day.at(hh, mm), to=("Monday Rank",))
     bars = queries.hourly(db, tree.config, report_day.at(11, 30))
     assert [b["jobs"] for b in bars] == [0] * 9 + [2, 1, 0]      # 09:50 is nine o'clock's, not ten's
+
+
+def test_healthz_and_nagios_give_one_verdict_200_while_files_flow_503_when_critical(tree, db):
+    tree.write_config(extra="[alerts]\nstuck_after = 1\n")
+    tree.hot.mkdir(parents=True)
+    client = client_for(tree, db)
+
+    def verdicts():
+        healthz = client.get("/healthz")
+        nagios = tree.run("status", "--nagios", check=False)
+        return healthz.status_code, healthz.get_json()["verdict"], nagios.returncode, nagios.stdout.split(" - ")[0]
+
+    beat_all(db)
+    assert verdicts() == (200, "OK", 0, "PIPELINE OK")
+    tree.drop("RANK", "stuck.json")
+    Scanner(tree.config, Jobs(db, "test:1", clock=lambda: time.time() - 5)).scan("startup", "startup")
+    assert verdicts() == (200, "WARNING", 1, "PIPELINE WARNING")          # files flow; a person should look
+    assert "1 job(s) waiting longer than 1s" in client.get("/healthz").get_json()["problems"][0]
+    with db.write():
+        db.run_sql("DELETE FROM heartbeats WHERE program LIKE 'router%'")
+    assert verdicts() == (503, "CRITICAL", 2, "PIPELINE CRITICAL")        # nothing routes
 
 
 def _families(client) -> dict:

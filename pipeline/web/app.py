@@ -133,7 +133,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     def healthz():
         s = health.gather(db, config, clock())
         s["host"] = host
-        return flask.jsonify(s), (200 if s["healthy"] else 503)
+        return flask.jsonify(s), health.http_status(s)
 
     @app.get("/metrics")
     def metrics_page():
@@ -218,7 +218,8 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
         # request connects again (the connection is closed after every request).
         said = f"{store.SAYS.get(db.transient(e), 'database unusable')}: {' '.join(str(e).split())}"
         if flask.request.path == "/healthz":
-            return flask.jsonify(health.unusable(said) | {"host": host}), 503
+            verdict = health.unusable(said)
+            return flask.jsonify(verdict | {"host": host}), health.http_status(verdict)
         if flask.request.path == "/metrics":
             return flask.Response(said + "\n", 503, content_type="text/plain; charset=utf-8")
         return page("error.html", error=ServiceUnavailable(said), title=said.partition(":")[0]), 503
