@@ -113,7 +113,8 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
     for beat in beats:
         beat["age"] = round(now - beat["beat_at"], 1)
     status = {"time": now, "database": str(config.paths.database), "jobs_by_state": by_state,
-              "jobs_waiting": sum(by_state.get(state, 0) for state in waiting), "oldest_waiting_seconds": oldest, "today": today, "last_scans": scans, "programs": beats,
+              "jobs_waiting": sum(by_state.get(state, 0) for state in waiting), "oldest_waiting_seconds": oldest,
+              "today": today, "last_scans": scans, "programs": beats,
               "last_errors": errors, "stuck_jobs": stuck_total, "stuck": stuck,
               "last_report": report[0] if report else None, "silences": silences,
               "detecting": detector[0] if detector and detector[0]["lease_until"] >= now else None}

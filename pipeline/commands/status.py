@@ -131,7 +131,7 @@ def render_text(status: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argp = _Parser(prog="bin/status", description="Show the pipeline's state; exit non-zero when "
-                                                                  "it is unhealthy (a health check).")
+                                                  "it is unhealthy (a health check).")
     argp.add_argument("--config", metavar="FILE", help="configuration file (default: as the programs find it)")
     output = argp.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON for monitoring systems")

@@ -232,9 +232,20 @@ def answered_hosts(config: Config) -> frozenset[str]:
     loopback names when it listens on loopback (a wildcard address listens there too)."""
     listen = _normal(config.dashboard.listen[0])
     names = {listen, *config.dashboard.hosts}
-    if listen == "localhost" or _is_address(listen, lambda a: a.is_loopback or a.is_unspecified):
+    if _on_loopback(listen):
         names |= LOOPBACK_NAMES
     return frozenset(names)
+
+
+def _on_loopback(host: str) -> bool:
+    """Whether listening on ``host`` listens on loopback: a loopback or a wildcard address."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def _normal(name: str) -> str:
@@ -243,13 +254,6 @@ def _normal(name: str) -> str:
         return str(ipaddress.ip_address(name))
     except ValueError:
         return name.lower()
-
-
-def _is_address(name: str, test: Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]) -> bool:
-    try:
-        return test(ipaddress.ip_address(name))
-    except ValueError:
-        return False
 
 
 def _host_name(header: str) -> str | None:
