@@ -31,7 +31,7 @@ from typing import Callable
 from . import command, files, heartbeat, separation, store
 from . import config as config_module
 from .config import Config, ConfigError
-from .convert import CONTROL_CHARACTERS
+from .convert import escape_control_characters
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -40,10 +40,6 @@ EXIT_DATABASE = 69
 EXIT_CONFIG = 78
 
 log = logging.getLogger(__name__)
-
-
-def _escape(match: re.Match) -> str:
-    return ascii(match.group())[1:-1]          # Python's own escape: \n, \x1b, \x85, \u2028
 
 
 def _utc(record: logging.LogRecord) -> str:
@@ -58,7 +54,7 @@ class _Formatter(logging.Formatter):
         # One line per event, and nothing a terminal acts on, even when a message quotes a file
         # name with a newline, an ESC sequence or a BEL in it: each control character is written
         # as its escape (\n, \x1b, \x85, \u2028); other unicode stays as it is.
-        record.message = CONTROL_CHARACTERS.sub(_escape, record.message)
+        record.message = escape_control_characters(record.message)
         line = super().formatMessage(record)
         job = getattr(record, "job", None)
         return line if job is None else f"{line} job={job}"

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, control_character, env_name,
-                      headers, listen_address, non_negative_int, non_negative_number, octal_mode, port,
+                      headers, host_names, listen_address, non_negative_int, non_negative_number, octal_mode, port,
                       positive_int, positive_number, string, string_list, time_of_day, timezone, url, weekdays,
                       window)
 from .rules import Route, RuleError, compile_route
@@ -143,6 +143,7 @@ class Dashboard:
     listen: tuple[str, int]       # host, port
     actions: bool                 # requeue from the browser
     password_env: str             # the variable holding the actions' password
+    hosts: tuple[str, ...]        # Host header names answered besides the listen address (and loopback's)
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "listen": (listen_address, "127.0.0.1:8750"),
         "actions": (boolean, False),
         "password_env": (env_name, "DASHBOARD_PASSWORD"),
+        "hosts": (host_names, []),
     },
     "logging": {
         "format": (choice("text", "json"), "text"),

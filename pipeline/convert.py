@@ -7,6 +7,7 @@ it expected and what it got; ``config.py`` adds the key's name.
 from __future__ import annotations
 
 import datetime as _dt
+import ipaddress
 import math
 import re
 import zoneinfo
@@ -26,6 +27,12 @@ CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 # An HTTP header name is a token (RFC 9110 5.6.2): anything else is refused by requests at send time.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def escape_control_characters(text: str) -> str:
+    """``text`` on one line with nothing a terminal acts on: each control character written as its
+    Python escape (\\n, \\x1b, \\x85, \\u2028), other unicode as it is; as the logs write them."""
+    return CONTROL_CHARACTERS.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
 def control_character(text: str) -> str | None:
@@ -106,6 +113,28 @@ def listen_address(value: Any) -> tuple[str, int]:
     if not found or not 1 <= int(found.group(2) or found.group(4)) <= 65535:
         raise ValueError(f'expected "host:port" such as "127.0.0.1:8750", got {value!r}')
     return found.group(1) or found.group(3), int(found.group(2) or found.group(4))
+
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
+
+
+def host_names(value: Any) -> tuple[str, ...]:
+    """Names a server answers to in the HTTP Host header: DNS names or IP addresses, without a port
+    (an IPv6 address with or without its brackets), lower-cased as names compare."""
+    names = []
+    for text in string_list(value):
+        bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        try:
+            names.append(str(ipaddress.ip_address(bare)))
+            continue
+        except ValueError:
+            pass
+        if len(text) > 253 or not _HOST_NAME.fullmatch(text):
+            raise ValueError(f"{text!r} is not a host name (a name such as dashboard.example.com, or an IP "
+                             "address, without a port)")
+        names.append(text.lower())
+    return tuple(names)
 
 
 def env_name(value: Any) -> str:

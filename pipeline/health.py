@@ -4,7 +4,8 @@
 last scans, each program's heartbeat, the last errors, stuck jobs, the detecting host, the last
 report and the clients silent past their ``[[expect]]`` rule, and grades what is wrong: a program
 silent or missing, or the hot folder missing, is critical (2); a job stuck, a report not sent, a
-silence is a warning (1).
+silence, the dashboard silent or missing is a warning (1). ``bin/status --nagios`` exits with that
+grade and ``/healthz`` answers it with ``http_status``: one verdict, however it is asked for.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from .reporting import alerts, expectations
 from .states import NOTIFY_QUEUE, QUEUE_OF_STATE, ROUTE_QUEUE, WAITING_SINCE
 
 SILENT_AFTER = 30.0          # seconds without a heartbeat before a program counts as silent
+
+# The grades, as Nagios plugins exit with them.
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+VERDICTS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+
+# The dashboard serves people and monitors, not the files: without it nothing stops flowing, so
+# its absence is a warning where a missing router is critical.
+_GRADE_WHEN_GONE = {"dashboard": WARNING}
 
 
 # Each count and minimum reads a partial queue index (states.py's queue conditions match them), not
@@ -44,13 +53,27 @@ def counts_by_state(db: peewee.Database) -> dict[str, int]:
 
 
 def required_programs(config: Config) -> list[str]:
-    """The programs that must be beating: the notifier only with an API, the reporter only with SMTP."""
-    programs = ["scanner", "watcher", "router"]
+    """The programs that must be beating: the notifier only with an API, the reporter only with SMTP;
+    the dashboard always, as supervisord.conf runs it (bin/start with it) and nothing in the
+    configuration turns it off: one left FATAL at start (actions on without a password) never beats."""
+    programs = ["scanner", "watcher", "router", "dashboard"]
     if config.api.endpoint:
         programs.append("notifier")
     if config.smtp.host:
         programs.append("reporter")
     return programs
+
+
+def waiting_states(config: Config) -> dict[str, str]:
+    """The states whose jobs wait for a program, with the column saying since when: routed only
+    with an API (without one it is final)."""
+    return WAITING_SINCE if config.api.endpoint else {s: c for s, c in WAITING_SINCE.items() if s != "routed"}
+
+
+def http_status(status: dict[str, Any]) -> int:
+    """/healthz's status for a verdict: 200 while the files flow (OK, or WARNING with the problems
+    and warnings in the body), 503 when something critical stops them or the state is unknown."""
+    return 200 if status["nagios"] <= WARNING else 503
 
 
 def _rows(db: peewee.SqliteDatabase, sql: str, params: tuple = ()) -> list[dict]:
@@ -66,8 +89,7 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
     with db.snapshot():          # one read snapshot: the figures agree with each other
         by_state = counts_by_state(db)
         oldest = {}
-        # Routed waits for the notifier only when an API is configured; otherwise it is final.
-        waiting = WAITING_SINCE if config.api.endpoint else {s: c for s, c in WAITING_SINCE.items() if s != "routed"}
+        waiting = waiting_states(config)
         for state, column in waiting.items():
             since = db.run_sql(_SQL_OLDEST[state], (state,)).fetchone()[0]
             if since is not None:
@@ -91,7 +113,8 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
     for beat in beats:
         beat["age"] = round(now - beat["beat_at"], 1)
     status = {"time": now, "database": str(config.paths.database), "jobs_by_state": by_state,
-              "oldest_waiting_seconds": oldest, "today": today, "last_scans": scans, "programs": beats,
+              "jobs_waiting": sum(by_state.get(state, 0) for state in waiting), "oldest_waiting_seconds": oldest,
+              "today": today, "last_scans": scans, "programs": beats,
               "last_errors": errors, "stuck_jobs": stuck_total, "stuck": stuck,
               "last_report": report[0] if report else None, "silences": silences,
               "detecting": detector[0] if detector and detector[0]["lease_until"] >= now else None}
@@ -99,37 +122,49 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
     status["problems"] = [text for _, text in graded]
     status["warnings"] = [silence_text(s, tz) for s in silences]
     status["healthy"] = not status["problems"]
-    status["nagios"] = max([level for level, _ in graded] + [1] * bool(silences) + [0])
+    status["nagios"] = max([level for level, _ in graded] + [WARNING] * bool(silences) + [OK])
+    status["verdict"] = VERDICTS[status["nagios"]]
     return status
 
 
+def unusable(reason: str) -> dict[str, Any]:
+    """The verdict when the database cannot be read: UNKNOWN to Nagios, one line saying why."""
+    return {"healthy": False, "nagios": UNKNOWN, "verdict": VERDICTS[UNKNOWN], "problems": [reason], "warnings": []}
+
+
 def graded_problems(status: dict[str, Any], config: Config) -> list[tuple[int, str]]:
-    """Why the pipeline is unhealthy, one line each with its Nagios level (2 critical, 1 warning)."""
+    """Why the pipeline is unhealthy, one line each with its grade (CRITICAL or WARNING)."""
     found = []
     beats = status["programs"]
     for program in required_programs(config):
-        mine = [b for b in beats if b["program"] == program or b["program"].startswith(program + "_")]
-        if not mine:
-            found.append((2, f"{program}: not running (no heartbeat)"))
+        if not any(_program(b["program"]) == program for b in beats):
+            found.append((_GRADE_WHEN_GONE.get(program, CRITICAL), f"{program}: not running (no heartbeat)"))
     for beat in beats:
         if beat["age"] > SILENT_AFTER:
-            found.append((2, f"{beat['program']} (pid {beat['pid']} on {beat['host']}): silent for {beat['age']:.0f}s"))
+            found.append((_GRADE_WHEN_GONE.get(_program(beat["program"]), CRITICAL),
+                          f"{beat['program']} (pid {beat['pid']} on {beat['host']}): silent for {beat['age']:.0f}s"))
         elif abs(beat["clock_skew"]) > config.database.max_clock_skew:
-            found.append((2, f"{beat['program']} (pid {beat['pid']} on {beat['host']}): its clock is "
-                             f"{beat['clock_skew']:+.1f}s off the database's (database.max_clock_skew "
-                             f"{config.database.max_clock_skew:g}s); run NTP on every host"))
+            found.append((CRITICAL, f"{beat['program']} (pid {beat['pid']} on {beat['host']}): its clock is "
+                                    f"{beat['clock_skew']:+.1f}s off the database's (database.max_clock_skew "
+                                    f"{config.database.max_clock_skew:g}s); run NTP on every host"))
     if not config.paths.hot_folder.is_dir():
         # The watcher waits for it to be there again; meanwhile nothing can be dropped or detected.
-        found.append((2, f"the hot folder {config.paths.hot_folder} is missing (deleted or moved away)"))
+        found.append((CRITICAL, f"the hot folder {config.paths.hot_folder} is missing (deleted or moved away)"))
     if status["stuck_jobs"]:
         first = status["stuck"][0]
-        found.append((1, f"{status['stuck_jobs']} job(s) waiting longer than {config.alerts.stuck_after:g}s; the "
-                         f"oldest: {first['client']}/{first['file']} ({first['state']}) {first['reason'] or ''}".rstrip()))
+        found.append((WARNING, f"{status['stuck_jobs']} job(s) waiting longer than {config.alerts.stuck_after:g}s; "
+                               f"the oldest: {first['client']}/{first['file']} ({first['state']}) "
+                               f"{first['reason'] or ''}".rstrip()))
     report = status["last_report"]
     if report and report["state"] == "pending" and report["last_error"]:
-        found.append((1, f"the report for {report['day']} could not be sent ({report['attempts']} attempts): "
-                         f"{report['last_error']}"))
+        found.append((WARNING, f"the report for {report['day']} could not be sent ({report['attempts']} attempts): "
+                               f"{report['last_error']}"))
     return found
+
+
+def _program(instance: str) -> str:
+    """The program a heartbeat's name is an instance of: router_00 is a router."""
+    return instance.partition("_")[0]
 
 
 def silence_text(silence: dict, tz: zoneinfo.ZoneInfo) -> str:

@@ -238,3 +238,24 @@ def test_program_with_a_broken_config_exits_78_with_one_line(tree):
     assert proc.returncode == 78
     errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "[router] batch_size" in errors[0]
+
+
+@pytest.mark.parametrize("hosts, message", [
+    ('"dashboard.example.com"', "expected a list of non-empty strings"),
+    ('["dashboard.example.com:443"]', "'dashboard.example.com:443' is not a host name"),
+    ('["http://dashboard.example.com"]', "is not a host name"),
+    ('["-dash.example.com"]', "is not a host name"),
+    ('["dash board"]', "is not a host name"),
+    ('["dash.example.com\\n"]', "is not a host name"),
+    ('[""]', "expected a list of non-empty strings"),
+])
+def test_dashboard_hosts_must_be_host_names(tmp_path, hosts, message):
+    with pytest.raises(ConfigError) as e:
+        config_module.load(write(tmp_path, f"[dashboard]\nhosts = {hosts}\n"))
+    assert "[dashboard] hosts: " in str(e.value) and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_dashboard_hosts_are_kept_as_names_compare(tmp_path):
+    cfg = config_module.load(write(tmp_path, '[dashboard]\nhosts = ["Dash.Example.com", "[2001:DB8:0::1]", "192.0.2.1"]\n'))
+    assert cfg.dashboard.hosts == ("dash.example.com", "2001:db8::1", "192.0.2.1")
+    assert config_module.load(write(tmp_path, "")).dashboard.hosts == ()

@@ -14,15 +14,17 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import report_day
 from pipeline import jobs as jobs_module
 from pipeline.web import app as web_app
+from pipeline.web import queries
 from pipeline.config import ConfigError
 from pipeline.jobs import Jobs
 from pipeline.router import Router
 from pipeline.scanner import Scanner
 from test_status import beat_all
 
-from conftest import job_document
+from conftest import FakeClock, job_document
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>%'\"é.json"
 HOSTILE_TITLE = "<script>alert('title')</script>"
@@ -114,9 +116,9 @@ def test_16_job_search_filters_and_pages_by_key(tree, db):
     ("state=lost", "state: expected one of"),
     ("step=fly", "step: expected one of"),
 ])
-def test_13_a_bad_filter_is_one_line_on_the_page_not_an_error(tree, db, filled, query, problem):
+def test_13_a_bad_filter_is_a_400_with_one_line(tree, db, filled, query, problem):
     response = client_for(tree, db).get(f"/jobs?{query}")
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert problem in response.get_data(as_text=True)
 
 
@@ -148,7 +150,7 @@ def test_16_files_the_table_names_are_read_only_inside_their_folders(tree, db, f
     assert "no archived copy" in client.get(f"/jobs/{job_id}").get_data(as_text=True)
 
 
-def test_16_healthz_is_bin_status_json_200_when_healthy_503_when_not(tree, db, filled):
+def test_16_healthz_is_bin_status_json_503_when_programs_are_missing_200_when_healthy(tree, db, filled):
     client = client_for(tree, db)
     unhealthy = client.get("/healthz")
     assert unhealthy.status_code == 503
@@ -158,6 +160,37 @@ def test_16_healthz_is_bin_status_json_200_when_healthy_503_when_not(tree, db, f
     assert healthy.status_code == 200 and healthy.get_json()["healthy"] is True
     status = tree.run("status", "--json")
     assert healthy.get_json()["jobs_by_state"] == json.loads(status.stdout)["jobs_by_state"]
+
+
+def test_the_hourly_bars_count_a_job_in_the_hour_it_was_routed_in(tree, db):
+    # Report day and zone of the helpers: Europe/London, the config's default report.timezone.
+    clock = FakeClock(report_day.at(9))
+    for i, (hh, mm) in enumerate([(9, 10), (9, 50), (10, 50)]):
+        report_day.put_job(tree, Jobs(db, "test:1", clock), clock, "RANK", f"{i}.json", drop=report_day.at(hh, mm - 5),
+                           detected=report_day.at(hh, mm - 5), routed=report_day.at(hh, mm), to=("Monday Rank",))
+    bars = queries.hourly(db, tree.config, report_day.at(11, 30))
+    assert [b["jobs"] for b in bars] == [0] * 9 + [2, 1, 0]      # 09:50 is nine o'clock's, not ten's
+
+
+def test_healthz_and_nagios_give_one_verdict_200_while_files_flow_503_when_critical(tree, db):
+    tree.write_config(extra="[alerts]\nstuck_after = 1\n")
+    tree.hot.mkdir(parents=True)
+    client = client_for(tree, db)
+
+    def verdicts():
+        healthz = client.get("/healthz")
+        nagios = tree.run("status", "--nagios", check=False)
+        return healthz.status_code, healthz.get_json()["verdict"], nagios.returncode, nagios.stdout.split(" - ")[0]
+
+    beat_all(db)
+    assert verdicts() == (200, "OK", 0, "PIPELINE OK")
+    tree.drop("RANK", "stuck.json")
+    Scanner(tree.config, Jobs(db, "test:1", clock=lambda: time.time() - 5)).scan("startup", "startup")
+    assert verdicts() == (200, "WARNING", 1, "PIPELINE WARNING")          # files flow; a person should look
+    assert "1 job(s) waiting longer than 1s" in client.get("/healthz").get_json()["problems"][0]
+    with db.write():
+        db.run_sql("DELETE FROM heartbeats WHERE program LIKE 'router%'")
+    assert verdicts() == (503, "CRITICAL", 2, "PIPELINE CRITICAL")        # nothing routes
 
 
 def _families(client) -> dict:
@@ -276,7 +309,7 @@ def test_16_a_filtered_requeue_previews_the_set_first(tree, db, filled):
 
 
 @pytest.mark.parametrize("field, value, says", [("since", "last week", "since: expected an ISO date"),
-                                                ("step", "fly", "unknown step")])
+                                                ("step", "fly", "step: expected one of detect, validate")])
 def test_13_a_requeue_with_a_bad_filter_is_400_with_one_line_and_changes_nothing(tree, db, filled, field, value, says):
     client = client_for(tree, db, actions=True, DASHBOARD_PASSWORD=PASSWORD)
     job_id = filled[BAD_NAME]

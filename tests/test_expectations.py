@@ -174,7 +174,7 @@ def silent_rank(tree, db, beat=True):
     tree.write_config(extra='[[expect]]\nclients = ["RANK"]\nwithin = 60\n')
     arrive(tree, db, "RANK", time.time() - 7200)
     if beat:
-        for name in ("scanner", "watcher", "router_00"):
+        for name in ("scanner", "watcher", "router_00", "dashboard"):
             Heartbeat(db, name).beat(force=True)
 
 
@@ -198,10 +198,10 @@ def test_nagios_says_warning_for_a_silence_with_perfdata(tree, db):
 
 def test_nagios_ok_critical_and_unknown(tree, db):
     tree.hot.mkdir(parents=True, exist_ok=True)
-    for name in ("scanner", "watcher", "router_00"):
+    for name in ("scanner", "watcher", "router_00", "dashboard"):
         Heartbeat(db, name).beat(force=True)
     code, out = status(tree, "--nagios")
-    assert code == 0 and out.startswith("PIPELINE OK - 0 job(s) waiting, 3 program(s) beating | ")
+    assert code == 0 and out.startswith("PIPELINE OK - 0 job(s) waiting, 4 program(s) beating | ")
     db.execute_sql("DELETE FROM heartbeats WHERE program = 'router_00'")
     code, out = status(tree, "--nagios")
     assert code == 2 and out.startswith("PIPELINE CRITICAL - router: not running (no heartbeat)")

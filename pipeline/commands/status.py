@@ -7,8 +7,9 @@ stuck past ``alerts.stuck_after``, a report that cannot be sent), 69 database un
 configuration. A client silent past its ``[[expect]]`` rule is shown as a warning.
 
 ``--nagios`` (docs/design.md#reports-and-alerts) prints one line with perfdata and exits as Nagios, Icinga and their
-successors expect: 0 OK, 1 WARNING (a job stuck, a report not sent, a silence), 2 CRITICAL (a
-program silent or missing, the hot folder missing), 3 UNKNOWN (database or configuration unusable).
+successors expect: 0 OK, 1 WARNING (a job stuck, a report not sent, a silence, the dashboard
+silent or missing), 2 CRITICAL (a program silent or missing, the hot folder missing), 3 UNKNOWN
+(database or configuration unusable, or the command line itself wrong).
 """
 
 from __future__ import annotations
@@ -23,25 +24,60 @@ from typing import Any
 import peewee
 
 from .. import cli, command
-from ..health import SILENT_AFTER, gather
+from ..convert import escape_control_characters
+from ..health import SILENT_AFTER, UNKNOWN, VERDICTS, gather
 from ..states import STATES
 from ..times import age_text, utc_text
 
 EXIT_UNHEALTHY = 1
-NAGIOS = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
 
 
 def render_nagios(status: dict[str, Any]) -> str:
     """One line for Nagios and its successors: state, what is wrong (or the backlog), perfdata."""
     counts = status["jobs_by_state"]
     said = status["problems"] + status["warnings"]
-    waiting = sum(counts.get(s, 0) for s in ("detected", "archived", "routed"))
-    summary = "; ".join(said) if said else f"{waiting} job(s) waiting, {len(status['programs'])} program(s) beating"
+    summary = "; ".join(said) if said else (f"{status['jobs_waiting']} job(s) waiting, "
+                                            f"{len(status['programs'])} program(s) beating")
     oldest = max(status["oldest_waiting_seconds"].values(), default=0)
     perf = [f"{state}={counts.get(state, 0)};;;0" for state in STATES]
     perf += [f"stuck={status['stuck_jobs']};;;0", f"silences={len(status['silences'])};;;0",
-             f"oldest_waiting={oldest:g}s;;;0", f"programs={len(status['programs'])};;;0"]
-    return f"PIPELINE {NAGIOS[status['nagios']]} - {summary.replace('|', '/')} | {' '.join(perf)}"
+             f"oldest_waiting={_decimal(oldest)}s;;;0", f"programs={len(status['programs'])};;;0"]
+    return f"{_nagios_text(status['nagios'], summary)} | {' '.join(perf)}"
+
+
+def _nagios_text(level: int, summary: str) -> str:
+    """The part before the perfdata, on one line whatever the summary quotes (a file name with a
+    line feed, an escape sequence): control characters escaped as in the logs, and '|', which
+    would start the perfdata, written '/'."""
+    return f"PIPELINE {VERDICTS[level]} - {escape_control_characters(summary).replace('|', '/')}"
+
+
+def _decimal(seconds: float) -> str:
+    """A perfdata number as a plain decimal: 1209600, never 1.2096e+06 (which monitors misread)."""
+    return f"{seconds:.1f}".rstrip("0").rstrip(".")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error of a Nagios check is UNKNOWN (3) on one line of stdout:
+    argparse's own exit 2 would read as CRITICAL. Without --nagios, its usual message and exit 2."""
+
+    nagios = False
+
+    def error(self, message: str):
+        if self.nagios:
+            print(_nagios_text(UNKNOWN, f"usage error: {message} (see {self.prog} --help)"))
+            raise SystemExit(UNKNOWN)
+        super().error(message)
+
+
+def _asks_for_nagios(argv: list[str]) -> bool:
+    """Whether --nagios is among the options, spelled out or as the prefix argparse takes for it."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if len(arg) >= 3 and "--nagios".startswith(arg.partition("=")[0]):
+            return True
+    return False
 
 
 def render_text(status: dict[str, Any]) -> str:
@@ -94,14 +130,15 @@ def render_text(status: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argp = argparse.ArgumentParser(prog=command("status"), description="Show the pipeline's state; exit non-zero when "
-                                                                  "it is unhealthy (a health check).")
+    argp = _Parser(prog=command("status"), description="Show the pipeline's state; exit non-zero when "
+                                                  "it is unhealthy (a health check).")
     argp.add_argument("--config", metavar="FILE", help="configuration file (default: as the programs find it)")
     output = argp.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON for monitoring systems")
     argp.add_argument("--host", metavar="NAME", help="show only the programs of this host (several hosts)")
     output.add_argument("--nagios", action="store_true",
                         help="one line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (a Nagios plugin)")
+    argp.nagios = _asks_for_nagios(sys.argv[1:] if argv is None else argv)
     args = argp.parse_args(argv)
     try:
         config, db = cli.open_existing(args.config)
@@ -126,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 def _unusable(nagios: bool, message: str, code: int) -> int:
     """The database or configuration cannot be used: UNKNOWN (3) to Nagios, else ``code``."""
     if nagios:
-        print(f"PIPELINE UNKNOWN - {' '.join(message.split())}")
-        return 3
+        print(_nagios_text(UNKNOWN, " ".join(message.split())))       # the driver's lines joined
+        return UNKNOWN
     print(f"UNHEALTHY: {message}", file=sys.stderr)
     return code
 

@@ -13,9 +13,9 @@ audit actor that names the user.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import re
@@ -29,12 +29,13 @@ from urllib.parse import urlsplit
 import flask
 import peewee
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
-from . import metrics, queries
-from .. import explain, health, times
+from . import logins, metrics, params, queries
+from .. import explain, health, store, times
 from ..config import Config, ConfigError
 from ..jobs import Jobs
-from ..requeue import Requeue, failed_jobs, utc_time
+from ..requeue import Requeue, failed_jobs
 from ..states import STATES, STEPS
 from ..store.models import bind
 
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 5
 _USER = re.compile(r"[A-Za-z0-9._@-]{1,64}")     # what may stand in an audit actor
+# A Host header: a name or an IPv6 address in brackets, and an optional port.
+_HOST = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]+))(?::[0-9]{1,5})?")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 _HEADERS = {
     # No script at all, styles only from our own stylesheet, nothing framed, forms only to us.
@@ -73,11 +77,26 @@ def password(config: Config, environ: Mapping[str, str]) -> str | None:
 def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float] = time.time,
                environ: Mapping[str, str] = os.environ) -> flask.Flask:
     app = _Flask(__name__, static_folder="static", template_folder="templates")
+    app.url_map.converters["job"] = params.JobId
     app.json.sort_keys = False
     secret = password(config, environ)
     csrf = hmac.new(secrets.token_bytes(32), b"requeue", hashlib.sha256).hexdigest()   # per process
     host = socket.gethostname()
     bind(db)
+
+    hosts = answered_hosts(config)
+    throttle = logins.Throttle(clock)
+
+    @app.before_request
+    def _check_host():
+        # DNS rebinding: a page of any site can point its own name at this address and read the
+        # answers, so only the names the dashboard is reached by are answered. A request without a
+        # Host header comes from no browser, which always sends one.
+        given = flask.request.environ.get("HTTP_HOST")
+        if given is not None and _host_name(given) not in hosts:
+            shown = repr(given[:100])
+            flask.abort(400, f"the Host header {shown} is not a name of this dashboard: add it to "
+                             f"[dashboard] hosts to reach it by that name")
 
     @app.before_request
     def _connect():
@@ -114,7 +133,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     def healthz():
         s = health.gather(db, config, clock())
         s["host"] = host
-        return flask.jsonify(s), (200 if s["healthy"] else 503)
+        return flask.jsonify(s), health.http_status(s)
 
     @app.get("/metrics")
     def metrics_page():
@@ -123,23 +142,23 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     @app.get("/jobs")
     def jobs():
-        search, problem = _search(flask.request.args)
-        found, more = queries.search(db, search) if not problem else ([], None)
-        return page("jobs.html", search=search, found=found, more=more, problem=problem,
+        search = params.search(flask.request.args)
+        found, more = queries.search(db, search)
+        return page("jobs.html", search=search, found=found, more=more,
                     states=STATES, steps=STEPS, title="Jobs", path="/jobs")
 
     @app.get("/failed")
     def failed():
-        search, problem = _search(flask.request.args, state="failed")
-        found, more = queries.search(db, search, time_column="failed_at") if not problem else ([], None)
-        return page("jobs.html", search=search, found=found, more=more, problem=problem,
+        search = params.search(flask.request.args, state="failed")
+        found, more = queries.search(db, search, time_column="failed_at")
+        return page("jobs.html", search=search, found=found, more=more,
                     states=None, steps=STEPS, title="Failed", path="/failed")
 
     @app.get("/waiting")
     def waiting():
         return page("waiting.html", found=queries.waiting(db, notify=bool(config.api.endpoint)), now=clock())
 
-    @app.get("/jobs/<int:job_id>")
+    @app.get("/jobs/<job:job_id>")
     def job(job_id: int):
         told = queries.story(db, job_id)
         if told is None:
@@ -155,7 +174,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
         return page("job.html", told=told, job=row, archived=_text(archived), sidecar=_text(sidecar),
                     routing=routing, api=bool(config.api.endpoint), now=clock())
 
-    @app.get("/jobs/<int:job_id>/archived")
+    @app.get("/jobs/<job:job_id>/archived")
     def archived(job_id: int):
         told = queries.story(db, job_id)
         found = told and queries.read_inside(told["job"]["archive_path"], config.paths.store,
@@ -167,49 +186,101 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     @app.post("/requeue")
     def requeue():
-        user = _authorize(secret, csrf)
-        ids = [int(i) for i in flask.request.form.getlist("id") if i.isdigit()]
-        client = flask.request.form.get("client", "").strip()
-        step = flask.request.form.get("step", "")
-        since_text = flask.request.form.get("since", "").strip()
-        if step and step not in STEPS:
-            flask.abort(400, f"unknown step {step!r}")
-        try:
-            since = utc_time(since_text) if since_text else None
-        except argparse.ArgumentTypeError as e:
-            flask.abort(400, f"since: {e}")
-        confirmed = flask.request.form.get("confirm") == "yes"
-        chosen = failed_jobs(ids or None, client or None, step or None, since)
+        user = _authorize(secret, csrf, throttle)
+        form = params.requeue_form(flask.request.form)
+        chosen = failed_jobs(list(form.ids) or None, form.client or None, form.step or None, form.since)
         actor = f"dashboard@{socket.gethostname()}:{os.getpid()}:{user}"
-        doer = Requeue(config, Jobs(db, actor, clock), dry_run=not confirmed)
+        doer = Requeue(config, Jobs(db, actor, clock), dry_run=not form.confirmed)
         lines = [doer.job(j)[1] for j in chosen]
-        if confirmed:
+        if form.confirmed:
             log.info("%s requeued %d job(s) from the dashboard", user, len(chosen))
-        return page("requeue.html", lines=lines, confirmed=confirmed, ids=ids, client=client, step=step,
-                    since=since_text, title="Requeue")
+        return page("requeue.html", lines=lines, confirmed=form.confirmed, ids=form.ids, client=form.client,
+                    step=form.step, since=form.since_text, title="Requeue")
 
     @app.errorhandler(400)
     @app.errorhandler(401)
     @app.errorhandler(403)
     @app.errorhandler(404)
+    @app.errorhandler(429)
     def _error(e):
         response = flask.make_response(page("error.html", error=e, title=e.name), e.code)
         if e.code == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="hotfolder dashboard", charset="UTF-8"'
+        if e.code == 429:
+            response.headers["Retry-After"] = str(e.retry_after)
         return response
+
+    @app.errorhandler(peewee.DatabaseError)
+    @app.errorhandler(peewee.InterfaceError)
+    def _database(e):
+        # PostgreSQL down, the tables gone, SQLite locked past its timeout: a monitor and a person
+        # get a 503 that says so in one line, not a 500 with a traceback in the log. The next
+        # request connects again (the connection is closed after every request).
+        said = f"{store.SAYS.get(db.transient(e), 'database unusable')}: {' '.join(str(e).split())}"
+        if flask.request.path == "/healthz":
+            verdict = health.unusable(said)
+            return flask.jsonify(verdict | {"host": host}), health.http_status(verdict)
+        if flask.request.path == "/metrics":
+            return flask.Response(said + "\n", 503, content_type="text/plain; charset=utf-8")
+        return page("error.html", error=ServiceUnavailable(said), title=said.partition(":")[0]), 503
 
     return app
 
 
-def _authorize(secret: str | None, csrf: str) -> str:
+def answered_hosts(config: Config) -> frozenset[str]:
+    """The names the dashboard answers to: its listen address, ``dashboard.hosts``, and the
+    loopback names when it listens on loopback (a wildcard address listens there too)."""
+    listen = _normal(config.dashboard.listen[0])
+    names = {listen, *config.dashboard.hosts}
+    if _on_loopback(listen):
+        names |= LOOPBACK_NAMES
+    return frozenset(names)
+
+
+def _on_loopback(host: str) -> bool:
+    """Whether listening on ``host`` listens on loopback: a loopback or a wildcard address."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def _normal(name: str) -> str:
+    """A host name as names compare: lower case, an IP address in its one written form."""
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return name.lower()
+
+
+def _host_name(header: str) -> str | None:
+    """The name in a Host header without its port, or None when it is not a Host header."""
+    found = _HOST.fullmatch(header)
+    return _normal(found.group(1) or found.group(2)) if found else None
+
+
+def _authorize(secret: str | None, csrf: str, throttle: logins.Throttle) -> str:
     """The user of an allowed action, or abort: 403 when actions are off or the request comes from
-    another site, 401 without the password, 400 without this site's CSRF token."""
+    another site, 429 while its address is throttled after failed logins, 401 without the password,
+    400 without this site's CSRF token."""
     request = flask.request
     if secret is None:
         flask.abort(403, "actions are off (dashboard.actions = false)")
+    address = request.remote_addr or "unknown"
+    wait = throttle.wait(address)
+    if wait:         # the password is not even looked at: a guess made now tells nothing
+        raise TooManyRequests(f"too many failed logins from {address}: try again in {wait}s", retry_after=wait)
     auth = request.authorization
     if not auth or auth.type != "basic" or not hmac.compare_digest((auth.password or "").encode(), secret.encode()):
+        if auth and auth.password:      # a browser asks first without credentials: not a failure
+            failures = throttle.failed(address)
+            log.warning("failed dashboard login from %s as user %r (%d in a row)", address,
+                        (auth.username or "")[:64], failures)
         flask.abort(401, "the dashboard's password is needed for this")
+    throttle.succeeded(address)
     if not _USER.fullmatch(auth.username or ""):
         flask.abort(401, "a user name of letters, digits and ._@- (1 to 64) is needed; it goes in the audit trail")
     origin = request.headers.get("Origin") or request.headers.get("Referer")
@@ -218,26 +289,6 @@ def _authorize(secret: str | None, csrf: str) -> str:
     if not hmac.compare_digest(request.form.get("csrf", ""), csrf):
         flask.abort(400, "the form's CSRF token is missing or stale: reload the page and try again")
     return auth.username
-
-
-def _search(args: Mapping[str, str], state: str = "") -> tuple[queries.Search, str | None]:
-    """The filters of a list page from its query string, and a one-line problem when one is bad."""
-    problem = None
-    since = None
-    if args.get("since"):
-        try:
-            since = utc_time(args["since"])
-        except argparse.ArgumentTypeError as e:
-            problem = f"since: {e}"
-    before = args.get("before", "")
-    chosen_state = state or args.get("state", "")
-    if chosen_state and chosen_state not in STATES:
-        problem = f"state: expected one of {', '.join(STATES)}"
-    step = args.get("step", "")
-    if step and step not in STEPS:
-        problem = f"step: expected one of {', '.join(STEPS)}"
-    return queries.Search(q=args.get("q", "")[:200], client=args.get("client", "")[:200], state=chosen_state,
-                         step=step, since=since, before=int(before) if before.isdigit() else None), problem
 
 
 def _text(found: tuple[bytes, int] | None) -> dict | None:

@@ -143,8 +143,10 @@ def hourly(db: peewee.Database, config: Config, now: float) -> list[dict]:
     tz = zoneinfo.ZoneInfo(config.report.timezone)
     midnight = dt.datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0, microsecond=0)
     start = midnight.timestamp()
+    # floor() first: CAST alone truncates on SQLite but rounds on PostgreSQL, which put a job
+    # routed at 9:50 in ten o'clock's bar (the SQLite engine registers floor(), as the report uses it).
     counts = dict(db.run_sql(
-        "SELECT CAST((routed_at - ?) / 3600 AS INTEGER), count(*) FROM jobs WHERE routed_at >= ? GROUP BY 1",
+        "SELECT CAST(floor((routed_at - ?) / 3600) AS INTEGER), count(*) FROM jobs WHERE routed_at >= ? GROUP BY 1",
         (start, start)).fetchall())
     hours = int((now - start) // 3600) + 1
     top = max(counts.values(), default=0)
