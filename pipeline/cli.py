@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
