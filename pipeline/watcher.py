@@ -292,7 +292,7 @@ class Watcher(Program):
                 if reason := self.db.transient(e):
                     self.db.reopen_after(reason)
                     log.warning("%s (%s); the rescan is left to the scanner's next periodic scan",
-                                store.SAYS[reason], e)
+                                store.SAYS[reason], self.db.describe(e))
                 else:
                     log.exception("rescan failed; the scanner's next periodic scan will cover it")
 

@@ -194,7 +194,7 @@ def connect(path: Path, *, create: bool = True) -> Database:
             apply_schema(db)
     except (sqlite3.DatabaseError, peewee.DatabaseError, OSError) as e:
         db.close()
-        raise DatabaseUnusable(f"{path}: {e}") from None
+        raise DatabaseUnusable(f"{path}: {e}", reason=transient(e)) from None
     return db
 
 
