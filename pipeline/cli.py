@@ -8,9 +8,15 @@ start is retried ``startretries`` times and then left FATAL instead of restartin
 1   an unexpected error (a bug: the traceback is in the log)
 2   wrong command-line arguments
 69  the database is unusable (missing, corrupt, on a network filesystem; deleted or replaced under
-    the running program; with ``--once``, its disk full, read-only or failing)
-78  the configuration is invalid (the message names the key)
+    the running program; with ``--once`` or for an operator's tool, its server unreachable or
+    refusing the connection, its disk full, read-only or failing)
+78  the configuration is invalid (the message names the key), and nothing else
 ==  =====================================================================
+
+A long-running program does not exit when its database cannot be used at start for a reason that
+may pass (a server not answering yet: after a power cut the file server may boot before the
+database host; a password being changed; a lock): it says why in one line and waits for it, as it
+does while running, so supervisord never gives it up.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import command, files, heartbeat, separation, store
+from . import command, files, heartbeat, retry, separation, store
 from . import config as config_module
 from .config import Config, ConfigError
 from .convert import escape_control_characters
@@ -37,6 +43,9 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_DATABASE = 69
 EXIT_CONFIG = 78
+
+START_FIRST_PAUSE = 0.5     # seconds before a program tries its database again at start; doubling
+START_LONGEST_PAUSE = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +167,38 @@ def load_config(path: str | None) -> Config:
     return cfg
 
 
+def unusable(error: store.DatabaseUnusable) -> str:
+    """The one line saying why the database cannot be used: a server that is unreachable or that
+    refused the connection says so first (its reason follows), anything else is "unusable"."""
+    server = error.reason in ("unreachable", "refused")
+    return f"{store.SAYS[error.reason] if server else 'database unusable'}: {error}"
+
+
+def connect_when_ready(location, stopper: Stopper) -> store.Engine | None:
+    """The database of a long-running program, waited for while it cannot be used for a reason
+    that may pass (``DatabaseUnusable.reason``): one line says why, once, and again only if the
+    reason changes; the pause between tries doubles up to START_LONGEST_PAUSE. None when a stop
+    came first. Anything else (a corrupt file) raises DatabaseUnusable at once."""
+    said, waited, failures = None, time.monotonic(), 0
+    while True:
+        try:
+            db = store.connect(location)
+        except store.DatabaseUnusable as e:
+            if e.reason is None:
+                raise
+            if str(e) != said:
+                said = str(e)
+                log.warning("%s; waiting for it before starting (tried again after %gs, then less and "
+                            "less often, every %gs at most)", unusable(e), START_FIRST_PAUSE, START_LONGEST_PAUSE)
+            if stopper.wait(retry.delay(failures, START_LONGEST_PAUSE, START_FIRST_PAUSE)):
+                return None
+            failures += 1
+            continue
+        if said is not None:
+            log.info("database usable after %.0fs; starting", time.monotonic() - waited)
+        return db
+
+
 class ToolError(Exception):
     """An operator's tool cannot start; str() is the one line for stderr, ``code`` the exit status."""
 
@@ -175,29 +216,36 @@ def open_existing(config_path: str | None) -> tuple[Config, store.Engine]:
     except ConfigError as e:
         raise ToolError(EXIT_CONFIG, f"configuration error: {e}") from None
     except store.DatabaseUnusable as e:
-        raise ToolError(EXIT_DATABASE, f"database unusable: {e}") from None
+        raise ToolError(EXIT_DATABASE, unusable(e)) from None
 
 
 def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Context], int | None],
-                argv: list[str] | None = None) -> int:
+                argv: list[str] | None = None, waits: bool = False) -> int:
     """Parse arguments, load the config, open the database, install signals, call ``main``; its
-    return value (None for EXIT_OK) is the exit status."""
+    return value (None for EXIT_OK) is the exit status. ``waits``: a long-running program, which
+    waits for a database it cannot use yet (``connect_when_ready``), unless run ``--once``."""
     args = argp.parse_args(argv)
     name = os.environ.get("SUPERVISOR_PROCESS_NAME") or program
     setup_logging(name)
+    stopper = Stopper()
+    stopper.install()           # before the database: a stop must end a wait for it
     try:
         cfg = load_config(args.config)
         if cfg.logging.format != "text":
             setup_logging(name, format=cfg.logging.format)
-        db = store.connect(cfg.paths.database)
+        if waits and not getattr(args, "once", False):
+            db = connect_when_ready(cfg.paths.database, stopper)
+            if db is None:
+                log.info("%s stopped before its database could be used", name)
+                return EXIT_OK
+        else:
+            db = store.connect(cfg.paths.database)
     except ConfigError as e:
         log.error("configuration error: %s", e)
         return EXIT_CONFIG
     except store.DatabaseUnusable as e:
-        log.error("database unusable: %s", e)
+        log.error("%s", unusable(e))
         return EXIT_DATABASE
-    stopper = Stopper()
-    stopper.install()
     try:
         actor = f"{name}@{socket.gethostname()}:{os.getpid()}"  # router_00@host:pid, told apart across hosts
         code = main(Context(name=name, actor=actor, config=cfg, db=db, stopper=stopper,
@@ -207,7 +255,7 @@ def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Con
         log.error("configuration error: %s", e)
         return EXIT_CONFIG
     except store.DatabaseUnusable as e:
-        log.error("database unusable: %s", e)
+        log.error("%s", unusable(e))
         return EXIT_DATABASE
     except ToolError as e:              # the program cannot work for a reason it names in one line
         log.error("%s", e)
@@ -231,4 +279,4 @@ def serve(program: str, description: str, build: Callable[[Context], object], ar
                                    max_clock_skew=ctx.config.database.max_clock_skew)
         build(ctx).run(once=once_only, heartbeat=beat)
 
-    return run_program(program, parser(program, description, once), start, argv)
+    return run_program(program, parser(program, description, once), start, argv, waits=True)

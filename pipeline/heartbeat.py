@@ -87,4 +87,4 @@ def retire(db: store.Engine, program: str) -> None:
     except Exception as e:
         if db.transient(e) is None:
             raise
-        log.warning("heartbeat left behind, the database cannot be written (%s)", e)
+        log.warning("heartbeat left behind, the database cannot be written (%s)", db.describe(e))

@@ -8,9 +8,11 @@ wants to run again: 0 for at once), and this loop does the rest, the same for ev
 - stopping: a signal only sets the stopper's flag; the loop sees it between steps, logs it once,
   and lets the program give back what it holds (``drain()``);
 - the one policy for a transient database error (locked past the busy timeout, disk full,
-  read-only, failing, unreachable): logged once while it lasts (``store.Trouble``), the step tried
-  again after a pause that doubles from 0.1 s to 5 s. With ``--once`` only a lock is waited out;
-  the rest exits 69, as there is no later to wait for.
+  read-only, failing, unreachable, refusing the connection): logged once while it lasts, and again
+  when the database's own reason changes (``store.Trouble``), the step tried again after a pause
+  that doubles from 0.1 s to 5 s. With ``--once`` only a lock is waited out; the rest exits 69, as
+  there is no later to wait for. (A database that cannot be used at start is waited for before the
+  program is built: ``cli.connect_when_ready``.)
 
 Anything else a step raises is a defect: it stops the program, whose traceback supervisord logs.
 """

@@ -288,7 +288,9 @@ class Watcher(Program):
                 if reason := self.db.transient(e):
                     self.db.reopen_after(reason)
                     log.warning("%s (%s); the rescan is left to the scanner's next periodic scan",
-                                store.SAYS[reason], e)
+                                store.SAYS[reason], self.db.describe(e))
+                elif isinstance(e, store.DatabaseUnusable):     # the main loop meets it at its next write
+                    log.warning("rescan not recorded: %s", e)
                 else:
                     log.exception("rescan failed; the scanner's next periodic scan will cover it")
 

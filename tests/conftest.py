@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -27,6 +27,7 @@ from pipeline.jobs import Jobs
 from pipeline.store.models import Job, bind
 from helpers.mounts import Tmpfs
 from helpers.smtp_server import Inbox, free_port, start_server
+from helpers.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
@@ -178,6 +179,7 @@ class Tree:
 
 POSTGRES = os.environ.get("PIPELINE_TEST_POSTGRES", "postgresql://pipeline@127.0.0.1:5432/pipeline_test")
 POSTGRES_REQUIRED = os.environ.get("PIPELINE_TEST_POSTGRES_REQUIRED") == "1"
+POSTGRES_HOST, POSTGRES_PORT = urlsplit(POSTGRES).hostname, urlsplit(POSTGRES).port or 5432
 _postgres_problem: list[str] = []       # why PostgreSQL cannot be used, found once per session
 
 
@@ -290,6 +292,29 @@ def _sweep_postgres_schemas():
 @pytest.fixture
 def tree(tmp_path, database) -> Tree:
     return Tree(tmp_path, database=database)
+
+
+@pytest.fixture
+def proxy():
+    """A loopback proxy to the test's PostgreSQL (helpers.tcp_proxy), closed until the test opens it:
+    the database host down and back, without touching the server other tests share."""
+    p = TcpProxy((POSTGRES_HOST, POSTGRES_PORT))
+    yield p
+    p.stop()
+
+
+def end_connections(db) -> int:
+    """pg_terminate_backend on every connection of this test's programs (not the test's own); how many."""
+    import psycopg2
+    mine, name = db.execute_sql("SELECT pg_backend_pid(), current_setting('application_name')").fetchone()
+    admin = psycopg2.connect(POSTGRES)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = %s AND pid <> %s", (name, mine))
+        ended = cur.fetchone()[0]
+    admin.close()
+    return ended
 
 
 @pytest.fixture

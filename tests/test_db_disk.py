@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import peewee
@@ -26,7 +27,7 @@ from pipeline.store import sqlite
 from pipeline.heartbeat import Heartbeat
 from pipeline.hotfolder import Sighting
 from pipeline.jobs import Jobs
-from pipeline.store.models import Job, bind
+from pipeline.store.models import Job, JobEvent, bind
 
 pytestmark = pytest.mark.sqlite_only      # SQLite's file on its own disk
 
@@ -202,19 +203,25 @@ def test_once_exits_69_with_one_line_when_the_database_disk_cannot_be_written(tr
     assert (tree.hot / "RANK" / "waiting.json").exists()
 
 
+def remove_database(tree, how: str):
+    """The database file "deleted", or "replaced" by another renamed over it; its path."""
+    path = tree.config.paths.database
+    if how == "deleted":
+        path.unlink()
+    else:
+        other = tree.root / "other.db"
+        store.connect(other).close()
+        os.replace(other, path)
+    return path
+
+
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_a_database_file_deleted_or_replaced_under_a_running_program_makes_it_exit_69(tree, db, how):
     router = tree.spawn("router")
     try:
         wait_for(lambda: db.run_sql("SELECT count(*) FROM heartbeats").fetchone()[0] == 1,
                  message="the router's first heartbeat")
-        path = tree.config.paths.database
-        if how == "deleted":
-            path.unlink()
-        else:
-            other = tree.root / "other.db"
-            store.connect(other).close()
-            os.replace(other, path)
+        path = remove_database(tree, how)
         router.wait(30)
     finally:
         if router.poll() is None:
@@ -223,6 +230,142 @@ def test_a_database_file_deleted_or_replaced_under_a_running_program_makes_it_ex
     log = tree.logs("router")
     assert router.returncode == 69, log
     assert f"database file {path} was {how}; exiting so supervisord restarts on the real one" in log
+    assert "Traceback" not in log, log
+
+
+def sightings(tree, *names: str) -> list[Sighting]:
+    return [Sighting(str(p), "RANK", os.stat(p)) for p in (drop(tree, name) for name in names)]
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_write_after_the_database_file_is_deleted_or_replaced_is_refused_at_once(tree, db, how):
+    """Not at the next heartbeat: the very next write transaction, before anything is written."""
+    jobs = Jobs(db, "scanner:1")
+    assert len(jobs.create(sightings(tree, "before.json"), "startup")) == 1
+    path = remove_database(tree, how)
+    with pytest.raises(store.DatabaseUnusable, match=f"database file {path} was {how}"):
+        jobs.create(sightings(tree, "after.json"), "realtime")
+    assert not db.in_transaction()
+
+
+class HeldOpen:
+    """Another process holding the database open in WAL mode, as a running program does, until closed."""
+
+    CODE = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('PRAGMA journal_mode=wal'); c.execute('DELETE FROM heartbeats'); "
+            "c.execute('SELECT count(*) FROM jobs').fetchone(); print('open', flush=True); sys.stdin.read()")
+
+    def __init__(self, path):
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE, str(path)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline() == "open\n"
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def test_a_database_created_where_one_was_deleted_under_running_programs_does_not_take_its_wal(tree, db):
+    """SQLite finds the -wal and -shm by the database's name: a new file beside those of a deleted
+    one still open elsewhere would share their index (reads fail with "disk I/O error")."""
+    Jobs(db, "scanner:1").create(sightings(tree, "before.json"), "startup")
+    db.close()
+    path = tree.config.paths.database
+    held = HeldOpen(path)
+    try:
+        path.unlink()
+        new = open_db(tree)
+        try:
+            assert Job.select().count() == 0
+            assert len(Jobs(new, "scanner:1").create(sightings(tree, "after.json"), "startup")) == 1
+            assert new.run_sql("PRAGMA integrity_check").fetchone()[0] == "ok"
+        finally:
+            new.close()
+    finally:
+        held.close()
+    again = open_db(tree)           # after the last holder of the old file is gone
+    try:
+        assert [j.file_name for j in Job.select()] == ["after.json"]
+    finally:
+        again.close()
+
+
+def scanner_beat(tree) -> float | None:
+    conn = sqlite3.connect(f"file:{tree.config.paths.database}?mode=ro", uri=True, timeout=5)
+    try:
+        row = conn.execute("SELECT beat_at FROM heartbeats WHERE program = 'scanner'").fetchone()
+    finally:
+        conn.close()
+    return row and row[0]
+
+
+def test_files_routed_while_the_database_file_is_deleted_all_have_their_jobs_and_audit_in_the_new_one(tree):
+    """A stream of files through a real scanner and router, restarted on exit 69 as supervisord
+    does, while the database file is deleted: no file dropped after the deletion has its job only
+    in the deleted file; every file is routed, those dropped before it at worst a second time."""
+    tree.write_config(detect="min_file_age = 0.1\nscan_interval = 0.2\n")
+    programs = {name: tree.spawn(name) for name in ("scanner", "router")}
+    restarts = []
+    names: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def dropping():
+        i = 0
+        while not stop.is_set():
+            name = f"{i:04d}.json"
+            drop(tree, name)
+            with lock:
+                names.append(name)
+            i += 1
+            time.sleep(0.05)
+
+    def supervise():
+        """What supervisord does: a program that exited 69 is started again."""
+        for name, proc in programs.items():
+            if proc.poll() is not None:
+                assert proc.returncode == 69 and len(restarts) < 20, tree.logs(name)
+                restarts.append(name)
+                programs[name] = tree.spawn(name)
+
+    def routed_now() -> int:
+        supervise()
+        return len(os.listdir(tree.dest("Monday Rank"))) if tree.dest("Monday Rank").exists() else 0
+
+    dropper = threading.Thread(target=dropping)
+    dropper.start()
+    try:
+        wait_for(lambda: routed_now() >= 20, timeout=60, message="routing under way")
+        # Just after the scanner's heartbeat, which would notice the deletion only 5 s later.
+        beat = scanner_beat(tree)
+        wait_for(lambda: scanner_beat(tree) != beat, message="the scanner's next heartbeat")
+        with lock:
+            tree.config.paths.database.unlink()
+            before = len(names)
+        wait_for(lambda: routed_now() >= 0 and len(names) >= before + 60, timeout=60, message="files after it")
+        stop.set()
+        dropper.join()
+        # Each program has met the deletion (at a write, or at its heartbeat) and been restarted.
+        wait_for(lambda: routed_now() == len(names) and tree.files(tree.hot) == []
+                 and set(restarts) == {"scanner", "router"}, timeout=120, message="every file routed")
+    finally:
+        stop.set()
+        dropper.join()
+        for proc in programs.values():
+            proc.terminate()
+            proc.wait(30)
+    db = open_db(tree)
+    try:
+        assert db.run_sql("PRAGMA integrity_check").fetchone()[0] == "ok"
+        routed = {job.file_name: job for job in Job.select().where(Job.state == "routed")}
+        lost = [name for name in names[before:] if name not in routed]
+        assert not lost, f"{len(lost)} of the {len(names) - before} files dropped after the deletion have no job: {lost}"
+        for name in names[before:]:
+            trail = [e.to_state for e in JobEvent.select().where(JobEvent.job == routed[name].id).order_by(JobEvent.id)]
+            assert trail[0] == "detected" and "archived" in trail and trail[-1] == "routed", (name, trail)
+    finally:
+        db.close()
+    log = tree.logs("router") + tree.logs("scanner")
     assert "Traceback" not in log, log
 
 

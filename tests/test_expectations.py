@@ -211,7 +211,8 @@ def test_nagios_ok_critical_and_unknown(tree, db):
         tree.database = f"postgresql://pipeline@127.0.0.1:{free_port()}/pipeline"
         tree.write_config()
     code, out = status(tree, "--nagios")
-    assert code == 3 and out.startswith("PIPELINE UNKNOWN - database unusable: ")
+    said = "database unusable" if tree.engine == "sqlite" else "database unreachable"
+    assert code == 3 and out.startswith(f"PIPELINE UNKNOWN - {said}: ")
     tree.config_path.write_text("[[expect]]\nclients = [\"RANK\"]\nwithin = 60\nhours = \"9-5\"\n")
     code, out = status(tree, "--nagios")
     assert code == 3 and out.startswith("PIPELINE UNKNOWN - configuration error: ") and "[[expect]] #1 hours" in out

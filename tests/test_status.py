@@ -135,7 +135,7 @@ def test_an_unreachable_postgresql_server_exits_69_with_one_line(tree):
     tree.database = f"postgresql://pipeline@127.0.0.1:{free_port()}/pipeline"      # nothing listens there
     tree.write_config()
     code, _, err = status(tree)
-    assert code == 69 and "database unusable" in err and "Connection refused" in err
+    assert code == 69 and "database unreachable: " in err and "Connection refused" in err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -26,20 +26,26 @@ def _writable_place(path: Path) -> str | None:
     return None
 
 
-def _check_server(url: str, problems: list[str], notes: list[str]) -> None:
-    """A PostgreSQL database: the server answers, and the role may use the database."""
+def _check_server(url: str, problems: list[str], notes: list[str], unavailable: list[str]) -> None:
+    """A PostgreSQL database: the server answers, and the role may use the database. A server that
+    does not answer or turns the connection away (``reason``) is no fault of the file: the
+    programs wait for it."""
     try:
         store.connect(url, create=False).close()
     except store.DatabaseUnusable as e:
         if "no pipeline tables" in str(e):
             notes.append("[paths] database: no pipeline tables yet; the first program to start creates them")
+        elif e.reason:
+            unavailable.append(cli.unusable(e))
         else:
             problems.append(f"[paths] database: {e}")
 
 
-def check(config: Config) -> tuple[list[str], list[str]]:
-    """(problems, notes): problems stop the pipeline from working; notes are worth knowing."""
-    problems, notes = [], []
+def check(config: Config) -> tuple[list[str], list[str], list[str]]:
+    """(problems, notes, unavailable): problems in the configuration stop the pipeline from
+    working; notes are worth knowing; ``unavailable`` says why the database cannot be used now,
+    when that may pass by itself (the programs wait for it)."""
+    problems, notes, unavailable = [], [], []
     try:
         store.check_location(config.paths.database)
     except store.DatabaseUnusable as e:
@@ -47,7 +53,7 @@ def check(config: Config) -> tuple[list[str], list[str]]:
     p = config.paths
     local = not store.is_postgres(p.database)
     if not local:
-        _check_server(p.database, problems, notes)
+        _check_server(p.database, problems, notes, unavailable)
     for key in ("hot_folder", "store", "failed", "error_log", "database")[:5 if local else 4]:
         where = getattr(p, key)
         reason = _writable_place(where.parent if key == "database" else where)
@@ -85,12 +91,15 @@ def check(config: Config) -> tuple[list[str], list[str]]:
             problems.append(str(e))
     if config.smtp.host and config.smtp.username and config.smtp.password_env not in os.environ:
         notes.append(f"[smtp] password_env: environment variable {config.smtp.password_env} is not set")
-    return problems, notes
+    return problems, notes, unavailable
 
 
 def main(argv: list[str] | None = None) -> int:
     argp = argparse.ArgumentParser(prog=command("check-config"), description="Validate a configuration file and the "
-                                                                        "places it names.")
+                                                                        "places it names.",
+                                   epilog="exit status: 0 valid; 78 the configuration is invalid; 69 it is valid but "
+                                          "its database cannot be used now (a server not answering or refusing "
+                                          "the connection: the programs wait for it)")
     argp.add_argument("file", nargs="?", metavar="FILE", help="the file to check (or use --config)")
     argp.add_argument("--config", metavar="FILE", help="the file to check")
     args = argp.parse_args(argv)
@@ -100,14 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return cli.EXIT_CONFIG
-    problems, notes = check(config)
+    problems, notes, unavailable = check(config)
     source = config.source or "built-in defaults"
     for line in notes:
         print(f"note: {line}")
     for line in problems:
         print(f"error: {source}: {line}", file=sys.stderr)
+    for line in unavailable:
+        print(f"error: {line}", file=sys.stderr)
     if problems:
         return cli.EXIT_CONFIG
+    if unavailable:             # the file is right; the server is not there yet (EX_UNAVAILABLE)
+        return cli.EXIT_DATABASE
     print(f"ok: {source}: hot folder {config.paths.hot_folder}, {len(config.routes)} routing rules, "
           f"database {config.paths.database}")
     return cli.EXIT_OK

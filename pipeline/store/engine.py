@@ -7,7 +7,7 @@ An engine is a peewee ``Database`` subclass mixing in ``Engine``. The programs o
 - ``sql(text)``: a statement written once for every engine (``?`` placeholders, ``{id_list}`` for
   "one of these ids", given its value by ``id_list(ids)``), in the engine's own dialect;
 - ``transient(error)``: why an error may pass by itself ("locked", "full", "read-only", "I/O",
-  "unreachable"), or None;
+  "unreachable", "refused"), or None; ``describe(error)``: the database's own words for it, one line;
 - ``check_alive()`` and ``tidy()`` at each heartbeat, ``checkpoint()`` after the nightly pruning;
 - ``claim(...)``: lease the first due rows of a queue, never a row another worker holds;
 - ``serialize(name)``: inside a write transaction, be the only writer of what ``name`` stands for
@@ -29,11 +29,19 @@ log = logging.getLogger(__name__)
 
 SAYS = {"locked": "database busy past the timeout", "full": "database disk full",
         "read-only": "database read-only", "I/O": "database disk I/O error",
-        "unreachable": "database unreachable"}
+        "unreachable": "database unreachable", "refused": "database refused the connection"}
 
 
 class DatabaseUnusable(Exception):
-    """The database cannot be opened or used; the programs exit with EXIT_DATABASE."""
+    """The database cannot be opened or used; the programs exit with EXIT_DATABASE.
+
+    ``reason`` is set when the cause may pass by itself (a key of SAYS: a server not answering yet,
+    a password being changed, a lock): a long-running program waits for it at start instead.
+    """
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 class LeaseLost(Exception):
@@ -106,6 +114,10 @@ class Engine:
     def transient(self, error: BaseException) -> str | None:
         raise NotImplementedError
 
+    def describe(self, error: BaseException) -> str:
+        """The database's own reason for ``error``, on one line (what the logs quote)."""
+        return first_line(error)
+
     def check_alive(self) -> None:
         """Raise DatabaseUnusable when carrying on would lose writes (checked at each heartbeat)."""
 
@@ -158,15 +170,23 @@ def retry_later(db: Engine, error: BaseException, then: str, once: bool = False)
     if reason is None:
         return False
     if once and reason != "locked":
-        raise DatabaseUnusable(f"{db.database}: {SAYS[reason]} ({error})") from None
-    db.trouble.met(reason, error, then)
+        raise DatabaseUnusable(f"{db.database}: {SAYS[reason]} ({db.describe(error)})") from None
+    db.trouble.met(reason, db.describe(error), then)
     db.reopen_after(reason)
     return True
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (drivers add hints on further lines), or its type."""
+    lines = str(error).strip().splitlines()
+    return " ".join(lines[0].split()) if lines else type(error).__name__
+
+
 class Trouble:
     """How the database is doing as this process sees it, so that trouble is logged once when it
-    starts and once when it ends, not once per retry (every loop and the heartbeat share it)."""
+    starts, once when the database's own reason for it changes (a server that refused connections
+    now refuses the password), and once when it ends; not once per retry (every loop and the
+    heartbeat share it)."""
 
     # A nearly full disk lets a small write (a heartbeat) through between two larger ones that
     # fail: the trouble is over only once writes have gone through this long without a failure.
@@ -175,17 +195,21 @@ class Trouble:
     def __init__(self, clock=time.monotonic):
         self.clock = clock
         self.reason: str | None = None
+        self.detail: str | None = None
         self.since = self.last = 0.0
         self._lock = threading.Lock()
 
-    def met(self, reason: str, error: BaseException, then: str) -> None:
+    def met(self, reason: str, detail: str, then: str) -> None:
+        """Trouble for ``reason`` (a key of SAYS), ``detail`` being the database's own words."""
         with self._lock:
             self.last = self.clock()
-            if self.reason == reason:
+            if (self.reason, self.detail) == (reason, detail):
                 return
-            self.reason, self.since = reason, self.last
+            if self.reason is None:
+                self.since = self.last
+            self.reason, self.detail = reason, detail
         until = "" if reason == "locked" else "; waiting until it can be written again"
-        log.warning("%s (%s); %s%s", SAYS[reason], error, then, until)
+        log.warning("%s (%s); %s%s", SAYS[reason], detail, then, until)
 
     def cleared(self) -> None:
         """A write went through: the trouble, if any, is over once it stays away for QUIET seconds."""
@@ -193,5 +217,5 @@ class Trouble:
             now = self.clock()
             if self.reason is None or now - self.last < self.QUIET:
                 return
-            reason, self.reason = self.reason, None
+            reason, self.reason, self.detail = self.reason, None, None
         log.info("database writable again after %.0fs (it was: %s)", now - self.since, SAYS[reason])

@@ -8,8 +8,10 @@ What differs from SQLite, all of it here:
 - statements are written once with ``?`` and ``:name`` placeholders (``dialect`` turns them into
   psycopg2's), ``{id_list}`` is ``= ANY`` of an array;
 - which errors pass by themselves: a lost connection (the server restarted, the connection
-  killed, the network down) is "unreachable": the connection is dropped and the next statement
-  opens a new one; a serialization failure or a deadlock is "locked";
+  killed, the network down) is "unreachable", a server that answers but turns the connection
+  away (a password changed, the database dropped, every connection slot taken) is "refused": the
+  connection is dropped and the next statement opens a new one; a serialization failure or a
+  deadlock is "locked";
 - waking up: a committed transaction that made work due says NOTIFY; idle routers and notifiers
   wait on LISTEN, with a fallback poll of about a second;
 - the schema (``postgres.sql``), applied under an advisory lock so that programs starting together
@@ -30,7 +32,7 @@ import time
 
 import peewee
 
-from .engine import DatabaseUnusable, Engine, newer_schema
+from .engine import DatabaseUnusable, Engine, first_line, newer_schema
 from .sqlite import SCHEMA_VERSION          # one version for both DDL files
 
 try:
@@ -52,6 +54,12 @@ _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 # SQLSTATE classes and codes that pass by themselves.
 _LOCKED_CODES = {"40001", "40P01", "55P03"}         # serialization failure, deadlock, lock not available
 _UNREACHABLE_CLASSES = ("08", "57")                 # connection exception, operator intervention
+# Invalid authorization, a database that does not exist, too many connections.
+_REFUSED_CODES = {"28000", "28P01", "3D000", "53300"}
+# A connection turned away: the server's FATAL message, or libpq's own when the server asked for a
+# password it was not given; and the words before the reason (the address, the marker).
+_TURNED_AWAY = ("FATAL:", "fe_sendauth:")
+_CONNECTION_FAILED = re.compile(r'^connection to server (?:at|on) .*? failed: (?:FATAL:\s+|fe_sendauth:\s+)?')
 
 
 class Database(Engine, peewee.PostgresqlDatabase):
@@ -121,8 +129,11 @@ class Database(Engine, peewee.PostgresqlDatabase):
     def transient(self, error: BaseException) -> str | None:
         return transient(error)
 
+    def describe(self, error: BaseException) -> str:
+        return describe(error)
+
     def reopen_after(self, reason: str) -> None:
-        if reason == "unreachable":
+        if reason in ("unreachable", "refused"):
             self._drop_connection()
 
     def _drop_connection(self) -> None:
@@ -232,8 +243,10 @@ class _Snapshot:
 
 
 def transient(error: BaseException) -> str | None:
-    """"unreachable" for a lost or refused connection, "locked" for a serialization failure, a
-    deadlock or a lock not available; None for anything else. The whole chain is looked at."""
+    """"unreachable" for a lost connection or a server that does not answer, "refused" for one that
+    answers and turns the connection away (a password, a database that is not there, no connection
+    slot left), "locked" for a serialization failure, a deadlock or a lock not available; None for
+    anything else. The whole chain is looked at."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -241,10 +254,14 @@ def transient(error: BaseException) -> str | None:
             code = error.pgcode or ""
             if code in _LOCKED_CODES:
                 return "locked"
+            if code in _REFUSED_CODES:
+                return "refused"
             if code.startswith(_UNREACHABLE_CLASSES) or isinstance(error, psycopg2.InterfaceError):
                 return "unreachable"
             if isinstance(error, psycopg2.OperationalError) and not code:
-                return "unreachable"        # no SQLSTATE: the connection itself failed
+                # No SQLSTATE: the connection itself failed. psycopg2 gives none for a connection the
+                # server turned away either, but libpq's message says so then.
+                return "refused" if any(m in str(error) for m in _TURNED_AWAY) else "unreachable"
         if isinstance(error, peewee.InterfaceError) and "closed" in str(error):
             return "unreachable"
         error = error.__cause__ or error.__context__
@@ -271,7 +288,7 @@ def connect(url: str, *, create: bool = True) -> Database:
             apply_schema(db)
     except (psycopg2.Error, peewee.DatabaseError, peewee.InterfaceError) as e:
         db.close()
-        raise DatabaseUnusable(f"{url}: {_one_line(e)}") from None
+        raise DatabaseUnusable(f"{url}: {describe(e)}", reason=transient(e)) from None
     if version is not None and version > SCHEMA_VERSION:
         db.close()
         raise newer_schema(url, version, SCHEMA_VERSION)
@@ -296,5 +313,9 @@ def apply_schema(db: Database) -> None:
     log.info("database schema version %d ready in %s", SCHEMA_VERSION, db.database)
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+def describe(error: BaseException) -> str:
+    """The server's own reason on one line: for a connection it turned away, its message without
+    libpq's preamble (``password authentication failed for user "pipeline"``); else the
+    first line of the error (libpq adds hints on the lines after)."""
+    line = first_line(error)
+    return _CONNECTION_FAILED.sub("", line) if any(m in line for m in _TURNED_AWAY) else line

@@ -3,7 +3,9 @@ from ``sqlite.sql`` beside this module."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import importlib.resources
 import json
 import math
@@ -66,6 +68,13 @@ class Database(Engine, peewee.SqliteDatabase):
         if self.is_closed() or self.connection().in_transaction:
             super().rollback()
 
+    def _connect(self):
+        # A connection opened later (another thread's, or one reopened after an error) must be to
+        # the file the others have: opening a path whose file was deleted would create an empty
+        # one there, beside the deleted one's -wal and -shm.
+        check_file(self)
+        return super()._connect()
+
     def savepoint(self):
         return _Savepoint(self)
 
@@ -87,7 +96,7 @@ class Database(Engine, peewee.SqliteDatabase):
             while True:
                 try:
                     cursor.execute("BEGIN IMMEDIATE")
-                    return
+                    break
                 except sqlite3.Error as e:
                     busy = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_BUSY
                     if not busy or time.monotonic() >= deadline:
@@ -99,6 +108,15 @@ class Database(Engine, peewee.SqliteDatabase):
                 cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             except sqlite3.Error:
                 pass            # the connection is failing: what BEGIN raised is what tells why
+        # Every write checks that the path still names the file this process opened, holding the
+        # write lock (so no write of another program can come between): a database file deleted
+        # or replaced under the programs would otherwise take their writes, whole jobs' audit
+        # trails, into a file nobody can open any more, until the next heartbeat noticed. One stat.
+        try:
+            check_file(self)
+        except DatabaseUnusable:
+            cursor.execute("ROLLBACK")
+            raise
 
     @staticmethod
     def give_way() -> None:
@@ -202,6 +220,8 @@ def connect(path: Path, *, create: bool = True) -> Database:
     """
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _create_file(path)
     elif not path.exists():
         raise DatabaseUnusable(f"{path}: no such database")
     db = Database(
@@ -221,11 +241,41 @@ def connect(path: Path, *, create: bool = True) -> Database:
             apply_schema(db)
     except (sqlite3.DatabaseError, peewee.DatabaseError, OSError) as e:
         db.close()
-        raise DatabaseUnusable(f"{path}: {e}") from None
+        raise DatabaseUnusable(f"{path}: {e}", reason=transient(e)) from None
     if version > SCHEMA_VERSION:
         db.close()
         raise newer_schema(path, version, SCHEMA_VERSION)
     return db
+
+
+def _create_file(path: Path) -> None:
+    """Create an empty database file where there is none, without the ``-wal`` and ``-shm`` a
+    deleted one left at its path.
+
+    SQLite finds those two by the database's name. When the file was deleted under running
+    programs, theirs are still there and still in use by them: a new file opened beside them would
+    share their write-ahead log's index with a database that no longer exists (reads fail with
+    "disk I/O error", or worse, pages of the old database appear in the new). They belong to no
+    file at the path any more, so they are removed first (SQLite itself drops a WAL it finds
+    beside an empty database); the programs still holding them keep them open until they exit.
+    Starts creating at once take turns (a lock on the folder), so that one never removes what
+    another has just begun to use.
+    """
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if path.exists():
+            return                              # another program created it meanwhile
+        stale = [f"{path}{suffix}" for suffix in ("-wal", "-shm") if os.path.exists(f"{path}{suffix}")]
+        for name in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        if stale:
+            log.warning("database file %s is missing: creating a new one, without the -wal and -shm "
+                        "its deleted predecessor left", path)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))   # SQLite's own mode
+    finally:
+        os.close(folder)                        # and the lock with it
 
 
 _ADDED_COLUMNS = [("heartbeats", "clock_skew", "REAL NOT NULL DEFAULT 0")]
@@ -303,7 +353,8 @@ def check_file(db: Database) -> None:
 
     A database deleted or renamed over under running programs would otherwise go on taking their
     writes into a file nobody can open any more: every record from then on is lost. Exiting lets
-    supervisord start them again on the file that is there now. One stat: cheap enough per heartbeat.
+    supervisord start them again on the file that is there now. One stat: checked at every write
+    transaction (``Database.begin``), every new connection and every heartbeat.
     """
     if db.identity is None:
         return

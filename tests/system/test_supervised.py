@@ -6,6 +6,7 @@ import shutil
 import sys
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,8 @@ def test_supervisord_runs_every_program_and_files_get_routed(tree, db, installat
         stop(proc)
 
 
-def test_the_readme_start_command_works_from_a_fresh_copy(tmp_path):
-    """bin/start on built-in defaults: venv (here linked, already built), database, supervisord in front."""
+def fresh_copy(tmp_path: Path) -> Path:
+    """The repository's files in a folder of their own, its venv linked (already built)."""
     clone = tmp_path / "clone"
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     if not tracked:
@@ -96,6 +97,12 @@ def test_the_readme_start_command_works_from_a_fresh_copy(tmp_path):
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, clone / name, follow_symlinks=False)
     os.symlink(ROOT / ".venv", clone / ".venv")
+    return clone
+
+
+def test_the_readme_start_command_works_from_a_fresh_copy(tmp_path):
+    """bin/start on built-in defaults: venv (here linked, already built), database, supervisord in front."""
+    clone = fresh_copy(tmp_path)
     readme = (clone / "README.md").read_text().splitlines()
     start = next(line.strip().strip("`") for line in readme[:15] if "bin/start" in line).split()[0]
     env = {k: v for k, v in os.environ.items() if k != "PIPELINE_CONFIG"}
@@ -113,6 +120,40 @@ def test_the_readme_start_command_works_from_a_fresh_copy(tmp_path):
         code = stop(proc, signal.SIGINT)                 # Ctrl-C stops everything
     assert code == 0
     assert not (clone / "var" / "supervisor.sock").exists() or supervisorctl(conf, "status").returncode != 0
+
+
+@pytest.mark.postgresql_only
+def test_a_database_not_answering_when_the_pipeline_starts_is_waited_for_and_nothing_goes_fatal(tree, db, tmp_path, proxy):
+    """A power cut: the file server boots before the database host. bin/start starts the pipeline
+    anyway; every program waits, saying why once, and supervisord keeps it RUNNING (never FATAL
+    after startretries); once the database answers, files flow."""
+    tree.database = proxy.url(tree.database)
+    tree.write_config()
+    clone = fresh_copy(tmp_path)
+    conf = clone / "supervisord.conf"
+    err = tmp_path / "start.err"
+    with open(err, "wb") as out:
+        proc = subprocess.Popen([str(clone / "bin" / "start")], cwd=clone, env=tree.env(), stdout=subprocess.DEVNULL,
+                                stderr=out)
+    try:
+        wait_for(lambda: all_running(conf, 7), timeout=60, interval=0.3, message="7 programs RUNNING")
+        time.sleep(8)                   # long past startsecs and the retries a failing start gets
+        assert all_running(conf, 7), supervisorctl(conf, "status").stdout
+        down = tree.run("status", check=False)
+        assert down.returncode == 69 and "database unreachable: " in down.stderr, down.stderr
+        proxy.open()
+        tree.drop("RANK", "1.json", job_document("RANK"))
+        wait_for(lambda: (tree.dest("Monday Rank") / "1.json").exists(), timeout=90, message="the file routed")
+        assert all_running(conf, 7), supervisorctl(conf, "status").stdout
+    finally:
+        code = stop(proc, signal.SIGINT)
+    assert code == 0
+    assert "bin/start: starting anyway; the programs wait for the database" in err.read_text()
+    for log in sorted((clone / "var" / "log").glob("*_*.log")) + [clone / "var" / "log" / f"{p}.log" for p in (
+            "scanner", "watcher", "notifier", "reporter", "dashboard")]:
+        text = log.read_text()
+        assert text.count("database unreachable: ") == 1 and "waiting for it before starting" in text, (log, text)
+        assert "Traceback" not in text, (log, text)
 
 
 def test_status_is_healthy_when_idle_and_not_when_the_router_is_stopped_with_work_waiting(tree, db, installation):
