@@ -19,6 +19,7 @@ from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, 
                       listen_address, non_negative_int, non_negative_number, octal_mode, port, positive_int,
                       positive_number, string, string_list, time_of_day, timezone, url, weekdays, window)
 from .rules import Route, RuleError, compile_route
+from .schemas import Schema, SchemaProblem, compile_schema
 from .store import POSTGRES_SCHEMES
 
 
@@ -159,6 +160,7 @@ class Config:
     dashboard: Dashboard
     database: Database
     expect: tuple[Expect, ...] = ()
+    schemas: tuple[Schema, ...] = ()
     source: Path | None = field(default=None, compare=False)  # the file it came from
 
 
@@ -239,6 +241,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
 }
 _EXPECT_KEYS = {"clients", "within", "hours", "days"}
 _ROUTE_KEYS = {"name", "to", "clients", "categories", "match", "files", "rename"}
+_SCHEMA_KEYS = {"clients", "categories", "file"}
 
 
 def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -273,7 +276,7 @@ def load(explicit: str | os.PathLike | None = None) -> Config:
 
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Validate a parsed TOML document. Relative paths resolve against ``base``."""
-    unknown = sorted(set(data) - set(_SECTIONS) - {"route", "expect"})
+    unknown = sorted(set(data) - set(_SECTIONS) - {"route", "expect", "schema"})
     if unknown:
         raise ConfigError(f"[{unknown[0]}]: unknown section")
     values = {name: _section(name, data.get(name, {})) for name in _SECTIONS}
@@ -298,7 +301,8 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
                   routes=routes, api=Api(**values["api"]), report=Report(**values["report"]),
                   smtp=Smtp(**values["smtp"]), alerts=Alerts(**values["alerts"]),
                   dashboard=Dashboard(**values["dashboard"]), database=Database(**values["database"]),
-                  expect=_expectations(data.get("expect", [])), source=source)
+                  expect=_expectations(data.get("expect", [])), schemas=_schemas(data.get("schema", []), resolve),
+                  source=source)
 
 
 def database_location(value: str, resolve: Callable[[str], Path]) -> Path | str:
@@ -366,6 +370,28 @@ def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple
         except RuleError as e:
             raise ConfigError(f"{where} {e.key}: {e}") from None
     return tuple(routes)
+
+
+def _schemas(tables: Any, resolve: Callable[[str], Path]) -> tuple[Schema, ...]:
+    """``[[schema]]`` tables, each file read and compiled now: a job never meets a broken schema."""
+    compiled = []
+    for where, table in _array("schema", tables, _SCHEMA_KEYS):
+        if not isinstance(table.get("file"), str) or not table["file"].strip():
+            raise ConfigError(f"{where} file: required, a non-empty string (a JSON Schema file)")
+        lists = {}
+        for key in ("clients", "categories"):
+            try:
+                lists[key] = string_list(table[key]) if key in table else None
+            except ValueError as e:
+                raise ConfigError(f"{where} {key}: {e}") from None
+            if lists[key] == ():
+                raise ConfigError(f"{where} {key}: an empty list applies to nothing; leave the key out to "
+                                  "apply to every value")
+        try:
+            compiled.append(compile_schema(where, table["file"], resolve(table["file"]), **lists))
+        except SchemaProblem as e:
+            raise ConfigError(f"{where} file: {table['file']}: {e}") from None
+    return tuple(compiled)
 
 
 def _expectations(tables: Any) -> tuple[Expect, ...]:

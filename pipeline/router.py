@@ -39,7 +39,7 @@ from pathlib import Path
 
 import peewee
 
-from . import cli, failures, retry, rules
+from . import cli, failures, retry, rules, schemas
 from .config import Config
 from .hotfolder import HotFolder, Sighting
 from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
@@ -47,7 +47,7 @@ from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact,
 from .jobs import Claimed, Jobs, LeaseLost
 from .states import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE
 from .program import Program
-from .validation import Invalid, JobDetails, parse, too_large, wanted
+from .validation import Invalid, JobDetails, too_large, wanted
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class Work:
     outcome: str = ""                           # route | fail | move | wait | release | lost
     step: str = ""
     error: str = ""
+    errors: list[str] = field(default_factory=list)     # every error of a schema broken, for the sidecar
     failed_path: Path | None = None
     attempts: int | None = None                 # set when this batch counted a retry
     problem: str = ""                           # a place problem found after phase B, beside error
@@ -192,9 +193,13 @@ class Router(Program):
         works = [Work(job=job, state=job.state, held_until=claimed_at + cfg.lease) for job in batch.jobs]
         self._hot_files = None
         ready, held = [], 0
-        for work in works:
+        for i, work in enumerate(works):
             if self.stopper.requested:
                 work.outcome = "release"
+                continue
+            # Validating may take a while ([[schema]] checks, up to schemas.TIME_LIMIT a job): the
+            # jobs still to be read keep their lease.
+            if not self._held(work, works[i:]):
                 continue
             if self._guarded(work, self._prepare, work, delivered.get(work.job.id, set())):
                 ready.append(work)
@@ -229,8 +234,10 @@ class Router(Program):
         if data is None:
             return
         try:
-            work.details = parse(data, work.job.client_folder, self.keep)      # where the file is now: it may have moved
+            # Where the file is now (it may have moved); with the [[schema]] tables that apply.
+            work.details = schemas.parse_job(data, work.job.client_folder, self.keep, self.config.schemas)
         except Invalid as e:
+            work.errors = getattr(e, "errors", [])
             work.fail("validate", str(e), move=work.state == "detected")
             return
         job = work.job
@@ -657,7 +664,8 @@ class Router(Program):
             w.wait_late("validate", f"cannot move the file to FAILED: {_os_reason(e)}")
             return
         try:
-            failures.write_sidecar(w.failed_path, w.job, w.step, w.error, w.job.attempts, now, self.places)
+            failures.write_sidecar(w.failed_path, w.job, w.step, w.error, w.job.attempts, now, self.places,
+                                   errors=w.errors)
         except OSError as e:
             self.places.forget(w.failed_path.parent)
             w.wait_late("validate", f"cannot write the reason beside the file in FAILED: {_os_reason(e)}")

@@ -14,8 +14,8 @@ so a file gets the same verdict whichever way it is read.
 ``wanted`` is a tree of object keys: a dict descends into that key's object, or into that item of
 an array when the key is an index (``"0"``: the array is kept up to the last item named, the
 others as None); ``KEEP`` keeps the value if it is a scalar, and an empty stand-in of the same kind
-(``{}`` or ``[]``) if not, which is all validation needs to say what it is. Everything else is
-checked and dropped.
+(``{}`` or ``[]``) if not, which is all validation needs to say what it is; ``ALL`` keeps the whole
+value (a job a ``[[schema]]`` checks). Everything else is checked and dropped.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from json.decoder import scanstring
 from typing import Any
 
 KEEP = True
+ALL = object()                  # a wanted that keeps the value whole, every container below it too
 WINDOW = 64 * 1024              # characters: the most the C decoder is given at once
 MAX_DEPTH = 512                 # nesting levels walked here (the C decoder stops near 1,000)
 MAX_NUMBER_CHARS = 100          # a longer number is not a job's value; int() refuses > 4,300 digits
@@ -133,7 +134,14 @@ def _end(text: str, pos: int) -> None:
         raise json.JSONDecodeError("Extra data", text, pos)
 
 
+def prune(value: Any, wanted: Any) -> Any:
+    """What ``wanted`` names of a value parsed whole (``ALL``), as ``loads`` would have kept it."""
+    return _prune(value, wanted)
+
+
 def _prune(value: Any, wanted: Any) -> Any:
+    if wanted is ALL:
+        return value
     if isinstance(value, dict):
         if wanted is KEEP:
             return {}
@@ -173,17 +181,19 @@ class _Frame:
         self.count = 0              # an array's items so far: the index of the next one
 
     def child(self) -> Any:
+        if self.wanted is ALL:
+            return ALL
         if isinstance(self.wanted, dict):
             return self.wanted.get(self.key if self.kind == "{" else str(self.count))
         return None
 
     def add(self, value: Any) -> None:
         if self.kind == "[":
-            if isinstance(self.wanted, dict) and str(self.count) in self.wanted:
+            if self.wanted is ALL or isinstance(self.wanted, dict) and str(self.count) in self.wanted:
                 self.out.extend([None] * (self.count - len(self.out)))
                 self.out.append(value)      # already pruned by the child's own wanted
             self.count += 1
-        elif isinstance(self.wanted, dict) and self.key in self.wanted:
+        elif self.wanted is ALL or isinstance(self.wanted, dict) and self.key in self.wanted:
             self.out[self.key] = value
 
 
@@ -272,10 +282,14 @@ class _Walk:
         if frame.kind == "{":
             for key in value:
                 self.remember(frame, key)
-            if isinstance(frame.wanted, dict):
+            if frame.wanted is ALL:
+                frame.out.update(value)
+            elif isinstance(frame.wanted, dict):
                 frame.out.update((k, _prune(value[k], w)) for k, w in frame.wanted.items() if k in value)
         else:
-            if isinstance(frame.wanted, dict):
+            if frame.wanted is ALL:
+                frame.out.extend(value)
+            elif isinstance(frame.wanted, dict):
                 for i, item in enumerate(value, frame.count):
                     _keep_item(frame.out, i, item, frame.wanted)
             frame.count += len(value)
@@ -304,3 +318,4 @@ class _Walk:
         self.remember(frame, key)
         frame.key = key
         return _WS.match(text, pos + 1).end()
+
