@@ -46,6 +46,7 @@ class Detect:
     slow_scan: float
     scan_timeout: float
     poll_interval: float          # seconds between two looks of the polling observer
+    incomplete_grace: float = 30  # seconds a file whose JSON ends early may take to be complete (0: off)
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "slow_scan": (positive_number, 30),
         "scan_timeout": (positive_number, 120),
         "poll_interval": (positive_number, 1.0),
+        "incomplete_grace": (non_negative_number, 30),
     },
     "router": {
         "batch_size": (positive_int, 100),

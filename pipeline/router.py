@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import peewee
 
-from . import cli, failures, retry, rules, schemas
+from . import cli, failures, retry, rules, schemas, strictjson
 from .config import Config
 from .hotfolder import HotFolder, Sighting
 from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
@@ -52,6 +53,7 @@ from .validation import Invalid, JobDetails, too_large, wanted
 log = logging.getLogger(__name__)
 
 PLACE_BACKOFF_CAP = 60.0   # seconds: the longest wait between tries at a place
+RECHECK_CAP = 4.0           # seconds: the longest wait before a file still being written is read again
 COPY_BUDGET = 16 << 20      # bytes of read jobs a batch holds before it copies them
 FIRST_BATCH = 8             # jobs claimed when work starts again; doubles up to router.batch_size
 
@@ -82,6 +84,8 @@ class Work:
     late: bool = False                          # its wait is committed in phase D, not B
     moved_from: str | None = None               # the file's recorded path, when it moved: to be recorded
     moved_ctime_ns: int = 0
+    grew_from: int | None = None                # the size it was detected with, when its file changed in place
+    recheck_in: float = 0.0                     # outcome recheck: read the file again after this long
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -105,6 +109,18 @@ class Work:
         else:
             self.job = dataclasses.replace(self.job, source_path=found.path)
         self.moved_ctime_ns = found.st.st_ctime_ns
+
+    def grow(self, st: os.stat_result) -> None:
+        """The job's file changed in place before its content was taken: the job takes its new
+        size and mtime (committed in phase B, ``Jobs.grew``)."""
+        if self.grew_from is None:
+            self.grew_from = self.job.size
+        self.job = dataclasses.replace(self.job, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        self.moved_ctime_ns = st.st_ctime_ns
+
+    def recheck(self, delay: float, reason: str) -> None:
+        """Read the file again after ``delay``: it is still being written (not an attempt)."""
+        self.outcome, self.step, self.error, self.recheck_in = "recheck", "validate", reason, delay
 
     def fail(self, step: str, error: str, move: bool = False) -> "Work":
         self.outcome, self.step, self.error = ("move" if move else "fail"), step, error
@@ -237,6 +253,8 @@ class Router(Program):
             # Where the file is now (it may have moved); with the [[schema]] tables that apply.
             work.details = schemas.parse_job(data, work.job.client_folder, self.keep, self.config.schemas)
         except Invalid as e:
+            if work.state == "detected" and self._being_written(work, data):
+                return
             work.errors = getattr(e, "errors", [])
             work.fail("validate", str(e), move=work.state == "detected")
             return
@@ -247,6 +265,19 @@ class Router(Program):
         except rules.Unsafe as e:
             work.refused = str(e)       # archived all the same: the job fails at route below
         work.data, work.delivered_before = data, delivered
+        return True
+
+    def _being_written(self, work: Work, data: bytes) -> bool:
+        """A file whose JSON ends early (stops inside a value, or is empty) and that changed less
+        than ``detect.incomplete_grace`` ago is taken to be still being written: the job waits
+        and reads it again, sooner the newer the file (or at once when it changes: Jobs.create).
+        Past the grace, or with a syntax error in the middle, it fails as invalid."""
+        grace = self.config.detect.incomplete_grace
+        age = max(time.time() - work.job.mtime_ns / 1e9, 0.0)
+        if age >= grace or not strictjson.ends_early(data):
+            return False
+        work.recheck(min(max(age, 1.0), RECHECK_CAP, max(grace - age, 0.05)),
+                     "incomplete JSON, still being written?")
         return True
 
     def _guarded(self, work: Work, call, *args) -> bool:
@@ -374,8 +405,7 @@ class Router(Program):
             work.fail("detect", f"file {e}; left where it is")
             return None
         except Changed as e:
-            work.fail("detect", f"file {e}; the new version is handled as a job of its own")
-            return None
+            return self._changed(work, e)
         except OSError as e:
             work.wait("archive", f"cannot read the file: {_os_reason(e)}")
             return None
@@ -384,6 +414,32 @@ class Router(Program):
             return None
         work.sha256 = hashlib.sha256(data).hexdigest()
         return data
+
+    def _changed(self, work: Work, change: Changed) -> bytes | None:
+        """The file at the job's path is not the one it took. Another file (another inode) is a
+        new appearance, a job of its own. The same file changed in place, still being written, is
+        followed: the job has not taken its content, and a file is one job. Unless the new
+        version has a job already (one a detector made while a router held this one): then this
+        job, which only ever saw a part of the file, ends, and that one goes on."""
+        job = work.job
+        try:
+            st = os.lstat(job.source_path)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_ino != job.inode:
+            work.fail("detect", f"file {change}; the new version is handled as a job of its own")
+            return None
+        if work.grew_from is not None:          # changed again while it was read: being written now
+            work.recheck(1.0, "the file is still being written (it changed while it was read)")
+            return None
+        newer = self.jobs.appearance(Identity.of(st), job.id)
+        if newer is not None:
+            work.fail("detect", f"replaced by a newer version of the file while it was being written (job {newer})")
+            return None
+        log.info("%s: changed in place (%d -> %d bytes) before it was read; the job follows it",
+                 work.label, job.size, st.st_size)
+        work.grow(st)
+        return self._read(work)
 
     def _follow(self, work: Work) -> bool:
         """Make the job follow its file when it was renamed within the hot folder; True when it did."""
@@ -523,6 +579,11 @@ class Router(Program):
 
     def _record_progress(self, token: str, w: Work) -> None:
         self._record_move(token, w)
+        if w.grew_from is not None:
+            self.jobs.grew(token, self._as_committed(w), w.grew_from, w.moved_ctime_ns)
+            w.grew_from = None
+        if w.outcome == "recheck":
+            self.jobs.recheck(token, self._as_committed(w), w.recheck_in, w.error)
         if w.archived_now:
             d = w.details
             self.jobs.archived(token, w.job.id, sha256=w.sha256, client_code=d.client_code,
@@ -694,6 +755,8 @@ class Router(Program):
                 log.info("routed %s -> %s (%.0f ms)", w.label, where, ms)
             elif w.outcome == "wait":
                 log.warning("%s waits: %s", w.label, w.problem or w.error)
+            elif w.outcome == "recheck":
+                log.info("%s: %s; read again in %.3gs", w.label, w.error, w.recheck_in)
             elif w.outcome in FAILED_NOW:
                 place = f"; moved to {w.failed_path}" if w.outcome == "move" else ""
                 log.error("failed %s at %s: %s%s", w.label, w.step, w.error, place)
@@ -723,7 +786,7 @@ def _discard_unpublished(copies: list[Copy]) -> None:
 
 def _recorded_fields(w: Work) -> dict:
     """What recording a job's progress changes in its Work: put back when the record is undone."""
-    return {name: getattr(w, name) for name in ("state", "attempts", "outcome", "error", "moved_from")}
+    return {name: getattr(w, name) for name in ("state", "attempts", "outcome", "error", "moved_from", "grew_from")}
 
 
 def _published(copy: Copy, folders: Folders, replace: bool) -> bool:

@@ -319,3 +319,34 @@ class _Walk:
         frame.key = key
         return _WS.match(text, pos + 1).end()
 
+
+# A value cut short at the end of a text: a number's start or a literal's (``-``, ``12.``, ``1e+``,
+# ``tr``, ``nul``), where the decoder stops with "Expecting value" or a delimiter.
+_CUT_TOKEN = re.compile(r"(?:-|-?[0-9]*\.?[0-9]*(?:[eE][-+]?[0-9]*)?|t(?:ru?)?|f(?:a(?:ls?)?)?|n(?:ul?)?)[ \t\n\r]*")
+# A \uXXXX escape cut short, or one of a surrogate pair whose second half is cut (from the "u").
+_CUT_ESCAPE = re.compile(r"u[0-9a-fA-F]{0,4}(?:\\(?:u[0-9a-fA-F]{0,4})?)?")
+
+
+def ends_early(data: bytes) -> bool:
+    """Whether ``data`` is the start of a JSON text that stops inside a value (or is empty or only
+    whitespace): what a file still being written looks like, where a syntax error in the middle
+    is simply wrong. Only a text that failed to parse is asked."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.reason == "unexpected end of data"        # a character cut at the end
+    if not text.strip():
+        return True
+    try:
+        loads(text, {})
+    except json.JSONDecodeError as e:
+        # An unterminated string ran to the end whatever it says of where it started.
+        if e.msg.startswith("Unterminated string"):
+            return True
+        cut = _CUT_ESCAPE if e.msg.startswith("Invalid \\uXXXX") else _CUT_TOKEN
+        return cut.fullmatch(text, e.pos) is not None
+    except (Refused, RecursionError):
+        return False
+    return False

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from conftest import BIN, Tree, job_document
+from conftest import BIN, Tree, job_document, wait_for
 from pipeline import config as config_module
 from pipeline.config import ConfigError
 from pipeline.store.models import Job
@@ -268,3 +268,130 @@ def test_a_document_kept_whole_is_the_document(window):
     got = strictjson.loads(text, strictjson.ALL) if window is None else \
         strictjson._Walk(text, strictjson._FAST, window).document(strictjson.ALL)
     assert got == document
+
+
+# -- files still being written, seen by their content -------------------------------------------------
+
+FULL = json.dumps(job_document("RANK", Title="written in two parts " + "x" * 200)).encode()
+
+
+@pytest.mark.parametrize("cut", [0, 1, 20, 37, len(FULL) // 2, len(FULL) - 2, len(FULL) - 1])
+def test_a_text_that_stops_inside_a_value_ends_early(cut):
+    from pipeline.strictjson import ends_early
+    assert ends_early(FULL[:cut]) and ends_early(b"  \n") and ends_early("{\"a\": \"é".encode()[:-1])
+    assert not ends_early(FULL)
+
+
+@pytest.mark.parametrize("text", [b'{"a": 1,, "b": 2}', b'{"a" 1}', b'{"a": tru, "b": 1}', b'{"a": 1}}',
+                                  b'{"a": NaN', b'{"a": "\\uZZ'])
+def test_a_syntax_error_in_the_middle_does_not_end_early(text):
+    from pipeline.strictjson import ends_early
+    assert not ends_early(text)
+
+
+def write_in_place(path, data: bytes, mode: str = "wb") -> None:
+    """Written where it lies, without a rename: what an upstream writing over a share does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, mode) as f:
+        f.write(data)
+
+
+def events(job_id: int) -> list[str]:
+    from pipeline.store.models import JobEvent
+    return [e.detail for e in JobEvent.select().where(JobEvent.job == job_id).order_by(JobEvent.id)]
+
+
+def test_an_empty_or_cut_file_within_the_grace_waits_and_is_read_again(tree, db):
+    path = tree.hot / "RANK" / "cut.json"
+    write_in_place(path, FULL[:len(FULL) // 2])
+    write_in_place(tree.hot / "RANK" / "empty.json", b"")
+    tree.run("scanner", "--once")
+    tree.run("router", "--once")
+    for name in ("cut.json", "empty.json"):
+        waiting = job(name)
+        assert (waiting.state, waiting.attempts) == ("detected", 0)
+        assert waiting.last_error == "incomplete JSON, still being written?"
+        assert (tree.hot / "RANK" / name).exists() and not tree.failed.exists()
+        assert events(waiting.id)[-1].startswith("read again in ")
+
+
+def test_a_cut_file_older_than_the_grace_fails_as_invalid_json(tree, db):
+    path = tree.hot / "RANK" / "cut.json"
+    write_in_place(path, FULL[:40])
+    tree.age(path, 31)
+    tree.run("scanner", "--once")
+    tree.run("router", "--once")
+    cut = job("cut.json")
+    assert (cut.state, cut.failed_step) == ("failed", "validate")
+    assert cut.last_error.startswith("invalid JSON: Unterminated string starting at")
+    assert list((tree.failed / "RANK").glob("*_cut.json"))
+
+
+@pytest.mark.parametrize("grace, content", [("", b'{"JobSpecification": {"JobDetails": {,}}, "x": '),
+                                            ("incomplete_grace = 0\n", FULL[:40])])
+def test_a_syntax_error_in_the_middle_or_no_grace_fails_at_once(tree, db, grace, content):
+    tree.write_config(detect=grace)
+    write_in_place(tree.hot / "RANK" / "bad.json", content)
+    tree.run("scanner", "--once")
+    tree.run("router", "--once")
+    bad = job("bad.json")
+    assert (bad.state, bad.failed_step) == ("failed", "validate")
+    assert bad.last_error.startswith("invalid JSON: ")
+
+
+def test_a_file_written_in_two_parts_is_routed_once_complete_with_the_real_watcher_and_router(tree, db):
+    (tree.hot / "RANK").mkdir(parents=True)
+    watcher, router = tree.spawn("watcher"), tree.spawn("router")
+    try:
+        wait_for(lambda: "watching" in tree.logs("watcher"), message="the watch")
+        path = tree.hot / "RANK" / "5903771.json"
+        write_in_place(path, FULL[:len(FULL) // 2])
+        wait_for(lambda: Job.select().where(Job.last_error == "incomplete JSON, still being written?").count(),
+                 message="the first part waiting")
+        inode = path.stat().st_ino
+        write_in_place(path, FULL[len(FULL) // 2:], "ab")
+        assert path.stat().st_ino == inode
+        wait_for(lambda: Job.select().where(Job.state == "routed").count(), message="the file routed")
+    finally:
+        for proc in (watcher, router):
+            proc.terminate()
+            proc.wait(30)
+    [routed] = Job.select()
+    assert (routed.state, routed.size) == ("routed", len(FULL))
+    assert (tree.store / "RANK" / "5903771.json").read_bytes() == FULL
+    assert (tree.dest(RANK) / "5903771.json").read_bytes() == FULL
+    assert any(e.startswith("file changed before its content was read") for e in events(routed.id))
+    assert not tree.files(tree.hot)
+
+
+def test_a_waiting_job_follows_its_file_when_no_detector_saw_the_rest(tree, db):
+    path = tree.hot / "RANK" / "a.json"
+    write_in_place(path, FULL[:30])
+    tree.run("scanner", "--once")
+    tree.run("router", "--once")
+    [waiting] = Job.select()
+    write_in_place(path, FULL[30:], "ab")
+    Job.update(next_attempt_at=0).execute()         # due now, rather than after its short wait
+    tree.run("router", "--once")
+    [routed] = Job.select()
+    assert (routed.id, routed.state, routed.size) == (waiting.id, "routed", len(FULL))
+    assert f"file changed before its content was read (30 -> {len(FULL)} bytes): the job follows it" in events(routed.id)
+
+
+def test_a_waiting_job_whose_rest_was_detected_as_a_job_of_its_own_ends_with_the_reason(tree, db):
+    from pipeline.jobs import Jobs
+    from pipeline.scanner import Scanner
+    from pipeline.states import ROUTE_QUEUE
+    path = tree.hot / "RANK" / "a.json"
+    write_in_place(path, FULL[:30])
+    tree.run("scanner", "--once")
+    jobs = Jobs(db, "other-router:1")
+    batch = jobs.claim(ROUTE_QUEUE, 10, 60)            # a router holds it as the rest is written
+    write_in_place(path, FULL[30:], "ab")
+    Scanner(tree.config, jobs).scan("periodic", "periodic")
+    jobs.release(batch.token, [j.id for j in batch.jobs])
+    tree.run("router", "--once")
+    first, second = Job.select().order_by(Job.id)
+    assert (first.state, first.failed_step) == ("failed", "detect")
+    assert first.last_error == f"replaced by a newer version of the file while it was being written (job {second.id})"
+    assert (second.state, second.size) == ("routed", len(FULL))
