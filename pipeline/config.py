@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, env_name, headers,
+from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, done_suffix, env_name, headers,
                       listen_address, non_negative_int, non_negative_number, octal_mode, port, positive_int,
                       positive_number, string, string_list, time_of_day, timezone, url, weekdays, window)
 from .rules import Route, RuleError, compile_route
@@ -47,6 +47,7 @@ class Detect:
     scan_timeout: float
     poll_interval: float          # seconds between two looks of the polling observer
     incomplete_grace: float = 30  # seconds a file whose JSON ends early may take to be complete (0: off)
+    done_suffix: str = ""         # a job file is taken once NAME<suffix> stands beside it ("": off)
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "scan_timeout": (positive_number, 120),
         "poll_interval": (positive_number, 1.0),
         "incomplete_grace": (non_negative_number, 30),
+        "done_suffix": (done_suffix, ""),
     },
     "router": {
         "batch_size": (positive_int, 100),

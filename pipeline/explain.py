@@ -21,9 +21,13 @@ def explain(config: Config, path: Path) -> list[str]:
     hot = config.paths.hot_folder
     if path.parent.parent != hot:
         lines.append(f"note:        not in a client folder of the hot folder {hot}; the scanner would not see it")
-    if not eligible_name(path.name):
+    suffix = config.detect.done_suffix
+    if not eligible_name(path.name, suffix):
         lines.append("note:        the name is not one the pipeline picks up (it must end in .json and "
-                     "not be hidden or temporary)")
+                     "not be hidden or temporary" + (f", nor a done marker ending in {suffix}" if suffix else "") + ")")
+    elif suffix and not os.path.lexists(f"{path}{suffix}"):
+        lines.append(f"note:        not taken until its done marker {path.name}{suffix} stands beside it "
+                     "(detect.done_suffix)")
     if path.is_symlink():
         return lines + ["outcome:     ignored: symbolic links are never followed"]
     failed = failures.failed_path(config.paths.failed, client, path.name, time.time())

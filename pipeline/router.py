@@ -709,9 +709,26 @@ class Router(Program):
                 return
             if not removed:
                 log.warning("%s: left in the hot folder: a newer file of that name replaced it", w.label)
+            else:
+                self._remove_marker(w)
             self.hot.touched(Path(w.job.source_path).parent)
         elif w.outcome == "move":
             self._move_to_failed(w, now)
+
+    def _remove_marker(self, w: Work) -> None:
+        """With detect.done_suffix, the done marker goes once its job file has left the hot folder
+        (never before: a marker without its file is a drop not done). One already gone is fine."""
+        suffix = self.config.detect.done_suffix
+        if not suffix:
+            return
+        marker = w.job.source_path + suffix
+        try:
+            if not stat.S_ISDIR(os.lstat(marker).st_mode):
+                os.unlink(marker)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("%s: cannot remove its done marker %s: %s", w.label, marker, _os_reason(e))
 
     def _move_to_failed(self, w: Work, now: float) -> None:
         try:
@@ -719,11 +736,15 @@ class Router(Program):
         except FileNotFoundError:
             if not w.failed_path.exists():      # not moved by an earlier attempt either
                 w.error += "; the file disappeared before it could be moved to FAILED"
+            else:
+                self._remove_marker(w)
         except Changed as e:
             w.error += f"; not moved to FAILED: the file {e}"
         except OSError as e:
             w.wait_late("validate", f"cannot move the file to FAILED: {_os_reason(e)}")
             return
+        else:
+            self._remove_marker(w)
         try:
             failures.write_sidecar(w.failed_path, w.job, w.step, w.error, w.job.attempts, now, self.places,
                                    errors=w.errors)

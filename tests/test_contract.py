@@ -395,3 +395,88 @@ def test_a_waiting_job_whose_rest_was_detected_as_a_job_of_its_own_ends_with_the
     assert (first.state, first.failed_step) == ("failed", "detect")
     assert first.last_error == f"replaced by a newer version of the file while it was being written (job {second.id})"
     assert (second.state, second.size) == ("routed", len(FULL))
+
+
+# -- done files ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, message", [
+    ('".json"', "'.json' would make every job file a marker"), ('"done/x"', "cannot end a file name"),
+    ('".."', "cannot end a file name"), ('".do\\nne"', "cannot end a file name"), ("1", "expected a string")])
+def test_a_done_suffix_that_cannot_name_a_marker_is_refused(tmp_path, value, message):
+    path = tmp_path / "pipeline.toml"
+    path.write_text(f"[detect]\ndone_suffix = {value}\n")
+    with pytest.raises(ConfigError) as e:
+        config_module.load(path)
+    assert "[detect] done_suffix: " in str(e.value) and message in str(e.value)
+
+
+@pytest.mark.parametrize("suffix, name, job_file", [
+    (".done", "5903771.json.done", "5903771.json"), (".done", "5903771.JSON.done", "5903771.JSON"),
+    (".done.json", "5903771.json.done.json", "5903771.json"), (".done.json", "report.done.json", None),
+    (".done", "5903771.json", None), (".done", ".done", None), (".done", "x.txt.done", None)])
+def test_a_done_marker_is_never_a_job_file(suffix, name, job_file):
+    from pipeline.hotfolder import eligible_name, marked
+    assert marked(name, suffix) == job_file
+    assert eligible_name(name, suffix) == (job_file is None and name.lower().endswith(".json") and name != ".done")
+
+
+def done_tree(tree: Tree, suffix: str = ".done") -> None:
+    tree.write_config(detect=f'done_suffix = "{suffix}"\n')
+
+
+def test_the_scanner_takes_a_file_only_once_its_marker_stands_beside_it_and_logs_a_lone_marker_once(tree, db, caplog):
+    from pipeline.jobs import Jobs
+    from pipeline.scanner import Scanner
+    done_tree(tree)
+    scanner = Scanner(tree.config, Jobs(db, "scanner:1"))
+    path = tree.drop("RANK", "5903771.json")
+    tree.age(path)
+    lone = tree.hot / "RANK" / "5903772.json.done"
+    lone.write_bytes(b"")
+    assert scanner.scan("periodic", "periodic") == 0
+    (tree.hot / "RANK" / "5903771.json.done").write_bytes(b"")
+    assert scanner.scan("periodic", "periodic") == 1
+    assert scanner.scan("periodic", "periodic") == 0
+    assert [j.file_name for j in Job.select()] == ["5903771.json"]
+    said = [r.getMessage() for r in caplog.records if "has no job file beside it" in r.getMessage()]
+    assert said == [f"done marker {lone} has no job file beside it; left as it is"]
+    assert lone.exists()
+
+
+@pytest.mark.parametrize("suffix", [".done", ".done.json"])
+def test_the_watcher_takes_a_file_when_its_marker_arrives_and_the_router_removes_the_marker_after_it(tree, db, suffix):
+    done_tree(tree, suffix)
+    (tree.hot / "RANK").mkdir(parents=True)
+    watcher = tree.spawn("watcher")
+    try:
+        wait_for(lambda: "watching" in tree.logs("watcher"), message="the watch")
+        path = tree.drop("RANK", "5903771.json")
+        write_in_place(tree.hot / "RANK" / "other.json", FULL)      # closed after writing: an event
+        time.sleep(0.5)                                 # events come within ms: none may make a job
+        assert Job.select().count() == 0
+        marker = tree.hot / "RANK" / f"5903771.json{suffix}"
+        write_in_place(marker, b"")
+        wait_for(lambda: Job.select().count() == 1, message="the job of the marked file")
+    finally:
+        watcher.terminate()
+        watcher.wait(30)
+    taken = Job.get()
+    assert (taken.file_name, taken.detected_by) == ("5903771.json", "realtime")
+    tree.run("router", "--once")
+    assert job("5903771.json").state == "routed"
+    assert not path.exists() and not marker.exists()
+    assert (tree.dest(RANK) / "5903771.json").exists() and not (tree.store / "RANK" / marker.name).exists()
+    assert (tree.hot / "RANK" / "other.json").exists()      # still waiting for its own marker
+
+
+def test_a_marker_stays_while_its_file_waits_and_goes_with_a_file_moved_to_failed(tree, db):
+    tree.write_config(detect='done_suffix = ".done"\n', router="create_folders = false\n")
+    for name, content in (("waits.json", job_document("RANK")), ("bad.json", b'{"a": 1,, "b": 2}')):
+        tree.age(tree.drop("RANK", name, content))
+        (tree.hot / "RANK" / f"{name}.done").write_bytes(b"")
+    tree.run("scanner", "--once")
+    tree.run("router", "--once")
+    assert job("waits.json").state == "archived"           # its destination is not mounted: it waits
+    assert (tree.hot / "RANK" / "waits.json").exists() and (tree.hot / "RANK" / "waits.json.done").exists()
+    assert job("bad.json").failed_step == "validate"
+    assert not (tree.hot / "RANK" / "bad.json").exists() and not (tree.hot / "RANK" / "bad.json.done").exists()
