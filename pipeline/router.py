@@ -74,7 +74,7 @@ class Work:
     delivered_before: set[str] = field(default_factory=set)   # copies an earlier claim made
     held_until: float = 0.0                     # its lease's end as this router last set it (jobs' clock)
     newer: dict[str, int] = field(default_factory=dict)   # path -> the later job of its name with a copy there
-    outcome: str = ""                           # route | fail | move | wait | release | lost
+    outcome: str = ""                           # route | fail | move | wait | recheck | release | lost
     step: str = ""
     error: str = ""
     errors: list[str] = field(default_factory=list)     # every error of a schema broken, for the sidecar

@@ -131,12 +131,33 @@ def _additional_properties(validator, allowed, instance, schema):
                               f"{'was' if len(extras) == 1 else 'were'} unexpected)")
 
 
+_LOOKUPS: dict[tuple[int, str], tuple[Any, Any]] = {}     # (resolver's id, $ref) -> (resolver, resolved)
+
+
+def _ref(validator, ref, instance, schema):
+    """``$ref`` with its lookups remembered: finding what a reference names is most of a ``$ref``'s
+    cost (half a check against a schema whose items are ``$defs``), and a pure function of the
+    resolver (immutable, over a registry that holds every document and fetches nothing) and the
+    reference. The resolver is kept with its result, so its id cannot name another meanwhile."""
+    resolver = validator._resolver
+    key = (id(resolver), ref)
+    hit = _LOOKUPS.get(key)
+    if hit is None or hit[0] is not resolver:
+        if len(_LOOKUPS) >= 4096:       # recursive schemas make a resolver per depth: stay bounded
+            _LOOKUPS.clear()
+        hit = _LOOKUPS[key] = (resolver, resolver.lookup(ref))
+    resolved = hit[1]
+    yield from validator.descend(instance, resolved.contents, resolver=resolved.resolver)
+
+
 def _unique_items(validator, unique, instance, schema):
     """Linear, where jsonschema compares every pair of objects (minutes for a large array)."""
     if not unique or not validator.is_type(instance, "array"):
         return
     seen = set()
-    for item in instance:
+    for i, item in enumerate(instance):
+        if i % 1000 == 999:
+            _check_time("uniqueItems")
         key = json.dumps(_canonical(item), sort_keys=True, separators=(",", ":"))
         if key in seen:
             yield ValidationError(f"{instance!r} has non-unique elements")
@@ -162,7 +183,7 @@ _DESCENDING = ("properties", "patternProperties", "additionalProperties", "prope
                "allOf", "anyOf", "oneOf", "not", "if", "$ref", "$dynamicRef")
 _BOUNDED = extend(Draft202012Validator, {
     **{name: _timed(Draft202012Validator.VALIDATORS[name]) for name in _DESCENDING},
-    "pattern": _pattern_keyword, "patternProperties": _timed(_pattern_properties),
+    "$ref": _timed(_ref), "pattern": _pattern_keyword, "patternProperties": _timed(_pattern_properties),
     "additionalProperties": _timed(_additional_properties), "uniqueItems": _unique_items,
 })
 
@@ -231,10 +252,9 @@ def _check(document: Any) -> None:
                             "is supported")
     try:
         Draft202012Validator.check_schema(document)
-    except SchemaError as e:
-        error = best_match([e])
-        where = ".".join(str(p) for p in error.absolute_path) or "the top level"
-        raise SchemaProblem(f"not a valid JSON Schema: {where}: {' '.join(error.message.split())[:200]}") from None
+    except SchemaError as e:            # check_schema raises the best match already
+        where = ".".join(str(p) for p in e.absolute_path) or "the top level"
+        raise SchemaProblem(f"not a valid JSON Schema: {where}: {' '.join(e.message.split())[:200]}") from None
     if _uses(document, "unevaluatedProperties") and _uses(document, "patternProperties"):
         # jsonschema matches patternProperties for unevaluatedProperties with Python's re, which
         # no time limit can bound.
@@ -248,6 +268,25 @@ def _uses(node: Any, keyword: str) -> bool:
     if isinstance(node, list):
         return any(_uses(v, keyword) for v in node)
     return False
+
+
+def _compile_patterns(node: Any) -> None:
+    """Compile every pattern now, as the regex module will run it: a job never meets a bad one."""
+    if isinstance(node, dict):
+        patterns = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        if isinstance(node.get("patternProperties"), dict):
+            patterns += list(node["patternProperties"])
+        for pattern in patterns:
+            try:
+                _pattern(pattern)
+            except regex.error as e:
+                raise SchemaProblem(f"pattern {pattern!r} cannot be compiled: {e}") from None
+        for key, value in node.items():
+            if key not in _NOT_SCHEMAS:
+                _compile_patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            _compile_patterns(value)
 
 
 def _references(node: Any, base: str) -> Iterator[tuple[str, str]]:
@@ -320,6 +359,8 @@ def compile_file(path: Path):
     registry = Registry(retrieve=_refuse).with_resources(
         (uri, Resource.from_contents(doc, default_specification=DRAFT202012)) for uri, doc in documents.items()
     ).crawl()
+    for doc in documents.values():
+        _compile_patterns(doc)
     for base, ref in pairs:             # a reference to nothing is found now, not by the first job
         try:
             registry.resolver(base_uri=base).lookup(ref)

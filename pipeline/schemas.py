@@ -8,8 +8,8 @@ Nothing is ever fetched: a ``$ref`` resolves inside the document, or to a local 
 the schema file, read at load too.
 
 A schema is checked by ``jsonschema`` with format checks on, and bounded: its ``pattern`` and
-``patternProperties`` run on the ``regex`` module with a time limit, every keyword looks at the
-job's time budget (``TIME_LIMIT``), and ``uniqueItems`` is linear, so no schema can stall a
+``patternProperties`` run on the ``regex`` module with a time limit, every keyword that descends
+looks at the job's time budget (``TIME_LIMIT``), and ``uniqueItems`` is linear, so no schema can stall a
 router; a job that needs longer fails with the reason. The whole document is built only for jobs
 a schema may apply to, and only up to ``MAX_VALUES`` values, so memory stays bounded too.
 """

@@ -67,6 +67,8 @@ def job(name: str) -> Job:
      "[[schema]] #1 file: schemas/bad.json: not valid JSON: Expecting property name enclosed in double quotes"),
     ({"bad.json": '{"type": "strng"}'}, 'file = "schemas/bad.json"',
      "[[schema]] #1 file: schemas/bad.json: not a valid JSON Schema: type: 'strng' is not valid"),
+    ({"bad.json": '{"properties": {"a": {"pattern": "(?<=a+)b"}}}'}, 'file = "schemas/bad.json"',
+     "[[schema]] #1 file: schemas/bad.json: not a valid JSON Schema: properties.a.pattern: '(?<=a+)b' is not a 'regex'"),
     ({"bad.json": '{"$schema": "http://json-schema.org/draft-07/schema#"}'}, 'file = "schemas/bad.json"',
      "[[schema]] #1 file: schemas/bad.json: $schema is 'http://json-schema.org/draft-07/schema#': only "
      "JSON Schema draft 2020-12"),
@@ -86,6 +88,9 @@ def test_a_schema_that_cannot_be_used_is_a_config_error_naming_the_file(tmp_path
         (tmp_path / "schemas" / name).write_text(text)
     path = tmp_path / "pipeline.toml"
     path.write_text(f"[[schema]]\n{table}\n")
+    if message is None:                 # accepted
+        config_module.load(path)
+        return
     with pytest.raises(ConfigError) as e:
         config_module.load(path)
     assert message in str(e.value) and str(path) in str(e.value)

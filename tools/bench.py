@@ -777,9 +777,10 @@ def rules_backlog(n: int, routers: int) -> Results:
     return results
 
 
-def schema_backlog(n: int, routers: int, rounds: int = 2) -> Results:
+def schema_backlog(n: int, routers: int, rounds: int = 4) -> Results:
     """The backlog without a schema and with workload.SCHEMA applying to every job (each job parsed
-    whole and checked), alternating ``rounds`` times; the best of each."""
+    whole and checked), alternating ``rounds`` times: the best of each, and the median of the
+    rounds' ratios (on a shared machine one run may meet another's load)."""
     results = Results()
     runs: dict[str, list[float]] = {"without": [], "with": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -792,8 +793,12 @@ def schema_backlog(n: int, routers: int, rounds: int = 2) -> Results:
                 runs[label].append(got)
                 print(f"  {got:.0f} files/s", flush=True)
     without, with_ = max(runs["without"]), max(runs["with"])
-    results.add("backlog, a [[schema]] checking every job", f"{with_:.0f} files/s",
+    results.add("backlog, a [[schema]] checking every job (best of each)", f"{with_:.0f} files/s",
                 f"{without:.0f} files/s (no schema)", f"{with_ / without:.2f}", ">= 0.90", with_ / without >= 0.9)
+    ratios = [w / o for w, o in zip(runs["with"], runs["without"])]
+    median = statistics.median(ratios)
+    results.add("backlog, a [[schema]] checking every job (median of rounds)",
+                ", ".join(f"{r:.2f}" for r in ratios), "-", f"{median:.2f}", ">= 0.90", median >= 0.9)
     us = schema_time()
     results.add("schema check alone (parse whole + validate)", f"{us:.0f} us/job", "-", "-", "-")
     return results
