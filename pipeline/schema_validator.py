@@ -1,5 +1,5 @@
 """The JSON Schema validator behind ``schemas.py``, bounded in time, loaded only where a
-``[[schema]]`` is configured (importing jsonschema costs a program's start ~60 ms)
+``[[schema]]`` is configured (importing jsonschema costs a program's start ~80 ms)
 (docs/design.md#the-job-file-contract)."""
 
 from __future__ import annotations
