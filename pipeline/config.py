@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, control_character, env_name,
-                      headers, host_names, listen_address, non_negative_int, non_negative_number, octal_mode, port,
-                      positive_int, positive_number, string, string_list, time_of_day, timezone, url, weekdays,
-                      window)
+from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, control_character, done_suffix,
+                      env_name, headers, host_names, listen_address, non_negative_int, non_negative_number,
+                      octal_mode, port, positive_int, positive_number, string, string_list, time_of_day, timezone,
+                      url, weekdays, window)
 from .rules import Route, RuleError, compile_route
+from .schemas import Schema, SchemaProblem, compile_schema
 from .store import POSTGRES_SCHEMES
 
 
@@ -46,6 +47,8 @@ class Detect:
     slow_scan: float
     scan_timeout: float
     poll_interval: float          # seconds between two looks of the polling observer
+    incomplete_grace: float = 30  # seconds a file whose JSON ends early may take to be complete (0: off)
+    done_suffix: str = ""         # a job file is taken once NAME<suffix> stands beside it ("": off)
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ class Config:
     database: Database
     logging: Logging = Logging(format="text")
     expect: tuple[Expect, ...] = ()
+    schemas: tuple[Schema, ...] = ()
     source: Path | None = field(default=None, compare=False)  # the file it came from
 
 
@@ -189,6 +193,8 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "slow_scan": (positive_number, 30),
         "scan_timeout": (positive_number, 120),
         "poll_interval": (positive_number, 1.0),
+        "incomplete_grace": (non_negative_number, 30),
+        "done_suffix": (done_suffix, ""),
     },
     "router": {
         "batch_size": (positive_int, 100),
@@ -257,6 +263,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
 }
 _EXPECT_KEYS = {"clients", "within", "hours", "days"}
 _ROUTE_KEYS = {"name", "to", "clients", "categories", "match", "files", "rename"}
+_SCHEMA_KEYS = {"clients", "categories", "file"}
 
 
 def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -291,7 +298,7 @@ def load(explicit: str | os.PathLike | None = None) -> Config:
 
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Validate a parsed TOML document. Relative paths resolve against ``base``."""
-    unknown = sorted(set(data) - set(_SECTIONS) - {"route", "expect"})
+    unknown = sorted(set(data) - set(_SECTIONS) - {"route", "expect", "schema"})
     if unknown:
         raise ConfigError(f"[{unknown[0]}]: unknown section")
     values = {name: _section(name, data.get(name, {})) for name in _SECTIONS}
@@ -317,7 +324,8 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
                   smtp=Smtp(**values["smtp"]), alerts=Alerts(**values["alerts"]),
                   dashboard=Dashboard(**values["dashboard"]), database=Database(**values["database"]),
                   logging=Logging(**values["logging"]),
-                  expect=_expectations(data.get("expect", [])), source=source)
+                  expect=_expectations(data.get("expect", [])), schemas=_schemas(data.get("schema", []), resolve),
+                  source=source)
 
 
 def database_location(value: str, resolve: Callable[[str], Path]) -> Path | str:
@@ -391,6 +399,28 @@ def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple
         except RuleError as e:
             raise ConfigError(f"{where} {e.key}: {e}") from None
     return tuple(routes)
+
+
+def _schemas(tables: Any, resolve: Callable[[str], Path]) -> tuple[Schema, ...]:
+    """``[[schema]]`` tables, each file read and compiled now: a job never meets a broken schema."""
+    compiled = []
+    for where, table in _array("schema", tables, _SCHEMA_KEYS):
+        if not isinstance(table.get("file"), str) or not table["file"].strip():
+            raise ConfigError(f"{where} file: required, a non-empty string (a JSON Schema file)")
+        lists = {}
+        for key in ("clients", "categories"):
+            try:
+                lists[key] = string_list(table[key]) if key in table else None
+            except ValueError as e:
+                raise ConfigError(f"{where} {key}: {e}") from None
+            if lists[key] == ():
+                raise ConfigError(f"{where} {key}: an empty list applies to nothing; leave the key out to "
+                                  "apply to every value")
+        try:
+            compiled.append(compile_schema(where, table["file"], resolve(table["file"]), **lists))
+        except SchemaProblem as e:
+            raise ConfigError(f"{where} file: {table['file']}: {e}") from None
+    return tuple(compiled)
 
 
 def _expectations(tables: Any) -> tuple[Expect, ...]:

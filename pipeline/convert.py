@@ -156,6 +156,17 @@ def string_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def done_suffix(value: Any) -> str:
+    """``detect.done_suffix``: what a done marker adds to its job file's name ("" for none)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    if "/" in value or any(ord(c) < 32 or ord(c) == 127 for c in value) or value.strip(".") == "" and value:
+        raise ValueError(f"{value!r} cannot end a file name (no /, no control character, not only dots)")
+    if value.lower() == ".json":
+        raise ValueError("'.json' would make every job file a marker; use something like '.done'")
+    return value
+
+
 def choice(*allowed: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if value not in allowed:

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from . import failures, rules
+from . import failures, rules, schemas
 from .config import Config
 from .hotfolder import eligible_name
 from .validation import Invalid, parse, too_large, wanted
@@ -21,9 +21,13 @@ def explain(config: Config, path: Path) -> list[str]:
     hot = config.paths.hot_folder
     if path.parent.parent != hot:
         lines.append(f"note:        not in a client folder of the hot folder {hot}; the scanner would not see it")
-    if not eligible_name(path.name):
+    suffix = config.detect.done_suffix
+    if not eligible_name(path.name, suffix):
         lines.append("note:        the name is not one the pipeline picks up (it must end in .json and "
-                     "not be hidden or temporary)")
+                     "not be hidden or temporary" + (f", nor a done marker ending in {suffix}" if suffix else "") + ")")
+    elif suffix and not os.path.lexists(f"{path}{suffix}"):
+        lines.append(f"note:        not taken until its done marker {path.name}{suffix} stands beside it "
+                     "(detect.done_suffix)")
     if path.is_symlink():
         return lines + ["outcome:     ignored: symbolic links are never followed"]
     failed = failures.failed_path(config.paths.failed, client, path.name, time.time())
@@ -31,14 +35,32 @@ def explain(config: Config, path: Path) -> list[str]:
         size = path.stat().st_size
         if size > config.router.max_file_bytes:
             raise too_large(size, config.router.max_file_bytes)
-        details = parse(path.read_bytes(), client, wanted(rules.paths_named(config.routes)))
+        data = path.read_bytes()
+        if schemas.may_apply(config.schemas, client):
+            details = schemas.parse_whole(data, client)
+        else:
+            details = parse(data, client, wanted(rules.paths_named(config.routes)))
     except Invalid as e:
         return lines + [f"outcome:     fails validation: {e}",
                         f"moved to:    {failed} (with {failed.name}.error.json beside it)"]
     except OSError as e:
         return lines + [f"outcome:     cannot be read: {e.strerror}"]
-    lines += [f"ClientCode:  {details.client_code}", f"JobCategory: {details.job_category}",
-              f"archive:     {config.paths.store / client / path.name}"]
+    lines += [f"ClientCode:  {details.client_code}", f"JobCategory: {details.job_category}"]
+    broken = []
+    for i, schema in enumerate(config.schemas, 1):
+        head = f"schema {i}:".ljust(13) + f"{schema.shown}: "
+        if (why := schema.failure(details)) is not None:
+            lines.append(head + f"does not apply: {why}")
+        elif errors := schemas.verdict(schema, details.document):
+            broken.append(errors[0])
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            lines.append(head + f"fails: {errors[0]}{more}")
+        else:
+            lines.append(head + "passes")
+    if broken:
+        return lines + [f"outcome:     fails validation: {broken[0]}",
+                        f"moved to:    {failed} (with {failed.name}.error.json beside it)"]
+    lines.append(f"archive:     {config.paths.store / client / path.name}")
     facts = rules.Facts.of(details, client, path.name, time.time())   # detected now, were it dropped now
     verdicts = rules.evaluate(config.routes, facts)
     lines += [_verdict_line(i, v) for i, v in enumerate(verdicts, 1)]

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from . import command
 from .files import Folders, fit_name, write_atomic
@@ -43,12 +43,15 @@ def failed_path(failed_root: Path, client_folder: str, file_name: str, now: floa
 
 
 def write_sidecar(path: Path, job: Claimed, step: str, reason: str, attempts: int, now: float,
-                  folders: Folders) -> None:
-    """NAME.error.json beside a FAILED file, so a person at the share sees why without the database."""
+                  folders: Folders, errors: Sequence[str] = ()) -> None:
+    """NAME.error.json beside a FAILED file, so a person at the share sees why without the database.
+    ``errors``: every error of a ``[[schema]]`` the job broke (``reason`` is the first)."""
     body = {"file_name": job.file_name, "client_folder": job.client_folder, "step": step,
             "reason": reason, "attempts": attempts, "job_id": job.id, "job_uuid": job.uuid,
             "source_path": job.source_path, "failed_at": iso(now),
             "requeue": f"{command('requeue')} --failed --id {job.id}"}
+    if errors:
+        body["schema_errors"] = list(errors)
     write_atomic(path.with_name(path.name + SIDECAR_SUFFIX), _dump(body), folders)
 
 

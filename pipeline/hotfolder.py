@@ -1,6 +1,7 @@
 """What counts as a job file in the hot folder, shared by the scanner and the watcher (docs/design.md#detection).
 
-Eligible: a regular file ending in ``.json`` (any case) directly inside a client subfolder.
+Eligible: a regular file ending in ``.json`` (any case) directly inside a client subfolder; with
+``detect.done_suffix``, only once its done marker stands beside it.
 Ignored: dotfiles, ``~$*``, ``*~``, temporary and partial downloads (they do not end in .json),
 other extensions, files in the hot folder's root (warned once), symlinks (never followed, warned
 once), FIFOs, devices and folders, and names that are not valid UTF-8 (warned once: they cannot be
@@ -50,17 +51,31 @@ class Sighting:
         return os.path.basename(self.path)
 
 
-def eligible_name(name: str) -> bool:
+def eligible_name(name: str, done_suffix: str = "") -> bool:
+    """A job file's name; with ``done_suffix``, never a done marker (``x.json.done``, or
+    ``x.json.done.json`` when the suffix itself ends in .json)."""
     if name.startswith((".", "~$")) or name.endswith("~"):
         return False
-    return name.lower().endswith(".json")
+    return name.lower().endswith(".json") and marked(name, done_suffix) is None
+
+
+def marked(name: str, done_suffix: str) -> str | None:
+    """The job file a done marker of this name stands for (``x.json`` for ``x.json.done``); None
+    when the name is not a marker."""
+    if not done_suffix or not name.endswith(done_suffix) or len(name) == len(done_suffix):
+        return None
+    job_file = name[:-len(done_suffix)]
+    return job_file if eligible_name(job_file, done_suffix) else None
 
 
 class HotFolder:
     """The hot folder as detection sees it. Remembers what it has warned about, to warn once."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, done_suffix: str = ""):
         self.root = root
+        # With a suffix, a job file is taken only once NAME<suffix> stands beside it (a sighting
+        # of the marker is one of its file), and the marker is never a job.
+        self.done_suffix = done_suffix
         self._warned: set[str] = set()
 
     def _warn_once(self, path: str, message: str) -> None:
@@ -104,7 +119,14 @@ class HotFolder:
                 sighting = self._sighting(entry.path, client, entry.name)
                 if sighting:
                     sightings.append(sighting)
+                elif self.done_suffix:
+                    self._lone_marker(entry.path, entry.name)
         return sightings, False
+
+    def _lone_marker(self, path: str, name: str) -> None:
+        job_file = marked(name, self.done_suffix)
+        if job_file is not None and not os.path.lexists(path[:-len(self.done_suffix)]):
+            self._warn_once(path, "done marker %s has no job file beside it; left as it is")
 
     def sighting(self, path: str) -> Sighting | None:
         """A sighting for one path reported by an event, or None when it is not a job file."""
@@ -115,11 +137,16 @@ class HotFolder:
             if folder == str(self.root) and eligible_name(name):
                 self._warn_once(path, "ignoring %s: files belong in a client subfolder, not the hot folder's root")
             return None
+        job_file = marked(name, self.done_suffix)
+        if job_file is not None:                # the marker came: its job file may be taken now
+            path, name = os.path.join(folder, job_file), job_file
         return self._sighting(path, client, name)
 
     def _sighting(self, path: str, client: str, name: str) -> Sighting | None:
-        if not eligible_name(name) or client.startswith("."):
+        if not eligible_name(name, self.done_suffix) or client.startswith("."):
             return None
+        if self.done_suffix and not os.path.lexists(path + self.done_suffix):
+            return None                         # not done yet: its marker is not there
         if not (_is_utf8(client) and _is_utf8(name)):
             # Such a name cannot be stored, logged or put into an email as it is: it stays where it
             # is, and a person renames it.

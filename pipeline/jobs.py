@@ -26,6 +26,8 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
+import peewee
+
 from . import store
 from .states import NOTIFY_QUEUE, REQUEUE_STATE, ROUTE_QUEUE
 from .store import LeaseLost
@@ -104,10 +106,39 @@ WHERE NOT EXISTS (
     WHERE inode = ? AND size = ? AND mtime_ns = ?
       AND (state IN ('detected', 'archived')
            OR (ctime_ns >= ? AND (failed_step IS NULL OR failed_step <> 'detect'))))
+  -- Nor is the same file changed in place (grown, rewritten) while its job has not taken its
+  -- content, and no router holds that job: the job follows the file (_SQL_FOLLOW_FILE).
+  AND NOT EXISTS (SELECT 1 FROM jobs WHERE {follows})
 -- Where the engine has several writers, a unique index over the appearance of unfinished jobs
 -- stops the second of two concurrent inserts that both passed the check above.
 ON CONFLICT DO NOTHING
 RETURNING id"""
+
+# A detected job whose file, at its path with its inode, changed after an older look (its ctime),
+# and that no router holds (never leased, given back, or its lease run out).
+_FOLLOWS = """inode = ? AND source_path = ? AND state = 'detected' AND failed_path IS NULL AND ctime_ns < ?
+    AND (lease_token IS NULL OR next_attempt_at <= ?)"""
+_SQL_CREATE = _SQL_CREATE.replace("{follows}", _FOLLOWS)
+
+# Such a job takes the file's new identity and is due at once; a stale lease can no longer write.
+_SQL_FOLLOW_FILE = f"""
+UPDATE jobs SET size = ?, mtime_ns = ?, ctime_ns = ?, updated_at = ?, next_attempt_at = ?,
+                lease_owner = NULL, lease_token = NULL
+WHERE {_FOLLOWS}
+  AND NOT EXISTS (SELECT 1 FROM jobs AS other WHERE other.inode = ? AND other.size = ? AND other.mtime_ns = ?
+                  AND other.state IN ('detected', 'archived'))
+RETURNING id"""
+
+# The job in flight, other than ``id``, that holds this appearance of a file.
+_SQL_APPEARANCE = """
+SELECT id FROM jobs WHERE inode = ? AND size = ? AND mtime_ns = ? AND state IN ('detected', 'archived')
+  AND id <> ? LIMIT 1"""
+
+_SQL_GREW = """
+UPDATE jobs SET size = ?, mtime_ns = ?, ctime_ns = ?, updated_at = ?
+WHERE id = ? AND lease_token = ? AND state = 'detected'
+  AND NOT EXISTS (SELECT 1 FROM jobs AS other WHERE other.inode = ? AND other.size = ? AND other.mtime_ns = ?
+                  AND other.state IN ('detected', 'archived') AND other.id <> ?)"""
 
 _SQL_EVENT = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail) VALUES (?, ?, ?, ?, ?, ?)"
 
@@ -291,24 +322,44 @@ class Jobs:
         Runs its own transaction: the duplicate check and the insert must see the same table.
         """
         now = self.clock()
-        created, seen = [], []
+        created, seen, followed = [], [], False
         with self.transaction():
             for s in sightings:
                 st = s.st
+                follows = (st.st_ino, s.path, st.st_ctime_ns, now)
                 row = self._sql(_SQL_CREATE, (
                     uuid.uuid4().hex, s.path, s.client_folder, s.file_name, st.st_size,
                     st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino, detected_by, now, now, now,
-                    st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)).fetchone()
+                    st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *follows)).fetchone()
                 if row:
                     created.append(row[0])
                     seen.append(s)
                     self._event(row[0], now, None, "detected", f"{detected_by}: {s.path}")
-            if created:
+                else:
+                    followed = self._follow_file(s, now, follows) or followed
+            if created or followed:
                 self.db.announce()
         for job_id, s in zip(created, seen):        # after the commit: the write lock is not held for it
             log.info("new job %d: %s/%s (%s)", job_id, s.client_folder, s.file_name, detected_by,
                      extra={"job": job_id, "file": s.path})
         return created
+
+    def _follow_file(self, s: Sighting, now: float, follows: tuple) -> bool:
+        """A sighting of a job's file changed in place before the job took its content (a file
+        still being written, closed after its first part): the job follows the file and is due at
+        once, rather than a second job for one file. True when a job followed."""
+        st = s.st
+        # Under a savepoint: on PostgreSQL a concurrent insert of this appearance breaks the unique index.
+        try:
+            with self.transaction():
+                rows = self._sql(_SQL_FOLLOW_FILE, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, now, now,
+                                                    *follows, st.st_ino, st.st_size, st.st_mtime_ns)).fetchall()
+        except peewee.IntegrityError:
+            return False
+        for (job_id,) in rows:
+            self._event(job_id, now, "detected", "detected",
+                        f"file changed before its content was read ({st.st_size} bytes now): the job follows it")
+        return bool(rows)
 
     # -- claims ---------------------------------------------------------------------------------
 
@@ -395,6 +446,31 @@ class Jobs:
             job.id, token, job.state)), job.id)
         self._event(job.id, now, job.state, job.state,
                     f"file moved in the hot folder: {old_path} -> {job.source_path}; the job follows it")
+
+    def appearance(self, identity: tuple[int, int, int], other_than: int) -> int | None:
+        """The job in flight for this appearance (inode, size, mtime) of a file, other than
+        ``other_than``; None when there is none."""
+        row = self._sql(_SQL_APPEARANCE, (*identity, other_than)).fetchone()
+        return row[0] if row else None
+
+    def grew(self, token: str, job: Claimed, old_size: int, ctime_ns: int) -> None:
+        """The job's file changed in place (same inode) before the job took its content: ``job``
+        has the file's new size and mtime. The job follows it, unless another job in flight holds
+        that appearance already (LeaseLost: the job is left as it was)."""
+        now = self.clock()
+        self._expect_one(self._sql(_SQL_GREW, (
+            job.size, job.mtime_ns, ctime_ns, now, job.id, token,
+            job.inode, job.size, job.mtime_ns, job.id)), job.id)
+        self._event(job.id, now, job.state, job.state,
+                    f"file changed before its content was read ({old_size} -> {job.size} bytes): the job follows it")
+
+    def recheck(self, token: str, job: Claimed, delay: float, reason: str) -> None:
+        """Keep the job in its state and read its file again after ``delay`` seconds; not an
+        attempt (a file still being written is not a problem with it, nor with a place)."""
+        now = self.clock()
+        self._expect_one(self._sql(_SQL_WAIT, (
+            now + delay, now, job.attempts, reason, job.id, token, job.state)), job.id)
+        self._event(job.id, now, job.state, job.state, f"read again in {delay:.3g}s: {reason}")
 
     def delivered(self, token: str, job_id: int, name: str, path: str, action: str) -> None:
         """Record one committed copy to a destination (idempotent per job and path)."""

@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import peewee
 
-from . import cli, failures, retry, rules
+from . import cli, failures, retry, rules, schemas, strictjson
 from .config import Config
 from .hotfolder import HotFolder, Sighting
 from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
@@ -47,11 +48,12 @@ from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact,
 from .jobs import Claimed, Jobs, LeaseLost
 from .states import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE
 from .program import Program
-from .validation import Invalid, JobDetails, parse, too_large, wanted
+from .validation import Invalid, JobDetails, too_large, wanted
 
 log = logging.getLogger(__name__)
 
 PLACE_BACKOFF_CAP = 60.0   # seconds: the longest wait between tries at a place
+RECHECK_CAP = 4.0           # seconds: the longest wait before a file still being written is read again
 COPY_BUDGET = 16 << 20      # bytes of read jobs a batch holds before it copies them
 FIRST_BATCH = 8             # jobs claimed when work starts again; doubles up to router.batch_size
 
@@ -72,15 +74,18 @@ class Work:
     delivered_before: set[str] = field(default_factory=set)   # copies an earlier claim made
     held_until: float = 0.0                     # its lease's end as this router last set it (jobs' clock)
     newer: dict[str, int] = field(default_factory=dict)   # path -> the later job of its name with a copy there
-    outcome: str = ""                           # route | fail | move | wait | release | lost
+    outcome: str = ""                           # route | fail | move | wait | recheck | release | lost
     step: str = ""
     error: str = ""
+    errors: list[str] = field(default_factory=list)     # every error of a schema broken, for the sidecar
     failed_path: Path | None = None
     attempts: int | None = None                 # set when this batch counted a retry
     problem: str = ""                           # a place problem found after phase B, beside error
     late: bool = False                          # its wait is committed in phase D, not B
     moved_from: str | None = None               # the file's recorded path, when it moved: to be recorded
     moved_ctime_ns: int = 0
+    grew_from: int | None = None                # the size it was detected with, when its file changed in place
+    recheck_in: float = 0.0                     # outcome recheck: read the file again after this long
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -108,6 +113,18 @@ class Work:
         else:
             self.job = dataclasses.replace(self.job, source_path=found.path)
         self.moved_ctime_ns = found.st.st_ctime_ns
+
+    def grow(self, st: os.stat_result) -> None:
+        """The job's file changed in place before its content was taken: the job takes its new
+        size and mtime (committed in phase B, ``Jobs.grew``)."""
+        if self.grew_from is None:
+            self.grew_from = self.job.size
+        self.job = dataclasses.replace(self.job, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        self.moved_ctime_ns = st.st_ctime_ns
+
+    def recheck(self, delay: float, reason: str) -> None:
+        """Read the file again after ``delay``: it is still being written (not an attempt)."""
+        self.outcome, self.step, self.error, self.recheck_in = "recheck", "validate", reason, delay
 
     def fail(self, step: str, error: str, move: bool = False) -> "Work":
         self.outcome, self.step, self.error = ("move" if move else "fail"), step, error
@@ -196,9 +213,13 @@ class Router(Program):
         works = [Work(job=job, state=job.state, held_until=claimed_at + cfg.lease) for job in batch.jobs]
         self._hot_files = None
         ready, held = [], 0
-        for work in works:
+        for i, work in enumerate(works):
             if self.stopper.requested:
                 work.outcome = "release"
+                continue
+            # Validating may take a while ([[schema]] checks, up to schemas.TIME_LIMIT a job): the
+            # jobs still to be read keep their lease.
+            if not self._held(work, works[i:]):
                 continue
             if self._guarded(work, self._prepare, work, delivered.get(work.job.id, set())):
                 ready.append(work)
@@ -233,8 +254,12 @@ class Router(Program):
         if data is None:
             return
         try:
-            work.details = parse(data, work.job.client_folder, self.keep)      # where the file is now: it may have moved
+            # Where the file is now (it may have moved); with the [[schema]] tables that apply.
+            work.details = schemas.parse_job(data, work.job.client_folder, self.keep, self.config.schemas)
         except Invalid as e:
+            if work.state == "detected" and self._being_written(work, data):
+                return
+            work.errors = getattr(e, "errors", [])
             work.fail("validate", str(e), move=work.state == "detected")
             return
         job = work.job
@@ -244,6 +269,19 @@ class Router(Program):
         except rules.Unsafe as e:
             work.refused = str(e)       # archived all the same: the job fails at route below
         work.data, work.delivered_before = data, delivered
+        return True
+
+    def _being_written(self, work: Work, data: bytes) -> bool:
+        """A file whose JSON ends early (stops inside a value, or is empty) and that changed less
+        than ``detect.incomplete_grace`` ago is taken to be still being written: the job waits
+        and reads it again, sooner the newer the file (or at once when it changes: Jobs.create).
+        Past the grace, or with a syntax error in the middle, it fails as invalid."""
+        grace = self.config.detect.incomplete_grace
+        age = max(time.time() - work.job.mtime_ns / 1e9, 0.0)
+        if age >= grace or not strictjson.ends_early(data):
+            return False
+        work.recheck(min(max(age, 1.0), RECHECK_CAP, max(grace - age, 0.05)),
+                     "incomplete JSON, still being written?")
         return True
 
     def _guarded(self, work: Work, call, *args) -> bool:
@@ -371,8 +409,7 @@ class Router(Program):
             work.fail("detect", f"file {e}; left where it is")
             return None
         except Changed as e:
-            work.fail("detect", f"file {e}; the new version is handled as a job of its own")
-            return None
+            return self._changed(work, e)
         except OSError as e:
             work.wait("archive", f"cannot read the file: {_os_reason(e)}")
             return None
@@ -381,6 +418,32 @@ class Router(Program):
             return None
         work.sha256 = hashlib.sha256(data).hexdigest()
         return data
+
+    def _changed(self, work: Work, change: Changed) -> bytes | None:
+        """The file at the job's path is not the one it took. Another file (another inode) is a
+        new appearance, a job of its own. The same file changed in place, still being written, is
+        followed: the job has not taken its content, and a file is one job. Unless the new
+        version has a job already (one a detector made while a router held this one): then this
+        job, which only ever saw a part of the file, ends, and that one goes on."""
+        job = work.job
+        try:
+            st = os.lstat(job.source_path)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_ino != job.inode:
+            work.fail("detect", f"file {change}; the new version is handled as a job of its own")
+            return None
+        if work.grew_from is not None:          # changed again while it was read: being written now
+            work.recheck(1.0, "the file is still being written (it changed while it was read)")
+            return None
+        newer = self.jobs.appearance(Identity.of(st), job.id)
+        if newer is not None:
+            work.fail("detect", f"replaced by a newer version of the file while it was being written (job {newer})")
+            return None
+        log.info("%s: changed in place (%d -> %d bytes) before it was read; the job follows it",
+                 work.label, job.size, st.st_size)
+        work.grow(st)
+        return self._read(work)
 
     def _follow(self, work: Work) -> bool:
         """Make the job follow its file when it was renamed within the hot folder; True when it did."""
@@ -519,6 +582,11 @@ class Router(Program):
 
     def _record_progress(self, token: str, w: Work) -> None:
         self._record_move(token, w)
+        if w.grew_from is not None:
+            self.jobs.grew(token, self._as_committed(w), w.grew_from, w.moved_ctime_ns)
+            w.grew_from = None
+        if w.outcome == "recheck":
+            self.jobs.recheck(token, self._as_committed(w), w.recheck_in, w.error)
         if w.archived_now:
             d = w.details
             self.jobs.archived(token, w.job.id, sha256=w.sha256, client_code=d.client_code,
@@ -646,9 +714,27 @@ class Router(Program):
             if not removed:
                 log.warning("%s: left in the hot folder: a newer file of that name replaced it", w.label,
                             extra=w.about)
+            else:
+                self._remove_marker(w)
             self.hot.touched(Path(w.job.source_path).parent)
         elif w.outcome == "move":
             self._move_to_failed(w, now)
+
+    def _remove_marker(self, w: Work) -> None:
+        """With detect.done_suffix, the done marker goes once its job file has left the hot folder
+        (never before: a marker without its file is a drop not done). One already gone is fine."""
+        suffix = self.config.detect.done_suffix
+        if not suffix:
+            return
+        marker = w.job.source_path + suffix
+        try:
+            if not stat.S_ISDIR(os.lstat(marker).st_mode):
+                os.unlink(marker)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("%s: cannot remove its done marker %s: %s", w.label, marker, _os_reason(e),
+                        extra=w.about)
 
     def _move_to_failed(self, w: Work, now: float) -> None:
         try:
@@ -656,13 +742,18 @@ class Router(Program):
         except FileNotFoundError:
             if not w.failed_path.exists():      # not moved by an earlier attempt either
                 w.error += "; the file disappeared before it could be moved to FAILED"
+            else:
+                self._remove_marker(w)
         except Changed as e:
             w.error += f"; not moved to FAILED: the file {e}"
         except OSError as e:
             w.wait_late("validate", f"cannot move the file to FAILED: {_os_reason(e)}")
             return
+        else:
+            self._remove_marker(w)
         try:
-            failures.write_sidecar(w.failed_path, w.job, w.step, w.error, w.job.attempts, now, self.places)
+            failures.write_sidecar(w.failed_path, w.job, w.step, w.error, w.job.attempts, now, self.places,
+                                   errors=w.errors)
         except OSError as e:
             self.places.forget(w.failed_path.parent)
             w.wait_late("validate", f"cannot write the reason beside the file in FAILED: {_os_reason(e)}")
@@ -691,6 +782,8 @@ class Router(Program):
                 log.info("routed %s -> %s (%.0f ms)", w.label, where, ms, extra=w.about)
             elif w.outcome == "wait":
                 log.warning("%s waits: %s", w.label, w.problem or w.error, extra=w.about)
+            elif w.outcome == "recheck":
+                log.info("%s: %s; read again in %.3gs", w.label, w.error, w.recheck_in, extra=w.about)
             elif w.outcome in FAILED_NOW:
                 place = f"; moved to {w.failed_path}" if w.outcome == "move" else ""
                 log.error("failed %s at %s: %s%s", w.label, w.step, w.error, place, extra=w.about)
@@ -720,7 +813,7 @@ def _discard_unpublished(copies: list[Copy]) -> None:
 
 def _recorded_fields(w: Work) -> dict:
     """What recording a job's progress changes in its Work: put back when the record is undone."""
-    return {name: getattr(w, name) for name in ("state", "attempts", "outcome", "error", "moved_from")}
+    return {name: getattr(w, name) for name in ("state", "attempts", "outcome", "error", "moved_from", "grew_from")}
 
 
 def _published(copy: Copy, folders: Folders, replace: bool) -> bool:

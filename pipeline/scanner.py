@@ -51,7 +51,7 @@ class Scanner(Program):
         self.config = config
         self.jobs = jobs
         self.stopper = stopper or cli.Stopper()
-        self.hot = HotFolder(config.paths.hot_folder)
+        self.hot = HotFolder(config.paths.hot_folder, config.detect.done_suffix)
         self.db = jobs.db
         self.kind = "startup"
         self.leadership = Leadership(jobs.db, "scanner")

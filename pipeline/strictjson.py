@@ -14,8 +14,8 @@ so a file gets the same verdict whichever way it is read.
 ``wanted`` is a tree of object keys: a dict descends into that key's object, or into that item of
 an array when the key is an index (``"0"``: the array is kept up to the last item named, the
 others as None); ``KEEP`` keeps the value if it is a scalar, and an empty stand-in of the same kind
-(``{}`` or ``[]``) if not, which is all validation needs to say what it is. Everything else is
-checked and dropped.
+(``{}`` or ``[]``) if not, which is all validation needs to say what it is; ``ALL`` keeps the whole
+value (a job a ``[[schema]]`` checks). Everything else is checked and dropped.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from json.decoder import scanstring
 from typing import Any
 
 KEEP = True
+ALL = object()                  # a wanted that keeps the value whole, every container below it too
 WINDOW = 64 * 1024              # characters: the most the C decoder is given at once
 MAX_DEPTH = 512                 # nesting levels walked here (the C decoder stops near 1,000)
 MAX_NUMBER_CHARS = 100          # a longer number is not a job's value; int() refuses > 4,300 digits
@@ -133,7 +134,14 @@ def _end(text: str, pos: int) -> None:
         raise json.JSONDecodeError("Extra data", text, pos)
 
 
+def prune(value: Any, wanted: Any) -> Any:
+    """What ``wanted`` names of a value parsed whole (``ALL``), as ``loads`` would have kept it."""
+    return _prune(value, wanted)
+
+
 def _prune(value: Any, wanted: Any) -> Any:
+    if wanted is ALL:
+        return value
     if isinstance(value, dict):
         if wanted is KEEP:
             return {}
@@ -173,17 +181,19 @@ class _Frame:
         self.count = 0              # an array's items so far: the index of the next one
 
     def child(self) -> Any:
+        if self.wanted is ALL:
+            return ALL
         if isinstance(self.wanted, dict):
             return self.wanted.get(self.key if self.kind == "{" else str(self.count))
         return None
 
     def add(self, value: Any) -> None:
         if self.kind == "[":
-            if isinstance(self.wanted, dict) and str(self.count) in self.wanted:
+            if self.wanted is ALL or isinstance(self.wanted, dict) and str(self.count) in self.wanted:
                 self.out.extend([None] * (self.count - len(self.out)))
                 self.out.append(value)      # already pruned by the child's own wanted
             self.count += 1
-        elif isinstance(self.wanted, dict) and self.key in self.wanted:
+        elif self.wanted is ALL or isinstance(self.wanted, dict) and self.key in self.wanted:
             self.out[self.key] = value
 
 
@@ -272,10 +282,14 @@ class _Walk:
         if frame.kind == "{":
             for key in value:
                 self.remember(frame, key)
-            if isinstance(frame.wanted, dict):
+            if frame.wanted is ALL:
+                frame.out.update(value)
+            elif isinstance(frame.wanted, dict):
                 frame.out.update((k, _prune(value[k], w)) for k, w in frame.wanted.items() if k in value)
         else:
-            if isinstance(frame.wanted, dict):
+            if frame.wanted is ALL:
+                frame.out.extend(value)
+            elif isinstance(frame.wanted, dict):
                 for i, item in enumerate(value, frame.count):
                     _keep_item(frame.out, i, item, frame.wanted)
             frame.count += len(value)
@@ -304,3 +318,35 @@ class _Walk:
         self.remember(frame, key)
         frame.key = key
         return _WS.match(text, pos + 1).end()
+
+
+# A value cut short at the end of a text: a number's start or a literal's (``-``, ``12.``, ``1e+``,
+# ``tr``, ``nul``), where the decoder stops with "Expecting value" or a delimiter.
+_CUT_TOKEN = re.compile(r"(?:-|-?[0-9]*\.?[0-9]*(?:[eE][-+]?[0-9]*)?|t(?:ru?)?|f(?:a(?:ls?)?)?|n(?:ul?)?)[ \t\n\r]*")
+# A \uXXXX escape cut short, or one of a surrogate pair whose second half is cut (from the "u").
+_CUT_ESCAPE = re.compile(r"u[0-9a-fA-F]{0,4}(?:\\(?:u[0-9a-fA-F]{0,4})?)?")
+
+
+def ends_early(data: bytes) -> bool:
+    """Whether ``data`` is the start of a JSON text that stops inside a value (or is empty or only
+    whitespace): what a file still being written looks like, where a syntax error in the middle
+    is simply wrong. Only a text that failed to parse is asked."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.reason == "unexpected end of data"        # a character cut at the end
+    if not text.strip():
+        return True
+    try:
+        loads(text, {})
+    except json.JSONDecodeError as e:
+        # An unterminated string ran to the end whatever it says of where it started.
+        if e.msg.startswith("Unterminated string"):
+            return True
+        cut = _CUT_ESCAPE if e.msg.startswith("Invalid \\uXXXX") else _CUT_TOKEN
+        return cut.fullmatch(text, e.pos) is not None
+    except (Refused, RecursionError):
+        return False
+    return False

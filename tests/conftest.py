@@ -143,8 +143,9 @@ class Tree:
             target.write_bytes(content)
         return target
 
-    def age(self, path: Path, seconds: float = 5) -> None:
-        """Make a file look written ``seconds`` ago (scans take files unchanged for min_file_age)."""
+    def age(self, path: Path, seconds: float = 60) -> None:
+        """Make a file look written ``seconds`` ago (scans take files unchanged for min_file_age; a
+        file cut short that new would be waited for, detect.incomplete_grace)."""
         t = time.time() - seconds
         os.utime(path, (t, t))
 

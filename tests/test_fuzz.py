@@ -108,7 +108,8 @@ def check(base: Path, files: dict[tuple[str, str], bytes]) -> None:
     root = base / "tree"
     root.mkdir()
     tree = Tree(root)
-    tree.write_config(detect="min_file_age = 0\nscan_interval = 1\n")
+    # Files that are all there: a cut one fails at once, rather than waiting to be completed.
+    tree.write_config(detect="min_file_age = 0\nscan_interval = 1\nincomplete_grace = 0\n")
     for (client, name), content in files.items():
         path = tree.hot / client / name
         path.parent.mkdir(parents=True, exist_ok=True)

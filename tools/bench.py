@@ -2,6 +2,7 @@
 
     tools/bench [--n 5000] [--routers 2] [--quick] [--no-record]
     tools/bench --rules [--n 5000]       # only the backlog: the seeds' matrix, then 20 rules using every rule feature
+    tools/bench --schema [--n 5000]      # only the backlog: without, then with a [[schema]] every job is checked against
     tools/bench --database URL [--n 5000]            # the PostgreSQL figures, against SQLite
     tools/bench --hosts 2 --database URL [--n 5000]  # 2 hosts x 2 routers against 1 host (root)
 
@@ -35,7 +36,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workload import CLIENTS, RICH_ROUTES, ROUTES, PostgresSchema, document, drop, write_config  # noqa: E402
+from workload import CLIENTS, RICH_ROUTES, ROUTES, SCHEMA, PostgresSchema, document, drop, write_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -247,11 +248,11 @@ class _Statements:
         self.execute = engine.run_sql
 
 
-def pipeline_backlog(n: int, routers: int, finished_rows: int = 0,
-                     routes: str = ROUTES, database: str = "pipeline.db") -> tuple[float, dict[str, float]]:
+def pipeline_backlog(n: int, routers: int, finished_rows: int = 0, routes: str = ROUTES,
+                     database: str = "pipeline.db", config_extra: str = "") -> tuple[float, dict[str, float]]:
     """N files pre-dropped, the whole supervised pipeline from start to the last routed: files/s."""
     with tempfile.TemporaryDirectory() as tmp:
-        p = Pipeline(Path(tmp), routers=routers, routes=routes, database=database)
+        p = Pipeline(Path(tmp), config_extra, routers=routers, routes=routes, database=database)
         if finished_rows:
             fill_finished(p.config.paths.database, finished_rows)
             p.mark_prefilled()
@@ -605,6 +606,9 @@ def main() -> None:
     argp.add_argument("--rules", action="store_true",
                       help="only the backlog, with the seeds' matrix and with 20 rules using every feature "
                            "of the rules (tools/workload.py RICH_ROUTES), each against its baseline loop")
+    argp.add_argument("--schema", action="store_true",
+                      help="only the backlog, without and with a [[schema]] (tools/workload.py SCHEMA) that "
+                           "every job is checked against; the ratio of the two")
     argp.add_argument("--database", metavar="URL",
                       help="a PostgreSQL database (postgresql://user@host/db, password from libpq's environment): "
                            "only the PostgreSQL figures, each run in a fresh schema of it")
@@ -632,6 +636,11 @@ def main() -> None:
         results = postgres_figures(args.database, n, args.routers, 60 if args.quick else 300)
         if not args.no_record and not args.quick:
             record(results, n, 0, args.routers, "--database postgresql://...")
+        return
+    if args.schema:
+        results = schema_backlog(n, args.routers)
+        if not args.no_record and not args.quick:
+            record(results, n, 0, args.routers, "--schema")
         return
     if args.rules:
         results = rules_backlog(n, args.routers)
@@ -766,6 +775,48 @@ def rules_backlog(n: int, routers: int) -> Results:
     results.add("backlog ratio, 20 rules against the matrix", f"{rich:.2f} vs {matrix:.2f}", "-",
                 f"{rich / matrix:.2f}", ">= 0.90", rich / matrix >= 0.9)
     return results
+
+
+def schema_backlog(n: int, routers: int, rounds: int = 4) -> Results:
+    """The backlog without a schema and with workload.SCHEMA applying to every job (each job parsed
+    whole and checked), alternating ``rounds`` times: the best of each, and the median of the
+    rounds' ratios (on a shared machine one run may meet another's load)."""
+    results = Results()
+    runs: dict[str, list[float]] = {"without": [], "with": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        schema = Path(tmp) / "job.schema.json"
+        schema.write_text(json.dumps(SCHEMA))
+        for _ in range(rounds):
+            for label, extra in (("without", ""), ("with", f'[[schema]]\nfile = "{schema}"\n')):
+                print(f"backlog of {n} files, {label} a schema", flush=True)
+                got, _ = pipeline_backlog(n, routers, config_extra=extra)
+                runs[label].append(got)
+                print(f"  {got:.0f} files/s", flush=True)
+    without, with_ = max(runs["without"]), max(runs["with"])
+    results.add("backlog, a [[schema]] checking every job (best of each)", f"{with_:.0f} files/s",
+                f"{without:.0f} files/s (no schema)", f"{with_ / without:.2f}", ">= 0.90", with_ / without >= 0.9)
+    ratios = [w / o for w, o in zip(runs["with"], runs["without"])]
+    median = statistics.median(ratios)
+    results.add("backlog, a [[schema]] checking every job (median of rounds)",
+                ", ".join(f"{r:.2f}" for r in ratios), "-", f"{median:.2f}", ">= 0.90", median >= 0.9)
+    us = schema_time()
+    results.add("schema check alone (parse whole + validate)", f"{us:.0f} us/job", "-", "-", "-")
+    return results
+
+
+def schema_time(jobs: int = 2000) -> float:
+    """Microseconds per job of parsing whole and checking against workload.SCHEMA, in this process."""
+    from pipeline import schemas
+    rng = random.Random(3)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "job.schema.json"
+        path.write_text(json.dumps(SCHEMA))
+        schema = schemas.compile_schema("[[schema]] #1", path.name, path)
+    bodies = [document(i, rng) for i in range(jobs)]
+    t0 = time.perf_counter()
+    for client, body in bodies:
+        schemas.parse_job(body, client, validation.wanted([]), (schema,))
+    return (time.perf_counter() - t0) / jobs * 1e6
 
 
 def record(results: Results, n: int, finished: int, routers: int, flags: str = "") -> None:

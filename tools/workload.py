@@ -96,6 +96,29 @@ rename = "{{JobCategory}}-{{stem}}.json"
 ], 6))
 
 
+# A [[schema]] every job of ``document`` passes (tools/bench --schema): a site's contract for its
+# job files, the details' fields with their types, formats and patterns, and the items' keys.
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["JobSpecification"],
+    "properties": {"JobSpecification": {
+        "type": "object",
+        "required": ["JobDetails", "Items"],
+        "properties": {
+            "JobDetails": {
+                "type": "object",
+                "required": ["ClientCode", "JobCategory", "JobNumber"],
+                "properties": {"ClientCode": {"type": "string", "pattern": "^[A-Z0-9]+$"},
+                               "JobCategory": {"enum": sorted({c for _, cs in CLIENTS for c in cs})},
+                               "StudioCode": {"type": "string", "maxLength": 40},
+                               "Title": {"type": "string", "minLength": 1},
+                               "JobNumber": {"type": "integer", "minimum": 1}}},
+            "Items": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/item"}}}}},
+    "$defs": {"item": {"type": "object", "required": ["Item", "Size"]}},
+}
+
+
 def document(i: int, rng: random.Random) -> tuple[str, bytes]:
     client, categories = CLIENTS[i % len(CLIENTS)]
     details = {"ClientCode": client, "JobCategory": rng.choice(categories), "StudioCode": f"{client}_STUDIO",
