@@ -52,7 +52,7 @@ def configure(tree, report: str = "", extra: str = "", retention_days: int = 90)
 def route(tree, db, *drops: tuple[str, str, object]) -> None:
     """Drop (client, name, content) files and route them with the real scanner and router."""
     for client, name, content in drops:
-        tree.drop(client, name, content)
+        tree.age(tree.drop(client, name, content))      # settled: older than detect.incomplete_grace
     jobs = Jobs(db, "test-router:1")
     Scanner(tree.config, jobs).scan("startup", "startup")
     Router(tree.config, jobs).run(once=True)
