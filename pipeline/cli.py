@@ -219,6 +219,16 @@ def open_existing(config_path: str | None) -> tuple[Config, store.Engine]:
         raise ToolError(EXIT_DATABASE, unusable(e)) from None
 
 
+def open_or_exit(config_path: str | None) -> tuple[Config, store.Engine]:
+    """``open_existing`` for a tool whose only answer to a ToolError is its line on stderr and its
+    exit code (bin/requeue, bin/backup)."""
+    try:
+        return open_existing(config_path)
+    except ToolError as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(e.code) from None
+
+
 def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Context], int | None],
                 argv: list[str] | None = None, waits: bool = False) -> int:
     """Parse arguments, load the config, open the database, install signals, call ``main``; its

@@ -22,11 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.lexists(target) and not args.force:
         print(f"{command('backup')}: {target} exists; --force replaces it", file=sys.stderr)
         return cli.EXIT_USAGE
-    try:
-        config, db = cli.open_existing(args.config)
-    except cli.ToolError as e:
-        print(e, file=sys.stderr)
-        return e.code
+    config, db = cli.open_or_exit(args.config)
     try:
         if os.path.abspath(str(config.paths.database)) == str(target):
             print(f"{command('backup')}: {target} is the database itself", file=sys.stderr)

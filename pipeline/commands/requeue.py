@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 
 from .. import cli
 from ..jobs import Jobs
@@ -28,11 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     argp.add_argument("--dry-run", action="store_true", help="print what would be done and change nothing")
     args = argp.parse_args(argv)
     cli.setup_logging("requeue")
-    try:
-        config, db = cli.open_existing(args.config)
-    except cli.ToolError as e:
-        print(e, file=sys.stderr)
-        return e.code
+    config, db = cli.open_or_exit(args.config)
     try:
         bind(db)
         chosen = failed_jobs(args.ids, args.client, args.step, args.since)
