@@ -98,3 +98,37 @@ class Host:
 
     def log(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob(f"{self.name}.*.log")))
+
+
+def shared_site(root: Path, database: str, clients=("RANK",), router: str = "", routes: str = ""):
+    """The share the hosts see (hot/<client>, store, failed, errors, dest/Rank), the folder each
+    host's bindfs view is mounted on, and hosts.toml: polling detection (no host's inotify sees
+    another's writes), a 5 s lease plus ``router`` lines, the Rank route plus ``routes`` (where
+    ``{view}`` stands for the view). Returns (share, view, config)."""
+    share, view = root / "share", root / "view"
+    for folder in (*(f"hot/{client}" for client in clients), "store", "failed", "errors", "dest/Rank"):
+        (share / folder).mkdir(parents=True, exist_ok=True)
+    view.mkdir()
+    config = root / "hosts.toml"
+    config.write_text(f'''
+[paths]
+hot_folder = "{view}/hot"
+store = "{view}/store"
+failed = "{view}/failed"
+error_log = "{view}/errors"
+database = "{database}"
+[detect]
+observer = "polling"
+poll_interval = 0.2
+min_file_age = 0.3
+scan_interval = 2
+[router]
+lease = 5
+{router}
+[[route]]
+name = "Rank"
+clients = ["RANK"]
+to = "{view}/dest/Rank"
+{routes.replace("{view}", str(view))}
+''')
+    return share, view, config

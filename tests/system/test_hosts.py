@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import job_document, wait_for
-from helpers.hosts import Host, unavailable
+from helpers.hosts import Host, shared_site, unavailable
 from pipeline.files import unstable_inodes
 
 pytestmark = pytest.mark.postgresql_only
@@ -25,30 +25,7 @@ def shared(tree, database):
     why = unavailable()
     if why:
         pytest.skip(why)
-    share, view = tree.root / "share", tree.root / "view"
-    for folder in ("hot/RANK", "store", "failed", "errors", "dest"):
-        (share / folder).mkdir(parents=True, exist_ok=True)
-    view.mkdir()
-    config = tree.root / "hosts.toml"
-    config.write_text(f'''
-[paths]
-hot_folder = "{view}/hot"
-store = "{view}/store"
-failed = "{view}/failed"
-error_log = "{view}/errors"
-database = "{database}"
-[detect]
-observer = "polling"
-poll_interval = 0.2
-min_file_age = 0.3
-scan_interval = 2
-[router]
-lease = 5
-[[route]]
-name = "Rank"
-clients = ["RANK"]
-to = "{view}/dest/Rank"
-''')
+    share, view, config = shared_site(tree.root, database)
     hosts: list[Host] = []
     yield share, view, config, hosts
     for host in hosts:

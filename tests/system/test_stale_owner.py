@@ -535,42 +535,16 @@ def test_a_detecting_host_frozen_past_the_detection_lease_delivers_nothing_twice
     once, every file is one job, and the resumed host stands by."""
     from urllib.parse import quote
 
-    from helpers.hosts import Host, unavailable
+    from helpers.hosts import Host, shared_site, unavailable
     why = unavailable()
     if why:
         pytest.skip(why)
-    share, view = tree.root / "share", tree.root / "view"
-    for folder in ("hot/RANK", "hot/ACME", "store", "failed", "errors", "dest/Rank"):
-        (share / folder).mkdir(parents=True, exist_ok=True)
-    view.mkdir()
     # A frozen host's open transaction would keep its locks until the host resumes: as the README
     # advises for several hosts, the server ends such a session (the host reconnects on resuming).
     url = database.replace("options=", "options=" + quote("-cidle_in_transaction_session_timeout=3000 "), 1)
-    config = tree.root / "hosts.toml"
-    config.write_text(f'''
-[paths]
-hot_folder = "{view}/hot"
-store = "{view}/store"
-failed = "{view}/failed"
-error_log = "{view}/errors"
-database = "{url}"
-[detect]
-observer = "polling"
-poll_interval = 0.2
-min_file_age = 0.3
-scan_interval = 2
-[router]
-lease = 5
-create_folders = false
-[[route]]
-name = "Rank"
-clients = ["RANK"]
-to = "{view}/dest/Rank"
-[[route]]
-name = "Acme"
-clients = ["ACME"]
-to = "{view}/dest/Acme"
-''')                    # dest/Acme is not there: ACME's jobs wait, their files stay in the hot folder
+    # dest/Acme is not there: ACME's jobs wait, their files stay in the hot folder.
+    share, view, config = shared_site(tree.root, url, clients=("RANK", "ACME"), router="create_folders = false",
+                                      routes='[[route]]\nname = "Acme"\nclients = ["ACME"]\nto = "{view}/dest/Acme"')
     programs = ["scanner", "watcher", "router=router_00", "router=router_01"]
     dest = arrivals(share / "dest" / "Rank")
     hosts: list[Host] = []
