@@ -187,6 +187,39 @@ _BOUNDED = extend(Draft202012Validator, {
     "additionalProperties": _timed(_additional_properties), "uniqueItems": _unique_items,
 })
 
+_EVOLVED: dict[tuple[int, int, int], tuple[Any, Any, Any, Any]] = {}   # ids -> (parent, schema, resolver, child)
+_plain_descend = _BOUNDED.descend
+
+
+def _descend(self, instance, schema, path=None, schema_path=None, resolver=None):
+    """jsonschema's descend with the validator it makes for a subschema remembered. Making it (a
+    resource, a resolver, a new validator object) was two thirds of checking a job, and it is a pure
+    function of the parent validator (immutable), the subschema and the resolver given, which the
+    compiled schema keeps alive; the three are kept with the result, so an id cannot name another."""
+    if schema is True or schema is False or self._ref_resolver is not None:
+        yield from _plain_descend(self, instance, schema, path, schema_path, resolver)
+        return
+    key = (id(self), id(schema), id(resolver))
+    hit = _EVOLVED.get(key)
+    if hit is None or hit[0] is not self or hit[1] is not schema or hit[2] is not resolver:
+        if len(_EVOLVED) >= 4096:       # as _LOOKUPS: bounded whatever the schema's shape
+            _EVOLVED.clear()
+        if resolver is None:
+            child = self.evolve(schema=schema, _resolver=self._resolver.in_subresource(
+                DRAFT202012.create_resource(schema)))
+        else:
+            child = self.evolve(schema=schema, _resolver=resolver)
+        hit = _EVOLVED[key] = (self, schema, resolver, child)
+    for error in hit[3].iter_errors(instance):     # what descend runs, with the validator's keywords listed once
+        if path is not None:
+            error.path.appendleft(path)
+        if schema_path is not None:
+            error.schema_path.appendleft(schema_path)
+        yield error
+
+
+_BOUNDED.descend = _descend         # on our class only (extend made it); jsonschema's own stays as it is
+
 
 # -- formats ----------------------------------------------------------------------------------------
 

@@ -275,6 +275,44 @@ def test_a_document_kept_whole_is_the_document(window):
     assert got == document
 
 
+# Schemas whose subschemas are reached many ways: $ref and $defs, nested, through applicators, with
+# the same subschema object met at several paths (what the remembered descend must keep apart).
+SHAPES = {
+    "$defs": {"item": {"type": "object", "required": ["Item"], "properties": {"Item": {"$ref": "#/$defs/n"}}},
+              "n": {"type": "integer", "minimum": 1}},
+    "type": "object",
+    "properties": {
+        "Items": {"type": "array", "items": {"$ref": "#/$defs/item"}, "minItems": 1},
+        "Pair": {"prefixItems": [{"$ref": "#/$defs/n"}, {"type": "string", "pattern": "^[a-z]+$"}]},
+        "Either": {"anyOf": [{"$ref": "#/$defs/n"}, {"type": "string", "maxLength": 3}]},
+        "Both": {"allOf": [{"type": "object"}, {"required": ["a"]}], "unevaluatedProperties": False,
+                 "properties": {"a": {"$ref": "#/$defs/n"}}},
+        "If": {"if": {"properties": {"kind": {"const": "dated"}}},
+               "then": {"required": ["due"], "properties": {"due": {"format": "date"}}}},
+        "Map": {"additionalProperties": {"$ref": "#/$defs/item"}},
+    },
+}
+
+
+def test_the_bounded_validator_finds_what_jsonschema_finds_at_the_same_paths(tmp_path):
+    from jsonschema import Draft202012Validator, FormatChecker
+    from pipeline.schema_validator import compile_file
+    path = tmp_path / "shapes.json"
+    path.write_text(json.dumps(SHAPES))
+    ours, plain = compile_file(path), Draft202012Validator(SHAPES, format_checker=FormatChecker())
+    documents = [
+        {"Items": [{"Item": 1}, {"Item": 0}, {"x": 1}], "Pair": [0, "AB"], "Either": "long",
+         "Both": {"a": 0, "b": 1}, "If": {"kind": "dated"}, "Map": {"k": {"Item": "x"}, "j": 3}},
+        {"Items": [], "Pair": [3, "ab"], "Either": 2, "Both": {"a": 1}, "If": {"kind": "dated", "due": "2027-02-30"}},
+        {"Items": [{"Item": -5}] * 3, "Map": {"a": {"Item": 1}, "b": {}}, "Both": []},
+        {"Items": "no", "Pair": "no", "Either": None, "If": {"kind": "other"}},
+    ]
+    seen = lambda errors: sorted((list(e.absolute_path), list(e.absolute_schema_path), e.message) for e in errors)
+    for _ in range(2):          # the second pass meets only remembered validators
+        for document in documents:
+            assert seen(ours.iter_errors(document)) == seen(plain.iter_errors(document))
+    assert seen(ours.iter_errors(documents[0]))      # the documents do break the schema
+
 # -- files still being written, seen by their content -------------------------------------------------
 
 FULL = json.dumps(job_document("RANK", Title="written in two parts " + "x" * 200)).encode()
