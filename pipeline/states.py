@@ -37,4 +37,4 @@ MAX_CLAIMS = 5
 # ends a job (dismissed) is listed here, and any other state (held, say) keeps its key's later
 # jobs waiting. The text is also the partial index jobs_order_key's condition: spelled exactly so.
 ORDER_SETTLED = ("routed", "notified", "failed", "dismissed")
-ORDER_PENDING = "state NOT IN ('routed', 'notified', 'failed', 'dismissed')"
+ORDER_PENDING = f"state NOT IN ({', '.join(repr(s) for s in ORDER_SETTLED)})"

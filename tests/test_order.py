@@ -270,3 +270,30 @@ def test_four_routers_on_postgresql_route_each_key_in_detection_order(tree, db):
     assert all(len(r) > 1 for r in routers_of_key.values()), routers_of_key
     waits = db.run_sql("SELECT count(*) FROM job_events WHERE detail LIKE 'waits in order: %'").fetchone()[0]
     assert waits > 0
+
+
+def test_explain_shows_the_jobs_key_or_that_it_is_unordered(ordered):
+    keyed = ordered.drop("RANK", "5903771.json", job_document("RANK", JobNumber="5903771"))
+    loose = ordered.drop("RANK", "loose.json", job_document("RANK"))
+    out = ordered.run("route", "--explain", str(keyed)).stdout
+    assert ("order key:   JobSpecification.JobDetails.JobNumber = 5903771 "
+            "(routed after the earlier jobs with that value)") in out.splitlines()
+    out = ordered.run("route", "--explain", str(loose)).stdout
+    assert ("order key:   none: JobSpecification.JobDetails.JobNumber is missing; the job is unordered"
+            in out.splitlines())
+    ordered.write_config()
+    assert "order key:" not in ordered.run("route", "--explain", str(keyed)).stdout
+
+
+def test_check_config_says_what_order_by_does(ordered):
+    out = ordered.run("check-config").stdout
+    assert ("note: [router] order_by JobSpecification.JobDetails.JobNumber: jobs with the same value are routed "
+            "in the order they were detected; a job without it is unordered") in out.splitlines()
+
+
+def test_the_order_index_is_partial_on_the_unsettled_states_the_queries_name():
+    """The planner uses jobs_order_key only when a query spells its condition as the index does."""
+    from pipeline.states import ORDER_PENDING
+    for ddl in (ROOT / "schema.sql", ROOT / "pipeline" / "store" / "postgres.sql"):
+        text = " ".join(ddl.read_text().split())
+        assert f"jobs_order_key ON jobs (order_key, id) WHERE {ORDER_PENDING};" in text
