@@ -193,33 +193,36 @@ def test_the_wait_shows_in_status_and_is_not_stuck(ordered, db, clock):
     assert "in order  1 job(s) wait for an earlier job of their key" in shown
 
 
-def _hold_and_die(tree, read: bool) -> subprocess.Popen:
-    """A process that claims the first due job as a router does (reading it, with ``read``) and is
-    then SIGKILLed: its lease is all that is left of it."""
+def _router_to_kill(tree, read: bool) -> subprocess.Popen:
+    """A router that claims the first job (batch_size 1) and stops there, before reading it or (with
+    ``read``) once its key is recorded, before any copy: it prints the job's id, to be SIGKILLed."""
+    stop = ("_copy_all", "lambda works: stop(works[0].job.id)") if read else \
+        ("_prepare", "lambda work, delivered: stop(work.job.id)")
     code = f"""
-import sys, time
-sys.path.insert(0, {str(ROOT / 'tests')!r})
+import time
 from pipeline import config, store
 from pipeline.jobs import Jobs
-from pipeline.states import ROUTE_QUEUE
+from pipeline.router import Router
+
+def stop(job_id):
+    print(job_id, flush=True)
+    time.sleep(600)
+
 cfg = config.load({str(tree.config_path)!r})
-jobs = Jobs(store.connect(cfg.paths.database), "router_09@doomed:1")
-batch = jobs.claim(ROUTE_QUEUE, 1, cfg.router.lease)
-if {read!r}:
-    jobs.order(batch.token, [(batch.jobs[0].id, "5903771")])
-print(batch.jobs[0].id, flush=True)
-time.sleep(600)
+router = Router(cfg, Jobs(store.connect(cfg.paths.database), "router_09@doomed:1"))
+router.{stop[0]} = {stop[1]}
+router.run_batch()
 """
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tree.root)
 
 
 @pytest.mark.parametrize("read", [False, True], ids=["unread", "read"])
 def test_a_router_killed_holding_an_earlier_job_holds_the_key_until_its_lease_runs_out(tree, db, read):
-    tree.write_config(router=ORDER_BY + "lease = 3\n")
+    tree.write_config(router=ORDER_BY + "lease = 3\nbatch_size = 1\n")
     drop(tree, "first.json", "5903771", age=60)
     drop(tree, "second.json", "5903771", age=50)
     tree.run("scanner", "--once")
-    doomed = _hold_and_die(tree, read)
+    doomed = _router_to_kill(tree, read)
     first = int(doomed.stdout.readline())
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
