@@ -868,9 +868,10 @@ def record(results: Results, n: int, finished: int, routers: int, flags: str = "
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())     # the machine's load as the run ends (1/5/15 min)
     lines = [f"\n## {when}, commit {commit}{' (with uncommitted changes)' if dirty else ''}\n",
-             f"`tools/bench --n {n} --routers {routers}{' ' + flags if flags else ''}` on {os.cpu_count()} cores"
-             + (f"; {finished:,}-row table.\n" if finished else ".\n"),
+             f"`tools/bench --n {n} --routers {routers}{' ' + flags if flags else ''}` on {os.cpu_count()} cores, "
+             f"load {load}" + (f"; {finished:,}-row table.\n" if finished else ".\n"),
              "| what | figure | baseline | ratio | target | |", "| --- | --- | --- | --- | --- | --- |"]
     for line in results.lines:
         mark = {True: "ok", False: "**missed**", None: ""}[line.ok]
