@@ -844,7 +844,39 @@ def order_backlog(n: int, routers: int, keys: int = 1000, rounds: int = 3) -> Re
     median = statistics.median(ratios)
     results.add(f"backlog, router.order_by over {keys} keys (median of rounds)",
                 ", ".join(f"{r:.2f}" for r in ratios), "-", f"{median:.2f}", ">= 0.90", median >= 0.9)
+    us = order_time(keys)
+    results.add("recording the keys and finding who waits alone (Jobs.order, batches of 100)",
+                f"{us:.0f} us/job", "-", "-", "-")
     return results
+
+
+def order_time(keys: int, jobs: int = 5000, batch: int = 100) -> float:
+    """Microseconds per job of ``Jobs.order`` in this process, on a SQLite table of ``jobs``
+    detected jobs over ``keys`` keys, claimed and keyed ``batch`` at a time as a router does."""
+    from pipeline.jobs import Jobs
+    from pipeline.states import ROUTE_QUEUE
+    with tempfile.TemporaryDirectory() as tmp:
+        db = store.connect(Path(tmp) / "order.db")
+        table = Jobs(db, "bench@order:1")
+        with db.write():
+            for i in range(jobs):
+                db.run_sql("INSERT INTO jobs (uuid, state, source_path, client_folder, file_name, size, mtime_ns, "
+                           "ctime_ns, device, inode, detected_by, detected_at, updated_at, next_attempt_at) "
+                           "VALUES (?, 'detected', ?, 'RANK', ?, 1, ?, ?, 1, ?, 'startup', 0, 0, 0)",
+                           (f"u{i}", f"/hot/RANK/{i}.json", f"{i}.json", i, i, i))
+        spent = 0.0
+        while True:
+            claimed = table.claim(ROUTE_QUEUE, batch, 60)
+            if not claimed.jobs:
+                break
+            t0 = time.perf_counter()
+            table.order(claimed.token, [(j.id, f"on{j.id % keys:05d}") for j in claimed.jobs])
+            spent += time.perf_counter() - t0
+            with db.write():        # routed, as the batch would be
+                db.run_sql("UPDATE jobs SET state = 'routed', lease_token = NULL WHERE lease_token = ?",
+                           (claimed.token,))
+        db.close()
+    return spent / jobs * 1e6
 
 
 def schema_time(jobs: int = 2000) -> float:
