@@ -53,6 +53,8 @@ CREATE INDEX IF NOT EXISTS jobs_file_name    ON jobs (file_name);      -- the da
 -- Order per key: the earlier jobs of a key not yet settled, and those not yet read (a NULL key).
 CREATE INDEX IF NOT EXISTS jobs_order_key    ON jobs (order_key, id)
     WHERE state NOT IN ('routed', 'notified', 'failed', 'dismissed');
+-- The jobs held back behind an earlier one, made due when that one is settled.
+CREATE INDEX IF NOT EXISTS jobs_waits_after  ON jobs (waits_after) WHERE waits_after IS NOT NULL;
 
 -- The audit trail: one row per transition, written in the same transaction.
 CREATE TABLE IF NOT EXISTS job_events (

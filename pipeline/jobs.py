@@ -282,6 +282,12 @@ UPDATE jobs SET next_attempt_at = ?, updated_at = ?, last_error = ?, waits_after
                 claims = 0, lease_owner = NULL, lease_token = NULL
 WHERE id = ? AND lease_token = ? AND state = ?"""
 
+# The jobs held back behind these (now settled), due at once: the next of each key goes without
+# waiting for its timer.
+_SQL_HAND_ON = """
+UPDATE jobs SET next_attempt_at = ?
+WHERE waits_after IS NOT NULL AND waits_after IN ({id_list}) AND lease_token IS NULL AND next_attempt_at > ?"""
+
 _SQL_RELEASE = """
 UPDATE jobs SET next_attempt_at = ?, claims = CASE WHEN claims > 0 THEN claims - 1 ELSE 0 END, lease_owner = NULL, lease_token = NULL
 WHERE id = ? AND lease_token = ?"""
@@ -487,6 +493,14 @@ class Jobs:
             now + delay, now, reason, after, job.id, token, job.state)), job.id)
         if reason != job.last_error:
             self._event(job.id, now, job.state, job.state, f"waits in order: {reason}")
+
+    def hand_on(self, settled: Sequence[int]) -> None:
+        """These jobs of ordered keys are settled (routed or failed): the jobs held back behind them
+        are due now. One statement; the waits' own timers cover a router that stops before it."""
+        now = self.clock()
+        with self.transaction():
+            if self._sql(_SQL_HAND_ON, (now, self.db.id_list(settled), now)).rowcount:
+                self.db.announce()
 
     def delivered_paths(self, job_ids: Iterable[int]) -> dict[int, set[str]]:
         """The destination paths already committed for each job (so only failed copies are retried)."""

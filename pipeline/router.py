@@ -246,6 +246,7 @@ class Router(Program):
         self._hot_files = None          # files may have moved since phase A looked
         self._clean_up(works)
         self._commit_outcomes(batch.token, works)
+        self._hand_on(works)
         self._report(works)
         self.error_log.flush(new=any(w.outcome in FAILED_NOW for w in works))
         return len(batch.jobs)
@@ -317,6 +318,12 @@ class Router(Program):
                 self._last_of_key[w.key.value] = w
             going.append(w)
         return going
+
+    def _hand_on(self, works: list[Work]) -> None:
+        """The jobs of ordered keys this batch settled let the jobs held back behind them go now."""
+        settled = [w.job.id for w in works if w.key is not None and w.key.ordered and w.outcome in SETTLED_NOW]
+        if settled:
+            self.jobs.hand_on(settled)
 
     @staticmethod
     def _hold_back(work: Work, after: int, reason: str, delay: float) -> None:

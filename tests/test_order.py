@@ -94,6 +94,26 @@ def test_jobs_of_one_key_are_routed_in_detection_order_across_two_routers(ordere
     assert job("5903771_rev1.json").waits_after is None
 
 
+def test_the_next_job_of_a_key_is_due_as_soon_as_the_earlier_one_is_routed(ordered, db, clock):
+    drop(ordered, "5903771.json", "5903771", age=60)
+    drop(ordered, "5903771_rev1.json", "5903771", age=50)
+    a, b = Jobs(db, "router-a:1", clock), Jobs(db, "router-b:2", clock)
+    detect(ordered, a)
+    first, second = job("5903771.json").id, job("5903771_rev1.json").id
+    held = a.claim(ROUTE_QUEUE, 1, 60)
+    a.order(held.token, [(first, "5903771")])
+    Router(ordered.config, b).run_batch()
+    assert job("5903771_rev1.json").next_attempt_at > clock.now     # held back, due a moment later
+
+    a.release(held.token, [first])
+    clock.advance(0.01)
+    Router(ordered.config, b).run_batch()       # routes the first: the revision is due at once
+    assert job("5903771.json").state == "routed"
+    assert job("5903771_rev1.json").next_attempt_at == clock.now
+    Router(ordered.config, b).run_batch()       # the clock has not moved
+    assert routed_order(db) == [first, second]
+
+
 def test_other_keys_flow_while_a_key_waits_and_a_missing_field_is_unordered(ordered, db, clock):
     drop(ordered, "a1.json", "A", age=60)
     drop(ordered, "a2.json", "A", age=50)

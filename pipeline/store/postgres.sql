@@ -289,3 +289,5 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS waits_after BIGINT;
 -- Order per key: the earlier jobs of a key not yet settled, and those not yet read (a NULL key).
 CREATE INDEX IF NOT EXISTS jobs_order_key ON jobs (order_key, id)
     WHERE state NOT IN ('routed', 'notified', 'failed', 'dismissed');
+-- The jobs held back behind an earlier one, made due when that one is settled.
+CREATE INDEX IF NOT EXISTS jobs_waits_after ON jobs (waits_after) WHERE waits_after IS NOT NULL;
