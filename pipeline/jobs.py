@@ -275,7 +275,9 @@ SELECT mine.id,
 FROM jobs AS mine WHERE mine.id IN ({id_list}) AND mine.order_key <> ''"""
 _SQL_ORDER_BLOCKERS = _SQL_ORDER_BLOCKERS.replace("{pending}", ORDER_PENDING.replace("state", "e.state"))
 
-_SQL_BLOCKER_STATE = "SELECT id, lease_token IS NOT NULL AND next_attempt_at > ?, next_attempt_at FROM jobs WHERE id IN ({id_list})"
+# Whether a router holds each such earlier job now, and when it is due.
+_SQL_BLOCKER_STATE = """
+SELECT id, lease_token IS NOT NULL AND next_attempt_at > ?, next_attempt_at FROM jobs WHERE id IN ({id_list})"""
 
 _SQL_WAIT_IN_ORDER = """
 UPDATE jobs SET next_attempt_at = ?, updated_at = ?, last_error = ?, waits_after = ?,
@@ -286,7 +288,8 @@ WHERE id = ? AND lease_token = ? AND state = ?"""
 # waiting for its timer.
 _SQL_HAND_ON = """
 UPDATE jobs SET next_attempt_at = ?
-WHERE waits_after IS NOT NULL AND waits_after IN ({id_list}) AND lease_token IS NULL AND next_attempt_at > ?"""
+WHERE waits_after IS NOT NULL AND waits_after IN ({id_list})
+  AND lease_token IS NULL AND next_attempt_at > ?"""
 
 _SQL_RELEASE = """
 UPDATE jobs SET next_attempt_at = ?, claims = CASE WHEN claims > 0 THEN claims - 1 ELSE 0 END, lease_owner = NULL, lease_token = NULL

@@ -134,10 +134,8 @@ def test_other_keys_flow_while_a_key_waits_and_a_missing_field_is_unordered(orde
 
 
 def test_keys_compare_as_match_does_and_a_batch_routes_a_key_in_detection_order(ordered, db, clock):
-    for i, number in enumerate(["77", "77", "x-1", "X-1", "77"]):
-        ordered.age(ordered.drop("RANK", f"{i}.json", {"JobSpecification": {"JobDetails": {
-            "ClientCode": "RANK", "JobCategory": "P", "JobNumber": int(number) if number == "77" and i == 1 else number}}}),
-            60 - i)
+    for i, number in enumerate(["77", 77, "x-1", "X-1", "77"]):     # 77 is "77"; X-1 is x-1
+        drop(ordered, f"{i + 1}.json", number, age=60 - i)
     jobs = Jobs(db, "router-a:1", clock)
     detect(ordered, jobs)
     Router(ordered.config, jobs).run(once=True)     # one batch: earlier jobs of a key go first
