@@ -318,3 +318,29 @@ def test_the_order_index_is_partial_on_the_unsettled_states_the_queries_name():
     for ddl in (ROOT / "schema.sql", ROOT / "pipeline" / "store" / "postgres.sql"):
         text = " ".join(ddl.read_text().split())
         assert f"jobs_order_key ON jobs (order_key, id) WHERE {ORDER_PENDING};" in text
+
+
+@pytest.mark.postgresql_only
+def test_a_postgresql_database_of_schema_8_is_upgraded_in_place_its_jobs_not_read_yet(database):
+    """postgres-v8.sql is the DDL of schema 8, the release before order per key."""
+    import psycopg2
+    from pipeline import store
+    from pipeline.store import sqlite
+    old = psycopg2.connect(database)
+    with old, old.cursor() as cur:
+        cur.execute((ROOT / "tests" / "fixtures" / "postgres-v8.sql").read_text())
+        cur.execute("INSERT INTO pipeline_schema (version) VALUES (8)")
+        cur.execute("INSERT INTO jobs (uuid, state, source_path, client_folder, file_name, size, mtime_ns, ctime_ns, "
+                    "device, inode, detected_by, detected_at, updated_at, next_attempt_at) VALUES "
+                    "('u1', 'archived', '/hot/RANK/a.json', 'RANK', 'a.json', 1, 2, 3, 4, 5, 'startup', 6, 7, 8)")
+    old.close()
+    upgraded = store.connect(database)
+    try:
+        assert upgraded.execute_sql("SELECT max(version) FROM pipeline_schema").fetchone()[0] == sqlite.SCHEMA_VERSION
+        assert upgraded.execute_sql("SELECT uuid, state, order_key, waits_after FROM jobs").fetchall() == [
+            ("u1", "archived", None, None)]
+        indexes = {name for (name,) in upgraded.execute_sql(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+        assert {"jobs_order_key", "jobs_waits_after"} <= indexes
+    finally:
+        upgraded.close()
