@@ -36,7 +36,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_error      TEXT,
     failed_step     TEXT    CHECK (failed_step IN ('detect', 'validate', 'archive', 'route', 'notify')),
     archive_path    TEXT,
-    failed_path     TEXT                              -- FAILED/{CLIENT}/{stamp}_{name} when moved there
+    failed_path     TEXT,                             -- FAILED/{CLIENT}/{stamp}_{name} when moved there
+    order_key       TEXT,                             -- router.order_by's value once read; '' unordered
+    waits_after     INTEGER                           -- the earlier job of its key it waits for
 );
 
 -- The routers' queue and the notifier's queue: partial, so finished jobs cost nothing.
@@ -48,6 +50,11 @@ CREATE INDEX IF NOT EXISTS jobs_updated      ON jobs (updated_at);
 CREATE INDEX IF NOT EXISTS jobs_detected     ON jobs (detected_at);   -- today's counts, bin/status
 CREATE INDEX IF NOT EXISTS jobs_failed       ON jobs (failed_at) WHERE state = 'failed';
 CREATE INDEX IF NOT EXISTS jobs_file_name    ON jobs (file_name);      -- the dashboard's name search
+-- Order per key: the earlier jobs of a key not yet settled, and those not yet read (a NULL key).
+CREATE INDEX IF NOT EXISTS jobs_order_key    ON jobs (order_key, id)
+    WHERE state NOT IN ('routed', 'notified', 'failed', 'dismissed');
+-- The jobs held back behind an earlier one, made due when that one is settled.
+CREATE INDEX IF NOT EXISTS jobs_waits_after  ON jobs (waits_after) WHERE waits_after IS NOT NULL;
 
 -- The audit trail: one row per transition, written in the same transaction.
 CREATE TABLE IF NOT EXISTS job_events (

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, control_character, done_suffix,
-                      env_name, headers, host_names, listen_address, non_negative_int, non_negative_number,
+                      dotted_path, env_name, headers, host_names, listen_address, non_negative_int, non_negative_number,
                       octal_mode, port, positive_int, positive_number, string, string_list, time_of_day, timezone,
                       url, weekdays, window)
 from .rules import Route, RuleError, compile_route
@@ -63,6 +63,7 @@ class Router:
     dir_mode: int
     poll_interval: float
     threads: int                  # copies made at the same time by one router
+    order_by: tuple[str, ...] = ()  # a dotted path: jobs of one value are routed in detection order (): off
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "dir_mode": (octal_mode, "0775"),
         "poll_interval": (positive_number, 0.01),
         "threads": (positive_int, 4),
+        "order_by": (dotted_path, ""),
     },
     "api": {
         "endpoint": (url, ""),

@@ -167,6 +167,18 @@ def done_suffix(value: Any) -> str:
     return value
 
 
+def dotted_path(value: Any) -> tuple[str, ...]:
+    """A dotted path into a job file (``router.order_by``) as its keys; "" for none."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string (a dotted path), got {_type_name(value)}")
+    if not value:
+        return ()
+    keys = tuple(value.split("."))
+    if any(not k or k != k.strip() or control_character(k) for k in keys):
+        raise ValueError(f"{value!r} is not a dotted path such as JobSpecification.JobDetails.JobNumber")
+    return keys
+
+
 def choice(*allowed: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if value not in allowed:

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from . import failures, rules, schemas
+from . import failures, ordering, rules, schemas
 from .config import Config
 from .hotfolder import eligible_name
 from .validation import Invalid, parse, too_large, wanted
@@ -39,13 +39,16 @@ def explain(config: Config, path: Path) -> list[str]:
         if schemas.may_apply(config.schemas, client):
             details = schemas.parse_whole(data, client)
         else:
-            details = parse(data, client, wanted(rules.paths_named(config.routes)))
+            details = parse(data, client, wanted(rules.paths_named(config.routes)
+                                                 + ordering.paths(config.router.order_by)))
     except Invalid as e:
         return lines + [f"outcome:     fails validation: {e}",
                         f"moved to:    {failed} (with {failed.name}.error.json beside it)"]
     except OSError as e:
         return lines + [f"outcome:     cannot be read: {e.strerror}"]
     lines += [f"ClientCode:  {details.client_code}", f"JobCategory: {details.job_category}"]
+    if config.router.order_by:
+        lines.append(f"order key:   {ordering.describe(details.document, config.router.order_by)}")
     broken = []
     for i, schema in enumerate(config.schemas, 1):
         head = f"schema {i}:".ljust(13) + f"{schema.shown}: "

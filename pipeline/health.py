@@ -41,6 +41,19 @@ _SQL_COUNTS = (f"SELECT state, count(*) FROM jobs WHERE {ROUTE_QUEUE} GROUP BY s
                "SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'")
 
 
+# Jobs held back behind an earlier job of their key (docs/design.md#order-per-key): how many, and
+# the first of them with its cause. Both read the routers' partial queue index.
+_SQL_IN_ORDER = (f"SELECT count(*) FROM jobs WHERE {ROUTE_QUEUE} AND waits_after IS NOT NULL",
+                 f"SELECT id, client_folder AS client, file_name AS file, last_error AS cause FROM jobs "
+                 f"WHERE {ROUTE_QUEUE} AND waits_after IS NOT NULL ORDER BY id LIMIT 1")
+
+
+def in_order(db: peewee.Database) -> dict[str, Any] | None:
+    """The jobs waiting in order: {"jobs": N, "first": {id, client, file, cause}}, None when none."""
+    count = db.run_sql(_SQL_IN_ORDER[0]).fetchone()[0]
+    return {"jobs": count, "first": _rows(db, _SQL_IN_ORDER[1])[0]} if count else None
+
+
 def counts_by_state(db: peewee.Database) -> dict[str, int]:
     """Jobs in each state; notified is what the others leave of the table's count."""
     counts = {}
@@ -108,6 +121,7 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
         report = _rows(db, "SELECT day, state, attempts, last_error, sent_at FROM reports "
                            "WHERE state != 'pending' OR attempts > 0 ORDER BY day DESC LIMIT 1")
         silences = expectations.current(db, config.expect, now, config.report.timezone)
+        ordered = in_order(db)
     for scan in scans:
         scan["seconds"] = None if scan["seconds"] is None else round(scan["seconds"], 3)
     for beat in beats:
@@ -116,7 +130,7 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
               "jobs_waiting": sum(by_state.get(state, 0) for state in waiting), "oldest_waiting_seconds": oldest,
               "today": today, "last_scans": scans, "programs": beats,
               "last_errors": errors, "stuck_jobs": stuck_total, "stuck": stuck,
-              "last_report": report[0] if report else None, "silences": silences,
+              "last_report": report[0] if report else None, "silences": silences, "in_order": ordered,
               "detecting": detector[0] if detector and detector[0]["lease_until"] >= now else None}
     graded = graded_problems(status, config)
     status["problems"] = [text for _, text in graded]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import peewee
 
 from . import store
-from .states import NOTIFY_QUEUE, REQUEUE_STATE, ROUTE_QUEUE
+from .states import NOTIFY_QUEUE, ORDER_PENDING, REQUEUE_STATE, ROUTE_QUEUE
 from .store import LeaseLost
 
 if TYPE_CHECKING:
@@ -80,6 +80,15 @@ class Claimed:
 class Batch:
     token: str
     jobs: tuple[Claimed, ...]
+
+
+@dataclass(frozen=True)
+class OrderBlock:
+    """What a job of an ordered key waits for (``Jobs.order``)."""
+    after: int          # the earlier job
+    read: bool          # that job has the same key; False: it is not read yet
+    busy: bool          # a router holds it now (it will be settled, or read, within its batch)
+    due: float          # otherwise when it is due (a place's backoff, a file still being written)
 
 
 @dataclass(frozen=True)
@@ -241,6 +250,46 @@ WHERE id = ? AND lease_token = ? AND state = 'detected'"""
 _SQL_MOVED = """
 UPDATE jobs SET source_path = ?, client_folder = ?, file_name = ?, ctime_ns = ?, updated_at = ?
 WHERE id = ? AND lease_token = ? AND state = ?"""
+
+# Order per key (docs/design.md#order-per-key). A batch's keys, written once its files are read
+# (a key of '' is unordered); the wait a job proceeds from is cleared with it.
+_SQL_KEYED = """
+UPDATE jobs SET order_key = k.order_key, waits_after = NULL
+FROM ({id_key_list}) AS k
+WHERE jobs.id = k.id AND jobs.lease_token = ?"""
+
+# For each ordered job of the batch, the nearest earlier job outside the batch that it waits for:
+# one of its key not settled yet; or one not read yet (no key) that a router holds or is due to
+# take now, whose key may turn out the same. An unread job waiting for later (its file still
+# being written, a place's backoff) holds nobody up. Both read the partial index jobs_order_key.
+_SQL_ORDER_BLOCKERS = """
+SELECT mine.id,
+  (SELECT e.id FROM jobs AS e
+   WHERE e.order_key = mine.order_key AND e.id < mine.id AND {pending}
+     AND (e.lease_token IS NULL OR e.lease_token <> ?)
+   ORDER BY e.order_key DESC, e.id DESC LIMIT 1),
+  (SELECT e.id FROM jobs AS e
+   WHERE e.order_key IS NULL AND e.id < mine.id AND {pending}
+     AND (e.lease_token IS NULL AND e.next_attempt_at <= ? OR e.lease_token <> ?)
+   ORDER BY e.order_key DESC, e.id DESC LIMIT 1)
+FROM jobs AS mine WHERE mine.id IN ({id_list}) AND mine.order_key <> ''"""
+_SQL_ORDER_BLOCKERS = _SQL_ORDER_BLOCKERS.replace("{pending}", ORDER_PENDING.replace("state", "e.state"))
+
+# Whether a router holds each such earlier job now, and when it is due.
+_SQL_BLOCKER_STATE = """
+SELECT id, lease_token IS NOT NULL AND next_attempt_at > ?, next_attempt_at FROM jobs WHERE id IN ({id_list})"""
+
+_SQL_WAIT_IN_ORDER = """
+UPDATE jobs SET next_attempt_at = ?, updated_at = ?, last_error = ?, waits_after = ?,
+                claims = 0, lease_owner = NULL, lease_token = NULL
+WHERE id = ? AND lease_token = ? AND state = ?"""
+
+# The jobs held back behind these (now settled), due at once: the next of each key goes without
+# waiting for its timer.
+_SQL_HAND_ON = """
+UPDATE jobs SET next_attempt_at = ?
+WHERE waits_after IS NOT NULL AND waits_after IN ({id_list})
+  AND lease_token IS NULL AND next_attempt_at > ?"""
 
 _SQL_RELEASE = """
 UPDATE jobs SET next_attempt_at = ?, claims = CASE WHEN claims > 0 THEN claims - 1 ELSE 0 END, lease_owner = NULL, lease_token = NULL
@@ -405,6 +454,56 @@ class Jobs:
                         if where is not None:
                             copies[where] = max(copies.get(where, 0), later_id)
         return Renewal(frozenset(job_id for job_id, _ in rows), until, later)
+
+    def order(self, token: str, keyed: Sequence[tuple[int, str]]) -> dict[int, OrderBlock]:
+        """Record the keys of a batch's jobs just read ((id, key) pairs; '' for unordered) and say,
+        for each ordered one, what earlier job outside the batch it waits for (only those that
+        wait are in the answer). One short write transaction: once it commits, every other router
+        sees these keys, so an unread job never hides its key from a later one for long."""
+        now = self.clock()
+        with self.transaction():
+            self._sql(_SQL_KEYED, (json.dumps(list(keyed)), token))
+            return self._blocks(token, [job_id for job_id, key in keyed if key], now)
+
+    def still_blocked(self, token: str, job_ids: Sequence[int]) -> dict[int, OrderBlock]:
+        """``order``'s answer again for jobs already keyed (a read: the router looks again within its
+        batch while the earlier jobs are being read by other routers)."""
+        return self._blocks(token, list(job_ids), self.clock())
+
+    def _blocks(self, token: str, job_ids: list[int], now: float) -> dict[int, OrderBlock]:
+        if not job_ids:
+            return {}
+        found = {job_id: (same, unread) for job_id, same, unread in self._sql(
+            _SQL_ORDER_BLOCKERS, (token, now, token, self.db.id_list(job_ids))) if same or unread}
+        if not found:
+            return {}
+        blockers = {b for same, unread in found.values() for b in (same, unread) if b}
+        state = {b: (bool(busy), due) for b, busy, due in self._sql(
+            _SQL_BLOCKER_STATE, (now, self.db.id_list(blockers)))}
+        out = {}
+        for job_id, (same, unread) in found.items():
+            after = same or unread      # a job of its own key first: that one it must follow
+            busy, due = state.get(after, (False, now))
+            out[job_id] = OrderBlock(after=after, read=bool(same), busy=busy, due=due)
+        return out
+
+    def wait_in_order(self, token: str, job: Claimed, delay: float, reason: str, after: int) -> None:
+        """Keep the job in its state, due again after ``delay``, behind the earlier job ``after`` of
+        its key: no attempt spent, its claim not counted. The audit trail hears of a wait when its
+        reason changes, not at each look."""
+        now = self.clock()
+        self._expect_one(self._sql(_SQL_WAIT_IN_ORDER, (
+            now + delay, now, reason, after, job.id, token, job.state)), job.id)
+        if reason != job.last_error:
+            self._event(job.id, now, job.state, job.state, f"waits in order: {reason}")
+
+    def hand_on(self, settled: Sequence[int]) -> None:
+        """These jobs of ordered keys are settled (routed or failed): the jobs held back behind them
+        are due now. One statement; the waits' own timers cover a router that stops before it."""
+        now = self.clock()
+        with self.transaction():
+            if self._sql(_SQL_HAND_ON, (now, self.db.id_list(settled), now)).rowcount:
+                self.db.announce()
 
     def delivered_paths(self, job_ids: Iterable[int]) -> dict[int, set[str]]:
         """The destination paths already committed for each job (so only failed copies are retried)."""

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import peewee
 
-from . import cli, failures, retry, rules, schemas, strictjson
+from . import cli, failures, ordering, retry, rules, schemas, strictjson
 from .config import Config
 from .hotfolder import HotFolder, Sighting
 from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
@@ -56,6 +56,13 @@ PLACE_BACKOFF_CAP = 60.0   # seconds: the longest wait between tries at a place
 RECHECK_CAP = 4.0           # seconds: the longest wait before a file still being written is read again
 COPY_BUDGET = 16 << 20      # bytes of read jobs a batch holds before it copies them
 FIRST_BATCH = 8             # jobs claimed when work starts again; doubles up to router.batch_size
+# Order per key (docs/design.md#order-per-key): how long a batch looks again for earlier jobs that
+# other routers are reading (their keys come within their batch), and when a job held back behind
+# an earlier one of its key is looked at again: soon while a router holds that one, else at its
+# due time, but within ORDER_RECHECK_CAP.
+ORDER_READ_WAIT = 1.0
+ORDER_RECHECK = 0.25
+ORDER_RECHECK_CAP = 2.0
 
 
 @dataclass
@@ -86,6 +93,9 @@ class Work:
     moved_ctime_ns: int = 0
     grew_from: int | None = None                # the size it was detected with, when its file changed in place
     recheck_in: float = 0.0                     # outcome recheck: read the file again after this long
+    key: ordering.Key | None = None             # router.order_by's value, once read (ordering on)
+    after: "Work | None" = None                 # the earlier job of its key in this batch, routed first
+    waits_after: int = 0                        # outcome after: the earlier job it waits for
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -166,7 +176,9 @@ class Router(Program):
         self.error_log = failures.ErrorLog(config.paths.error_log, jobs.db, Folders.made_as(rc))
         self.hot_folder = HotFolder(config.paths.hot_folder)
         self._hot_files: dict[Identity, Sighting] | None = None     # listed on first need, per phase
-        self.keep = wanted(rules.paths_named(config.routes))     # what validation keeps of a job file
+        # What validation keeps of a job file: what the rules read, and the order's key.
+        self.keep = wanted(rules.paths_named(config.routes) + ordering.paths(config.router.order_by))
+        self._last_of_key: dict[str, Work] = {}     # ordering: the batch's latest job of each key
         self._copying: ThreadPoolExecutor | None = None
         self._claim_size = min(FIRST_BATCH, rc.batch_size)
         self._token = ""                # the lease token of the batch in hand
@@ -212,6 +224,7 @@ class Router(Program):
         self._token = batch.token
         works = [Work(job=job, state=job.state, held_until=claimed_at + cfg.lease) for job in batch.jobs]
         self._hot_files = None
+        self._last_of_key = {}
         ready, held = [], 0
         for i, work in enumerate(works):
             if self.stopper.requested:
@@ -225,14 +238,15 @@ class Router(Program):
                 ready.append(work)
                 held += len(work.data)
             if held > COPY_BUDGET:      # many large files: copy what is read before reading on
-                self._copy_all(ready)
+                self._copy_all(self._in_order(ready))
                 ready, held = [], 0
-        self._copy_all(ready)
+        self._copy_all(self._in_order(ready))
         self._sync_copies(works)
         self._commit_progress(batch.token, works)
         self._hot_files = None          # files may have moved since phase A looked
         self._clean_up(works)
         self._commit_outcomes(batch.token, works)
+        self._hand_on(works)
         self._report(works)
         self.error_log.flush(new=any(w.outcome in FAILED_NOW for w in works))
         return len(batch.jobs)
@@ -270,6 +284,52 @@ class Router(Program):
             work.refused = str(e)       # archived all the same: the job fails at route below
         work.data, work.delivered_before = data, delivered
         return True
+
+    def _in_order(self, ready: list[Work]) -> list[Work]:
+        """With ``router.order_by``: record the keys of the jobs just read and hold back each one
+        an earlier job of its key is not settled for (or an earlier job not read yet, held by
+        another router, whose key may be the same); returns those that go on. Earlier jobs of a
+        key in this batch go first, in claim order (``_deliver``). Without order_by: nothing."""
+        keys = self.config.router.order_by
+        if not keys or not ready:
+            return ready
+        for w in ready:
+            w.key = ordering.key_of(w.details.document, keys)
+        blocks = self.jobs.order(self._token, [(w.job.id, w.key.value) for w in ready])
+        # Other routers read their batches as this one did and record their keys at once: look
+        # again a few times rather than give back a job that may well go in a moment.
+        deadline, pause = time.monotonic() + ORDER_READ_WAIT, 0.005
+        while (any(b.busy and not b.read for b in blocks.values()) and time.monotonic() < deadline
+               and not self.stopper.requested):
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+            blocks = self.jobs.still_blocked(self._token, list(blocks))
+        now, going = self.jobs.clock(), []
+        for w in ready:
+            block = blocks.get(w.job.id)
+            if block is not None:
+                delay = ORDER_RECHECK if block.busy and block.read else \
+                    min(max(block.due - now, ORDER_RECHECK), ORDER_RECHECK_CAP)
+                self._hold_back(w, block.after, ordering.after_text(keys, block.after, w.key) if block.read
+                                else ordering.unread_text(keys, block.after), delay)
+                continue
+            if w.key.ordered:
+                w.after = self._last_of_key.get(w.key.value)
+                self._last_of_key[w.key.value] = w
+            going.append(w)
+        return going
+
+    def _hand_on(self, works: list[Work]) -> None:
+        """The jobs of ordered keys this batch settled let the jobs held back behind them go now."""
+        settled = [w.job.id for w in works if w.key is not None and w.key.ordered and w.outcome in SETTLED_NOW]
+        if settled:
+            self.jobs.hand_on(settled)
+
+    @staticmethod
+    def _hold_back(work: Work, after: int, reason: str, delay: float) -> None:
+        """The job waits behind ``after`` (no attempt spent), to be claimed again after ``delay``."""
+        work.outcome, work.step, work.error, work.recheck_in, work.waits_after = "after", "route", reason, delay, after
+        work.data = None
 
     def _being_written(self, work: Work, data: bytes) -> bool:
         """A file whose JSON ends early (stops inside a value, or is empty) and that changed less
@@ -478,6 +538,12 @@ class Router(Program):
     def _deliver(self, work: Work, copies: list[Copy], batch: list[Work]) -> None:
         """Publish the job's staged copies in order, and judge what went wrong with any. Each
         copy only while the job is held (``batch``: the jobs from this one on, renewed together)."""
+        before = work.after
+        if before is not None and before.outcome not in SETTLED_NOW:
+            # The earlier job of its key in this batch did not go: this one follows it, later.
+            self._hold_back(work, before.job.id, ordering.after_text(self.config.router.order_by, before.job.id,
+                                                                     work.key), ORDER_RECHECK)
+            return
         if copies and copies[0].dest is None:
             archive, copies = copies[0], copies[1:]
             newer = work.newer.get(str(archive.target))
@@ -587,6 +653,8 @@ class Router(Program):
             w.grew_from = None
         if w.outcome == "recheck":
             self.jobs.recheck(token, self._as_committed(w), w.recheck_in, w.error)
+        elif w.outcome == "after":
+            self.jobs.wait_in_order(token, self._as_committed(w), w.recheck_in, w.error, w.waits_after)
         if w.archived_now:
             d = w.details
             self.jobs.archived(token, w.job.id, sha256=w.sha256, client_code=d.client_code,
@@ -784,6 +852,8 @@ class Router(Program):
                 log.warning("%s waits: %s", w.label, w.problem or w.error, extra=w.about)
             elif w.outcome == "recheck":
                 log.info("%s: %s; read again in %.3gs", w.label, w.error, w.recheck_in, extra=w.about)
+            elif w.outcome == "after" and w.error != w.job.last_error:     # said once per cause
+                log.info("%s waits in order: %s", w.label, w.error, extra=w.about)
             elif w.outcome in FAILED_NOW:
                 place = f"; moved to {w.failed_path}" if w.outcome == "move" else ""
                 log.error("failed %s at %s: %s%s", w.label, w.step, w.error, place, extra=w.about)
@@ -792,6 +862,7 @@ class Router(Program):
 
 
 FAILED_NOW = ("fail", "move", "failed")     # the outcomes that record a failure in this batch
+SETTLED_NOW = ("route",) + FAILED_NOW        # a job of a key so settled lets the next one of its key go
 
 
 def _removes_original(w: Work) -> bool:
@@ -826,7 +897,8 @@ def _published(copy: Copy, folders: Folders, replace: bool) -> bool:
 
 def _route_detail(w: Work) -> str:
     names = [f"{name}{' (kept existing)' if action == 'kept' else ''}" for name, _, action in w.delivered]
-    return "to " + (", ".join(names) if names else "archive only") + "; original removed"
+    unordered = f"; {ordering.unordered_text(w.key)}" if w.key is not None and not w.key.ordered else ""
+    return "to " + (", ".join(names) if names else "archive only") + "; original removed" + unordered
 
 
 def _is_copy_of(path: Path, identity: Identity) -> bool:

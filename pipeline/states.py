@@ -31,3 +31,10 @@ REQUEUE_STATE = {"archive": "detected", "route": "archived", "notify": "routed"}
 # A job claimed this many times without an outcome being recorded has crashed its worker each
 # time (a pathological file, say): it fails at its step instead of looping forever.
 MAX_CLAIMS = 5
+
+# Order per key (docs/design.md#order-per-key): a job is routed only once every earlier job of
+# its key is settled. The settled states by name, in this one place: a state added later that
+# ends a job (dismissed) is listed here, and any other state (held, say) keeps its key's later
+# jobs waiting. The text is also the partial index jobs_order_key's condition: spelled exactly so.
+ORDER_SETTLED = ("routed", "notified", "failed", "dismissed")
+ORDER_PENDING = f"state NOT IN ({', '.join(repr(s) for s in ORDER_SETTLED)})"

@@ -70,6 +70,11 @@ def test_relative_paths_resolve_against_the_config_files_folder(tmp_path, monkey
     ('[router]\nbatch_size = 0\n', "[router] batch_size: expected a whole number of at least 1, got 0"),
     ('[router]\nbatch_size = "100"\n', "[router] batch_size"),
     ('[router]\nthreads = 0\n', "[router] threads: expected a whole number of at least 1, got 0"),
+    ('[router]\norder_by = "JobSpecification..JobNumber"\n',
+     "[router] order_by: 'JobSpecification..JobNumber' is not a dotted path such as "
+     "JobSpecification.JobDetails.JobNumber"),
+    ('[router]\norder_by = 5\n', "[router] order_by: expected a string (a dotted path), got an integer"),
+    ('[router]\norder_by = "JobSpecification.JobDetails.JobNumber"\n', None),
     ('[router]\nconflict = "overwrite"\n', "[router] conflict: expected one of replace, keep, fail"),
     ('[router]\nfile_mode = "777"\n', None),    # a valid octal mode: accepted
     ('[router]\nfile_mode = "0999"\n', "[router] file_mode: expected an octal mode"),

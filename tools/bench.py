@@ -3,6 +3,7 @@
     tools/bench [--n 5000] [--routers 2] [--quick] [--no-record]
     tools/bench --rules [--n 5000]       # only the backlog: the seeds' matrix, then 20 rules using every rule feature
     tools/bench --schema [--n 5000]      # only the backlog: without, then with a [[schema]] every job is checked against
+    tools/bench --order [KEYS] [--n 5000]   # only the backlog: without, then with router.order_by over 1,000 keys
     tools/bench --database URL [--n 5000]            # the PostgreSQL figures, against SQLite
     tools/bench --hosts 2 --database URL [--n 5000]  # 2 hosts x 2 routers against 1 host (root)
 
@@ -165,9 +166,9 @@ class Pipeline:
             time.sleep(0.02)
 
 
-def pre_drop(hot: Path, n: int, seed: int = 1) -> list[Path]:
+def pre_drop(hot: Path, n: int, seed: int = 1, keys: int = 0) -> list[Path]:
     rng = random.Random(seed)
-    return [drop(hot, i, rng) for i in range(n)]
+    return [drop(hot, i, rng, keys) for i in range(n)]
 
 
 def settle(seconds: float = 1.1) -> None:
@@ -249,14 +250,16 @@ class _Statements:
 
 
 def pipeline_backlog(n: int, routers: int, finished_rows: int = 0, routes: str = ROUTES,
-                     database: str = "pipeline.db", config_extra: str = "") -> tuple[float, dict[str, float]]:
-    """N files pre-dropped, the whole supervised pipeline from start to the last routed: files/s."""
+                     database: str = "pipeline.db", config_extra: str = "",
+                     keys: int = 0) -> tuple[float, dict[str, float]]:
+    """N files pre-dropped (with ``keys``, each with one of that many OrderNumbers), the whole
+    supervised pipeline from start to the last routed: files/s."""
     with tempfile.TemporaryDirectory() as tmp:
         p = Pipeline(Path(tmp), config_extra, routers=routers, routes=routes, database=database)
         if finished_rows:
             fill_finished(p.config.paths.database, finished_rows)
             p.mark_prefilled()
-        pre_drop(p.config.paths.hot_folder, n)
+        pre_drop(p.config.paths.hot_folder, n, keys=keys)
         settle()
         try:
             started = p.start()
@@ -609,6 +612,9 @@ def main() -> None:
     argp.add_argument("--schema", action="store_true",
                       help="only the backlog, without and with a [[schema]] (tools/workload.py SCHEMA) that "
                            "every job is checked against; the ratio of the two")
+    argp.add_argument("--order", type=int, metavar="KEYS", nargs="?", const=1000,
+                      help="only the backlog, without and with router.order_by over KEYS distinct values "
+                           "(default 1000); the ratio of the two")
     argp.add_argument("--database", metavar="URL",
                       help="a PostgreSQL database (postgresql://user@host/db, password from libpq's environment): "
                            "only the PostgreSQL figures, each run in a fresh schema of it")
@@ -641,6 +647,11 @@ def main() -> None:
         results = schema_backlog(n, args.routers)
         if not args.no_record and not args.quick:
             record(results, n, 0, args.routers, "--schema")
+        return
+    if args.order:
+        results = order_backlog(n, args.routers, keys=args.order)
+        if not args.no_record and not args.quick:
+            record(results, n, 0, args.routers, f"--order {args.order}")
         return
     if args.rules:
         results = rules_backlog(n, args.routers)
@@ -811,6 +822,67 @@ def schema_backlog(n: int, routers: int, rounds: int = 4) -> Results:
     return results
 
 
+def order_backlog(n: int, routers: int, keys: int = 1000, rounds: int = 3) -> Results:
+    """The backlog with router.order_by on an OrderNumber taking ``keys`` values against the same
+    files without order_by, as schema_backlog measures (a warm-up not counted, rounds in
+    alternating order, the best of each and the median of the rounds' ratios)."""
+    results = Results()
+    runs: dict[str, list[float]] = {"without": [], "with": []}
+    kinds = [("without", ""), ("with", '[router]\norder_by = "JobSpecification.JobDetails.OrderNumber"\n')]
+    print(f"warm-up backlog of {n} files, not counted", flush=True)
+    print(f"  {pipeline_backlog(n, routers, keys=keys)[0]:.0f} files/s", flush=True)
+    for round_ in range(rounds):
+        for label, router in (kinds if round_ % 2 == 0 else kinds[::-1]):
+            print(f"backlog of {n} files over {keys} keys, {label} order_by", flush=True)
+            got, _ = pipeline_backlog(n, routers, config_extra=router, keys=keys)
+            runs[label].append(got)
+            print(f"  {got:.0f} files/s", flush=True)
+    without, with_ = max(runs["without"]), max(runs["with"])
+    results.add(f"backlog, router.order_by over {keys} keys (best of each)", f"{with_:.0f} files/s",
+                f"{without:.0f} files/s (no order_by)", f"{with_ / without:.2f}", ">= 0.90", with_ / without >= 0.9)
+    ratios = [w / o for w, o in zip(runs["with"], runs["without"])]
+    median = statistics.median(ratios)
+    results.add(f"backlog, router.order_by over {keys} keys (median of rounds)",
+                ", ".join(f"{r:.2f}" for r in ratios), "-", f"{median:.2f}", ">= 0.90", median >= 0.9)
+    us = order_time(keys)
+    results.add("the ordering statements alone (Jobs.order and hand_on, batches of 100)",
+                f"{us:.0f} us/job", "-", "-", "-")
+    return results
+
+
+def order_time(keys: int, jobs: int = 5000, batch: int = 100) -> float:
+    """Microseconds per job of ``Jobs.order`` and ``Jobs.hand_on`` in this process, on a SQLite table
+    of ``jobs`` detected jobs over ``keys`` keys, claimed, keyed and settled ``batch`` at a time as a
+    router does."""
+    from pipeline.jobs import Jobs
+    from pipeline.states import ROUTE_QUEUE
+    with tempfile.TemporaryDirectory() as tmp:
+        db = store.connect(Path(tmp) / "order.db")
+        table = Jobs(db, "bench@order:1")
+        with db.write():
+            for i in range(jobs):
+                db.run_sql("INSERT INTO jobs (uuid, state, source_path, client_folder, file_name, size, mtime_ns, "
+                           "ctime_ns, device, inode, detected_by, detected_at, updated_at, next_attempt_at) "
+                           "VALUES (?, 'detected', ?, 'RANK', ?, 1, ?, ?, 1, ?, 'startup', 0, 0, 0)",
+                           (f"u{i}", f"/hot/RANK/{i}.json", f"{i}.json", i, i, i))
+        spent = 0.0
+        while True:
+            claimed = table.claim(ROUTE_QUEUE, batch, 60)
+            if not claimed.jobs:
+                break
+            t0 = time.perf_counter()
+            table.order(claimed.token, [(j.id, f"on{j.id % keys:05d}") for j in claimed.jobs])
+            spent += time.perf_counter() - t0
+            with db.write():        # routed, as the batch would be
+                db.run_sql("UPDATE jobs SET state = 'routed', lease_token = NULL WHERE lease_token = ?",
+                           (claimed.token,))
+            t0 = time.perf_counter()
+            table.hand_on([j.id for j in claimed.jobs])
+            spent += time.perf_counter() - t0
+        db.close()
+    return spent / jobs * 1e6
+
+
 def schema_time(jobs: int = 2000) -> float:
     """Microseconds per job of parsing whole and checking against workload.SCHEMA, in this process."""
     from pipeline import schemas
@@ -832,9 +904,10 @@ def record(results: Results, n: int, finished: int, routers: int, flags: str = "
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())     # the machine's load as the run ends (1/5/15 min)
     lines = [f"\n## {when}, commit {commit}{' (with uncommitted changes)' if dirty else ''}\n",
-             f"`tools/bench --n {n} --routers {routers}{' ' + flags if flags else ''}` on {os.cpu_count()} cores"
-             + (f"; {finished:,}-row table.\n" if finished else ".\n"),
+             f"`tools/bench --n {n} --routers {routers}{' ' + flags if flags else ''}` on {os.cpu_count()} cores, "
+             f"load {load}" + (f"; {finished:,}-row table.\n" if finished else ".\n"),
              "| what | figure | baseline | ratio | target | |", "| --- | --- | --- | --- | --- | --- |"]
     for line in results.lines:
         mark = {True: "ok", False: "**missed**", None: ""}[line.ok]

@@ -119,19 +119,22 @@ SCHEMA = {
 }
 
 
-def document(i: int, rng: random.Random) -> tuple[str, bytes]:
+def document(i: int, rng: random.Random, keys: int = 0) -> tuple[str, bytes]:
+    """Job ``i``; with ``keys``, its details carry an OrderNumber, one of ``keys`` values in turn."""
     client, categories = CLIENTS[i % len(CLIENTS)]
     details = {"ClientCode": client, "JobCategory": rng.choice(categories), "StudioCode": f"{client}_STUDIO",
                "Title": f"Campaign {i} " + "x" * rng.randint(0, 40), "JobNumber": 5900000 + i}
+    if keys:
+        details["OrderNumber"] = f"ON{i % keys:05d}"
     items = [{"Item": n, "Size": f"{rng.randint(100, 2000)}x{rng.randint(100, 2000)}",
               "Notes": "y" * rng.randint(20, 120)} for n in range(rng.randint(4, 14))]
     body = json.dumps({"JobSpecification": {"JobDetails": details, "Items": items}}, indent=1).encode()
     return client, body
 
 
-def drop(hot: Path, i: int, rng: random.Random) -> Path:
+def drop(hot: Path, i: int, rng: random.Random, keys: int = 0) -> Path:
     """Write one job file the way upstream does: aside, then renamed into the client folder."""
-    client, body = document(i, rng)
+    client, body = document(i, rng, keys)
     folder = hot / client
     folder.mkdir(parents=True, exist_ok=True)
     tmp, target = folder / f".{i}.part", folder / f"{5900000 + i}.json"

@@ -71,6 +71,9 @@ def check(config: Config) -> tuple[list[str], list[str], list[str]]:
                              "will wait until it is there (router.create_folders = false)")
     if not config.routes:
         notes.append("no [[route]] rules: every file is archived only")
+    if config.router.order_by:
+        notes.append(f"[router] order_by {'.'.join(config.router.order_by)}: jobs with the same value are routed in "
+                     "the order they were detected; a job without it is unordered")
     if not config.api.endpoint:
         notes.append("[api] endpoint is empty: routed is the final state, nothing is POSTed")
     for name, value in config.api.headers.items():

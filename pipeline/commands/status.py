@@ -89,6 +89,10 @@ def render_text(status: dict[str, Any]) -> str:
                                         STATES))
     waiting = status["oldest_waiting_seconds"]
     out.append("waiting   " + ("  ".join(f"oldest {s} {age_text(a)}" for s, a in waiting.items()) or "nothing waiting"))
+    if status.get("in_order"):
+        first = status["in_order"]["first"]
+        out.append(f"in order  {status['in_order']['jobs']} job(s) wait for an earlier job of their key; "
+                   f"the first: {first['client']}/{first['file']} (job {first['id']}): {first['cause']}")
     out.append("")
     if status["today"]:
         clients: dict[str, dict[str, int]] = {}

@@ -74,11 +74,13 @@ _SQL_FAILED_COUNT = "SELECT count(*) FROM jobs WHERE state = 'failed' AND failed
 
 # The "+" keeps SQLite on the small partial queue index (the states) rather than a range over the
 # time column, which holds nearly every job in the table.
+# A job held back behind an earlier one of its key (waits_after) is not stuck: that one is.
+_NOT_IN_ORDER = {"route": " AND waits_after IS NULL", "notify": ""}
 _SQL_STUCK_COUNT = {wait: f"SELECT count(*), coalesce(sum(CASE WHEN {since} >= ? THEN 1 ELSE 0 END), 0) "
-                          f"FROM jobs WHERE {states} AND +{since} < ?"
+                          f"FROM jobs WHERE {states} AND +{since} < ?{_NOT_IN_ORDER[wait]}"
                     for wait, (states, since) in WAITS.items()}
 _SQL_STUCK = {wait: f"SELECT id, {since}, detected_at, client_folder, file_name, state, last_error "
-                    f"FROM jobs WHERE {states} AND +{since} < ? ORDER BY +{since}, id LIMIT ?"
+                    f"FROM jobs WHERE {states} AND +{since} < ?{_NOT_IN_ORDER[wait]} ORDER BY +{since}, id LIMIT ?"
               for wait, (states, since) in WAITS.items()}
 
 _SQL_SILENCED = """

@@ -5,7 +5,8 @@ An engine is a peewee ``Database`` subclass mixing in ``Engine``. The programs o
 - ``write()``: the write transaction (on SQLite ``BEGIN IMMEDIATE``), nested as savepoints;
 - ``snapshot()``: a short read-only transaction whose reads agree with each other;
 - ``sql(text)``: a statement written once for every engine (``?`` placeholders, ``{id_list}`` for
-  "one of these ids", given its value by ``id_list(ids)``), in the engine's own dialect;
+  "one of these ids", given its value by ``id_list(ids)``; ``{id_key_list}``, rows of an id and a
+  text from one JSON array of pairs), in the engine's own dialect;
 - ``transient(error)``: why an error may pass by itself ("locked", "full", "read-only", "I/O",
   "unreachable", "refused"), or None; ``describe(error)``: the database's own words for it, one line;
 - ``check_alive()`` and ``tidy()`` at each heartbeat, ``checkpoint()`` after the nightly pruning;
@@ -53,6 +54,7 @@ class Engine:
     """The seam's interface, with what is the same on every engine."""
 
     ID_LIST: str        # each engine's way to say "one of these ids" in a statement
+    ID_KEY_LIST: str    # rows (id, order_key) from one parameter: a JSON array of [id, key] pairs
     IDLE_POLL = 0.0         # the shortest idle wait worth it (an engine with wake-ups waits longer)
 
     def _init_engine(self) -> None:
@@ -75,7 +77,7 @@ class Engine:
     @classmethod
     def dialect(cls, text: str) -> str:
         """``text`` in this engine's dialect (called once per statement and engine, then cached)."""
-        return text.replace("{id_list}", cls.ID_LIST)
+        return text.replace("{id_list}", cls.ID_LIST).replace("{id_key_list}", cls.ID_KEY_LIST)
 
     def id_list(self, ids) -> object:
         raise NotImplementedError

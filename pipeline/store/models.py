@@ -49,6 +49,8 @@ class Job(BaseModel):
     failed_step = peewee.TextField(null=True)
     archive_path = peewee.TextField(null=True)
     failed_path = peewee.TextField(null=True)
+    order_key = peewee.TextField(null=True)
+    waits_after = peewee.IntegerField(null=True)
 
     class Meta:
         table_name = "jobs"

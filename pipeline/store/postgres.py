@@ -66,6 +66,8 @@ class Database(Engine, peewee.PostgresqlDatabase):
     """peewee's PostgresqlDatabase behind the seam."""
 
     ID_LIST = "SELECT unnest(CAST(? AS BIGINT[]))"
+    ID_KEY_LIST = ("SELECT CAST(e ->> 0 AS BIGINT) AS id, e ->> 1 AS order_key "
+                   "FROM json_array_elements(CAST(? AS json)) AS e")
     IDLE_POLL = IDLE_POLL
 
     def __init__(self, url: str, **kwargs):

@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_error      TEXT,
     failed_step     TEXT    CHECK (failed_step IN ('detect', 'validate', 'archive', 'route', 'notify')),
     archive_path    TEXT,
-    failed_path     TEXT                              -- FAILED/{CLIENT}/{stamp}_{name} when moved there
+    failed_path     TEXT,                             -- FAILED/{CLIENT}/{stamp}_{name} when moved there
+    order_key       TEXT,                             -- router.order_by's value once read; '' unordered
+    waits_after     BIGINT                            -- the earlier job of its key it waits for
 );
 
 -- The routers' queue and the notifier's queue: partial, so finished jobs cost nothing.
@@ -282,3 +284,10 @@ ORDER BY scans.started_at DESC;
 
 -- Columns added since a table was first created.
 ALTER TABLE heartbeats ADD COLUMN IF NOT EXISTS clock_skew DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS order_key TEXT;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS waits_after BIGINT;
+-- Order per key: the earlier jobs of a key not yet settled, and those not yet read (a NULL key).
+CREATE INDEX IF NOT EXISTS jobs_order_key ON jobs (order_key, id)
+    WHERE state NOT IN ('routed', 'notified', 'failed', 'dismissed');
+-- The jobs held back behind an earlier one, made due when that one is settled.
+CREATE INDEX IF NOT EXISTS jobs_waits_after ON jobs (waits_after) WHERE waits_after IS NOT NULL;

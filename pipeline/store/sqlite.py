@@ -23,8 +23,8 @@ from .engine import DatabaseUnusable, Engine, newer_schema
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 8      # 4: error_log_outbox, 5: tallies, 6: alert_deliveries, silences,
-                        # 7: heartbeats.clock_skew, 8: leaders
+SCHEMA_VERSION = 13     # 4: error_log_outbox, 5: tallies, 6: alert_deliveries, silences,
+                        # 7: heartbeats.clock_skew, 8: leaders, 13: jobs.order_key, waits_after
 BUSY_TIMEOUT_MS = 5000
 LOCK_POLL = 0.001       # seconds between two tries for the write lock (Database.begin)
 WAKE_POLL = 0.25        # seconds an idle router or notifier woken by commits waits between looks
@@ -53,6 +53,7 @@ class Database(Engine, peewee.SqliteDatabase):
     """
 
     ID_LIST = "SELECT value FROM json_each(?)"
+    ID_KEY_LIST = "SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS order_key FROM json_each(?)"
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.identity: tuple[int, int] | None = None     # (st_dev, st_ino) of the file at connect()
@@ -278,7 +279,9 @@ def _create_file(path: Path) -> None:
         os.close(folder)                        # and the lock with it
 
 
-_ADDED_COLUMNS = [("heartbeats", "clock_skew", "REAL NOT NULL DEFAULT 0")]
+_ADDED_COLUMNS = [("heartbeats", "clock_skew", "REAL NOT NULL DEFAULT 0"),
+                  # Order per key: NULL for every job of before, as for a job not read yet.
+                  ("jobs", "order_key", "TEXT"), ("jobs", "waits_after", "INTEGER")]
 
 
 def schema_script() -> str:
