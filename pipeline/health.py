@@ -38,7 +38,9 @@ _SQL_OLDEST = {state: f"SELECT min(+{column}) FROM jobs WHERE {QUEUE_OF_STATE[st
                for state, column in WAITING_SINCE.items()}
 _SQL_COUNTS = (f"SELECT state, count(*) FROM jobs WHERE {ROUTE_QUEUE} GROUP BY state",
                f"SELECT 'routed', count(*) FROM jobs WHERE {NOTIFY_QUEUE}",
-               "SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'")
+               "SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'",
+               "SELECT 'held', count(*) FROM jobs WHERE state = 'held'",            # partial indexes too
+               "SELECT 'dismissed', count(*) FROM jobs WHERE state = 'dismissed'")
 
 
 def counts_by_state(db: peewee.Database) -> dict[str, int]:
