@@ -63,6 +63,7 @@ class Router:
     dir_mode: int
     poll_interval: float
     threads: int                  # copies made at the same time by one router
+    unmatched: str = "archive"    # a job no rule routes: archived only, held for a person, or failed
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "dir_mode": (octal_mode, "0775"),
         "poll_interval": (positive_number, 0.01),
         "threads": (positive_int, 4),
+        "unmatched": (choice("archive", "hold", "fail"), "archive"),
     },
     "api": {
         "endpoint": (url, ""),
@@ -262,7 +264,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     },
 }
 _EXPECT_KEYS = {"clients", "within", "hours", "days"}
-_ROUTE_KEYS = {"name", "to", "clients", "categories", "match", "files", "rename"}
+_ROUTE_KEYS = {"name", "to", "clients", "categories", "match", "files", "rename", "hold"}
 _SCHEMA_KEYS = {"clients", "categories", "file"}
 
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 _CLAIMED_COLUMNS = ("id, uuid, state, source_path, client_folder, file_name, size, mtime_ns, "
                     "device, inode, sha256, client_code, job_category, archive_path, failed_path, "
-                    "attempts, claims, last_error, detected_at")
+                    "attempts, claims, last_error, detected_at, released_at")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class Claimed:
     claims: int
     last_error: str | None
     detected_at: float
+    released_at: float | None = None        # a person released it from held: its rules hold it no more
 
     @property
     def label(self) -> str:
@@ -189,7 +190,7 @@ ON CONFLICT (job_id, path) DO NOTHING"""
 
 _SQL_ROUTED = """
 UPDATE jobs SET state = 'routed', routed_at = ?, updated_at = ?, next_attempt_at = ?,
-                attempts = 0, claims = 0, last_error = NULL, lease_owner = NULL, lease_token = NULL
+                attempts = 0, claims = 0, last_error = NULL, lease_owner = NULL, lease_token = NULL, waits_on = NULL
 WHERE id = ? AND lease_token = ? AND state = 'archived'"""
 
 _SQL_NOTIFIED = """
@@ -219,8 +220,19 @@ _SQL_ERROR_LOG_ADD = "INSERT INTO error_log_outbox (job_id, name, record) VALUES
 
 _SQL_WAIT = """
 UPDATE jobs SET next_attempt_at = ?, updated_at = ?, attempts = ?, last_error = ?,
-                claims = 0, lease_owner = NULL, lease_token = NULL
+                claims = 0, lease_owner = NULL, lease_token = NULL, waits_on = NULL
 WHERE id = ? AND lease_token = ? AND state = ?"""
+
+# A job that waits for a person's pause (docs/design.md#steering): no attempt spent, its claim not
+# counted, the cause recorded; due again when the pause ends (resuming makes it due at once).
+_SQL_PARK = """
+UPDATE jobs SET next_attempt_at = ?, updated_at = ?, waits_on = ?, claims = 0, lease_owner = NULL, lease_token = NULL
+WHERE id = ? AND lease_token = ? AND state = ?"""
+
+_SQL_HELD = """
+UPDATE jobs SET state = 'held', updated_at = ?, attempts = 0, claims = 0, last_error = NULL, waits_on = NULL,
+                lease_owner = NULL, lease_token = NULL
+WHERE id = ? AND lease_token = ? AND state = 'archived'"""
 
 _SQL_REQUEUE = """
 UPDATE jobs SET state = ?, updated_at = ?, next_attempt_at = ?, attempts = 0, claims = 0,
@@ -530,6 +542,19 @@ class Jobs:
         self._event(job.id, now, job.state, job.state, f"retry {attempts} in {delay:g}s: {problem or error}")
         if job.state == "routed":
             self._tally("notify_attempts", "retried")
+
+    def park(self, token: str, job: Claimed, cause: str, says: str, due: float) -> None:
+        """Keep the job in its state until ``due``, waiting on ``cause`` (a pause; ``says`` who
+        paused it and why): not an attempt, and not stuck (docs/design.md#steering)."""
+        now = self.clock()
+        self._expect_one(self._sql(_SQL_PARK, (due, now, cause, job.id, token, job.state)), job.id)
+        self._event(job.id, now, job.state, job.state, f"waits: {says}")
+
+    def held(self, token: str, job_id: int, detail: str) -> None:
+        """archived -> held: an approval step (or router.unmatched = hold); a person releases it."""
+        now = self.clock()
+        self._expect_one(self._sql(_SQL_HELD, (now, job_id, token)), job_id)
+        self._event(job_id, now, "archived", "held", detail)
 
     # -- requeue (bin/requeue; failed jobs hold no lease) -----------------------------------------
 

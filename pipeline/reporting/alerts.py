@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .. import retry, store
+from .. import retry, steering, store
 from ..config import Alerts, Expect
 from ..states import WAITS
 from .expectations import expected_text
@@ -74,11 +74,12 @@ _SQL_FAILED_COUNT = "SELECT count(*) FROM jobs WHERE state = 'failed' AND failed
 
 # The "+" keeps SQLite on the small partial queue index (the states) rather than a range over the
 # time column, which holds nearly every job in the table.
+# A job waiting on a person's pause (waits_on) is not stuck: it waits as it was told to.
 _SQL_STUCK_COUNT = {wait: f"SELECT count(*), coalesce(sum(CASE WHEN {since} >= ? THEN 1 ELSE 0 END), 0) "
-                          f"FROM jobs WHERE {states} AND +{since} < ?"
+                          f"FROM jobs WHERE {states} AND +{since} < ? AND waits_on IS NULL"
                     for wait, (states, since) in WAITS.items()}
 _SQL_STUCK = {wait: f"SELECT id, {since}, detected_at, client_folder, file_name, state, last_error "
-                    f"FROM jobs WHERE {states} AND +{since} < ? ORDER BY +{since}, id LIMIT ?"
+                    f"FROM jobs WHERE {states} AND +{since} < ? AND waits_on IS NULL ORDER BY +{since}, id LIMIT ?"
               for wait, (states, since) in WAITS.items()}
 
 _SQL_SILENCED = """
@@ -225,7 +226,11 @@ def _stuck(db: store.Engine, before: float, newly_from: float, limit: int,
     later, the ``limit`` waiting longest)."""
     total = newly = 0
     rows = []
-    for wait in ("route", "notify") if notify else ("route",):
+    # While all routing (notification) is paused, nothing waiting for it is stuck; nor for
+    # stuck_after after the pause ended (read as of ``before``), while the flow catches up.
+    pauses = steering.Pauses.read(db, before)
+    for wait in [w for w in (("route", "notify") if notify else ("route",))
+                 if not (pauses.routing() if w == "route" else pauses.notification())]:
         count, new = db.run_sql(_SQL_STUCK_COUNT[wait], (newly_from, before)).fetchone()
         total, newly = total + count, newly + new
         rows += [{"id": i, "since": since, "detected_at": detected, "client": client, "file": name,
