@@ -318,3 +318,33 @@ def test_bin_hold_and_bin_release_by_client(tree, db, clock):
     assert job(db, "h.json")["state"] == "held"
     tree.run("release", "--all")
     assert job(db, "h.json")["state"] == "detected"
+
+
+# -- shown by bin/status, /metrics and the dashboard --------------------------------------------------
+
+def test_pauses_and_clients_no_rule_names_are_warnings_in_status_nagios_metrics_and_the_overview(tree, db, clock):
+    from prometheus_client.parser import text_string_to_metric_families
+    from pipeline.web import app as web_app
+
+    tree.age(tree.drop("NEWCLIENT", "n1.json"))
+    tree.age(tree.drop("NEWCLIENT", "n2.json"))
+    Scanner(tree.config, Jobs(db, "test:1")).scan("periodic", "periodic")
+    tree.run("pause", "--destination", "Monday Rank", "--reason", "printer maintenance")
+
+    nagios = tree.run("status", "--nagios", check=False)
+    assert nagios.stdout.startswith("PIPELINE ") and "paused=1;;;0" in nagios.stdout
+    assert "paused: destination 'Monday Rank': paused by " in nagios.stdout
+    assert "2 job(s) today from clients no rule names: NEWCLIENT" in nagios.stdout
+    text = tree.run("status", check=False).stdout
+    assert "WARNING   paused: destination 'Monday Rank'" in text
+
+    page = web_app.create_app(tree.config, db, environ={}).test_client()
+    overview = page.get("/").get_data(as_text=True)
+    assert "paused: destination &#39;Monday Rank&#39;: paused by " in overview
+    assert "2 job(s) today from clients no rule names: NEWCLIENT" in overview
+    families = {f.name: f for f in text_string_to_metric_families(page.get("/metrics").get_data(as_text=True))}
+    assert [(s.labels, s.value) for s in families["hotfolder_paused"].samples] == [
+        ({"kind": "destination", "name": "Monday Rank"}, 1.0)]
+
+    tree.run("resume", "--destination", "Monday Rank")
+    assert "paused" not in tree.run("status", "--nagios", check=False).stdout.split("|")[0]
