@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "hold": ("pipeline.commands.hold", "hold jobs not yet routed, for a person"),
     "release": ("pipeline.commands.release", "send held jobs on where they stopped"),
     "dismiss": ("pipeline.commands.dismiss", "close failed or held jobs a person has dealt with"),
+    "redeliver": ("pipeline.commands.redeliver", "copy finished jobs again from their archive copy"),
     "route": ("pipeline.commands.route", "explain what the router would do with a file, touching nothing"),
     "report": ("pipeline.commands.report", "render a day's report, write it or send it"),
     "backup": ("pipeline.commands.backup", "copy the job table to a file while the pipeline runs"),

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import peewee
 
-from . import cli, failures, retry, rules, schemas, steering, strictjson
+from . import cli, failures, redelivery, retry, rules, schemas, steering, strictjson
 from .config import Config
 from .hotfolder import HotFolder, Sighting
 from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
@@ -56,6 +56,7 @@ PLACE_BACKOFF_CAP = 60.0   # seconds: the longest wait between tries at a place
 RECHECK_CAP = 4.0           # seconds: the longest wait before a file still being written is read again
 COPY_BUDGET = 16 << 20      # bytes of read jobs a batch holds before it copies them
 FIRST_BATCH = 8             # jobs claimed when work starts again; doubles up to router.batch_size
+REDELIVERIES_EVERY = 1.0    # seconds: during a backlog, re-delivery requests are looked for this often
 
 
 @dataclass
@@ -174,6 +175,8 @@ class Router(Program):
         self._token = ""                # the lease token of the batch in hand
         self.pauses = steering.Pauses()     # what a person paused, read once per batch
         self._holding = any(route.hold for route in config.routes)
+        self.redeliveries = redelivery.Redeliverer(config, jobs.db, jobs.actor, self.destinations, jobs.clock)
+        self._redeliveries_at = 0.0     # monotonic: when to look for re-delivery requests next
 
     @property
     def copying(self) -> ThreadPoolExecutor:
@@ -200,6 +203,12 @@ class Router(Program):
         While a person has paused all routing nothing is claimed: the router idles until woken
         (a resume is a commit) or the pause's end."""
         done = self.run_batch() if self.once or self.jobs.has_due(ROUTE_QUEUE) else 0
+        if not done or time.monotonic() >= self._redeliveries_at:      # between batches, or once a second
+            self._redeliveries_at = time.monotonic() + REDELIVERIES_EVERY
+            if self.redeliveries.due():
+                self.pauses = steering.Pauses.read(self.db, self.jobs.clock())
+                if self.pauses.routing() is None:
+                    done += self.redeliveries.run(self.pauses)
         self.error_log.flush()      # what an earlier run or a full disk left behind
         if not done and self.pauses.routing() and not self.once:
             end = self.pauses.next_end()

@@ -183,6 +183,8 @@ _SQL_ENDED = "DELETE FROM pauses WHERE until IS NOT NULL AND until <= ?"
 # Jobs parked on a pause that changed or ended are due at once: each is claimed again and parks
 # anew on what is still paused, or goes on.
 _SQL_WAKE = "UPDATE jobs SET next_attempt_at = ?, waits_on = NULL WHERE waits_on = ?"
+# And re-delivery requests waiting (for a pause, or a place): they are few, all are looked at again.
+_SQL_WAKE_REDELIVERIES = "UPDATE redeliveries SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?"
 _SQL_JOB = "SELECT id, state, client_folder, file_name, archived_at FROM jobs WHERE id = ?"
 _SQL_HOLD = """
 UPDATE jobs SET state = 'held', updated_at = ?, waits_on = NULL, lease_owner = NULL, lease_token = NULL,
@@ -264,6 +266,7 @@ class Steering:
             self.db.run_sql(_SQL_ENDED, (now,))
             self.db.run_sql("DELETE FROM pauses WHERE kind = ? AND name = ?", (kind, name))
             self.db.run_sql(_SQL_WAKE, (now, found[0].key))
+            self.db.run_sql(_SQL_WAKE_REDELIVERIES, (now, now))
             self._steered(now, "resume", found[0].target, None)
             self.db.announce()
         return found[0]
@@ -277,6 +280,7 @@ class Steering:
             for pause in ended:
                 self.db.run_sql(_SQL_WAKE, (now, pause.key))
                 self._steered(now, "resume", pause.target, None)
+            self.db.run_sql(_SQL_WAKE_REDELIVERIES, (now, now))
             self.db.announce()
         return ended
 

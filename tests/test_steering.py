@@ -348,3 +348,112 @@ def test_pauses_and_clients_no_rule_names_are_warnings_in_status_nagios_metrics_
 
     tree.run("resume", "--destination", "Monday Rank")
     assert "paused" not in tree.run("status", "--nagios", check=False).stdout.split("|")[0]
+
+
+# -- re-delivery -----------------------------------------------------------------------------------
+
+def routed_job(tree, db, clock, name: str = "again.json", **details) -> int:
+    drop_aged(tree, "RANK", name, **details)
+    scan_and_route(tree, db, clock)
+    assert job(db, name)["state"] == "routed"
+    return job(db, name)["id"]
+
+
+def redeliveries(db) -> list[tuple]:
+    return db.run_sql("SELECT job_id, destination, state, last_error FROM redeliveries ORDER BY id").fetchall()
+
+
+def test_bin_redeliver_records_a_request_and_a_router_copies_again_from_the_archive(tree, db, clock):
+    job_id = routed_job(tree, db, clock, category="CELTRA")
+    rank, celtra = tree.dest("Monday Rank") / "again.json", tree.dest("Celtra - Create_Rename - Project_Design File") / "again.json"
+    rank.unlink()
+    celtra.unlink()
+
+    dry = tree.run("redeliver", "--id", str(job_id), "--dry-run").stdout.splitlines()
+    assert dry == [f"job {job_id} RANK/again.json: {rank}, {celtra}",
+                   "would request 1 re-delivery(ies) (dry run: nothing changed)"]
+    assert redeliveries(db) == []
+    out = tree.run("redeliver", "--id", str(job_id), "--to", "Monday Rank", "--actor", "bob@desk").stdout
+    assert out == "requested 1 re-delivery(ies); the routers carry them out\n"
+    assert redeliveries(db) == [(job_id, "Monday Rank", "pending", None)]
+
+    Router(tree.config, Jobs(db, "test:1", clock)).run(once=True)
+
+    assert rank.exists() and not celtra.exists()
+    assert redeliveries(db) == [(job_id, "Monday Rank", "done", None)]
+    assert db.run_sql("SELECT name, path FROM redelivered").fetchall() == [("Monday Rank", str(rank))]
+    trail = [e[3] for e in events(db, job_id)]
+    assert "re-delivery 1 requested by bob@desk: to 'Monday Rank'" in trail and "re-delivery 1 done: Monday Rank" in trail
+    assert job(db, "again.json")["state"] == "routed"
+
+
+@pytest.mark.parametrize("harm, says", [("missing", "is missing"), ("altered", "was altered")])
+def test_a_redelivery_whose_archive_copy_is_missing_or_altered_is_refused_and_changes_nothing(tree, db, clock,
+                                                                                             harm, says):
+    job_id = routed_job(tree, db, clock)
+    archive = next(tree.store.rglob("again.json"))
+    if harm == "missing":
+        archive.unlink()
+    else:
+        archive.write_bytes(archive.read_bytes().replace(b"RANK campaign", b"RANK campaigN"))
+    proc = tree.run("redeliver", "--id", str(job_id), check=False)
+    assert proc.returncode == 65 and says in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert proc.stdout == "" and redeliveries(db) == []
+
+
+def test_redeliver_notify_posts_again_with_a_fresh_idempotency_key(tree, db, clock):
+    api = ApiServer()
+    try:
+        tree.write_config(f'[api]\nendpoint = "{api.url}"\n')
+        job_id = routed_job(tree, db, clock)
+        Notifier(tree.config, Jobs(db, "test:1", clock)).run(once=True)
+        assert job(db, "again.json")["state"] == "notified"
+        tree.run("redeliver", "--client", "rank", "--notify")
+        Router(tree.config, Jobs(db, "test:1", clock)).run(once=True)
+        assert job(db, "again.json")["state"] == "routed"
+        Notifier(tree.config, Jobs(db, "test:1", clock)).run(once=True)
+        assert job(db, "again.json")["state"] == "notified"
+        keys = api.keys()
+        assert len(keys) == 2 and keys[0] != keys[1]
+        assert api.received[0].body == api.received[1].body
+    finally:
+        api.close()
+    assert redeliveries(db) == [(job_id, None, "done", None)]
+
+
+def test_a_router_dead_mid_redelivery_leaves_the_request_to_another_which_finishes_it_once(tree, db, clock, monkeypatch):
+    from pipeline import redelivery
+    job_id = routed_job(tree, db, clock)
+    copy = tree.dest("Monday Rank") / "again.json"
+    copy.unlink()
+    tree.run("redeliver", "--id", str(job_id))
+
+    def die(self, token, requests):       # the copies made, then killed before recording anything
+        raise KeyboardInterrupt("SIGKILL")
+    with monkeypatch.context() as m:
+        m.setattr(redelivery.Redeliverer, "_record", die)
+        with pytest.raises(KeyboardInterrupt):
+            Router(tree.config, Jobs(db, "router_00@a:1", clock)).run(once=True)
+    assert copy.exists() and redeliveries(db) == [(job_id, None, "pending", None)]
+
+    Router(tree.config, Jobs(db, "router_01@b:2", clock)).run(once=True)      # its lease is still running
+    assert redeliveries(db)[0][2] == "pending"
+    clock.advance(tree.config.router.lease + 1)
+    Router(tree.config, Jobs(db, "router_01@b:2", clock)).run(once=True)
+    Router(tree.config, Jobs(db, "router_01@b:2", clock)).run(once=True)
+    assert redeliveries(db) == [(job_id, None, "done", None)]
+    assert [e[3] for e in events(db, job_id)].count("re-delivery 1 done: Monday Rank") == 1
+    assert db.run_sql("SELECT count(*) FROM redelivered").fetchone() == (1,)
+    assert not [p for p in tree.dest("Monday Rank").iterdir() if p.name.startswith(".")], "no temporary left"
+
+
+def test_a_redelivery_to_a_paused_destination_waits_for_the_resume_without_an_attempt(tree, db, clock, ops):
+    job_id = routed_job(tree, db, clock)
+    ops.pause("destination", "Monday Rank", route_names=["Monday Rank"])
+    tree.run("redeliver", "--id", str(job_id))
+    Router(tree.config, Jobs(db, "test:1", clock)).run(once=True)
+    row = db.run_sql("SELECT state, attempts, last_error FROM redeliveries").fetchone()
+    assert row[:2] == ("pending", 0) and "paused by ops@host" in row[2]
+    ops.resume("destination", "Monday Rank")          # due at once
+    Router(tree.config, Jobs(db, "test:1", clock)).run(once=True)
+    assert redeliveries(db)[0][2] == "done"
