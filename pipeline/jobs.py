@@ -615,7 +615,7 @@ class Jobs:
 # it records it: the table forgets a file only once it is removed, never leaving one nobody knows.
 _SQL_PRUNE = """
 DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs WHERE updated_at < ? AND state IN ('routed', 'notified', 'failed')
+    SELECT id FROM jobs WHERE updated_at < ? AND state IN ('routed', 'notified', 'failed', 'dismissed')
       AND NOT (? AND archive_path IS NOT NULL) AND NOT (? AND failed_path IS NOT NULL) LIMIT ?)"""
 
 PRUNE_CHUNK = 2000   # jobs per delete transaction: routers wait for each chunk, never for the whole prune
@@ -660,12 +660,12 @@ SELECT j.id, j.state, j.archive_path, j.size, j.mtime_ns,
                                      AND n.id > j.id)
 FROM jobs j
 WHERE j.id > ? AND j.updated_at < ? AND j.archive_path IS NOT NULL
-  AND (j.state IN ('notified', 'failed') OR (j.state = 'routed' AND ?))
+  AND (j.state IN ('notified', 'failed', 'dismissed') OR (j.state = 'routed' AND ?))
 ORDER BY j.id LIMIT ?""",
     "failed": """
 SELECT id, state, failed_path, size, mtime_ns, 0
 FROM jobs
-WHERE id > ? AND updated_at < ? AND failed_path IS NOT NULL AND state = 'failed'
+WHERE id > ? AND updated_at < ? AND failed_path IS NOT NULL AND state IN ('failed', 'dismissed')
 ORDER BY id LIMIT ?""",
 }
 

@@ -518,3 +518,27 @@ def _cells(html: str) -> list[str]:
 
 def _contains_run(cells: list[str], run: list[str]) -> bool:
     return any(cells[i:i + len(run)] == run for i in range(len(cells)))
+
+
+def test_a_client_no_rule_names_raises_one_alert_at_its_first_job_of_a_day(tree, db, clock, inbox):
+    alert_config(tree, inbox.port)
+    j = Jobs(db, "test:1", clock)
+    t0 = report_day.at(12)
+    report_day.put_job(tree, j, clock, "NEWCLIENT", "a.json", drop=t0, detected=t0, routed=t0 + 1)
+    report_day.put_job(tree, j, clock, "RANK", "r.json", drop=t0, detected=t0, routed=t0 + 1)
+    clock.now = t0 + 2
+    reporter(tree, db, clock).run(once=True)
+    [first] = alerts_sent(inbox)
+    assert first["Subject"] == "Alert: jobs from clients no rule names: NEWCLIENT - JSON Workflow Daily Report"
+    text, html = parts(first)
+    assert "NEWCLIENT: 1 job since" in text and "RANK" not in text and "NEWCLIENT" in html
+
+    report_day.put_job(tree, j, clock, "NEWCLIENT", "b.json", drop=t0 + 1000, detected=t0 + 1000, routed=t0 + 1001)
+    clock.now = t0 + 2000
+    reporter(tree, db, clock).run(once=True)
+    assert len(alerts_sent(inbox)) == 1              # its first job of the day was said already
+    report_day.put_job(tree, j, clock, "NEWCLIENT", "c.json", drop=t0 + 86400, detected=t0 + 86400,
+                       routed=t0 + 86401)
+    clock.now = t0 + 86402
+    reporter(tree, db, clock).run(once=True)
+    assert len(alerts_sent(inbox)) == 2              # the next day, once more

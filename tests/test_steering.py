@@ -457,3 +457,13 @@ def test_a_redelivery_to_a_paused_destination_waits_for_the_resume_without_an_at
     ops.resume("destination", "Monday Rank")          # due at once
     Router(tree.config, Jobs(db, "test:1", clock)).run(once=True)
     assert redeliveries(db)[0][2] == "done"
+
+
+def test_dismissed_jobs_are_pruned_like_other_finished_jobs(tree, db, clock, ops):
+    from pipeline.jobs import prune
+    tree.age(tree.drop("RANK", "bad.json", b"{not json"))
+    tree.write_config(detect="incomplete_grace = 0\n")
+    scan_and_route(tree, db, clock)
+    ops.dismiss([job(db, "bad.json")["id"]], "dealt with")
+    assert prune(db, before=clock() + 1) == 1
+    assert states(db) == {}

@@ -108,4 +108,7 @@ def alert(findings: dict, config: Config) -> Rendered:
     back = [s["client"] for s in findings.get("resumed", []) + findings.get("silenced", []) if s["resumed_at"]]
     if back:
         parts.append(f"{', '.join(back)} resumed")
+    strangers = [u["client"] for u in findings.get("unmatched", [])]
+    if strangers:
+        parts.append(f"jobs from clients no rule names: {', '.join(strangers)}")
     return Rendered(_one_line(f"Alert: {' and '.join(parts)} - {config.report.title}"), html, text)
