@@ -30,7 +30,6 @@ from .validation import Invalid, wanted
 
 log = logging.getLogger(__name__)
 
-BATCH = 20                  # requests one router carries out at a time
 PLACE_BACKOFF_CAP = 60.0    # seconds: as the router's waits at a place
 
 _SQL_FINISHED = """
@@ -180,13 +179,14 @@ class Redeliverer:
         return self.db.run_sql(_DUE, (self.clock(),)).fetchone() is not None
 
     def run(self, pauses: steering.Pauses) -> int:
-        """Claim and carry out up to BATCH due requests; returns how many were claimed."""
+        """Claim and carry out up to ``router.batch_size`` due requests; returns how many were claimed."""
         now = self.clock()
         token = uuid.uuid4().hex
         with self.db.write():
             rows = self.db.claim("redeliveries", _CLAIM_WHERE, "next_attempt_at, id", _CLAIM_SET,
                                  "id, job_id, destination, notify, claims, attempts",
-                                 (self.actor, token, now + self.config.router.lease), (now,), BATCH).fetchall()
+                                 (self.actor, token, now + self.config.router.lease), (now,),
+                                 self.config.router.batch_size).fetchall()
         requests = [Request(*row[:3], bool(row[3]), *row[4:]) for row in sorted(rows)]
         for req in requests:
             self._carry_out(req, pauses)
