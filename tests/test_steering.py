@@ -467,3 +467,16 @@ def test_dismissed_jobs_are_pruned_like_other_finished_jobs(tree, db, clock, ops
     ops.dismiss([job(db, "bad.json")["id"]], "dealt with")
     assert prune(db, before=clock() + 1) == 1
     assert states(db) == {}
+
+
+def test_check_config_and_route_explain_say_what_hold_and_unmatched_do(tree):
+    tree.write_config(router='unmatched = "fail"\n', routes=HOLD_ROUTE)
+    notes = tree.run("check-config").stdout
+    assert "route 'Approval': hold = true: its jobs are archived, then held for bin/release" in notes
+    assert "[router] unmatched = 'fail': a job no rule routes is failed at route" in notes
+    held = tree.drop("LOREAL", "p.json")
+    assert "outcome:     held for a person ([[route]] 'Approval' has hold = true)" in tree.run(
+        "route", "--explain", str(held)).stdout
+    other = tree.drop("RANK", "r.json")
+    assert "outcome:     fails at route (no rule matches; router.unmatched = fail)" in tree.run(
+        "route", "--explain", str(other)).stdout
