@@ -542,3 +542,24 @@ def test_a_client_no_rule_names_raises_one_alert_at_its_first_job_of_a_day(tree,
     clock.now = t0 + 86402
     reporter(tree, db, clock).run(once=True)
     assert len(alerts_sent(inbox)) == 2              # the next day, once more
+
+
+def test_a_pause_still_in_force_after_stuck_after_is_said_once_in_an_alert(tree, db, clock, inbox):
+    from pipeline import steering
+    alert_config(tree, inbox.port)
+    t0 = report_day.at(12)
+    clock.now = t0
+    steering.Steering(db, "ops@host", clock).pause("destination", "Monday Rank", reason="printer maintenance",
+                                                   route_names=["Monday Rank"])
+    clock.now = t0 + 60
+    reporter(tree, db, clock).run(once=True)
+    assert alerts_sent(inbox) == []                   # not yet past alerts.stuck_after
+    clock.now = t0 + tree.config.alerts.stuck_after + 60
+    reporter(tree, db, clock).run(once=True)
+    [said] = inbox.messages     # (a long subject is folded after "Subject:": compared without the fold)
+    assert said["Subject"].strip() == "Alert: still paused: destination Monday Rank - JSON Workflow Daily Report"
+    text, _ = parts(said)
+    assert "destination Monday Rank: paused by ops@host: printer maintenance, since" in text
+    clock.advance(7200)
+    reporter(tree, db, clock).run(once=True)
+    assert len(inbox.messages) == 1                   # once

@@ -48,10 +48,12 @@ class Findings:
     silenced: list[dict] = field(default_factory=list)     # silences begun (and maybe ended) since
     resumed: list[dict] = field(default_factory=list)      # silences said before, ended since
     unmatched: list[dict] = field(default_factory=list)    # clients no rule names, at their first job of a day
+    long_pauses: list[dict] = field(default_factory=list)  # pauses in force that passed stuck_after since
 
     @property
     def worth_sending(self) -> bool:
-        return bool(self.failed_total or self.newly_stuck or self.silenced or self.resumed or self.unmatched)
+        return bool(self.failed_total or self.newly_stuck or self.silenced or self.resumed or self.unmatched
+                    or self.long_pauses)
 
     def summary(self) -> str:
         """ "2 failed, 1 stuck" and, when there are any, the silences."""
@@ -60,6 +62,8 @@ class Findings:
             text += f", {len(self.silenced)} silent, {len(self.resumed)} resumed"
         if self.unmatched:
             text += f", {len(self.unmatched)} client(s) no rule names"
+        if self.long_pauses:
+            text += f", {len(self.long_pauses)} long pause(s)"
         return text
 
     def asdict(self) -> dict:
@@ -154,6 +158,12 @@ def unmatched(db: store.Engine, since: float, now: float, routes: Sequence) -> l
     return found
 
 
+def long_pauses(db: store.Engine, since: float, now: float, stuck_after: float) -> list[dict]:
+    """The pauses in force that became older than ``stuck_after`` after ``since``: each said once."""
+    return [{"target": p.target, "says": p.wait.says, "created": p.created}
+            for p in steering.Pauses.read(db, now).all if since - stuck_after < p.created <= now - stuck_after]
+
+
 def findings(db: store.Engine, now: float, cfg: Alerts, *, notify: bool,
              rules: Sequence[Expect] = (), routes: Sequence = ()) -> Findings:
     """New failures since the last alert, the jobs stuck now (``notify``: an API is configured),
@@ -175,7 +185,7 @@ def findings(db: store.Engine, now: float, cfg: Alerts, *, notify: bool,
 
     return Findings(since, now, failed_total, failed, stuck_total, newly_stuck, listed,
                     silences(_SQL_SILENCED, (now - FIRST_LOOKBACK,)), silences(_SQL_RESUMED),
-                    unmatched(db, since, now, routes))
+                    unmatched(db, since, now, routes), long_pauses(db, since, now, cfg.stuck_after))
 
 
 def claim(db: store.Engine, actor: str, now: float, cfg: Alerts, destinations: Sequence[tuple[str, str]], *,

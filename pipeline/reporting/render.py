@@ -111,4 +111,7 @@ def alert(findings: dict, config: Config) -> Rendered:
     strangers = [u["client"] for u in findings.get("unmatched", [])]
     if strangers:
         parts.append(f"jobs from clients no rule names: {', '.join(strangers)}")
+    paused = [p["target"] for p in findings.get("long_pauses", [])]
+    if paused:
+        parts.append(f"still paused: {', '.join(paused)}")
     return Rendered(_one_line(f"Alert: {' and '.join(parts)} - {config.report.title}"), html, text)
