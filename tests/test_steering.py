@@ -480,3 +480,14 @@ def test_check_config_and_route_explain_say_what_hold_and_unmatched_do(tree):
     other = tree.drop("RANK", "r.json")
     assert "outcome:     fails at route (no rule matches; router.unmatched = fail)" in tree.run(
         "route", "--explain", str(other)).stdout
+
+
+def test_the_daily_report_counts_the_jobs_dismissed_that_day(tree, db, clock, ops):
+    from pipeline.reporting import figures
+    from pipeline.reporting.figures import Day
+    tree.age(tree.drop("RANK", "bad.json", b"{not json"))
+    tree.write_config(detect="incomplete_grace = 0\n")
+    scan_and_route(tree, db, clock)
+    ops.dismiss([job(db, "bad.json")["id"]], "dealt with")
+    numbers = figures.figures(db, Day.containing(clock(), "UTC"), highlight="", scan_interval=60, now=clock())
+    assert numbers["dismissed"] == 1 and numbers["errors"] == 0
