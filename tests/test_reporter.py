@@ -529,7 +529,7 @@ def test_a_client_no_rule_names_raises_one_alert_at_its_first_job_of_a_day(tree,
     clock.now = t0 + 2
     reporter(tree, db, clock).run(once=True)
     [first] = alerts_sent(inbox)
-    assert first["Subject"] == "Alert: jobs from clients no rule names: NEWCLIENT - JSON Workflow Daily Report"
+    assert first["Subject"] == "Alert: jobs from 1 client no rule names - JSON Workflow Daily Report"
     text, html = parts(first)
     assert "NEWCLIENT: 1 job since" in text and "RANK" not in text and "NEWCLIENT" in html
 

@@ -108,9 +108,9 @@ def alert(findings: dict, config: Config) -> Rendered:
     back = [s["client"] for s in findings.get("resumed", []) + findings.get("silenced", []) if s["resumed_at"]]
     if back:
         parts.append(f"{', '.join(back)} resumed")
-    strangers = [u["client"] for u in findings.get("unmatched", [])]
+    strangers = len(findings.get("unmatched", []))     # their names are folder names: in the body only
     if strangers:
-        parts.append(f"jobs from clients no rule names: {', '.join(strangers)}")
+        parts.append(f"jobs from {strangers} client{'s' * (strangers != 1)} no rule names")
     paused = [p["target"] for p in findings.get("long_pauses", [])]
     if paused:
         parts.append(f"still paused: {', '.join(paused)}")
