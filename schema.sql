@@ -7,7 +7,7 @@
 CREATE TABLE IF NOT EXISTS jobs (
     id              INTEGER PRIMARY KEY,
     uuid            TEXT    NOT NULL UNIQUE,          -- sent as Idempotency-Key
-    state           TEXT    NOT NULL CHECK (state IN ('detected', 'archived', 'routed', 'notified', 'failed')),
+    state           TEXT    NOT NULL CHECK (state IN ('detected', 'archived', 'routed', 'notified', 'failed', 'held', 'dismissed')),
     source_path     TEXT    NOT NULL,                 -- where the file was found
     client_folder   TEXT    NOT NULL,                 -- the hot folder's subfolder it was in
     file_name       TEXT    NOT NULL,
@@ -38,7 +38,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     archive_path    TEXT,
     failed_path     TEXT,                             -- FAILED/{CLIENT}/{stamp}_{name} when moved there
     order_key       TEXT,                             -- router.order_by's value once read; '' unordered
-    waits_after     INTEGER                           -- the earlier job of its key it waits for
+    waits_after     INTEGER,                          -- the earlier job of its key it waits for
+    -- Steering (docs/design.md#steering), schema 10; added last, as ALTER TABLE adds them.
+    waits_on        TEXT,                             -- what it waits for, when a person paused it ('destination:NAME')
+    released_at     REAL,                             -- when a person released it from held: not held again
+    dismissed_at    REAL                              -- when a person dismissed it (state dismissed)
 );
 
 -- The routers' queue and the notifier's queue: partial, so finished jobs cost nothing.
@@ -212,6 +216,69 @@ CREATE TABLE IF NOT EXISTS leaders (
     holder      TEXT    NOT NULL,                     -- program@host:pid of the last renewal
     since       REAL    NOT NULL,                     -- when this host took it
     lease_until REAL    NOT NULL
+);
+
+-- Steering (docs/design.md#steering), schema 10. Jobs waiting on a pause, and held or dismissed
+-- ones, are found by these partial indexes without reading finished jobs.
+CREATE INDEX IF NOT EXISTS jobs_waits_on  ON jobs (waits_on) WHERE waits_on IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_held      ON jobs (updated_at) WHERE state = 'held';
+CREATE INDEX IF NOT EXISTS jobs_dismissed ON jobs (dismissed_at) WHERE state = 'dismissed';
+
+-- What a person paused: a destination (a route's name), a client folder (upper-cased), all routing
+-- or notification (name ''). One row per target; resuming deletes it, and a row whose until has
+-- passed is no longer in force.
+CREATE TABLE IF NOT EXISTS pauses (
+    id      INTEGER PRIMARY KEY,
+    kind    TEXT    NOT NULL CHECK (kind IN ('destination', 'client', 'routing', 'notification')),
+    name    TEXT    NOT NULL,
+    until   REAL,                                     -- NULL: until resumed
+    reason  TEXT,
+    actor   TEXT    NOT NULL,                         -- ops@host for a command, the dashboard's user
+    created REAL    NOT NULL,
+    UNIQUE (kind, name)
+);
+
+-- Every steering action (pause, resume, hold, release, dismiss, redeliver): who, when, what. The
+-- jobs it touched also get their job_events rows.
+CREATE TABLE IF NOT EXISTS steering_events (
+    id     INTEGER PRIMARY KEY,
+    at     REAL    NOT NULL,
+    actor  TEXT    NOT NULL,
+    action TEXT    NOT NULL,
+    target TEXT    NOT NULL,                          -- 'destination PRINTER', 'job 42', ...
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS steering_events_at ON steering_events (at);
+
+-- A request to copy a finished job again from its archive copy (bin/redeliver), carried out by a
+-- router: claimed with a lease like a job.
+CREATE TABLE IF NOT EXISTS redeliveries (
+    id              INTEGER PRIMARY KEY,
+    job_id          INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    destination     TEXT,                             -- a route's name; NULL: every one its rules choose
+    notify          INTEGER NOT NULL DEFAULT 0,       -- POST it again, with a fresh Idempotency-Key
+    state           TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+    actor           TEXT    NOT NULL,
+    requested_at    REAL    NOT NULL,
+    next_attempt_at REAL    NOT NULL,                 -- due time; while claimed, the lease expiry
+    lease_owner     TEXT,
+    lease_token     TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,       -- place problems met
+    claims          INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    done_at         REAL
+);
+CREATE INDEX IF NOT EXISTS redeliveries_due ON redeliveries (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS redeliveries_job ON redeliveries (job_id);
+
+-- The copies a re-delivery made, one per path (a crash resumes with the missing ones only).
+CREATE TABLE IF NOT EXISTS redelivered (
+    id             INTEGER PRIMARY KEY,
+    redelivery_id  INTEGER NOT NULL REFERENCES redeliveries (id) ON DELETE CASCADE,
+    name           TEXT    NOT NULL,                  -- the rule's name
+    path           TEXT    NOT NULL,
+    delivered_at   REAL    NOT NULL,
+    UNIQUE (redelivery_id, path)
 );
 
 -- ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import command, files, heartbeat, retry, separation, store
+from . import command, files, heartbeat, retry, separation, steering, store
 from . import config as config_module
 from .config import Config, ConfigError
 from .convert import escape_control_characters
@@ -290,3 +290,64 @@ def serve(program: str, description: str, build: Callable[[Context], object], ar
         build(ctx).run(once=once_only, heartbeat=beat)
 
     return run_program(program, parser(program, description, once), start, argv, waits=True)
+
+
+# -- the steering commands (bin/pause, bin/resume, bin/hold, bin/release, bin/dismiss, bin/redeliver) --
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Arguments refused in one line with exit 64 (EX_USAGE), nothing changed."""
+
+    def error(self, message: str):
+        self.exit(steering.EX_USAGE, f"{self.prog}: {message}\n")
+
+
+def steering_parser(program: str, description: str) -> argparse.ArgumentParser:
+    p = _OneLineParser(prog=command(program), description=description)
+    p.add_argument("--config", metavar="FILE",
+                   help="configuration file (default: $PIPELINE_CONFIG, else ./pipeline.toml, else built-in defaults)")
+    p.add_argument("--actor", metavar="NAME", help="who acts, for the audit trail (default: login@host)")
+    return p
+
+
+def steer(program: str, args: argparse.Namespace, act: Callable[[Config, steering.Steering], int | None]) -> int:
+    """Open the configuration and database, run ``act`` as the person acting; an action refused is
+    one line on stderr and its exit status (64 usage, 65 data), with nothing changed."""
+    setup_logging(program)
+    config, db = open_or_exit(args.config)
+    try:
+        return act(config, steering.Steering(db, steering.actor(args.actor))) or EXIT_OK
+    except steering.Refused as e:
+        print(f"{command(program)}: {e}", file=sys.stderr)
+        return e.code
+    finally:
+        db.close()
+
+
+def add_pause_target(argp: argparse.ArgumentParser, verb: str) -> None:
+    """The one target of a pause or resume (none: list, for bin/pause)."""
+    target = argp.add_mutually_exclusive_group()
+    target.add_argument("--destination", metavar="NAME", help=f"{verb} the copies to this [[route]] name")
+    target.add_argument("--client", metavar="C", help=f"{verb} this client folder's jobs (case-insensitive)")
+    target.add_argument("--routing", action="store_true", help=f"{verb} all routing (detection goes on)")
+    target.add_argument("--notify", action="store_true", help=f"{verb} notification (no attempt is made or spent)")
+
+
+def pause_target(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(kind, name) of the target given, or None."""
+    if args.destination is not None:
+        return "destination", args.destination
+    if args.client is not None:
+        return "client", args.client
+    if args.routing:
+        return "routing", ""
+    if args.notify:
+        return "notification", ""
+    return None
+
+
+def print_moved(chosen, verb: str, to_state, dry_run: bool) -> None:
+    """The lines of a hold, release or dismissal: each job, then how many (a dry run says so)."""
+    for job in chosen:
+        print(f"{job.label}: {job.state} -> {to_state(job)}" + (" (dry run)" if dry_run else ""))
+    print(f"{'would have ' if dry_run else ''}{verb} {len(chosen)} job(s)"
+          + (" (dry run: nothing changed)" if dry_run else ""))

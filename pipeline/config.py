@@ -64,6 +64,7 @@ class Router:
     poll_interval: float
     threads: int                  # copies made at the same time by one router
     order_by: tuple[str, ...] = ()  # a dotted path: jobs of one value are routed in detection order (): off
+    unmatched: str = "archive"    # a job no rule routes: archived only, held for a person, or failed
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "poll_interval": (positive_number, 0.01),
         "threads": (positive_int, 4),
         "order_by": (dotted_path, ""),
+        "unmatched": (choice("archive", "hold", "fail"), "archive"),
     },
     "api": {
         "endpoint": (url, ""),
@@ -264,7 +266,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     },
 }
 _EXPECT_KEYS = {"clients", "within", "hours", "days"}
-_ROUTE_KEYS = {"name", "to", "clients", "categories", "match", "files", "rename"}
+_ROUTE_KEYS = {"name", "to", "clients", "categories", "match", "files", "rename", "hold"}
 _SCHEMA_KEYS = {"clients", "categories", "file"}
 
 

@@ -72,6 +72,14 @@ def explain(config: Config, path: Path) -> list[str]:
         return lines + [f"outcome:     fails at route: {unsafe}",
                         "then:        removed from the hot folder; the archive copy is kept"]
     chosen = rules.destinations(config.routes, facts)
+    holding = rules.holding(config.routes, facts)
+    if holding is not None or (not chosen and config.router.unmatched == "hold"):
+        why = f"[[route]] {holding.name!r} has hold = true" if holding else "no rule matches; router.unmatched = hold"
+        return lines + [f"outcome:     held for a person ({why}): copied nowhere until bin/release",
+                        "then:        stays in the hot folder while held"]
+    if not chosen and config.router.unmatched == "fail":
+        return lines + ["outcome:     fails at route (no rule matches; router.unmatched = fail)",
+                        "then:        removed from the hot folder; the archive copy is kept"]
     for dest in chosen:
         lines.append(f"route:       {dest.name}: {dest.path}")
     if not chosen:

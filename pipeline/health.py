@@ -16,6 +16,7 @@ from typing import Any
 
 import peewee
 
+from . import rules, steering
 from .config import Config
 from .reporting import alerts, expectations
 from .states import NOTIFY_QUEUE, QUEUE_OF_STATE, ROUTE_QUEUE, WAITING_SINCE
@@ -38,7 +39,9 @@ _SQL_OLDEST = {state: f"SELECT min(+{column}) FROM jobs WHERE {QUEUE_OF_STATE[st
                for state, column in WAITING_SINCE.items()}
 _SQL_COUNTS = (f"SELECT state, count(*) FROM jobs WHERE {ROUTE_QUEUE} GROUP BY state",
                f"SELECT 'routed', count(*) FROM jobs WHERE {NOTIFY_QUEUE}",
-               "SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'")
+               "SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'",
+               "SELECT 'held', count(*) FROM jobs WHERE state = 'held'",            # partial indexes too
+               "SELECT 'dismissed', count(*) FROM jobs WHERE state = 'dismissed'")
 
 
 # Jobs held back behind an earlier job of their key (docs/design.md#order-per-key): how many, and
@@ -122,6 +125,7 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
                            "WHERE state != 'pending' OR attempts > 0 ORDER BY day DESC LIMIT 1")
         silences = expectations.current(db, config.expect, now, config.report.timezone)
         ordered = in_order(db)
+        pauses = steering.Pauses.read(db, now).all
     for scan in scans:
         scan["seconds"] = None if scan["seconds"] is None else round(scan["seconds"], 3)
     for beat in beats:
@@ -131,12 +135,16 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
               "today": today, "last_scans": scans, "programs": beats,
               "last_errors": errors, "stuck_jobs": stuck_total, "stuck": stuck,
               "last_report": report[0] if report else None, "silences": silences, "in_order": ordered,
+              "pauses": [{"kind": p.kind, "name": p.name, "until": p.until, "reason": p.reason, "actor": p.actor,
+                          "since": p.created} for p in pauses],
+              "unmatched": unmatched_today(today, config),
               "detecting": detector[0] if detector and detector[0]["lease_until"] >= now else None}
     graded = graded_problems(status, config)
     status["problems"] = [text for _, text in graded]
-    status["warnings"] = [silence_text(s, tz) for s in silences]
+    status["warnings"] = ([silence_text(s, tz) for s in silences] + [f"paused: {p.line()}" for p in pauses]
+                          + unmatched_text(status["unmatched"]))
     status["healthy"] = not status["problems"]
-    status["nagios"] = max([level for level, _ in graded] + [WARNING] * bool(silences) + [OK])
+    status["nagios"] = max([level for level, _ in graded] + [WARNING] * bool(status["warnings"]) + [OK])
     status["verdict"] = VERDICTS[status["nagios"]]
     return status
 
@@ -179,6 +187,23 @@ def graded_problems(status: dict[str, Any], config: Config) -> list[tuple[int, s
 def _program(instance: str) -> str:
     """The program a heartbeat's name is an instance of: router_00 is a router."""
     return instance.partition("_")[0]
+
+
+def unmatched_today(today: list[dict], config: Config) -> dict[str, int]:
+    """Today's jobs of each client folder that no rule names (routed by no rule, whatever
+    ``router.unmatched`` does with them)."""
+    counts: dict[str, int] = {}
+    for row in today:
+        if not rules.names_client(config.routes, row["client"]):
+            counts[row["client"]] = counts.get(row["client"], 0) + row["jobs"]
+    return counts
+
+
+def unmatched_text(unmatched: dict[str, int]) -> list[str]:
+    """ "3 jobs today from clients no rule names: NEWCLIENT" (none: no line)."""
+    if not unmatched:
+        return []
+    return [f"{sum(unmatched.values())} job(s) today from clients no rule names: {', '.join(sorted(unmatched))}"]
 
 
 def silence_text(silence: dict, tz: zoneinfo.ZoneInfo) -> str:

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 _CLAIMED_COLUMNS = ("id, uuid, state, source_path, client_folder, file_name, size, mtime_ns, "
                     "device, inode, sha256, client_code, job_category, archive_path, failed_path, "
-                    "attempts, claims, last_error, detected_at")
+                    "attempts, claims, last_error, detected_at, released_at")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class Claimed:
     claims: int
     last_error: str | None
     detected_at: float
+    released_at: float | None = None        # a person released it from held: its rules hold it no more
 
     @property
     def label(self) -> str:
@@ -198,7 +199,7 @@ ON CONFLICT (job_id, path) DO NOTHING"""
 
 _SQL_ROUTED = """
 UPDATE jobs SET state = 'routed', routed_at = ?, updated_at = ?, next_attempt_at = ?,
-                attempts = 0, claims = 0, last_error = NULL, lease_owner = NULL, lease_token = NULL
+                attempts = 0, claims = 0, last_error = NULL, lease_owner = NULL, lease_token = NULL, waits_on = NULL
 WHERE id = ? AND lease_token = ? AND state = 'archived'"""
 
 _SQL_NOTIFIED = """
@@ -228,8 +229,19 @@ _SQL_ERROR_LOG_ADD = "INSERT INTO error_log_outbox (job_id, name, record) VALUES
 
 _SQL_WAIT = """
 UPDATE jobs SET next_attempt_at = ?, updated_at = ?, attempts = ?, last_error = ?,
-                claims = 0, lease_owner = NULL, lease_token = NULL
+                claims = 0, lease_owner = NULL, lease_token = NULL, waits_on = NULL
 WHERE id = ? AND lease_token = ? AND state = ?"""
+
+# A job that waits for a person's pause (docs/design.md#steering): no attempt spent, its claim not
+# counted, the cause recorded; due again when the pause ends (resuming makes it due at once).
+_SQL_PARK = """
+UPDATE jobs SET next_attempt_at = ?, updated_at = ?, waits_on = ?, claims = 0, lease_owner = NULL, lease_token = NULL
+WHERE id = ? AND lease_token = ? AND state = ?"""
+
+_SQL_HELD = """
+UPDATE jobs SET state = 'held', updated_at = ?, attempts = 0, claims = 0, last_error = NULL, waits_on = NULL,
+                lease_owner = NULL, lease_token = NULL
+WHERE id = ? AND lease_token = ? AND state = 'archived'"""
 
 _SQL_REQUEUE = """
 UPDATE jobs SET state = ?, updated_at = ?, next_attempt_at = ?, attempts = 0, claims = 0,
@@ -630,6 +642,19 @@ class Jobs:
         if job.state == "routed":
             self._tally("notify_attempts", "retried")
 
+    def park(self, token: str, job: Claimed, cause: str, says: str, due: float) -> None:
+        """Keep the job in its state until ``due``, waiting on ``cause`` (a pause; ``says`` who
+        paused it and why): not an attempt, and not stuck (docs/design.md#steering)."""
+        now = self.clock()
+        self._expect_one(self._sql(_SQL_PARK, (due, now, cause, job.id, token, job.state)), job.id)
+        self._event(job.id, now, job.state, job.state, f"waits: {says}")
+
+    def held(self, token: str, job_id: int, detail: str) -> None:
+        """archived -> held: an approval step (or router.unmatched = hold); a person releases it."""
+        now = self.clock()
+        self._expect_one(self._sql(_SQL_HELD, (now, job_id, token)), job_id)
+        self._event(job_id, now, "archived", "held", detail)
+
     # -- requeue (bin/requeue; failed jobs hold no lease) -----------------------------------------
 
     def requeue(self, job_id: int, step: str, detail: str) -> bool:
@@ -689,7 +714,7 @@ class Jobs:
 # it records it: the table forgets a file only once it is removed, never leaving one nobody knows.
 _SQL_PRUNE = """
 DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs WHERE updated_at < ? AND state IN ('routed', 'notified', 'failed')
+    SELECT id FROM jobs WHERE updated_at < ? AND state IN ('routed', 'notified', 'failed', 'dismissed')
       AND NOT (? AND archive_path IS NOT NULL) AND NOT (? AND failed_path IS NOT NULL) LIMIT ?)"""
 
 PRUNE_CHUNK = 2000   # jobs per delete transaction: routers wait for each chunk, never for the whole prune
@@ -734,12 +759,12 @@ SELECT j.id, j.state, j.archive_path, j.size, j.mtime_ns,
                                      AND n.id > j.id)
 FROM jobs j
 WHERE j.id > ? AND j.updated_at < ? AND j.archive_path IS NOT NULL
-  AND (j.state IN ('notified', 'failed') OR (j.state = 'routed' AND ?))
+  AND (j.state IN ('notified', 'failed', 'dismissed') OR (j.state = 'routed' AND ?))
 ORDER BY j.id LIMIT ?""",
     "failed": """
 SELECT id, state, failed_path, size, mtime_ns, 0
 FROM jobs
-WHERE id > ? AND updated_at < ? AND failed_path IS NOT NULL AND state = 'failed'
+WHERE id > ? AND updated_at < ? AND failed_path IS NOT NULL AND state IN ('failed', 'dismissed')
 ORDER BY id LIMIT ?""",
 }
 

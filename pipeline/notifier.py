@@ -34,7 +34,7 @@ import requests
 import urllib3
 from requests.structures import CaseInsensitiveDict
 
-from . import cli, deadline, failures, retry
+from . import cli, deadline, failures, retry, steering
 from .api import (Answer, classify, describe_error, read_start, redact, resolve_headers, retry_after,
                   root_reason, said)
 from .config import Config
@@ -81,6 +81,7 @@ class Notifier(Program):
         self.config = config
         self.jobs = jobs
         self.db = jobs.db
+        self._said_paused = False       # the notification pause was said in the log
         self.stopper = stopper or cli.Stopper()
         api = config.api
         # Without an endpoint nothing is sent: a header's variable need not be set (an example
@@ -148,7 +149,8 @@ class Notifier(Program):
         claimed = 0
         # Claimed again once half the calls in flight are done: a claim of many at a time, while the
         # other half keeps every worker busy (not one claim transaction per call that ends).
-        if claim and len(self.in_flight) <= self.in_flight_limit // 2 and self.jobs.has_due(NOTIFY_QUEUE):
+        if (claim and len(self.in_flight) <= self.in_flight_limit // 2 and self.jobs.has_due(NOTIFY_QUEUE)
+                and not self._paused()):
             claimed = self._claim(self.pool, self.in_flight, self.ready)
         if self.ready and (claimed or len(self.ready) >= self.config.api.concurrency or not self.in_flight
                            or time.monotonic() - self.ready[0].decided > COMMIT_WITHIN):
@@ -158,6 +160,15 @@ class Notifier(Program):
             self._release(self.unsent)
             self.unsent = []
         return claimed
+
+    def _paused(self) -> bool:
+        """Whether a person paused notification (docs/design.md#steering): then nothing is claimed,
+        so no attempt is made nor spent; a resume is a commit, which wakes the notifier."""
+        paused = steering.Pauses.read(self.db, self.jobs.clock()).notification()
+        if paused is not None and not self._said_paused:
+            log.info("notification %s: nothing is sent until it is resumed", paused.says)
+        self._said_paused = paused is not None
+        return self._said_paused
 
     def _collect(self, timeout: float) -> None:
         """Wait up to ``timeout`` for calls to end, and decide their outcomes."""

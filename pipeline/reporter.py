@@ -192,7 +192,8 @@ class Reporter(Program):
     def alert(self, now: float) -> None:
         """Raise an alert when there is something new to say and the interval allows."""
         claimed = alerts.claim(self.db, self.actor, now, self.config.alerts, self.destinations(),
-                               notify=bool(self.config.api.endpoint), rules=self.config.expect)
+                               notify=bool(self.config.api.endpoint), rules=self.config.expect,
+                               routes=self.config.routes)
         if claimed is not None:
             log.info("alert %d raised: %s", claimed[0], claimed[1].summary())
 

@@ -64,7 +64,16 @@ def utc_time(value: str) -> float:
 def failed_jobs(ids: list[int] | None = None, client: str | None = None, step: str | None = None,
                 since: float | None = None) -> list[Job]:
     """The failed jobs that match every filter given, oldest failure first."""
-    query = Job.select().where(Job.state == "failed")
+    return jobs_in(("failed",), ids, client, step, since)
+
+
+def jobs_in(states: tuple[str, ...], ids: list[int] | None = None, client: str | None = None,
+            step: str | None = None, since: float | None = None) -> list[Job]:
+    """The jobs in ``states`` that match every filter given (bin/requeue's, bin/dismiss's and
+    bin/release's), oldest first: by failure for failed jobs (``since`` their failure), else by
+    their last change."""
+    when = Job.failed_at if states == ("failed",) else Job.updated_at
+    query = Job.select().where(Job.state.in_(list(states)))
     if ids:
         query = query.where(Job.id.in_(ids))
     if client:
@@ -72,8 +81,8 @@ def failed_jobs(ids: list[int] | None = None, client: str | None = None, step: s
     if step:
         query = query.where(Job.failed_step == step)
     if since is not None:
-        query = query.where(Job.failed_at >= since)
-    return list(query.order_by(Job.failed_at, Job.id))
+        query = query.where(when >= since)
+    return list(query.order_by(when, Job.id))
 
 
 class Requeue:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import peewee
 
-from . import cli, failures, ordering, retry, rules, schemas, strictjson
+from . import cli, failures, ordering, redelivery, retry, rules, schemas, steering, strictjson
 from .config import Config
 from .hotfolder import HotFolder, Sighting
 from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
@@ -63,6 +63,7 @@ FIRST_BATCH = 8             # jobs claimed when work starts again; doubles up to
 ORDER_READ_WAIT = 1.0
 ORDER_RECHECK = 0.25
 ORDER_RECHECK_CAP = 2.0
+REDELIVERIES_EVERY = 1.0    # seconds: during a backlog, re-delivery requests are looked for this often
 
 
 @dataclass
@@ -96,6 +97,8 @@ class Work:
     key: ordering.Key | None = None             # router.order_by's value, once read (ordering on)
     after: "Work | None" = None                 # the earlier job of its key in this batch, routed first
     waits_after: int = 0                        # outcome after: the earlier job it waits for
+    waiting: steering.Wait | None = None        # outcome park: what it waits for (a paused destination, client)
+    hold: str = ""                              # outcome hold: why it waits, held, for a person
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -182,6 +185,10 @@ class Router(Program):
         self._copying: ThreadPoolExecutor | None = None
         self._claim_size = min(FIRST_BATCH, rc.batch_size)
         self._token = ""                # the lease token of the batch in hand
+        self.pauses = steering.Pauses()     # what a person paused, read once per batch
+        self._holding = any(route.hold for route in config.routes)
+        self.redeliveries = redelivery.Redeliverer(config, jobs.db, jobs.actor, self.destinations, jobs.clock)
+        self._redeliveries_at = 0.0     # monotonic: when to look for re-delivery requests next
 
     @property
     def copying(self) -> ThreadPoolExecutor:
@@ -204,15 +211,29 @@ class Router(Program):
     # -- the loop ---------------------------------------------------------------------------------
 
     def step(self, now: float) -> float:
-        """Route a batch when one is due; ask to be called again at once while there was work."""
+        """Route a batch when one is due; ask to be called again at once while there was work.
+        While a person has paused all routing nothing is claimed: the router idles until woken
+        (a resume is a commit) or the pause's end."""
         done = self.run_batch() if self.once or self.jobs.has_due(ROUTE_QUEUE) else 0
+        if not done or time.monotonic() >= self._redeliveries_at:      # between batches, or once a second
+            self._redeliveries_at = time.monotonic() + REDELIVERIES_EVERY
+            if self.redeliveries.due():
+                self.pauses = steering.Pauses.read(self.db, self.jobs.clock())
+                if self.pauses.routing() is None:
+                    done += self.redeliveries.run(self.pauses)
         self.error_log.flush()      # what an earlier run or a full disk left behind
+        if not done and self.pauses.routing() and not self.once:
+            end = self.pauses.next_end()
+            return max(min(steering.PARK, end - now) if end else steering.PARK, self.config.router.poll_interval)
         return 0 if done else self.config.router.poll_interval
 
     def run_batch(self) -> int:
         """Claim and finish one batch; returns how many jobs it claimed."""
         cfg = self.config.router
         claimed_at = self.jobs.clock()
+        self.pauses = steering.Pauses.read(self.db, claimed_at)     # once per batch: one small query
+        if self.pauses.routing():
+            return 0
         batch = self.jobs.claim(ROUTE_QUEUE, self._claim_size, cfg.lease)
         # A backlog starts with small batches, doubling up to batch_size: its first files are
         # routed within milliseconds instead of after a whole batch.
@@ -264,6 +285,9 @@ class Router(Program):
             work.failed_path = Path(job.failed_path)
             work.fail("validate", job.last_error or "invalid file", move=True)
             return
+        if self.pauses and (paused := self.pauses.client(job.client_folder)):
+            work.outcome, work.waiting = "park", paused     # detected, recorded, and left alone
+            return
         data = self._read(work)
         if data is None:
             return
@@ -277,12 +301,14 @@ class Router(Program):
             work.fail("validate", str(e), move=work.state == "detected")
             return
         job = work.job
+        facts = rules.Facts.of(work.details, job.client_folder, job.file_name, job.detected_at)
+        work.data, work.delivered_before = data, delivered
         try:
-            work.targets = rules.destinations(self.config.routes, rules.Facts.of(
-                work.details, job.client_folder, job.file_name, job.detected_at))
+            work.targets = rules.destinations(self.config.routes, facts)
         except rules.Unsafe as e:
             work.refused = str(e)       # archived all the same: the job fails at route below
-        work.data, work.delivered_before = data, delivered
+            return True
+        self._steer(work, facts)
         return True
 
     def _in_order(self, ready: list[Work]) -> list[Work]:
@@ -330,6 +356,31 @@ class Router(Program):
         """The job waits behind ``after`` (no attempt spent), to be claimed again after ``delay``."""
         work.outcome, work.step, work.error, work.recheck_in, work.waits_after = "after", "route", reason, delay, after
         work.data = None
+    def _steer(self, work: Work, facts: rules.Facts) -> None:
+        """A person's say in where the job goes (docs/design.md#steering). An approval step
+        (``hold = true``) or ``router.unmatched = "hold"`` holds it once archived, copying nothing;
+        ``"fail"`` fails it at route once archived; a paused destination's copy waits (the job is
+        parked) while its other copies are made. A job a person released is not held again."""
+        job = work.job
+        if not work.targets and self.config.router.unmatched != "archive" and job.released_at is None:
+            why = f"no rule routes client {job.client_folder} (router.unmatched = {self.config.router.unmatched})"
+            if self.config.router.unmatched == "hold":
+                work.hold = why
+            else:
+                work.refused = why
+            return
+        if self._holding and job.released_at is None and (route := rules.holding(self.config.routes, facts)):
+            work.hold, work.targets = f"held for approval by [[route]] {route.name!r}", []
+            return
+        if self.pauses:
+            going = []
+            for target in work.targets:
+                paused = self.pauses.destination(target.name)
+                if paused is None or str(target.path) in work.delivered_before:
+                    going.append(target)
+                elif work.waiting is None:
+                    work.waiting = paused
+            work.targets = going
 
     def _being_written(self, work: Work, data: bytes) -> bool:
         """A file whose JSON ends early (stops inside a value, or is empty) and that changed less
@@ -571,6 +622,9 @@ class Router(Program):
         if work.refused:
             work.fail("route", work.refused)
             return
+        if work.hold:
+            work.outcome = "hold"
+            return
         problems = []
         conflict = self.config.router.conflict
         for copy in copies:
@@ -610,7 +664,7 @@ class Router(Program):
         if problems:
             work.wait("route", "; ".join(problems))
         else:
-            work.outcome = "route"
+            work.outcome = "park" if work.waiting else "route"
 
     def _sync_copies(self, works: list[Work]) -> None:
         """fsync the folders phase A wrote to; a copy whose folder did not sync is not made."""
@@ -665,6 +719,11 @@ class Router(Program):
             self.jobs.delivered(token, w.job.id, name, path, action)
         if w.outcome == "wait":
             self._wait(token, w)
+        elif w.outcome == "park":
+            self.jobs.park(token, self._as_committed(w), w.waiting.cause, w.waiting.says,
+                           w.waiting.due(self.jobs.clock()))
+        elif w.outcome == "hold":
+            self.jobs.held(token, w.job.id, w.hold)
         elif w.outcome == "move" and not w.job.failed_path:
             self.jobs.will_fail(token, self._as_committed(w), str(w.failed_path), w.error)
         elif w.outcome == "fail" and w.step == "detect":
@@ -850,6 +909,10 @@ class Router(Program):
                 log.info("routed %s -> %s (%.0f ms)", w.label, where, ms, extra=w.about)
             elif w.outcome == "wait":
                 log.warning("%s waits: %s", w.label, w.problem or w.error, extra=w.about)
+            elif w.outcome == "park":
+                log.info("%s waits: %s", w.label, w.waiting.says, extra=w.about)
+            elif w.outcome == "hold":
+                log.info("%s held: %s", w.label, w.hold, extra=w.about)
             elif w.outcome == "recheck":
                 log.info("%s: %s; read again in %.3gs", w.label, w.error, w.recheck_in, extra=w.about)
             elif w.outcome == "after" and w.error != w.job.last_error:     # said once per cause

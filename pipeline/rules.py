@@ -61,6 +61,7 @@ class Route:
     files_shown: str = ""
     template: placeholders.Template | None = None
     rename: placeholders.Component | None = None
+    hold: bool = False                          # an approval step: a matching job waits, held, for a person
 
     def matches(self, facts: Facts) -> bool:
         """Every condition holds (what ``failure`` explains, without building its words)."""
@@ -121,6 +122,16 @@ def destinations(routes: Sequence[Route], facts: Facts) -> list[Destination]:
         if route.matches(facts):
             _choose(chosen, route, route.target(facts))
     return list(chosen.values())
+
+
+def holding(routes: Sequence[Route], facts: Facts) -> Route | None:
+    """The first rule with ``hold = true`` that the job matches (its approval step), or None."""
+    return next((route for route in routes if route.hold and route.matches(facts)), None)
+
+
+def names_client(routes: Sequence[Route], client: str) -> bool:
+    """Whether some rule may route this client folder's jobs: one naming it, or one naming no client."""
+    return any(route.clients is None or client.upper() in route.clients for route in routes)
 
 
 def _choose(chosen: dict[Path, Destination], route: Route, target: Path) -> None:
@@ -195,6 +206,10 @@ def compile_route(table: Mapping[str, Any], timezone: str, resolve: Callable[[st
         if not isinstance(table["rename"], str) or not table["rename"]:
             raise RuleError("rename", "expected a non-empty string")
         fields["rename"] = _keyed("rename", placeholders.file_name, table["rename"], timezone)
+    if "hold" in table:
+        if not isinstance(table["hold"], bool):
+            raise RuleError("hold", f"expected true or false, got {table['hold']!r}")
+        fields["hold"] = table["hold"]
     return Route(name=table["name"], to=to, **fields)
 
 

@@ -4,9 +4,12 @@ Life of a job (docs/design.md#the-job-lifecycle)::
 
     detected -> archived -> routed -> notified
         \\___________\\__________\\_________\\___> failed  (failed_step says where)
+
+A person steers (docs/design.md#steering): detected or archived -> held (an approval step, or
+bin/hold) -> back where it stopped (bin/release); held or failed -> dismissed (bin/dismiss, final).
 """
 
-STATES = ("detected", "archived", "routed", "notified", "failed")
+STATES = ("detected", "archived", "routed", "notified", "failed", "held", "dismissed")
 # The steps a job can fail at, in the order it meets them.
 STEPS = ("detect", "validate", "archive", "route", "notify")
 

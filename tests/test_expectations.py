@@ -120,11 +120,11 @@ def test_windows_keep_their_wall_clock_hours_across_both_daylight_saving_changes
 
 
 def test_an_overnight_window_across_the_spring_change(tree, db, hook, monkeypatch):
-    expect(tree, monkeypatch, hook, 'clients = ["NIGHT"]\nwithin = 3600\nhours = "22:00-06:00"\n')
-    arrive(tree, db, "NIGHT", utc(2026, 3, 28, 23, 30))          # 23:30 GMT on Saturday
+    expect(tree, monkeypatch, hook, 'clients = ["LOREAL"]\nwithin = 3600\nhours = "22:00-06:00"\n')
+    arrive(tree, db, "LOREAL", utc(2026, 3, 28, 23, 30))          # 23:30 GMT on Saturday
     # Due 00:30 UTC; the window runs to 06:00 BST (05:00 UTC), a night of seven hours.
     assert at_times(tree, db, hook, [utc(2026, 3, 29, 0, 29), utc(2026, 3, 29, 0, 31)]) == [0, 1]
-    arrive(tree, db, "NIGHT", utc(2026, 3, 29, 4, 15))         # due 05:15 UTC, after the window's end
+    arrive(tree, db, "LOREAL", utc(2026, 3, 29, 4, 15))         # due 05:15 UTC, after the window's end
     assert at_times(tree, db, hook, [utc(2026, 3, 29, 4, 30), utc(2026, 3, 29, 5, 30)]) == [2, 2]
 
 

@@ -518,3 +518,48 @@ def _cells(html: str) -> list[str]:
 
 def _contains_run(cells: list[str], run: list[str]) -> bool:
     return any(cells[i:i + len(run)] == run for i in range(len(cells)))
+
+
+def test_a_client_no_rule_names_raises_one_alert_at_its_first_job_of_a_day(tree, db, clock, inbox):
+    alert_config(tree, inbox.port)
+    j = Jobs(db, "test:1", clock)
+    t0 = report_day.at(12)
+    report_day.put_job(tree, j, clock, "NEWCLIENT", "a.json", drop=t0, detected=t0, routed=t0 + 1)
+    report_day.put_job(tree, j, clock, "RANK", "r.json", drop=t0, detected=t0, routed=t0 + 1)
+    clock.now = t0 + 2
+    reporter(tree, db, clock).run(once=True)
+    [first] = alerts_sent(inbox)
+    assert first["Subject"] == "Alert: jobs from 1 client no rule names - JSON Workflow Daily Report"
+    text, html = parts(first)
+    assert "NEWCLIENT: 1 job since" in text and "RANK" not in text and "NEWCLIENT" in html
+
+    report_day.put_job(tree, j, clock, "NEWCLIENT", "b.json", drop=t0 + 1000, detected=t0 + 1000, routed=t0 + 1001)
+    clock.now = t0 + 2000
+    reporter(tree, db, clock).run(once=True)
+    assert len(alerts_sent(inbox)) == 1              # its first job of the day was said already
+    report_day.put_job(tree, j, clock, "NEWCLIENT", "c.json", drop=t0 + 86400, detected=t0 + 86400,
+                       routed=t0 + 86401)
+    clock.now = t0 + 86402
+    reporter(tree, db, clock).run(once=True)
+    assert len(alerts_sent(inbox)) == 2              # the next day, once more
+
+
+def test_a_pause_still_in_force_after_stuck_after_is_said_once_in_an_alert(tree, db, clock, inbox):
+    from pipeline import steering
+    alert_config(tree, inbox.port)
+    t0 = report_day.at(12)
+    clock.now = t0
+    steering.Steering(db, "ops@host", clock).pause("destination", "Monday Rank", reason="printer maintenance",
+                                                   route_names=["Monday Rank"])
+    clock.now = t0 + 60
+    reporter(tree, db, clock).run(once=True)
+    assert alerts_sent(inbox) == []                   # not yet past alerts.stuck_after
+    clock.now = t0 + tree.config.alerts.stuck_after + 60
+    reporter(tree, db, clock).run(once=True)
+    [said] = inbox.messages     # (a long subject is folded after "Subject:": compared without the fold)
+    assert said["Subject"].strip() == "Alert: still paused: destination Monday Rank - JSON Workflow Daily Report"
+    text, _ = parts(said)
+    assert "destination Monday Rank: paused by ops@host: printer maintenance, since" in text
+    clock.advance(7200)
+    reporter(tree, db, clock).run(once=True)
+    assert len(inbox.messages) == 1                   # once

@@ -129,6 +129,13 @@ def test_8_a_database_of_an_earlier_release_is_upgraded_in_place_with_every_row_
         assert _schema_tables(upgraded) == _schema_tables(schema_conn)
         objects = "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY 1, 2"
         assert upgraded.execute(objects).fetchall() == schema_conn.execute(objects).fetchall()
+        # The state check takes the states added since (SQLite cannot ALTER a CHECK: its text is widened).
+        upgraded.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
+        upgraded.execute("UPDATE jobs SET state = 'dismissed' WHERE id = 2")
+        with pytest.raises(sqlite3.IntegrityError):
+            upgraded.execute("UPDATE jobs SET state = 'nonsense' WHERE id = 3")
+        assert upgraded.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        upgraded.rollback()
     finally:
         upgraded.close()
 
@@ -227,3 +234,31 @@ def test_a_database_from_a_newer_release_is_refused_and_left_as_it_is(tree, db, 
     assert proc.returncode == 69 and "from a newer release" in proc.stderr
     if tree.engine == "sqlite":          # nothing was applied over it
         assert sqlite3.connect(location).execute("PRAGMA user_version").fetchone() == (newer,)
+
+
+@pytest.mark.postgresql_only
+def test_a_postgresql_database_of_schema_8_takes_the_steering_states_and_columns(pg, database):
+    """A jobs table as schema 8 made it (its state check without held and dismissed, none of the
+    steering columns) is widened in place by the next start."""
+    pg.execute_sql("ALTER TABLE jobs DROP CONSTRAINT jobs_state_check")
+    pg.execute_sql("ALTER TABLE jobs ADD CONSTRAINT jobs_state_check "
+                   "CHECK (state IN ('detected', 'archived', 'routed', 'notified', 'failed'))")
+    for column in ("waits_on", "released_at", "dismissed_at"):
+        pg.execute_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
+    pg.execute_sql("DROP TABLE redelivered, redeliveries, pauses, steering_events")
+    pg.execute_sql("UPDATE pipeline_schema SET version = 8")
+    pg.execute_sql("INSERT INTO jobs (uuid, state, source_path, client_folder, file_name, size, mtime_ns, ctime_ns, "
+                   "device, inode, detected_by, detected_at, updated_at, next_attempt_at) "
+                   "VALUES ('u1', 'failed', '/h/A/a.json', 'A', 'a.json', 1, 1, 1, 1, 1, 'startup', 1, 1, 1)")
+    pg.close()
+
+    store.connect(database).close()
+
+    upgraded = store.connect(database)
+    try:
+        assert upgraded.execute_sql("SELECT max(version) FROM pipeline_schema").fetchone() == (sqlite.SCHEMA_VERSION,)
+        upgraded.execute_sql("UPDATE jobs SET state = 'dismissed', dismissed_at = 2, waits_on = NULL")
+        assert upgraded.execute_sql("SELECT state FROM jobs").fetchall() == [("dismissed",)]
+        assert {m._meta.table_name for m in MODELS} == set(_pg_tables(upgraded))
+    finally:
+        upgraded.close()

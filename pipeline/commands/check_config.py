@@ -69,8 +69,14 @@ def check(config: Config) -> tuple[list[str], list[str], list[str]]:
             else:
                 notes.append(f"route {route.name!r}: {route.to} is missing (share not mounted?); jobs for it "
                              "will wait until it is there (router.create_folders = false)")
+        if route.hold:
+            notes.append(f"route {route.name!r}: hold = true: its jobs are archived, then held for bin/release")
+    unmatched = {"archive": "archived only", "hold": "held for bin/release", "fail": "failed at route"}
     if not config.routes:
-        notes.append("no [[route]] rules: every file is archived only")
+        notes.append(f"no [[route]] rules: every file is {unmatched[config.router.unmatched]}")
+    elif config.router.unmatched != "archive":
+        notes.append(f"[router] unmatched = {config.router.unmatched!r}: a job no rule routes is "
+                     f"{unmatched[config.router.unmatched]}")
     if config.router.order_by:
         notes.append(f"[router] order_by {'.'.join(config.router.order_by)}: jobs with the same value are routed in "
                      "the order they were detected; a job without it is unordered")

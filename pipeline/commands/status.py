@@ -41,7 +41,8 @@ def render_nagios(status: dict[str, Any]) -> str:
     oldest = max(status["oldest_waiting_seconds"].values(), default=0)
     perf = [f"{state}={counts.get(state, 0)};;;0" for state in STATES]
     perf += [f"stuck={status['stuck_jobs']};;;0", f"silences={len(status['silences'])};;;0",
-             f"oldest_waiting={_decimal(oldest)}s;;;0", f"programs={len(status['programs'])};;;0"]
+             f"oldest_waiting={_decimal(oldest)}s;;;0", f"programs={len(status['programs'])};;;0",
+             f"paused={len(status['pauses'])};;;0"]
     return f"{_nagios_text(status['nagios'], summary)} | {' '.join(perf)}"
 
 

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .. import retry, store
+from .. import retry, rules as routing, steering, store
 from ..config import Alerts, Expect
 from ..states import WAITS
 from .expectations import expected_text
@@ -47,16 +47,23 @@ class Findings:
     stuck: list[dict]
     silenced: list[dict] = field(default_factory=list)     # silences begun (and maybe ended) since
     resumed: list[dict] = field(default_factory=list)      # silences said before, ended since
+    unmatched: list[dict] = field(default_factory=list)    # clients no rule names, at their first job of a day
+    long_pauses: list[dict] = field(default_factory=list)  # pauses in force that passed stuck_after since
 
     @property
     def worth_sending(self) -> bool:
-        return bool(self.failed_total or self.newly_stuck or self.silenced or self.resumed)
+        return bool(self.failed_total or self.newly_stuck or self.silenced or self.resumed or self.unmatched
+                    or self.long_pauses)
 
     def summary(self) -> str:
         """ "2 failed, 1 stuck" and, when there are any, the silences."""
         text = f"{self.failed_total} failed, {self.stuck_total} stuck"
         if self.silenced or self.resumed:
             text += f", {len(self.silenced)} silent, {len(self.resumed)} resumed"
+        if self.unmatched:
+            text += f", {len(self.unmatched)} client(s) no rule names"
+        if self.long_pauses:
+            text += f", {len(self.long_pauses)} long pause(s)"
         return text
 
     def asdict(self) -> dict:
@@ -74,13 +81,15 @@ _SQL_FAILED_COUNT = "SELECT count(*) FROM jobs WHERE state = 'failed' AND failed
 
 # The "+" keeps SQLite on the small partial queue index (the states) rather than a range over the
 # time column, which holds nearly every job in the table.
-# A job held back behind an earlier one of its key (waits_after) is not stuck: that one is.
+# Not stuck: a job held back behind an earlier one of its key (waits_after: that one is), or
+# waiting on a person's pause (waits_on: it waits as it was told to).
 _NOT_IN_ORDER = {"route": " AND waits_after IS NULL", "notify": ""}
 _SQL_STUCK_COUNT = {wait: f"SELECT count(*), coalesce(sum(CASE WHEN {since} >= ? THEN 1 ELSE 0 END), 0) "
-                          f"FROM jobs WHERE {states} AND +{since} < ?{_NOT_IN_ORDER[wait]}"
+                          f"FROM jobs WHERE {states} AND +{since} < ? AND waits_on IS NULL{_NOT_IN_ORDER[wait]}"
                     for wait, (states, since) in WAITS.items()}
 _SQL_STUCK = {wait: f"SELECT id, {since}, detected_at, client_folder, file_name, state, last_error "
-                    f"FROM jobs WHERE {states} AND +{since} < ?{_NOT_IN_ORDER[wait]} ORDER BY +{since}, id LIMIT ?"
+                    f"FROM jobs WHERE {states} AND +{since} < ? AND waits_on IS NULL{_NOT_IN_ORDER[wait]} "
+                    f"ORDER BY +{since}, id LIMIT ?"
               for wait, (states, since) in WAITS.items()}
 
 _SQL_SILENCED = """
@@ -91,6 +100,13 @@ SELECT id, rule, client, last_seen, due_at, resumed_at FROM silences
 WHERE resumed_at IS NOT NULL AND resumed_alert IS NULL AND opened_alert IS NOT NULL ORDER BY resumed_at, id"""
 _SQL_SAID_OPENED = "UPDATE silences SET opened_alert = ? WHERE id = ?"
 _SQL_SAID_RESUMED = "UPDATE silences SET resumed_alert = ? WHERE id = ?"
+
+# Clients whose jobs came since the last alert, and whether one came earlier that (UTC) day: a client
+# no rule names is said once a day, at its first job.
+_SQL_NEW_CLIENTS = """
+SELECT client_folder, count(*), min(detected_at) FROM jobs WHERE detected_at > ? AND detected_at <= ?
+GROUP BY client_folder ORDER BY client_folder"""
+_SQL_CLIENT_EARLIER = "SELECT 1 FROM jobs WHERE upper(client_folder) = ? AND detected_at >= ? AND detected_at <= ? LIMIT 1"
 
 _SQL_INSERT = """
 INSERT INTO alerts (at, actor, state, covered_until, failures, stuck, recipients)
@@ -133,10 +149,29 @@ def _held_off(db: store.Engine, now: float, cfg: Alerts) -> bool:
     return row is not None and now < row[0] + cfg.min_interval
 
 
+def unmatched(db: store.Engine, since: float, now: float, routes: Sequence) -> list[dict]:
+    """The client folders no rule names whose first job of the (UTC) day came after ``since``."""
+    day = now - now % 86400
+    found = []
+    for client, count, first in db.run_sql(_SQL_NEW_CLIENTS, (since, now)).fetchall():
+        if routing.names_client(routes, client):
+            continue
+        if db.run_sql(_SQL_CLIENT_EARLIER, (client.upper(), day, since)).fetchone() is None:
+            found.append({"client": client, "jobs": count, "first_at": first})
+    return found
+
+
+def long_pauses(db: store.Engine, since: float, now: float, stuck_after: float) -> list[dict]:
+    """The pauses in force that became older than ``stuck_after`` after ``since``: each said once."""
+    return [{"target": p.target, "says": p.wait.says, "created": p.created}
+            for p in steering.Pauses.read(db, now).all if since - stuck_after < p.created <= now - stuck_after]
+
+
 def findings(db: store.Engine, now: float, cfg: Alerts, *, notify: bool,
-             rules: Sequence[Expect] = ()) -> Findings:
+             rules: Sequence[Expect] = (), routes: Sequence = ()) -> Findings:
     """New failures since the last alert, the jobs stuck now (``notify``: an API is configured),
-    and the silences not yet said (``rules`` describe them)."""
+    the silences not yet said (``rules`` describe them), and the clients no rule (of ``routes``)
+    names that sent their first job of the day."""
     covered = db.run_sql(_SQL_COVERED).fetchone()[0]
     since = covered if covered is not None else now - FIRST_LOOKBACK
     failed = [{"id": i, "at": at, "client": client, "file": name, "step": step, "reason": reason}
@@ -152,11 +187,12 @@ def findings(db: store.Engine, now: float, cfg: Alerts, *, notify: bool,
                 for i, rule, client, last, due, back in db.run_sql(sql, params)]
 
     return Findings(since, now, failed_total, failed, stuck_total, newly_stuck, listed,
-                    silences(_SQL_SILENCED, (now - FIRST_LOOKBACK,)), silences(_SQL_RESUMED))
+                    silences(_SQL_SILENCED, (now - FIRST_LOOKBACK,)), silences(_SQL_RESUMED),
+                    unmatched(db, since, now, routes), long_pauses(db, since, now, cfg.stuck_after))
 
 
 def claim(db: store.Engine, actor: str, now: float, cfg: Alerts, destinations: Sequence[tuple[str, str]], *,
-          notify: bool, rules: Sequence[Expect] = ()) -> tuple[int, Findings] | None:
+          notify: bool, rules: Sequence[Expect] = (), routes: Sequence = ()) -> tuple[int, Findings] | None:
     """Raise an alert now: its row, and a pending delivery to each of ``destinations`` ((key,
     label) pairs); None when there is nothing new or it is too soon."""
     if _held_off(db, now, cfg):                  # the cheap read first: most calls end here
@@ -165,7 +201,7 @@ def claim(db: store.Engine, actor: str, now: float, cfg: Alerts, destinations: S
         db.serialize("alerts")                  # two reporters: one alert, the other held off
         if _held_off(db, now, cfg):
             return None
-        found = findings(db, now, cfg, notify=notify, rules=rules)
+        found = findings(db, now, cfg, notify=notify, rules=rules, routes=routes)
         if not found.worth_sending:
             return None
         alert_id = db.run_sql(_SQL_INSERT, (now, actor, now, found.failed_total, found.stuck_total,
@@ -227,7 +263,11 @@ def _stuck(db: store.Engine, before: float, newly_from: float, limit: int,
     later, the ``limit`` waiting longest)."""
     total = newly = 0
     rows = []
-    for wait in ("route", "notify") if notify else ("route",):
+    # While all routing (notification) is paused, nothing waiting for it is stuck; nor for
+    # stuck_after after the pause ended (read as of ``before``), while the flow catches up.
+    pauses = steering.Pauses.read(db, before)
+    for wait in [w for w in (("route", "notify") if notify else ("route",))
+                 if not (pauses.routing() if w == "route" else pauses.notification())]:
         count, new = db.run_sql(_SQL_STUCK_COUNT[wait], (newly_from, before)).fetchone()
         total, newly = total + count, newly + new
         rows += [{"id": i, "since": since, "detected_at": detected, "client": client, "file": name,

@@ -56,6 +56,10 @@ SELECT count(*),
        coalesce(sum(CASE WHEN detected_by = 'periodic' THEN 1 ELSE 0 END), 0)
 FROM day"""
 
+# Jobs a person dismissed that day (docs/design.md#steering), on the partial index jobs_dismissed.
+_SQL_DISMISSED = """
+SELECT count(*) FROM jobs WHERE state = 'dismissed' AND dismissed_at >= :start AND dismissed_at < :end"""
+
 # Nearest-rank percentiles: one sort of the day's latencies, two rows back.
 _SQL_LATENCY = _DAY + """
 SELECT rank, latency FROM (
@@ -160,6 +164,7 @@ def figures(db: store.Engine, day: Day, *, highlight: str, scan_interval: float,
         last_errors = sql(_SQL_ERRORS, {"limit": ERRORS_LISTED}).fetchall()
         scans, slow, timed_out = sql(_SQL_SCANS).fetchone()
         covered = sql(_SQL_UPTIME, {"window": 2 * scan_interval}).fetchone()[0]
+        dismissed = sql(_SQL_DISMISSED).fetchone()[0]
     return {
         "day": day.date.isoformat(),
         "timezone": day.zone,
@@ -169,6 +174,7 @@ def figures(db: store.Engine, day: Day, *, highlight: str, scan_interval: float,
         "generated_at": time.time() if now is None else now,
         "processed": processed,
         "errors": errors,
+        "dismissed": dismissed,
         "success_rate": round(100.0 * routed_ok / processed, 1) if processed else None,
         "uptime": round(100.0 * covered / (day.end - day.start), 1),
         "avg_processing": avg_processing,

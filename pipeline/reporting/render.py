@@ -108,4 +108,10 @@ def alert(findings: dict, config: Config) -> Rendered:
     back = [s["client"] for s in findings.get("resumed", []) + findings.get("silenced", []) if s["resumed_at"]]
     if back:
         parts.append(f"{', '.join(back)} resumed")
+    strangers = len(findings.get("unmatched", []))     # their names are folder names: in the body only
+    if strangers:
+        parts.append(f"jobs from {strangers} client{'s' * (strangers != 1)} no rule names")
+    paused = [p["target"] for p in findings.get("long_pauses", [])]
+    if paused:
+        parts.append(f"still paused: {', '.join(paused)}")
     return Rendered(_one_line(f"Alert: {' and '.join(parts)} - {config.report.title}"), html, text)

@@ -51,6 +51,9 @@ class Job(BaseModel):
     failed_path = peewee.TextField(null=True)
     order_key = peewee.TextField(null=True)
     waits_after = peewee.IntegerField(null=True)
+    waits_on = peewee.TextField(null=True)
+    released_at = peewee.FloatField(null=True)
+    dismissed_at = peewee.FloatField(null=True)
 
     class Meta:
         table_name = "jobs"
@@ -202,8 +205,61 @@ class Tally(BaseModel):
         without_rowid = True
 
 
+class Pause(BaseModel):
+    kind = peewee.TextField()
+    name = peewee.TextField()
+    until = peewee.FloatField(null=True)
+    reason = peewee.TextField(null=True)
+    actor = peewee.TextField()
+    created = peewee.FloatField()
+
+    class Meta:
+        table_name = "pauses"
+
+
+class SteeringEvent(BaseModel):
+    at = peewee.FloatField()
+    actor = peewee.TextField()
+    action = peewee.TextField()
+    target = peewee.TextField()
+    detail = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "steering_events"
+
+
+class Redelivery(BaseModel):
+    job = peewee.ForeignKeyField(Job, backref="redeliveries", column_name="job_id", on_delete="CASCADE")
+    destination = peewee.TextField(null=True)
+    notify = peewee.IntegerField(default=0)
+    state = peewee.TextField(default="pending")
+    actor = peewee.TextField()
+    requested_at = peewee.FloatField()
+    next_attempt_at = peewee.FloatField()
+    lease_owner = peewee.TextField(null=True)
+    lease_token = peewee.TextField(null=True)
+    attempts = peewee.IntegerField(default=0)
+    claims = peewee.IntegerField(default=0)
+    last_error = peewee.TextField(null=True)
+    done_at = peewee.FloatField(null=True)
+
+    class Meta:
+        table_name = "redeliveries"
+
+
+class Redelivered(BaseModel):
+    redelivery = peewee.ForeignKeyField(Redelivery, backref="copies", column_name="redelivery_id",
+                                        on_delete="CASCADE")
+    name = peewee.TextField()
+    path = peewee.TextField()
+    delivered_at = peewee.FloatField()
+
+    class Meta:
+        table_name = "redelivered"
+
+
 MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Leader, Report, Alert, AlertDelivery, Silence, ErrorLogRecord,
-          Tally)
+          Tally, Pause, SteeringEvent, Redelivery, Redelivered)
 
 
 def bind(db: peewee.Database) -> None:

@@ -24,7 +24,10 @@ from .engine import DatabaseUnusable, Engine, newer_schema
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 13     # 4: error_log_outbox, 5: tallies, 6: alert_deliveries, silences,
-                        # 7: heartbeats.clock_skew, 8: leaders, 13: jobs.order_key, waits_after
+                        # 7: heartbeats.clock_skew, 8: leaders, 9: (config reload),
+                        # 10: steering (states held and dismissed, pauses, steering_events,
+                        # redeliveries, redelivered; jobs.waits_on, released_at, dismissed_at),
+                        # 13: jobs.order_key, waits_after
 BUSY_TIMEOUT_MS = 5000
 LOCK_POLL = 0.001       # seconds between two tries for the write lock (Database.begin)
 WAKE_POLL = 0.25        # seconds an idle router or notifier woken by commits waits between looks
@@ -281,7 +284,13 @@ def _create_file(path: Path) -> None:
 
 _ADDED_COLUMNS = [("heartbeats", "clock_skew", "REAL NOT NULL DEFAULT 0"),
                   # Order per key: NULL for every job of before, as for a job not read yet.
-                  ("jobs", "order_key", "TEXT"), ("jobs", "waits_after", "INTEGER")]
+                  ("jobs", "order_key", "TEXT"), ("jobs", "waits_after", "INTEGER"),
+                  # Steering: nothing waits on a person, nothing released or dismissed before.
+                  ("jobs", "waits_on", "TEXT"), ("jobs", "released_at", "REAL"), ("jobs", "dismissed_at", "REAL")]
+
+# States a job's CHECK has gained since its table was first created, after the last one it had then.
+_JOBS_STATES_BEFORE = "'notified', 'failed'))"
+_JOBS_STATES_NOW = "'notified', 'failed', 'held', 'dismissed'))"
 
 
 def schema_script() -> str:
@@ -289,10 +298,33 @@ def schema_script() -> str:
     return importlib.resources.files(__package__).joinpath("sqlite.sql").read_text(encoding="utf-8")
 
 
+def widen_state_check(conn: sqlite3.Connection) -> None:
+    """Let an older jobs table take the states added since (held, dismissed).
+
+    SQLite cannot alter a CHECK constraint; widening one changes nothing stored, so the table's
+    text in sqlite_master is rewritten (SQLite's documented way for such changes, with the schema
+    cookie bumped so every connection, this one and other programs', reads the new text)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
+        if sql and "'held'" not in sql[0] and _JOBS_STATES_BEFORE in sql[0]:
+            cookie = conn.execute("PRAGMA schema_version").fetchone()[0]
+            conn.execute("PRAGMA writable_schema = ON")
+            conn.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'jobs'",
+                         (sql[0].replace(_JOBS_STATES_BEFORE, _JOBS_STATES_NOW, 1),))
+            conn.execute(f"PRAGMA schema_version = {cookie + 1}")
+            conn.execute("PRAGMA writable_schema = OFF")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def apply_schema(db: Database) -> None:
     """Create what is missing, in one immediate transaction so concurrent starts agree."""
     script = schema_script()
     conn = db.connection()
+    widen_state_check(conn)
     # Columns added to a table of an earlier version (CREATE TABLE IF NOT EXISTS leaves it be). Two
     # programs starting together may both add one: the second finds it there and goes again.
     added = "".join(f"ALTER TABLE {table} ADD COLUMN {column} {ddl};\n" for table, column, ddl in _ADDED_COLUMNS

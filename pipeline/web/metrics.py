@@ -23,7 +23,8 @@ from ..config import Config
 # tallies.name -> (metric name without _total, help, label names in the order jobs.py writes them)
 COUNTERS = {
     "finished": ("hotfolder_jobs_finished", "Jobs that reached an outcome: routed (delivered), notified "
-                 "(the API accepted it) or failed; a notified job has counted once as routed before",
+                 "(the API accepted it), failed or dismissed (by a person); a notified job has counted once "
+                 "as routed before",
                  ("client", "outcome")),
     "deliveries": ("hotfolder_deliveries", "Copies committed to a destination, by route name", ("destination",)),
     "notify_attempts": ("hotfolder_notify_attempts", "Calls to the API, by result: accepted, retried or failed",
@@ -71,6 +72,11 @@ class Collector:
         yield oldest
         yield GaugeMetricFamily("hotfolder_stuck_jobs", "Jobs waiting longer than alerts.stuck_after",
                                 value=status["stuck_jobs"])
+        paused = GaugeMetricFamily("hotfolder_paused", "1 for each pause in force: a destination (route name), a "
+                                   "client, routing or notification (name empty)", labels=["kind", "name"])
+        for pause in status["pauses"]:
+            paused.add_metric([pause["kind"], pause["name"]], 1)
+        yield paused
         for name, (metric, help_text, labels) in COUNTERS.items():
             family = CounterMetricFamily(metric, help_text, labels=list(labels))
             for values, value in sorted(counts[name].items()):

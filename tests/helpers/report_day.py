@@ -125,6 +125,7 @@ def expected(tree) -> dict:
         "hours": 24,
         "processed": 7,
         "errors": 2,
+        "dismissed": 0,
         "success_rate": 71.4,                               # 5 / 7
         "uptime": 3.6,                                      # (600 + 1200 + 1200 + 100) / 86400
         "avg_processing": (0.05 + 0.08 + 0.5 + 0.2 + 0.4) / 5,
