@@ -146,11 +146,10 @@ def test_the_watcher_ignores_the_same_names(tree, db, watch):
 
 
 def test_a_client_folder_created_after_start_is_watched_and_early_files_found(tree, db, watch):
-    watch()
-    client = tree.hot / "NEWCLIENT"
-    client.mkdir()
-    tree.drop("NEWCLIENT", "early.json")      # may land before the folder's watch exists
-    time.sleep(0.3)
+    watcher = watch()
+    with watcher.observer.lock:               # the reader cannot watch the new folder yet
+        (tree.hot / "NEWCLIENT").mkdir()
+        tree.drop("NEWCLIENT", "early.json")  # so this lands before the folder's watch exists
     tree.drop("NEWCLIENT", "later.json")
     wait_for(lambda: job_names() == ["NEWCLIENT/early.json", "NEWCLIENT/later.json"], message="both files")
 
