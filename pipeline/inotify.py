@@ -32,7 +32,6 @@ from typing import Callable, NamedTuple
 
 log = logging.getLogger(__name__)
 
-IN_MODIFY = 0x00000002
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080

@@ -4,7 +4,7 @@ With inotify it reacts to close-after-write and moved-into-folder events only, n
 so a file still being written is never taken. With ``detect.observer = "polling"`` (network
 mounts, where inotify sees nothing) it takes a file once it has stayed unchanged for
 ``detect.min_file_age``. A new client folder is rescanned (files written into it before its watch
-existed), and an inotify queue overflow or a dead observer triggers a full rescan. Rescans run in
+existed), and an inotify queue overflow or a dead reader triggers a full rescan. Rescans run in
 their own thread so they never delay realtime events, and they are coalesced: however many
 overflows a burst brings, one rescan is pending at a time (docs/design.md#detection).
 
