@@ -4,16 +4,18 @@ With inotify it reacts to close-after-write and moved-into-folder events only, n
 so a file still being written is never taken. With ``detect.observer = "polling"`` (network
 mounts, where inotify sees nothing) it takes a file once it has stayed unchanged for
 ``detect.min_file_age``. A new client folder is rescanned (files written into it before its watch
-existed), and an inotify queue overflow or a dead observer triggers a full rescan. Rescans run in
+existed), and an inotify queue overflow or a dead reader triggers a full rescan. Rescans run in
 their own thread so they never delay realtime events, and they are coalesced: however many
 overflows a burst brings, one rescan is pending at a time (docs/design.md#detection).
 
+Events are read by pipeline/inotify.py, our own inotify reading, which hands each path over as it
+is read (watchdog's reading held every event behind a rename's unpaired half for 0.5 s).
+
 The hot folder itself may be deleted, or moved away, and created again while the watcher runs.
-Its watch then hears nothing more (watchdog stops it silently on IN_DELETE_SELF and ignores
-IN_MOVE_SELF, so the watch follows the folder to wherever it was moved). The watcher therefore
-also watches the hot folder's parent for the hot folder's own name, and checks on every turn of
-its loop that the folder it watches is still the one at the hot folder's path. When it is not, it
-logs one line, waits for the folder to be there again, watches it afresh and rescans.
+Its watch then hears nothing more. The watcher therefore also watches the hot folder's parent for
+the hot folder's own name, and checks on every turn of its loop that the folder it watches is
+still the one at the hot folder's path. When it is not, it logs one line, waits for the folder to
+be there again, watches it afresh and rescans.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ import threading
 import time
 from pathlib import Path
 
-from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
-                             FileModifiedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
-from watchdog.observers.inotify import InotifyObserver
+from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent,
+                             FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers.polling import PollingObserver
 
 from . import cli, store
 from .config import Config
 from .files import Identity
+from .inotify import FolderWatch
 from .jobs import Jobs
 from .leadership import Leadership
 from .program import Program
@@ -41,36 +43,56 @@ from .scanner import Scanner
 
 log = logging.getLogger(__name__)
 
-INOTIFY_EVENTS = [FileClosedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
 POLLING_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
 FULL_RESCAN = None   # the rescan queue's item for "the whole hot folder"
 ROOT_EVENT = (True, None)   # the events queue's item for "something happened to the hot folder itself"
-ROOT_EVENTS = [DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
+
+
+class _Polling:
+    """``detect.observer = "polling"``: watchdog's PollingObserver, which lists the tree every
+    ``poll_interval`` and compares it with the last listing. It has none of the pairing delay of
+    watchdog's inotify reading (it reports a listing's differences at once), so it stays; it has
+    the same few methods as FolderWatch. It watches no parent: the loop's own check of the hot
+    folder comes as often as a poll would."""
+
+    def __init__(self, interval: float, on_path):
+        self.observer = PollingObserver(timeout=interval)
+        self.handler = _Events(on_path)
+        self.root_watch = None
+
+    def start(self) -> None:
+        self.observer.start()
+
+    def is_alive(self) -> bool:
+        return self.observer.is_alive()
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join(timeout=5)
+
+    def watch(self, root: Path) -> bool:
+        self.observer.unschedule_all()
+        self.root_watch = None
+        if _folder_id(root) is None:
+            return False
+        self.root_watch = self.observer.schedule(self.handler, str(root), recursive=True,
+                                                 event_filter=POLLING_EVENTS)
+        return True
+
+    def watching(self) -> bool:
+        return any(e.watch == self.root_watch and e.is_alive() for e in list(self.observer.emitters))
 
 
 class _Events(FileSystemEventHandler):
     """Runs in watchdog's thread: only hands paths over to the watcher's loop."""
 
-    def __init__(self, out: queue.Queue):
-        self.out = out
+    def __init__(self, on_path):
+        self.on_path = on_path
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         path = event.dest_path if isinstance(event, (FileMovedEvent, DirMovedEvent)) else event.src_path
         if path:
-            self.out.put((event.is_directory, str(path)))
-
-
-class _RootEvents(FileSystemEventHandler):
-    """Runs in watchdog's thread, on the hot folder's parent: wakes the watcher's loop when the hot
-    folder itself is deleted, moved or created, so that it looks at once rather than on its next turn."""
-
-    def __init__(self, root: Path, out: queue.Queue):
-        self.root = str(root)
-        self.out = out
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if self.root in (str(event.src_path), str(getattr(event, "dest_path", ""))):
-            self.out.put(ROOT_EVENT)
+            self.on_path(event.is_directory, str(path))
 
 
 def _folder_id(path: Path) -> tuple[int, int] | None:
@@ -80,19 +102,6 @@ def _folder_id(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
-
-
-class _OverflowAlarm(logging.Handler):
-    """watchdog deals with an inotify queue overflow internally and only logs it; events were lost,
-    so the watcher needs to know in order to rescan."""
-
-    def __init__(self, alarm: threading.Event):
-        super().__init__(logging.WARNING)
-        self.alarm = alarm
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self.alarm.set()
 
 
 class Watcher(Program):
@@ -113,45 +122,36 @@ class Watcher(Program):
         self.unsaved: dict = {}         # sightings whose jobs are not committed yet (a database error)
         self.leadership = Leadership(jobs.db, "watcher")
         self.leading = True
-        self._alarm = _OverflowAlarm(self.overflow)
         self.ready = threading.Event()                            # set once the watch is in place
-        self.observer = None
-        self.root_watch = None          # the hot folder's watch, None while the folder is gone
-        self.root_id: tuple[int, int] | None = None               # the folder that watch is on
+        self.observer: FolderWatch | _Polling | None = None
+        self.root_id: tuple[int, int] | None = None   # the folder watched as the hot folder; None: none is
 
     def _start_observer(self) -> None:
-        self.observer = (PollingObserver(timeout=self.config.detect.poll_interval) if self.polling
-                         else InotifyObserver(generate_full_events=True))
+        if self.polling:
+            self.observer = _Polling(self.config.detect.poll_interval, self._on_path)
+        else:
+            self.observer = FolderWatch(self._on_path, lambda: self.events.put(ROOT_EVENT), self.overflow.set)
         self.observer.start()
         self._watch()
 
+    def _on_path(self, is_folder: bool, path: str) -> None:
+        """Runs in the observer's thread: only hands the path over to the watcher's loop."""
+        self.events.put((is_folder, path))
+
     def _watch(self) -> None:
         """(Re)place the watches: on the hot folder's parent, and on the hot folder when it is there."""
-        self.observer.unschedule_all()
-        self.root_watch = self.root_id = None
-        if not self.polling and self.root.parent.is_dir():
-            # Polling needs no such watch: the loop's own check comes as often as a poll would.
-            self.observer.schedule(_RootEvents(self.root, self.events), str(self.root.parent),
-                                   recursive=False, event_filter=ROOT_EVENTS)
         # Which folder it is is read before the watch is placed: should the folder be replaced in
         # between, the two differ and the next check watches again, rather than never noticing.
         folder = _folder_id(self.root)
-        if folder is None:
-            return
-        self.root_watch = self.observer.schedule(_Events(self.events), str(self.root), recursive=True,
-                                                 event_filter=POLLING_EVENTS if self.polling else INOTIFY_EVENTS)
-        self.root_id = folder
-
-    def _root_watch_alive(self) -> bool:
-        return any(e.watch == self.root_watch and e.is_alive() for e in list(self.observer.emitters))
+        self.root_id = folder if self.observer.watch(self.root) else None
 
     def _check_root(self) -> None:
         """Watch the hot folder again when the folder watched is no longer the one at its path."""
-        if self.root_watch is not None and _folder_id(self.root) == self.root_id and self._root_watch_alive():
+        if self.root_id is not None and _folder_id(self.root) == self.root_id and self.observer.watching():
             return
-        was_watched = self.root_watch is not None
+        was_watched = self.root_id is not None
         self._watch()
-        if self.root_watch is None:
+        if self.root_id is None:
             if was_watched:
                 log.error("the hot folder %s is gone (deleted or moved away); waiting for it to be there again",
                           self.root)
@@ -173,7 +173,6 @@ class Watcher(Program):
         self.root.mkdir(parents=True, exist_ok=True)
         if self.once:
             return
-        logging.getLogger("watchdog").addHandler(self._alarm)
         threading.Thread(target=self._rescan_loop, name="rescan", daemon=True).start()
         self._start_observer()
         log.info("watching %s (%s)", self.root, "polling" if self.polling else "inotify")
@@ -187,6 +186,7 @@ class Watcher(Program):
             return math.inf
         if not self.observer.is_alive():
             log.error("the file watch stopped; starting it again and rescanning")
+            self.observer.stop()
             self._start_observer()
             self._request_rescan()
         self._check_root()
@@ -197,17 +197,16 @@ class Watcher(Program):
         if self.overflow.is_set():
             self.overflow.clear()
             if self._request_rescan():
-                log.warning("inotify queue overflowed: events were lost; rescanning the hot folder")
+                log.warning("inotify events were lost (its queue overflowed, or a folder could not be watched); "
+                            "rescanning the hot folder")
         self._handle_events(timeout=0.25 if self.pending or self.unsaved else 1.0)
         return 0
 
     def finish(self) -> None:
         if self.observer is None:
             return
-        logging.getLogger("watchdog").removeHandler(self._alarm)
         self.rescans.put(False)
         self.observer.stop()
-        self.observer.join(timeout=5)
 
     def _handle_events(self, timeout: float) -> None:
         """Wait for events, then take everything queued and create its jobs in one transaction."""

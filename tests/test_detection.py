@@ -4,13 +4,17 @@ import json
 import shutil
 import logging
 import os
+import queue
+import struct
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import growing, job_document, states, wait_for
 from helpers.dblock import Locker
+from pipeline import inotify
 from pipeline.cli import Stopper
 from pipeline.jobs import Jobs
 from pipeline.store.models import Job, JobEvent, Scan
@@ -142,11 +146,10 @@ def test_the_watcher_ignores_the_same_names(tree, db, watch):
 
 
 def test_a_client_folder_created_after_start_is_watched_and_early_files_found(tree, db, watch):
-    watch()
-    client = tree.hot / "NEWCLIENT"
-    client.mkdir()
-    tree.drop("NEWCLIENT", "early.json")      # may land before the folder's watch exists
-    time.sleep(0.3)
+    watcher = watch()
+    with watcher.observer.lock:               # the reader cannot watch the new folder yet
+        (tree.hot / "NEWCLIENT").mkdir()
+        tree.drop("NEWCLIENT", "early.json")  # so this lands before the folder's watch exists
     tree.drop("NEWCLIENT", "later.json")
     wait_for(lambda: job_names() == ["NEWCLIENT/early.json", "NEWCLIENT/later.json"], message="both files")
 
@@ -163,14 +166,56 @@ def test_a_file_moved_in_from_outside_the_hot_folder_is_detected(tree, db, watch
 def test_an_inotify_overflow_triggers_a_full_rescan(tree, db, watch):
     tree.drop("RANK", "missed.json")              # present before the watch: no event for it
     tree.age(tree.hot / "RANK" / "missed.json")
-    watch()
+    watcher = watch()
     time.sleep(0.1)
     assert Job.select().count() == 0
-    # What watchdog does when the kernel reports IN_Q_OVERFLOW: it logs and carries on.
-    logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; filesystem events were lost")
+    # A real overflow: while the reader is held, more events than the kernel queues for it (and
+    # than one read takes). Two names in turn, as the kernel merges an event equal to the last.
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text()) + 64 * 1024 // 16
+    with watcher.observer.lock:
+        for i in range(limit):
+            open(tree.hot / "RANK" / f"burst{i % 2}.tmp", "wb").close()
     wait_for(lambda: Job.select().count() == 1, message="the rescan's job")
     assert Job.get().detected_by == "periodic"
     assert Scan.get().kind == "rescan"
+
+
+def test_a_file_moved_out_holds_back_no_event_behind_it(tree, db):
+    """Each path is handed over as its event is read: none waits for the other half of a rename.
+
+    A file moved out of the hot folder gives an IN_MOVED_FROM whose IN_MOVED_TO never comes (it
+    lands where nothing is watched). watchdog's inotify reading held every IN_MOVED_FROM for 0.5 s
+    at the head of its queue, waiting for its pair, and every event read after it waited behind
+    it. Each round here moves a file out, then one in, and waits for the moved-in path to be
+    handed over before the next round begins: so with that pairing each round waits its own full
+    0.5 s, and twenty rounds cannot end within the 10 s of patience given to all of them, however
+    fast the machine. Without it a round takes a thread's wake-up. The patience is a bound the
+    pairing cannot meet, not a measure of speed."""
+    rounds = 20
+    (tree.hot / "RANK").mkdir(parents=True)
+    outside = tree.root / "outside"
+    outside.mkdir()
+    for i in range(rounds):
+        (tree.hot / "RANK" / f"leaving{i}.json").write_text("{}")
+        (outside / f"coming{i}.json").write_text("{}")
+    watcher = Watcher(tree.config, Jobs(db, "watcher:1"))
+    watcher.start()                   # the reader runs, the loop does not: paths stay in its queue
+    try:
+        deadline = time.monotonic() + rounds * 0.5
+        for i in range(rounds):
+            os.rename(tree.hot / "RANK" / f"leaving{i}.json", outside / f"leaving{i}.json")
+            os.rename(outside / f"coming{i}.json", tree.hot / "RANK" / f"coming{i}.json")
+            wanted = (False, str(tree.hot / "RANK" / f"coming{i}.json"))
+            while True:
+                try:
+                    item = watcher.events.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise AssertionError(f"round {i}: the moved-in file's path was held back") from None
+                if item == wanted:
+                    break
+                assert item[1] != str(outside / f"leaving{i}.json")     # never reported: not ours
+    finally:
+        watcher.finish()
 
 
 def test_polling_observer_takes_files_once_they_are_stable(tree, db, watch):
@@ -269,17 +314,19 @@ def test_with_polling_the_hot_folder_moved_away_and_created_again_is_watched_aga
     assert "watching it again" in caplog.text
 
 
+OVERFLOW = struct.pack("iIII", -1, inotify.IN_Q_OVERFLOW, 0, 0)    # what the kernel queues when it drops events
+
+
 def test_an_overflow_burst_gives_one_rescan(tree, db, watch, caplog):
     tree.drop("RANK", "missed.json")
     tree.age(tree.hot / "RANK" / "missed.json")
-    watch()
+    watcher = watch()
     caplog.set_level(logging.WARNING, logger="pipeline.watcher")
     # The lock keeps the rescan from starting until the whole burst is in, as a kernel burst is
-    # in before the watcher's loop has drained its queue.
+    # in before the watcher's loop has drained its queue. The overflows come through the reader's
+    # own hand-over of what it read, as the kernel's would.
     with Locker(tree.config.paths.database, 1.0) as lock:
-        for _ in range(50):
-            logging.getLogger("watchdog.observers.inotify_c").warning(
-                "Inotify queue overflowed; filesystem events were lost")
+        watcher.observer.dispatch(inotify.parse(OVERFLOW * 50))
         lock.wait()
     wait_for(lambda: Job.select().count() == 1, message="the rescan's job")
     wait_for(lambda: Scan.get().finished_at, message="the rescan to finish")

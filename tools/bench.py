@@ -6,6 +6,7 @@
     tools/bench --order [KEYS] [--n 5000]   # only the backlog: without, then with router.order_by over 1,000 keys
     tools/bench --database URL [--n 5000]            # the PostgreSQL figures, against SQLite
     tools/bench --hosts 2 --database URL [--n 5000]  # 2 hosts x 2 routers against 1 host (root)
+    tools/bench --latency 200            # only the latency at 200 (or 20) files/s, and the watcher's CPU per file
 
 Every figure is measured on a temporary tree with the real programs under a real supervisord,
 using this repository's supervisord.conf, fsync on, leases on. Results are printed and appended to
@@ -355,6 +356,12 @@ def dashboard_pages(rows: int) -> dict[str, float]:
     return out
 
 
+def _cpu_seconds(pid: str) -> float:
+    """CPU time (user and system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def latency(count: int, routers: int, rate: float = 20.0, database: str = "pipeline.db") -> list[float]:
     """Files dropped at ``rate``/s into an idle running pipeline: drop-to-routed seconds each."""
     os.sync()           # an earlier run's tens of thousands of files are on the disk, not in flight
@@ -366,6 +373,7 @@ def latency(count: int, routers: int, rate: float = 20.0, database: str = "pipel
             p.start()
             p.wait_running()
             time.sleep(2)                          # let every program reach its idle loop
+            watcher_cpu = _cpu_seconds(p.ctl("pid", "watcher").strip())
             rng = random.Random(2)
             dropped = {}
             next_at = time.monotonic()
@@ -375,10 +383,13 @@ def latency(count: int, routers: int, rate: float = 20.0, database: str = "pipel
                 path = drop(p.config.paths.hot_folder, i, rng)
                 dropped[path.name] = time.time()   # the file is complete and in place from here
             p.wait_count("routed", count, timeout=120)
+            LAST_RUN["watcher cpu"] = _cpu_seconds(p.ctl("pid", "watcher").strip()) - watcher_cpu
             with p.db() as conn:
                 routed = dict(conn.execute("SELECT file_name, routed_at FROM jobs"))
+                detected = dict(conn.execute("SELECT file_name, detected_at FROM jobs"))
         finally:
             p.stop()
+        LAST_RUN["detected"] = sorted(detected[name] - at for name, at in dropped.items())
         return sorted(routed[name] - at for name, at in dropped.items())
 
 
@@ -592,6 +603,31 @@ def wake_ups(url: str, count: int) -> list[float]:
     return out
 
 
+LATENCY = {20: {50: 0.005, 95: None, 99: 0.015}, 200: {50: None, 99: 0.050}}   # files/s: {percentile: target}
+
+
+def latency_figures(results: Results, rate: int, quick: bool, routers: int, per_file: float) -> None:
+    """Drop-to-routed latency at ``rate`` files/s (20: 300 files into an idle pipeline, 200: 60 s
+    of load), against the loop's time per file; and the watcher's part: drop to detected, and its
+    CPU per file dropped (its idle turns included)."""
+    count = {20: 60 if quick else 300, 200: 2000 if quick else 12_000}[rate]
+    print(f"latency: {count} files dropped at {rate}/s into a running pipeline", flush=True)
+    lat = latency(count, routers, rate=rate)
+    for q, target in LATENCY[rate].items():
+        v = percentile(lat, q)
+        results.add(f"latency p{q} at {rate} files/s", f"{v * 1000:.1f} ms", f"{per_file:.1f} ms/file (loop)",
+                    f"{v * 1000 / per_file:.1f}", f"<= {target * 1000:.0f} ms" if target else "-",
+                    v <= target if target else None)
+    results.add(f"latency max at {rate} files/s", f"{max(lat) * 1000:.1f} ms", f"{per_file:.1f} ms/file (loop)",
+                f"{max(lat) * 1000 / per_file:.1f}", "-")
+    detected = LAST_RUN["detected"]      # the watcher's part: drop to the job's creation
+    for q in (50, 99):
+        results.add(f"detection p{q} at {rate} files/s", f"{percentile(detected, q) * 1000:.1f} ms", "-", "-", "-")
+    results.add(f"detection max at {rate} files/s", f"{max(detected) * 1000:.1f} ms", "-", "-", "-")
+    results.add(f"watcher CPU per file at {rate} files/s", f"{LAST_RUN['watcher cpu'] / count * 1000:.3f} ms",
+                "-", "-", "-")
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -626,8 +662,16 @@ def main() -> None:
     argp.add_argument("--no-million", action="store_true",
                       help="leave out the figures on a table of 1,000,000 finished jobs (building it "
                            "takes about 10 minutes on 2 cores) and the chaos run")
+    argp.add_argument("--latency", type=int, choices=sorted(LATENCY), metavar="RATE",
+                      help="only the latency at RATE files/s (20 or 200), and the watcher's CPU per file")
     args = argp.parse_args()
     n = 1000 if args.quick else args.n
+    if args.latency:
+        results = Results()
+        latency_figures(results, args.latency, args.quick, args.routers, 1000 / baseline_loop(n))
+        if not args.no_record and not args.quick:
+            record(results, n, 0, args.routers, f"--latency {args.latency}")
+        return
     if args.hosts:
         if not args.database:
             raise SystemExit("--hosts needs --database postgresql://... (the hosts share it)")
@@ -659,7 +703,6 @@ def main() -> None:
             record(results, n, 0, args.routers, "--rules")
         return
     finished = 100_000 if args.quick else 1_000_000
-    drops = 60 if args.quick else 300
     results = Results()
     print(f"backlog of {n} files (baseline loop, then the supervised pipeline)", flush=True)
     base = baseline_loop(n)
@@ -683,18 +726,8 @@ def main() -> None:
         results.add(f"time per file, N={large} against N={n}", f"{1000 / got:.2f} ms", f"{1000 / empty:.2f} ms",
                     f"{empty / got:.2f}", "<= 1.10", empty / got <= 1.1)
 
-    per_file = 1000 / base
-    for rate, count, targets in ((20, drops, {50: 0.005, 95: None, 99: 0.015}),
-                                 (200, 2000 if args.quick else 12_000, {50: None, 99: 0.050})):
-        print(f"latency: {count} files dropped at {rate}/s into a running pipeline", flush=True)
-        lat = latency(count, args.routers, rate=rate)
-        for q, target in targets.items():
-            v = percentile(lat, q)
-            results.add(f"latency p{q} at {rate} files/s", f"{v * 1000:.1f} ms", f"{per_file:.1f} ms/file (loop)",
-                        f"{v * 1000 / per_file:.1f}", f"<= {target * 1000:.0f} ms" if target else "-",
-                        v <= target if target else None)
-        results.add(f"latency max at {rate} files/s", f"{max(lat) * 1000:.1f} ms", f"{per_file:.1f} ms/file (loop)",
-                    f"{max(lat) * 1000 / per_file:.1f}", "-")
+    for rate in LATENCY:
+        latency_figures(results, rate, args.quick, args.routers, 1000 / base)
 
     jobs_n = 500 if args.quick else 2000
     print(f"notifier: {jobs_n} routed jobs against a local HTTP server answering at once", flush=True)
