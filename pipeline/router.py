@@ -160,16 +160,35 @@ class Router(Program):
         self.db = jobs.db
         self.stopper = stopper or cli.Stopper()
         rc = config.router
-        self.places = Folders.made_as(rc)                                  # archive, FAILED
-        self.destinations = Folders.made_as(rc, create=rc.create_folders)  # client destinations
-        self.hot = Folders.made_as(rc, create=False)                       # only fsynced after removals
+        self.places, self.destinations, self.hot, self.keep = self._derived(config)
         self.error_log = failures.ErrorLog(config.paths.error_log, jobs.db, Folders.made_as(rc))
         self.hot_folder = HotFolder(config.paths.hot_folder)
         self._hot_files: dict[Identity, Sighting] | None = None     # listed on first need, per phase
-        self.keep = wanted(rules.paths_named(config.routes))     # what validation keeps of a job file
         self._copying: ThreadPoolExecutor | None = None
         self._claim_size = min(FIRST_BATCH, rc.batch_size)
         self._token = ""                # the lease token of the batch in hand
+
+    @staticmethod
+    def _derived(config: Config) -> tuple:
+        """What the router makes of its configuration, beside reading it where it is used."""
+        rc = config.router
+        return (Folders.made_as(rc),                                   # archive, FAILED
+                Folders.made_as(rc, create=rc.create_folders),         # client destinations
+                Folders.made_as(rc, create=False),                     # the hot folder: only fsynced after removals
+                wanted(rules.paths_named(config.routes)))              # what validation keeps of a job file
+
+    def configure(self, config: Config) -> None:
+        """Between two batches (nothing is held, every folder touched is synced): the rules, the
+        modes, the batch size and the copy threads change with the configuration."""
+        derived = self._derived(config)
+        idle_pool = self._copying if config.router.threads != self.config.router.threads else None
+        self.config = config
+        self.places, self.destinations, self.hot, self.keep = derived
+        self.error_log.folders = Folders.made_as(config.router)
+        self._claim_size = min(self._claim_size, config.router.batch_size)
+        if idle_pool is not None:       # made again at the next batch, with the new count
+            self._copying = None
+            idle_pool.shutdown()
 
     @property
     def copying(self) -> ThreadPoolExecutor:

@@ -119,6 +119,11 @@ class Watcher(Program):
         self.root_watch = None          # the hot folder's watch, None while the folder is gone
         self.root_id: tuple[int, int] | None = None               # the folder that watch is on
 
+    def configure(self, config: Config) -> None:
+        """The observer stays as it started (detect.observer and poll_interval need a restart)."""
+        self.scanner.configure(config)
+        self.config = config
+
     def _start_observer(self) -> None:
         self.observer = (PollingObserver(timeout=self.config.detect.poll_interval) if self.polling
                          else InotifyObserver(generate_full_events=True))

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import store
 from pipeline.store import sqlite
-from pipeline.store.models import MODELS
+from pipeline.store.models import MODELS, ConfigProblem
 
 _AFFINITY = {peewee.TextField: "TEXT", peewee.IntegerField: "INTEGER", peewee.FloatField: "REAL",
              peewee.AutoField: "INTEGER", peewee.ForeignKeyField: "INTEGER"}
@@ -102,7 +102,7 @@ def _rows(path: Path, tables) -> dict[str, list[tuple]]:
 
 
 @pytest.mark.sqlite_only
-@pytest.mark.parametrize("version", [3, 4, 5, 6, 7])
+@pytest.mark.parametrize("version", [3, 4, 5, 6, 7, 8])
 def test_8_a_database_of_an_earlier_release_is_upgraded_in_place_with_every_row_kept(tree, schema_conn, version):
     """schema-vN.db was made by the release of schema N (scanner and router --once on three files:
     two routed, one failed at validate). Every later schema change adds such a file."""
@@ -224,3 +224,18 @@ def test_a_database_from_a_newer_release_is_refused_and_left_as_it_is(tree, db, 
     assert proc.returncode == 69 and "from a newer release" in proc.stderr
     if tree.engine == "sqlite":          # nothing was applied over it
         assert sqlite3.connect(location).execute("PRAGMA user_version").fetchone() == (newer,)
+
+
+@pytest.mark.postgresql_only
+def test_a_postgresql_database_of_version_8_is_upgraded_in_place(pg, database):
+    """Version 9 added heartbeats.config and config_since and the config_problems table: a version 8
+    database (made here by taking them away) gets them, its heartbeats kept."""
+    pg.execute_sql("DROP TABLE config_problems")
+    pg.execute_sql("ALTER TABLE heartbeats DROP COLUMN config, DROP COLUMN config_since")
+    pg.execute_sql("INSERT INTO heartbeats (program, host, pid, started_at, beat_at) VALUES ('router_00', 'h', 1, 1, 2)")
+    pg.execute_sql("UPDATE pipeline_schema SET version = 8")
+    store.connect(database).close()
+    assert pg.execute_sql("SELECT max(version) FROM pipeline_schema").fetchone() == (sqlite.SCHEMA_VERSION,)
+    assert sorted(_pg_tables(pg)["config_problems"]) == sorted(_pg_model_columns(ConfigProblem))
+    assert pg.execute_sql("SELECT program, pid, config, config_since FROM heartbeats").fetchall() == \
+        [("router_00", 1, "", 0)]

@@ -125,6 +125,8 @@ CREATE TABLE IF NOT EXISTS heartbeats (
     started_at DOUBLE PRECISION NOT NULL,
     beat_at    DOUBLE PRECISION NOT NULL,
     clock_skew DOUBLE PRECISION NOT NULL DEFAULT 0,            -- its host's clock minus the database's
+    config       TEXT NOT NULL DEFAULT '',                        -- fingerprint of the configuration it runs
+    config_since DOUBLE PRECISION NOT NULL DEFAULT 0,             -- since when it runs that one
     PRIMARY KEY (program, host)
 );
 
@@ -216,6 +218,16 @@ CREATE TABLE IF NOT EXISTS leaders (
     lease_until DOUBLE PRECISION NOT NULL
 );
 
+-- A configuration file found invalid by a program's reload (SIGHUP), one row per host and file.
+CREATE TABLE IF NOT EXISTS config_problems (
+    host    TEXT NOT NULL,
+    file    TEXT NOT NULL,
+    problem TEXT NOT NULL,
+    since   DOUBLE PRECISION NOT NULL,
+    seen_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (host, file)
+);
+
 -- ---------------------------------------------------------------------------------------------
 -- Audit views. Times are shown in UTC as YYYY-MM-DD HH:MM:SS.SSS.
 
@@ -282,3 +294,5 @@ ORDER BY scans.started_at DESC;
 
 -- Columns added since a table was first created.
 ALTER TABLE heartbeats ADD COLUMN IF NOT EXISTS clock_skew DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE heartbeats ADD COLUMN IF NOT EXISTS config TEXT NOT NULL DEFAULT '';
+ALTER TABLE heartbeats ADD COLUMN IF NOT EXISTS config_since DOUBLE PRECISION NOT NULL DEFAULT 0;
