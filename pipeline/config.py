@@ -276,11 +276,13 @@ def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
     return local if local.is_file() else None
 
 
-def load(explicit: str | os.PathLike | None = None, paths_only: bool = False) -> Config:
+def load(explicit: str | os.PathLike | None = None, paths_only: bool = False, base: Path | None = None) -> Config:
     """Find, read and validate the configuration. Raises ConfigError naming the key.
 
     ``paths_only``: the file's ``[paths]``, every other key at its default (what bin/status needs to
-    find the database of programs that run on while a later edit of their file is invalid)."""
+    find the database of programs that run on while a later edit of their file is invalid).
+    ``base``: the folder its relative paths resolve against, instead of the file's own (a candidate
+    file read as if it stood where the running one does)."""
     path = find_config_file(explicit)
     if path is None:
         return parse({}, base=Path.cwd())
@@ -288,7 +290,7 @@ def load(explicit: str | os.PathLike | None = None, paths_only: bool = False) ->
     if paths_only:
         data = {"paths": data.get("paths", {})}
     try:
-        return parse(data, base=path.resolve().parent, source=path)
+        return parse(data, base=base or path.resolve().parent, source=path)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 

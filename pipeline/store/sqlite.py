@@ -212,7 +212,7 @@ def _least(*values):
     return min(present) if present else None
 
 
-def connect(path: Path, *, create: bool = True) -> Database:
+def connect(path: Path, *, create: bool = True, read_only: bool = False) -> Database:
     """Open the database, applying the schema when it is new or older than this code.
 
     Every transaction that ``db.atomic()`` starts is ``BEGIN IMMEDIATE``: a deferred
@@ -231,13 +231,13 @@ def connect(path: Path, *, create: bool = True) -> Database:
         # busy_timeout first: the journal_mode change itself may have to wait for a lock.
         pragmas=[("busy_timeout", BUSY_TIMEOUT_MS), ("journal_mode", "wal"),
                  ("synchronous", "normal"), ("foreign_keys", "on"),
-                 ("journal_size_limit", JOURNAL_SIZE_LIMIT)],
+                 ("journal_size_limit", JOURNAL_SIZE_LIMIT)] + [("query_only", 1)] * read_only,
     )
     try:
         db.connect()
         db.identity = _identity(path)
         version = db.execute_sql("PRAGMA user_version").fetchone()[0]
-        if version < SCHEMA_VERSION:
+        if version < SCHEMA_VERSION and not read_only:
             apply_schema(db)
     except (sqlite3.DatabaseError, peewee.DatabaseError, OSError) as e:
         db.close()
