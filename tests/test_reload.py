@@ -7,7 +7,10 @@ import time
 import pytest
 
 from conftest import MATRIX, job_document, wait_for
+from helpers.api_server import HANG, ApiServer
 from pipeline import config as config_module
+from pipeline.heartbeat import Heartbeat
+from pipeline.web import app as web_app
 from pipeline.reload import fingerprint, keep_restart_only
 
 NEW_RANK = MATRIX.replace('to = "dest/Monday Rank"', 'to = "dest/Monday Rank NEW"')
@@ -265,3 +268,42 @@ def test_a_reload_with_a_channel_whose_variable_is_unset_changes_nothing(tree, d
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_the_dashboard_overview_warns_of_an_invalid_file(tree, db):
+    beat = Heartbeat(db, "router_00", config="abc", config_file=str(tree.config_path))
+    beat.config_invalid(str(tree.config_path), "pipeline.toml: [router] conflict: expected one of ...")
+    beat.beat()
+    page = web_app.create_app(tree.config, db).test_client().get("/").get_data(as_text=True)
+    assert "Warning: the config on disk is invalid since " in page and "[router] conflict" in page
+    beat.config_loaded("abc", str(tree.config_path))
+    beat.beat()
+    page = web_app.create_app(tree.config, db).test_client().get("/").get_data(as_text=True)
+    assert "config on disk is invalid" not in page
+
+
+def test_the_notifier_takes_new_api_settings_once_its_call_in_flight_ended(tree, db):
+    api = ApiServer()
+    api.script = [HANG]
+    settings = f'[api]\nendpoint = "{api.url}"\nheaders = {{ X-Version = "%s" }}\n'
+    try:
+        tree.write_config(extra=settings % "1")
+        route_one(tree, "first.json")
+        tree.run("router", "--once")
+        notifier = tree.spawn("notifier")
+        try:
+            wait_for(lambda: api.active == 1, message="the call in flight")
+            tree.write_config(extra=settings % "2")
+            hup_until_logged(notifier, tree, "notifier", "configuration reloaded from")
+            route_one(tree, "second.json")
+            tree.run("router", "--once")
+            api.release.set()
+            wait_for(lambda: db.run_sql("SELECT count(*) FROM jobs WHERE state = 'notified'").fetchone()[0] == 2,
+                     message="both notified")
+        finally:
+            notifier.send_signal(signal.SIGTERM)
+            notifier.wait(30)
+    finally:
+        api.close()
+    # The call in flight kept the headers it started with; the next call has the new ones.
+    assert [r.headers["X-Version"] for r in api.received] == ["1", "2"]

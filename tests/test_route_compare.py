@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from conftest import job_document
+from conftest import MATRIX, job_document
 from pipeline import store
 from pipeline.store import sqlite
 
@@ -15,28 +15,11 @@ FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
 
 # Against conftest's MATRIX: "Monday Rank" moved, "BISSELL-WRIKE/IN" removed, "ACME" added;
 # "LOREAL/IN" and both "Celtra" rules as they were.
-CANDIDATE = """
-[[route]]
-name = "Monday Rank"
-clients = ["RANK"]
-to = "dest/Monday Rank v2"
-
-[[route]]
-name = "LOREAL/IN"
-clients = ["LOREAL"]
-to = "dest/CLIENT-STORES/LOREAL/IN"
-
-[[route]]
-name = "ACME"
-clients = ["ACME"]
-to = "dest/ACME"
-
-[[route]]
-name = "Celtra"
-clients = ["CIBC", "OLIVER", "ADIDAS", "PAYPAL", "RECKITTBENCKISER", "BAYER", "3M", "RANK"]
-categories = ["CELTRA"]
-to = "dest/Celtra - Create_Rename - Project_Design File"
-"""
+CANDIDATE = (MATRIX.replace('to = "dest/Monday Rank"', 'to = "dest/Monday Rank v2"')
+             .replace('[[route]]\nname = "BISSELL-WRIKE/IN"\nclients = ["BISSELL"]\n'
+                      'to = "dest/CLIENT-STORES/BISSELL-WRIKE/IN"\n', "")
+             + '[[route]]\nname = "ACME"\nclients = ["ACME"]\nto = "dest/ACME"\n')
+assert "BISSELL" not in CANDIDATE
 
 DAY = [("RANK", "PRODUCTION")] * 3 + [("RANK", "CELTRA")] * 2 + [("LOREAL", "X")] * 4 + \
       [("BISSELL", "X")] * 2 + [("ACME", "X")] * 5
