@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, ConfigError
+from .store import DatabaseUnusable
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,14 @@ class Reloader:
         try:
             new, kept = keep_restart_only(running, self.load())
             configure(new)
-        except ConfigError as e:
-            log.error("configuration not reloaded, running on as before: %s", e)
+        except (ConfigError, DatabaseUnusable, OSError) as e:
+            # DatabaseUnusable: the file's database is somewhere the engine cannot work (a network
+            # filesystem); OSError: a place the checks look at cannot be read. Neither stops a
+            # program that runs on what it has.
+            problem = str(e) if isinstance(e, ConfigError) else f"{self.file}: {e}"
+            log.error("configuration not reloaded, running on as before: %s", problem)
             if self.heartbeat:
-                self.heartbeat.config_invalid(self.file, str(e))
+                self.heartbeat.config_invalid(self.file, problem)
             return running
         if kept:
             log.warning("configuration reloaded except %s: changed in %s, but needs a restart; kept as it was",

@@ -1,12 +1,13 @@
 """SIGHUP: a running program takes a changed configuration between steps, all of it or none of it
 (docs/design.md#changing-the-configuration-live)."""
 
+import shutil
 import signal
 import time
 
 import pytest
 
-from conftest import MATRIX, job_document, wait_for
+from conftest import MATRIX, ROOT, job_document, wait_for
 from helpers.api_server import HANG, ApiServer
 from pipeline import config as config_module
 from pipeline.heartbeat import Heartbeat
@@ -307,3 +308,20 @@ def test_the_notifier_takes_new_api_settings_once_its_call_in_flight_ended(tree,
         api.close()
     # The call in flight kept the headers it started with; the next call has the new ones.
     assert [r.headers["X-Version"] for r in api.received] == ["1", "2"]
+
+
+def test_bin_reload_refuses_a_bad_file_before_asking_supervisord(tree):
+    shutil.copy(ROOT / "supervisord.conf", tree.root / "supervisord.conf")
+    good = tree.config_path.read_text()
+    tree.config_path.write_text(good.replace("[router]\n", "[router]\nconflict = 'sometimes'\n"))
+    refused = tree.run("reload", "--site", str(tree.root), check=False)
+    assert refused.returncode == 78 and "[router] conflict" in refused.stderr
+    assert "nothing signalled" in refused.stderr and "supervisorctl" not in refused.stderr
+    tree.config_path.write_text(good)
+    alone = tree.run("reload", "--site", str(tree.root), check=False)      # no supervisord runs here
+    assert alone.returncode == 1 and "is supervisord running" in alone.stderr
+
+
+def test_bin_reload_needs_a_site(tree):
+    proc = tree.run("reload", "--site", str(tree.root / "nowhere"), check=False)
+    assert proc.returncode == 2 and "no supervisord.conf in" in proc.stderr

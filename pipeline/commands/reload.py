@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if lines:
         print(lines)
     if done.returncode != 0:
-        print(f"{command('reload')}: supervisorctl signal HUP all exited {done.returncode}", file=sys.stderr)
+        print(f"{command('reload')}: supervisorctl signal HUP all exited {done.returncode} (is supervisord running "
+              f"with {conf}?); what it names was not signalled", file=sys.stderr)
         return EXIT_NOT_RUNNING
     print(f"{command('reload')}: every running program reads the configuration again between two of its steps; "
           f"{command('status')} shows the fingerprint each runs")
