@@ -127,6 +127,8 @@ CREATE TABLE IF NOT EXISTS heartbeats (
     started_at REAL    NOT NULL,
     beat_at    REAL    NOT NULL,
     clock_skew REAL    NOT NULL DEFAULT 0,            -- its host's clock minus the database's
+    config       TEXT NOT NULL DEFAULT '',            -- fingerprint of the configuration it runs
+    config_since REAL NOT NULL DEFAULT 0,             -- since when it runs that one (start or reload)
     PRIMARY KEY (program, host)
 );
 
@@ -279,6 +281,17 @@ CREATE TABLE IF NOT EXISTS redelivered (
     path           TEXT    NOT NULL,
     delivered_at   REAL    NOT NULL,
     UNIQUE (redelivery_id, path)
+);
+
+-- A configuration file found invalid by a program's reload (SIGHUP), one row per host and file:
+-- bin/status and the dashboard warn until a program of that host loads the file again, valid.
+CREATE TABLE IF NOT EXISTS config_problems (
+    host    TEXT NOT NULL,
+    file    TEXT NOT NULL,                            -- the file as the program found it
+    problem TEXT NOT NULL,                            -- the one-line error, naming the key
+    since   REAL NOT NULL,                            -- when it was first found invalid
+    seen_at REAL NOT NULL,                            -- when it was last found invalid
+    PRIMARY KEY (host, file)
 );
 
 -- ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "start": ("pipeline.commands.start", "check the site's configuration, then run every program under supervisord"),
     "status": ("pipeline.commands.status", "the pipeline at a glance; a health check (--json, --nagios)"),
     "check-config": ("pipeline.commands.check_config", "validate a configuration file and the places it names"),
+    "reload": ("pipeline.commands.reload", "check the configuration, then have the running programs read it again"),
     "requeue": ("pipeline.commands.requeue", "put failed jobs back where they failed"),
     "pause": ("pipeline.commands.pause", "pause a destination, a client, routing or notification; list pauses"),
     "resume": ("pipeline.commands.resume", "end a pause: its jobs go on at once"),

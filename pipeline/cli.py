@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import command, files, heartbeat, retry, separation, steering, store
+from . import command, files, heartbeat, reload, retry, separation, steering, store
 from . import config as config_module
 from .config import Config, ConfigError
 from .convert import escape_control_characters
@@ -109,15 +109,24 @@ class Stopper:
 
     First SIGTERM/SIGINT: finish or release the current batch, then exit 0.
     Second: exit at once.
+    SIGHUP (a long-running program's, ``install(reload=True)``): ``reload_requested``; the loop
+    reads the configuration again between two steps, once however many came meanwhile.
     """
 
     def __init__(self):
         self._event = threading.Event()
         self.reason = "stop requested"
+        self.reload_requested = False
 
-    def install(self) -> None:
+    def install(self, reload: bool = False) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
+        if reload:
+            signal.signal(signal.SIGHUP, self._handle_hup)
+
+    def _handle_hup(self, signum, frame) -> None:
+        # Only an assignment: a handler that took a lock could wait for the code it interrupted.
+        self.reload_requested = True
 
     def _handle(self, signum, frame) -> None:
         if self._event.is_set():
@@ -207,11 +216,12 @@ class ToolError(Exception):
         self.code = code
 
 
-def open_existing(config_path: str | None) -> tuple[Config, store.Engine]:
+def open_existing(config_path: str | None, paths_only: bool = False) -> tuple[Config, store.Engine]:
     """The configuration and the existing database, for the tools that read or mend it (bin/status,
-    bin/requeue): a missing database is an error here, never created."""
+    bin/requeue): a missing database is an error here, never created. ``paths_only``: see
+    ``config.load``."""
     try:
-        cfg = load_config(config_path)
+        cfg = config_module.load(config_path, paths_only=True) if paths_only else load_config(config_path)
         return cfg, store.connect(cfg.paths.database, create=False)
     except ConfigError as e:
         raise ToolError(EXIT_CONFIG, f"configuration error: {e}") from None
@@ -238,7 +248,7 @@ def run_program(program: str, argp: argparse.ArgumentParser, main: Callable[[Con
     name = os.environ.get("SUPERVISOR_PROCESS_NAME") or program
     setup_logging(name)
     stopper = Stopper()
-    stopper.install()           # before the database: a stop must end a wait for it
+    stopper.install(reload=waits)   # before the database: a stop must end a wait for it
     try:
         cfg = load_config(args.config)
         if cfg.logging.format != "text":
@@ -285,9 +295,13 @@ def serve(program: str, description: str, build: Callable[[Context], object], ar
     the context, and its loop runs until stopped, or with ``--once`` until its work is done."""
     def start(ctx: Context) -> None:
         once_only = getattr(ctx.args, "once", False)
+        file = str(config_module.find_config_file(ctx.args.config) or "built-in defaults")
         beat = heartbeat.Heartbeat(ctx.db, ctx.name, once=once_only,
-                                   max_clock_skew=ctx.config.database.max_clock_skew)
-        build(ctx).run(once=once_only, heartbeat=beat)
+                                   max_clock_skew=ctx.config.database.max_clock_skew,
+                                   config=reload.fingerprint(ctx.config), config_file=file)
+        program = build(ctx)
+        program.reloader = reload.Reloader(lambda: load_config(ctx.args.config), file, beat)
+        program.run(once=once_only, heartbeat=beat)
 
     return run_program(program, parser(program, description, once), start, argv, waits=True)
 

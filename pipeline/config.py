@@ -280,11 +280,26 @@ def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
     return local if local.is_file() else None
 
 
-def load(explicit: str | os.PathLike | None = None) -> Config:
-    """Find, read and validate the configuration. Raises ConfigError naming the key."""
+def load(explicit: str | os.PathLike | None = None, paths_only: bool = False, base: Path | None = None) -> Config:
+    """Find, read and validate the configuration. Raises ConfigError naming the key.
+
+    ``paths_only``: the file's ``[paths]``, every other key at its default (what bin/status needs to
+    find the database of programs that run on while a later edit of their file is invalid).
+    ``base``: the folder its relative paths resolve against, instead of the file's own (a candidate
+    file read as if it stood where the running one does)."""
     path = find_config_file(explicit)
     if path is None:
         return parse({}, base=Path.cwd())
+    data = _read(path)
+    if paths_only:
+        data = {"paths": data.get("paths", {})}
+    try:
+        return parse(data, base=base or path.resolve().parent, source=path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _read(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -294,10 +309,9 @@ def load(explicit: str | os.PathLike | None = None) -> Config:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    try:
-        return parse(data, base=path.resolve().parent, source=path)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    except UnicodeDecodeError as e:     # tomllib decodes before it parses (a file cut mid-character)
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 at byte {e.start}") from None
+    return data
 
 
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:

@@ -40,6 +40,15 @@ class Dashboard(Program):
                  "on" if self.config.dashboard.actions else "off")
         threading.Thread(target=self.server.run, name="waitress", daemon=True).start()
 
+    def configure(self, config) -> None:
+        """A new app from the reloaded configuration, swapped in whole: each request is answered by
+        the old app or the new. The address stays (dashboard.listen needs a restart); pages opened
+        before hold the old form token, so an action sent from one is asked again."""
+        app = create_app(config, self.db)           # ConfigError (actions without a password): no change
+        if self.server is not None:
+            self.server.application = app
+        self.config = config
+
     def step(self, now: float) -> float:
         return math.inf             # the server's threads do the work; this one beats and waits
 

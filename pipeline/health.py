@@ -20,6 +20,7 @@ from . import rules, steering
 from .config import Config
 from .reporting import alerts, expectations
 from .states import NOTIFY_QUEUE, QUEUE_OF_STATE, ROUTE_QUEUE, WAITING_SINCE
+from .times import utc_text
 
 SILENT_AFTER = 30.0          # seconds without a heartbeat before a program counts as silent
 
@@ -114,8 +115,9 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
                           "GROUP BY client_folder, state ORDER BY client_folder, state", (midnight.timestamp(),))
         scans = _rows(db, "SELECT kind, actor, started_at, finished_at - started_at AS seconds, files_seen, "
                           "jobs_created, slow, timed_out FROM scans ORDER BY started_at DESC LIMIT 5")
-        beats = _rows(db, "SELECT program, host, pid, started_at, beat_at, clock_skew FROM heartbeats "
-                          "ORDER BY program, host")
+        beats = _rows(db, "SELECT program, host, pid, started_at, beat_at, clock_skew, config, config_since "
+                          "FROM heartbeats ORDER BY program, host")
+        config_problems = _rows(db, "SELECT host, file, problem, since FROM config_problems ORDER BY since")
         errors = _rows(db, "SELECT id, failed_at, client_folder AS client, file_name AS file, failed_step AS step, "
                            "last_error AS reason FROM jobs WHERE state = 'failed' ORDER BY failed_at DESC LIMIT 5")
         stuck_total, stuck = alerts.stuck(db, now, config.alerts.stuck_after, limit=5,
@@ -141,8 +143,9 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
               "detecting": detector[0] if detector and detector[0]["lease_until"] >= now else None}
     graded = graded_problems(status, config)
     status["problems"] = [text for _, text in graded]
+    status["config_problems"] = config_problems
     status["warnings"] = ([silence_text(s, tz) for s in silences] + [f"paused: {p.line()}" for p in pauses]
-                          + unmatched_text(status["unmatched"]))
+                          + unmatched_text(status["unmatched"]) + config_warnings(beats, config_problems))
     status["healthy"] = not status["problems"]
     status["nagios"] = max([level for level, _ in graded] + [WARNING] * bool(status["warnings"]) + [OK])
     status["verdict"] = VERDICTS[status["nagios"]]
@@ -181,6 +184,24 @@ def graded_problems(status: dict[str, Any], config: Config) -> list[tuple[int, s
     if report and report["state"] == "pending" and report["last_error"]:
         found.append((WARNING, f"the report for {report['day']} could not be sent ({report['attempts']} attempts): "
                                f"{report['last_error']}"))
+    return found
+
+
+def config_warnings(beats: list[dict], problems: list[dict]) -> list[str]:
+    """A configuration file a reload found invalid (per host: each host reads its own), and
+    programs running different configurations (docs/design.md#changing-the-configuration-live)."""
+    hosts = {b["host"] for b in beats} | {p["host"] for p in problems}
+    found = [f"the config on disk is invalid since {utc_text(p['since'])} UTC: {p['problem']}"
+             + (f" (host {p['host']})" if len(hosts) > 1 else "") for p in problems]
+    runs: dict[str, list[dict]] = {}
+    for beat in beats:
+        if beat["config"] and beat["age"] <= SILENT_AFTER:
+            runs.setdefault(beat["config"], []).append(beat)
+    if len(runs) > 1:
+        found.append("programs run different configurations: " + "; ".join(
+            f"{fingerprint} since {utc_text(min(b['config_since'] for b in group))} UTC by "
+            + ", ".join(f"{b['program']}@{b['host']}" for b in group)
+            for fingerprint, group in sorted(runs.items(), key=lambda r: min(b["config_since"] for b in r[1]))))
     return found
 
 

@@ -16,9 +16,16 @@ INTERVAL = 5.0              # seconds; bin/status calls a program silent after 3
 TIDY_INTERVAL = 60.0        # seconds between two of a program's calls of the engine's tidy()
 
 _SQL_BEAT = """
-INSERT INTO heartbeats (program, host, pid, started_at, beat_at, clock_skew) VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO heartbeats (program, host, pid, started_at, beat_at, clock_skew, config, config_since)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (program, host) DO UPDATE SET pid = excluded.pid, started_at = excluded.started_at,
-                                          beat_at = excluded.beat_at, clock_skew = excluded.clock_skew"""
+                                          beat_at = excluded.beat_at, clock_skew = excluded.clock_skew,
+                                          config = excluded.config, config_since = excluded.config_since"""
+# A file found invalid keeps the time it was first found so; a valid load of it removes the row.
+_SQL_CONFIG_INVALID = """
+INSERT INTO config_problems (host, file, problem, since, seen_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (host, file) DO UPDATE SET problem = excluded.problem, seen_at = excluded.seen_at"""
+_SQL_CONFIG_VALID = "DELETE FROM config_problems WHERE host = ? AND file = ?"
 _SQL_RETIRE = "DELETE FROM heartbeats WHERE program = ? AND host = ? AND pid = ?"
 
 
@@ -29,10 +36,14 @@ class Heartbeat:
     Each beat also records how far this host's clock is from the database's (leases and due times
     compare the clocks of several hosts): past ``max_clock_skew`` it logs an error, and bin/status
     calls the pipeline unhealthy.
+
+    And the configuration: its fingerprint and since when the program runs it, and, once after a
+    start or a reload, whether its file was found valid or not (``config_problems``; a write that
+    fails is tried again at the next beat).
     """
 
     def __init__(self, db: store.Engine, program: str, clock: Callable[[], float] = time.time,
-                 once: bool = False, max_clock_skew: float = 2.0):
+                 once: bool = False, max_clock_skew: float = 2.0, config: str = "", config_file: str = ""):
         self.db, self.program, self.clock, self.once = db, program, clock, once
         self.max_clock_skew = max_clock_skew
         self.skewed = False
@@ -40,6 +51,19 @@ class Heartbeat:
         self.started_at = clock()
         self._last = 0.0
         self._tidied = clock()
+        self.config, self.config_since = config, self.started_at
+        # (file, problem): what to record at the next beat; a start with a file says it is valid.
+        self._config_outcome: tuple[str, str | None] | None = (config_file, None) if config_file else None
+
+    def config_loaded(self, fingerprint: str, file: str) -> None:
+        """A reload took ``file``: beat at once with its fingerprint, and clear its problem."""
+        if fingerprint != self.config:
+            self.config, self.config_since = fingerprint, self.clock()
+        self._config_outcome, self._last = (file, None), 0.0
+
+    def config_invalid(self, file: str, problem: str) -> None:
+        """A reload found ``file`` invalid: record it at once (the program runs on as it was)."""
+        self._config_outcome, self._last = (file, problem), 0.0
 
     def beat(self, force: bool = False) -> None:
         """Record that the program is alive. A database that cannot be written just now (locked past
@@ -53,8 +77,18 @@ class Heartbeat:
         self.db.check_alive()
         try:
             skew = self.db.clock_skew(self.clock)
+            outcome = self._config_outcome
             with self.db.write():
-                self.db.run_sql(_SQL_BEAT, (self.program, self.host, self.pid, self.started_at, now, skew))
+                self.db.run_sql(_SQL_BEAT, (self.program, self.host, self.pid, self.started_at, now, skew,
+                                            self.config, self.config_since))
+                if outcome:
+                    file, problem = outcome
+                    if problem is None:
+                        self.db.run_sql(_SQL_CONFIG_VALID, (self.host, file))
+                    else:
+                        self.db.run_sql(_SQL_CONFIG_INVALID, (self.host, file, problem, now, now))
+            if self._config_outcome is outcome:
+                self._config_outcome = None
             if now - self._tidied >= TIDY_INTERVAL:
                 self._tidied = now
                 self.db.tidy()

@@ -86,7 +86,9 @@ class Notifier(Program):
         api = config.api
         # Without an endpoint nothing is sent: a header's variable need not be set (an example
         # configuration with its Authorization line must not stop the notifier).
+        self.environ = environ
         self.headers = resolve_headers(api.headers, environ) if api.endpoint else {}
+        self._next: tuple[Config, dict] | None = None      # a reloaded configuration, not taken yet
         # A claimed job may wait in the pool behind one full timeout before its own call starts.
         self.lease = api.timeout * 2 + 30
         self.in_flight_limit = api.concurrency * 2
@@ -103,6 +105,9 @@ class Notifier(Program):
         self.ready: list[Outcome] = []          # decided, not yet committed
         self.unsent: list[Call] = []            # claimed, never sent, to give back
         self.pool = None
+        self._start_pool()
+
+    def _start_pool(self) -> None:
         if not self.config.api.endpoint:
             log.info("no api.endpoint configured: routed is the final state, nothing to notify")
             return
@@ -114,13 +119,32 @@ class Notifier(Program):
     def step(self, now: float) -> float:
         """Claim what is due (up to the in-flight limit), commit what was decided, then wait up to
         POLL_INTERVAL for calls to end. With ``--once``: until nothing is due or in flight."""
-        if self.pool is None:
+        if self._next is not None and not self.in_flight:
+            self._take_config()
+        if self.pool is None or not self.config.api.endpoint:
             return math.inf
-        claimed = self._settle(claim=True)
+        claimed = self._settle(claim=self._next is None)
         if not self.in_flight:
             return 0 if claimed else POLL_INTERVAL
         self._collect(POLL_INTERVAL)
         return 0
+
+    def configure(self, config: Config) -> None:
+        """A reloaded configuration is taken once no call is in flight (none is claimed meanwhile):
+        a call and the reading of its answer use one endpoint, one set of headers, one timeout."""
+        headers = resolve_headers(config.api.headers, self.environ) if config.api.endpoint else {}
+        self._next = (config, headers)          # ConfigError above: nothing changed
+
+    def _take_config(self) -> None:
+        config, headers = self._next
+        if not config.api.endpoint:
+            self._settle(claim=False)           # what was decided is committed first
+            if self.config.api.endpoint:
+                log.info("api.endpoint emptied: routed is the final state from now on, nothing to notify")
+        self.config, self.headers, self._next = config, headers, None
+        self.lease = config.api.timeout * 2 + 30
+        if self.pool is None:                   # the API turned on (its threads stay once made)
+            self._start_pool()
 
     def drain(self) -> bool:
         """After a stop: calls not started are given back, those under way are waited for (each

@@ -7,6 +7,9 @@ wants to run again: 0 for at once), and this loop does the rest, the same for ev
 - ``--once``: steps until a step has nothing more to do now (it asks to wait), then returns;
 - stopping: a signal only sets the stopper's flag; the loop sees it between steps, logs it once,
   and lets the program give back what it holds (``drain()``);
+- reloading: SIGHUP only sets the stopper's ``reload_requested``; before the next step (or within
+  a heartbeat of an idle wait) the configuration is read again (``reload.Reloader``) and, when
+  valid, handed to ``configure`` (docs/design.md#changing-the-configuration-live);
 - the one policy for a transient database error (locked past the busy timeout, disk full,
   read-only, failing, unreachable, refusing the connection): logged once while it lasts, and again
   when the database's own reason changes (``store.Trouble``), the step tried again after a pause
@@ -25,7 +28,9 @@ from typing import Callable
 
 from . import heartbeat as heartbeat_module
 from . import retry, store
+from .config import Config
 from .heartbeat import Heartbeat
+from .reload import Reloader
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,8 @@ class Program:
 
     db: store.Engine
     stopper: object                     # cli.Stopper
+    config: Config
+    reloader: Reloader | None = None    # set by cli.serve: what SIGHUP reads
     clock: Callable[[], float] = staticmethod(time.time)      # what step() is given as now
     injected_sleep: Callable[[float], None] | None = None       # tests: a sleep that only moves their clock
     once = False
@@ -57,6 +64,12 @@ class Program:
     def finish(self) -> None:
         """Last, whatever happened: release threads and other resources."""
 
+    def configure(self, config: Config) -> None:
+        """Take a reloaded configuration, between two steps. A program that derives objects from
+        it builds them all first and then swaps them in with the configuration, so that it runs
+        either all of the old or all of the new; raising ConfigError before the swap keeps the old."""
+        self.config = config
+
     def sleep(self, seconds: float, heartbeat: Heartbeat | None) -> None:
         """Wait up to ``seconds`` (``math.inf``: until stopped), beating between heartbeat-sized
         slices; returns early on a stop, or when the engine says work may have come."""
@@ -72,7 +85,7 @@ class Program:
         if self.wakes_on_work:      # woken on new work, so only the fallback poll is timed
             seconds = max(seconds, self.db.IDLE_POLL)
         deadline, by_clock = time.monotonic() + seconds, self.clock() + seconds
-        while not self.stopper.requested:
+        while not self.stopper.requested and not self._reload_due():
             left = min(deadline - time.monotonic(), by_clock - self.clock())
             if left <= 0:
                 return
@@ -96,8 +109,20 @@ class Program:
         finally:
             self.finish()
 
+    def _reload_due(self) -> bool:
+        return self.reloader is not None and getattr(self.stopper, "reload_requested", False)
+
+    def _reload(self, heartbeat: Heartbeat | None) -> None:
+        """Read the configuration again; HUPs that come meanwhile ask for one more reload."""
+        self.stopper.reload_requested = False
+        config = self.reloader.reload(self.config, self.configure)
+        if heartbeat:
+            heartbeat.max_clock_skew = config.database.max_clock_skew
+
     def _steps(self, heartbeat: Heartbeat | None) -> None:
         while not self.stopper.requested:
+            if self._reload_due():
+                self._reload(heartbeat)
             if heartbeat:
                 heartbeat.beat()
             wait = self._with_retries(lambda: self.step(self.clock()), heartbeat, until_done=False)

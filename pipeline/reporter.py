@@ -50,11 +50,24 @@ class Reporter(Program):
         self.stopper = stopper or cli.Stopper()
         self.clock = clock
         self.injected_sleep = sleep
-        # Why reports / alerts cannot be mailed (None: they can).
-        self.reports_off = mail.configured(config.smtp, config.report.recipients, "[report] recipients")
-        self.email_off = mail.configured(config.smtp, config.alerts.recipients, "[alerts] recipients")
-        self.channels = {c.key: c for c in channels.resolve(config.alerts.urls)}   # ConfigError: exit 78
-        self.alerts_off = self.email_off if not self.channels else None
+        self.reports_off, self.email_off, self.channels, self.alerts_off = self._derived(config)
+
+    @staticmethod
+    def _derived(config: Config) -> tuple:
+        """Why reports / alerts cannot be mailed (None: they can), the alert channels, and why no
+        alert can go out at all. ConfigError (a channel's variable unset): exit 78 at start."""
+        reports_off = mail.configured(config.smtp, config.report.recipients, "[report] recipients")
+        email_off = mail.configured(config.smtp, config.alerts.recipients, "[alerts] recipients")
+        found = {c.key: c for c in channels.resolve(config.alerts.urls)}
+        return reports_off, email_off, found, email_off if not found else None
+
+    def configure(self, config: Config) -> None:
+        """Report, alert and expectation settings are read where they are used; the mail and
+        channels derived from them change with them."""
+        derived = self._derived(config)
+        self.config = config
+        self.reports_off, self.email_off, self.channels, self.alerts_off = derived
+        self.start()            # says again what it will send, and when
 
     # -- the loop ---------------------------------------------------------------------------------
 

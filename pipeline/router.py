@@ -173,14 +173,10 @@ class Router(Program):
         self.db = jobs.db
         self.stopper = stopper or cli.Stopper()
         rc = config.router
-        self.places = Folders.made_as(rc)                                  # archive, FAILED
-        self.destinations = Folders.made_as(rc, create=rc.create_folders)  # client destinations
-        self.hot = Folders.made_as(rc, create=False)                       # only fsynced after removals
+        self.places, self.destinations, self.hot, self.keep = self._derived(config)
         self.error_log = failures.ErrorLog(config.paths.error_log, jobs.db, Folders.made_as(rc))
         self.hot_folder = HotFolder(config.paths.hot_folder)
         self._hot_files: dict[Identity, Sighting] | None = None     # listed on first need, per phase
-        # What validation keeps of a job file: what the rules read, and the order's key.
-        self.keep = wanted(rules.paths_named(config.routes) + ordering.paths(config.router.order_by))
         self._last_of_key: dict[str, Work] = {}     # ordering: the batch's latest job of each key
         self._copying: ThreadPoolExecutor | None = None
         self._claim_size = min(FIRST_BATCH, rc.batch_size)
@@ -189,6 +185,31 @@ class Router(Program):
         self._holding = any(route.hold for route in config.routes)
         self.redeliveries = redelivery.Redeliverer(config, jobs.db, jobs.actor, self.destinations, jobs.clock)
         self._redeliveries_at = 0.0     # monotonic: when to look for re-delivery requests next
+
+    @staticmethod
+    def _derived(config: Config) -> tuple:
+        """What the router makes of its configuration, beside reading it where it is used."""
+        rc = config.router
+        return (Folders.made_as(rc),                                   # archive, FAILED
+                Folders.made_as(rc, create=rc.create_folders),         # client destinations
+                Folders.made_as(rc, create=False),                     # the hot folder: only fsynced after removals
+                # What validation keeps of a job file: what the rules read, and the order's key.
+                wanted(rules.paths_named(config.routes) + ordering.paths(config.router.order_by)))
+
+    def configure(self, config: Config) -> None:
+        """Between two batches (nothing is held, every folder touched is synced): the rules, the
+        modes, the batch size and the copy threads change with the configuration."""
+        derived = self._derived(config)
+        idle_pool = self._copying if config.router.threads != self.config.router.threads else None
+        self.config = config
+        self.places, self.destinations, self.hot, self.keep = derived
+        self.error_log.folders = Folders.made_as(config.router)
+        self._holding = any(route.hold for route in config.routes)
+        self.redeliveries.config, self.redeliveries.folders = config, self.destinations
+        self._claim_size = min(self._claim_size, config.router.batch_size)
+        if idle_pool is not None:       # made again at the next batch, with the new count
+            self._copying = None
+            idle_pool.shutdown()
 
     @property
     def copying(self) -> ThreadPoolExecutor:

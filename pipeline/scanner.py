@@ -56,6 +56,11 @@ class Scanner(Program):
         self.kind = "startup"
         self.leadership = Leadership(jobs.db, "scanner")
 
+    def configure(self, config: Config) -> None:
+        """Intervals, ages and the done-marker suffix are read where they are used."""
+        self.config = config
+        self.hot.done_suffix = config.detect.done_suffix
+
     def scan(self, kind: str, detected_by: str, folders: list[Path] | None = None,
              on_listing: Callable[[], None] | None = None) -> int:
         """Scan the hot folder (or some client folders); returns the number of jobs created.

@@ -126,6 +126,11 @@ class Watcher(Program):
         self.observer: FolderWatch | _Polling | None = None
         self.root_id: tuple[int, int] | None = None   # the folder watched as the hot folder; None: none is
 
+    def configure(self, config: Config) -> None:
+        """The observer stays as it started (detect.observer and poll_interval need a restart)."""
+        self.scanner.configure(config)
+        self.config = config
+
     def _start_observer(self) -> None:
         if self.polling:
             self.observer = _Polling(self.config.detect.poll_interval, self._on_path)

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import store
 from pipeline.store import sqlite
-from pipeline.store.models import MODELS
+from pipeline.store.models import MODELS, ConfigProblem
 
 _AFFINITY = {peewee.TextField: "TEXT", peewee.IntegerField: "INTEGER", peewee.FloatField: "REAL",
              peewee.AutoField: "INTEGER", peewee.ForeignKeyField: "INTEGER"}
@@ -262,3 +262,17 @@ def test_a_postgresql_database_of_schema_8_takes_the_steering_states_and_columns
         assert {m._meta.table_name for m in MODELS} == set(_pg_tables(upgraded))
     finally:
         upgraded.close()
+
+
+def test_a_postgresql_database_of_version_8_is_upgraded_in_place(pg, database):
+    """Version 9 added heartbeats.config and config_since and the config_problems table: a version 8
+    database (made here by taking them away) gets them, its heartbeats kept."""
+    pg.execute_sql("DROP TABLE config_problems")
+    pg.execute_sql("ALTER TABLE heartbeats DROP COLUMN config, DROP COLUMN config_since")
+    pg.execute_sql("INSERT INTO heartbeats (program, host, pid, started_at, beat_at) VALUES ('router_00', 'h', 1, 1, 2)")
+    pg.execute_sql("UPDATE pipeline_schema SET version = 8")
+    store.connect(database).close()
+    assert pg.execute_sql("SELECT max(version) FROM pipeline_schema").fetchone() == (sqlite.SCHEMA_VERSION,)
+    assert sorted(_pg_tables(pg)["config_problems"]) == sorted(_pg_model_columns(ConfigProblem))
+    assert pg.execute_sql("SELECT program, pid, config, config_since FROM heartbeats").fetchall() == \
+        [("router_00", 1, "", 0)]

@@ -36,8 +36,9 @@ WorkingDirectory={site}
 # secrets: SMTP_PASSWORD=..., PIPELINE_API_TOKEN=..., DASHBOARD_PASSWORD=... (a file of mode 0600)
 EnvironmentFile=-/etc/hotfolder-pipeline/secrets.env
 ExecStart={hotfolder} start --site {site_arg}
-# A reload checks the file first: a configuration with an error changes nothing.
-ExecReload=/bin/sh -c {reload}
+# A reload checks the file first (a configuration with an error changes nothing), then each
+# program reads it again without a restart.
+ExecReload={hotfolder} reload --site {site_arg}
 KillSignal=SIGTERM
 TimeoutStopSec=90
 Restart=on-failure
@@ -80,11 +81,7 @@ def site_supervisord(hotfolder: str) -> str:
 
 
 def site_unit(site: Path, hotfolder: str) -> str:
-    conf = shlex.quote(str(site / "supervisord.conf"))
-    ctl = f"{shlex.quote(sys.executable)} -m supervisor.supervisorctl -c {conf}"
-    reload = f"{hotfolder} check-config {shlex.quote(str(site / 'pipeline.toml'))} && {ctl} restart all"
-    return _UNIT.format(site=site, site_arg=shlex.quote(str(site)), hotfolder=hotfolder,
-                        reload=shlex.quote(reload))
+    return _UNIT.format(site=site, site_arg=shlex.quote(str(site)), hotfolder=hotfolder)
 
 
 def main(argv: list[str] | None = None) -> int:

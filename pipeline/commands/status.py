@@ -25,7 +25,7 @@ import peewee
 
 from .. import cli, command
 from ..convert import escape_control_characters
-from ..health import SILENT_AFTER, UNKNOWN, VERDICTS, gather
+from ..health import SILENT_AFTER, UNKNOWN, VERDICTS, WARNING, gather
 from ..states import STATES
 from ..times import age_text, utc_text
 
@@ -109,11 +109,12 @@ def render_text(status: dict[str, Any]) -> str:
     detecting = status["detecting"]
     out.append(f"detection {detecting['host']} (since {utc_text(detecting['since'])})" if detecting else
                "detection no host holds it (its lease ran out, or no scanner or watcher ran yet)")
-    out.append(f"{'program':<20}{'pid':>8}  {'host':<16}{'up':>8}{'beat':>8}")
+    out.append(f"{'program':<20}{'pid':>8}  {'host':<16}{'up':>8}{'beat':>8}  {'config':<12}{'since':>8}")
     for b in status["programs"]:
         flag = "  SILENT" if b["age"] > SILENT_AFTER else ""
+        config = f"  {b['config'] or '-':<12}{age_text(status['time'] - b['config_since']):>8}" if b["config"] else "  -"
         out.append(f"{b['program'][:19]:<20}{b['pid']:>8}  {b['host'][:15]:<16}{age_text(status['time'] - b['started_at']):>8}"
-                   f"{age_text(b['age']) + ' ago':>8}{flag}")
+                   f"{age_text(b['age']) + ' ago':>8}{config}{flag}")
     if not status["programs"]:
         out.append("(no program is running)")
     out.append("")
@@ -145,16 +146,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="one line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (a Nagios plugin)")
     argp.nagios = _asks_for_nagios(sys.argv[1:] if argv is None else argv)
     args = argp.parse_args(argv)
+    invalid = None          # the file's problem, when the programs run on a configuration read before
     try:
         config, db = cli.open_existing(args.config)
     except cli.ToolError as e:
-        return _unusable(args.nagios, str(e), e.code)
+        if e.code != cli.EXIT_CONFIG:
+            return _unusable(args.nagios, str(e), e.code)
+        try:
+            config, db = cli.open_existing(args.config, paths_only=True)
+        except cli.ToolError:
+            return _unusable(args.nagios, str(e), e.code)
+        invalid = str(e).removeprefix("configuration error: ")
     try:
         status = gather(db, config, time.time())
     except peewee.DatabaseError as e:
         return _unusable(args.nagios, f"database unusable: {e}", cli.EXIT_DATABASE)
     finally:
         db.close()
+    if invalid and not any(p["problem"] == invalid for p in status["config_problems"]):
+        status["warnings"].append(f"the config on disk is invalid (no program has been asked to reload it): "
+                                  f"{invalid}; shown with its [paths] only")
+        status["nagios"] = max(status["nagios"], WARNING)
     status["host"] = socket.gethostname()
     if args.host:
         status["programs"] = [b for b in status["programs"] if b["host"] == args.host]

@@ -20,12 +20,13 @@ __all__ = ["SAYS", "DatabaseUnusable", "Engine", "LeaseLost", "Trouble", "check_
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def connect(location: Path, *, create: bool = True) -> Engine:
+def connect(location: Path, *, create: bool = True, read_only: bool = False) -> Engine:
     """Open the database at ``location`` (``paths.database``), creating or upgrading its schema;
-    with ``create=False`` a database that is not there is an error (the operators' tools)."""
+    with ``create=False`` a database that is not there is an error (the operators' tools).
+    ``read_only``: an existing database, as it is (never upgraded), refusing every write."""
     if is_postgres(location):
-        return postgres.connect(location, create=create)
-    return sqlite.connect(location, create=create)
+        return postgres.connect(location, create=create and not read_only, read_only=read_only)
+    return sqlite.connect(location, create=create and not read_only, read_only=read_only)
 
 
 def is_postgres(location: Path | str) -> bool:

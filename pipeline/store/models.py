@@ -107,6 +107,18 @@ class Leader(BaseModel):
         table_name = "leaders"
 
 
+class ConfigProblem(BaseModel):
+    host = peewee.TextField()
+    file = peewee.TextField()
+    problem = peewee.TextField()
+    since = peewee.FloatField()
+    seen_at = peewee.FloatField()
+
+    class Meta:
+        table_name = "config_problems"
+        primary_key = peewee.CompositeKey("host", "file")
+
+
 class Heartbeat(BaseModel):
     program = peewee.TextField()
     host = peewee.TextField()
@@ -114,6 +126,8 @@ class Heartbeat(BaseModel):
     started_at = peewee.FloatField()
     beat_at = peewee.FloatField()
     clock_skew = peewee.FloatField(default=0)
+    config = peewee.TextField(default="")
+    config_since = peewee.FloatField(default=0)
 
     class Meta:
         table_name = "heartbeats"
@@ -258,7 +272,7 @@ class Redelivered(BaseModel):
         table_name = "redelivered"
 
 
-MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Leader, Report, Alert, AlertDelivery, Silence, ErrorLogRecord,
+MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, ConfigProblem, Leader, Report, Alert, AlertDelivery, Silence, ErrorLogRecord,
           Tally, Pause, SteeringEvent, Redelivery, Redelivered)
 
 

@@ -87,8 +87,12 @@ class Database(Engine, peewee.PostgresqlDatabase):
         environment, as the programs take it)."""
         return f"pg_dump --format=custom --file={shlex.quote(str(target))} {shlex.quote(self.database)}"
 
+    read_only = False           # every connection's transactions read-only, for the server itself
+
     def _connect(self):
         conn = super()._connect()
+        if self.read_only:
+            conn.set_session(readonly=True)
         # sum() of integers is numeric in PostgreSQL: Decimal in Python, where SQLite gives int.
         psycopg2.extensions.register_type(_NUMERIC_AS_NUMBER, conn)
         return conn
@@ -274,20 +278,22 @@ def schema_script() -> str:
     return importlib.resources.files(__package__).joinpath("postgres.sql").read_text(encoding="utf-8")
 
 
-def connect(url: str, *, create: bool = True) -> Database:
+def connect(url: str, *, create: bool = True, read_only: bool = False) -> Database:
     """Open the database, applying the schema when it is new or older than this code. With
     ``create=False`` a database without the pipeline's tables is an error (the operators' tools)."""
     if psycopg2 is None:
         raise DatabaseUnusable("paths.database is a PostgreSQL URL but its driver is not installed: "
                                "pip install 'hotfolder-pipeline[postgres]'")
     db = Database(url)
+    db.read_only = read_only
     try:
         db.connect()
         version = _version(db)
         if version is None and not create:
             raise DatabaseUnusable(f"{url}: no pipeline tables in this database")
-        if version is None or version < SCHEMA_VERSION:
+        if (version is None or version < SCHEMA_VERSION) and not read_only:
             apply_schema(db)
+
     except (psycopg2.Error, peewee.DatabaseError, peewee.InterfaceError) as e:
         db.close()
         raise DatabaseUnusable(f"{url}: {describe(e)}", reason=transient(e)) from None

@@ -132,6 +132,8 @@ CREATE TABLE IF NOT EXISTS heartbeats (
     started_at DOUBLE PRECISION NOT NULL,
     beat_at    DOUBLE PRECISION NOT NULL,
     clock_skew DOUBLE PRECISION NOT NULL DEFAULT 0,            -- its host's clock minus the database's
+    config       TEXT NOT NULL DEFAULT '',                        -- fingerprint of the configuration it runs
+    config_since DOUBLE PRECISION NOT NULL DEFAULT 0,             -- since when it runs that one
     PRIMARY KEY (program, host)
 );
 
@@ -280,6 +282,16 @@ CREATE TABLE IF NOT EXISTS redelivered (
     UNIQUE (redelivery_id, path)
 );
 
+-- A configuration file found invalid by a program's reload (SIGHUP), one row per host and file.
+CREATE TABLE IF NOT EXISTS config_problems (
+    host    TEXT NOT NULL,
+    file    TEXT NOT NULL,
+    problem TEXT NOT NULL,
+    since   DOUBLE PRECISION NOT NULL,
+    seen_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (host, file)
+);
+
 -- ---------------------------------------------------------------------------------------------
 -- Audit views. Times are shown in UTC as YYYY-MM-DD HH:MM:SS.SSS.
 
@@ -363,3 +375,5 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS dismissed_at DOUBLE PRECISION;
 CREATE INDEX IF NOT EXISTS jobs_waits_on  ON jobs (waits_on) WHERE waits_on IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_held      ON jobs (updated_at) WHERE state = 'held';
 CREATE INDEX IF NOT EXISTS jobs_dismissed ON jobs (dismissed_at) WHERE state = 'dismissed';
+ALTER TABLE heartbeats ADD COLUMN IF NOT EXISTS config TEXT NOT NULL DEFAULT '';
+ALTER TABLE heartbeats ADD COLUMN IF NOT EXISTS config_since DOUBLE PRECISION NOT NULL DEFAULT 0;

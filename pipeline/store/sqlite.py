@@ -24,7 +24,7 @@ from .engine import DatabaseUnusable, Engine, newer_schema
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 13     # 4: error_log_outbox, 5: tallies, 6: alert_deliveries, silences,
-                        # 7: heartbeats.clock_skew, 8: leaders, 9: (config reload),
+                        # 7: heartbeats.clock_skew, 8: leaders, 9: heartbeats.config, config_problems,
                         # 10: steering (states held and dismissed, pauses, steering_events,
                         # redeliveries, redelivered; jobs.waits_on, released_at, dismissed_at),
                         # 13: jobs.order_key, waits_after
@@ -216,7 +216,7 @@ def _least(*values):
     return min(present) if present else None
 
 
-def connect(path: Path, *, create: bool = True) -> Database:
+def connect(path: Path, *, create: bool = True, read_only: bool = False) -> Database:
     """Open the database, applying the schema when it is new or older than this code.
 
     Every transaction that ``db.atomic()`` starts is ``BEGIN IMMEDIATE``: a deferred
@@ -235,13 +235,13 @@ def connect(path: Path, *, create: bool = True) -> Database:
         # busy_timeout first: the journal_mode change itself may have to wait for a lock.
         pragmas=[("busy_timeout", BUSY_TIMEOUT_MS), ("journal_mode", "wal"),
                  ("synchronous", "normal"), ("foreign_keys", "on"),
-                 ("journal_size_limit", JOURNAL_SIZE_LIMIT)],
+                 ("journal_size_limit", JOURNAL_SIZE_LIMIT)] + [("query_only", 1)] * read_only,
     )
     try:
         db.connect()
         db.identity = _identity(path)
         version = db.execute_sql("PRAGMA user_version").fetchone()[0]
-        if version < SCHEMA_VERSION:
+        if version < SCHEMA_VERSION and not read_only:
             apply_schema(db)
     except (sqlite3.DatabaseError, peewee.DatabaseError, OSError) as e:
         db.close()
@@ -286,7 +286,10 @@ _ADDED_COLUMNS = [("heartbeats", "clock_skew", "REAL NOT NULL DEFAULT 0"),
                   # Order per key: NULL for every job of before, as for a job not read yet.
                   ("jobs", "order_key", "TEXT"), ("jobs", "waits_after", "INTEGER"),
                   # Steering: nothing waits on a person, nothing released or dismissed before.
-                  ("jobs", "waits_on", "TEXT"), ("jobs", "released_at", "REAL"), ("jobs", "dismissed_at", "REAL")]
+                  ("jobs", "waits_on", "TEXT"), ("jobs", "released_at", "REAL"), ("jobs", "dismissed_at", "REAL"),
+                  # The config a program runs (reload): none recorded before.
+                  ("heartbeats", "config", "TEXT NOT NULL DEFAULT ''"),
+                  ("heartbeats", "config_since", "REAL NOT NULL DEFAULT 0")]
 
 # States a job's CHECK has gained since its table was first created, after the last one it had then.
 _JOBS_STATES_BEFORE = "'notified', 'failed'))"
