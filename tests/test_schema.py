@@ -264,6 +264,7 @@ def test_a_postgresql_database_of_schema_8_takes_the_steering_states_and_columns
         upgraded.close()
 
 
+@pytest.mark.postgresql_only
 def test_a_postgresql_database_of_version_8_is_upgraded_in_place(pg, database):
     """Version 9 added heartbeats.config and config_since and the config_problems table: a version 8
     database (made here by taking them away) gets them, its heartbeats kept."""
