@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "requeue": ("pipeline.commands.requeue", "put failed jobs back where they failed"),
     "route": ("pipeline.commands.route", "explain what the router would do with a file, touching nothing"),
     "report": ("pipeline.commands.report", "render a day's report, write it or send it"),
+    "dashboard-user": ("pipeline.commands.dashboard_user", "add a dashboard user, or change one's password and role"),
     "backup": ("pipeline.commands.backup", "copy the job table to a file while the pipeline runs"),
     "scanner": ("pipeline.scanner", "program: startup and periodic scans of the hot folder"),
     "watcher": ("pipeline.watcher", "program: files into jobs within milliseconds"),

@@ -5,10 +5,10 @@ Everything a page shows comes from ``health.gather`` (the overview, /healthz, /m
 would do now). Job files are untrusted: every template is autoescaped, the CSP allows no script
 and no inline style, and files named by the job table are read only inside their folders.
 
-Requeue from the browser exists only with ``dashboard.actions = true`` and a password in the
-environment: POST only, HTTP basic authentication, the Origin (or Referer) of this very site and
-a CSRF token from one of its forms; it runs ``requeue.Requeue`` as ``bin/requeue`` does, with an
-audit actor that names the user.
+Requeue from the browser exists only with ``dashboard.actions = true`` and a way to log in
+(``access``: the users file, a trusted proxy's header, round 2's shared password): POST only, an
+operator, the Origin (or Referer) of this very site and a CSRF token from one of its forms; it runs
+``requeue.Requeue`` as ``bin/requeue`` does, with an audit actor that names the user.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 import flask
 import peewee
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
+from werkzeug.exceptions import ServiceUnavailable
 
-from . import logins, metrics, params, queries
+from . import access, logins, metrics, params, queries
 from .. import explain, health, store, times
 from ..config import Config, ConfigError
 from ..jobs import Jobs
@@ -42,7 +42,6 @@ from ..store.models import bind
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 5
-_USER = re.compile(r"[A-Za-z0-9._@-]{1,64}")     # what may stand in an audit actor
 # A Host header: a name or an IPv6 address in brackets, and an optional port.
 _HOST = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]+))(?::[0-9]{1,5})?")
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -64,14 +63,16 @@ class _Flask(flask.Flask):
 
 
 def password(config: Config, environ: Mapping[str, str]) -> str | None:
-    """The actions' password, or None when actions are off. Actions on without one is a config error."""
-    if not config.dashboard.actions:
+    """Round 2's shared password, or None when actions are off or it is not set. Actions on with
+    no way to log in (no password, no users file, no proxy header) is a config error."""
+    d = config.dashboard
+    if not d.actions:
         return None
-    secret = environ.get(config.dashboard.password_env, "")
-    if not secret:
+    secret = environ.get(d.password_env, "")
+    if not secret and not (d.users_file or d.trusted_user_header):
         raise ConfigError(f"[dashboard] actions = true needs a password in the environment variable "
-                          f"{config.dashboard.password_env} (dashboard.password_env)")
-    return secret
+                          f"{d.password_env} (dashboard.password_env), or dashboard.users_file")
+    return secret or None
 
 
 def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float] = time.time,
@@ -86,6 +87,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     hosts = answered_hosts(config)
     throttle = logins.Throttle(clock)
+    users = access.Access(config, secret, throttle)
 
     @app.before_request
     def _check_host():
@@ -97,6 +99,13 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
             shown = repr(given[:100])
             flask.abort(400, f"the Host header {shown} is not a name of this dashboard: add it to "
                              f"[dashboard] hosts to reach it by that name")
+
+    @app.before_request
+    def _login():
+        # Every page but the stylesheet and icon: with read_requires_login even /metrics and
+        # /healthz want a login (Prometheus and most checkers can send one).
+        if flask.request.endpoint != "static":
+            flask.g.user = users.reader()
 
     @app.before_request
     def _connect():
@@ -115,7 +124,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     @app.context_processor
     def _common():
-        return {"actions": secret is not None, "csrf": csrf, "clock": times.utc_text, "age": times.age_text, "size": _size,
+        return {"actions": config.dashboard.actions, "user": flask.g.get("user"), "csrf": csrf, "clock": times.utc_text, "age": times.age_text, "size": _size,
                 "refresh": None, "host": host}
 
     def page(template: str, **values):
@@ -186,7 +195,8 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     @app.post("/requeue")
     def requeue():
-        user = _authorize(secret, csrf, throttle)
+        user = users.operator().name
+        _same_site(csrf)
         form = params.requeue_form(flask.request.form)
         chosen = failed_jobs(list(form.ids) or None, form.client or None, form.step or None, form.since)
         actor = f"dashboard@{socket.gethostname()}:{os.getpid()}:{user}"
@@ -262,33 +272,15 @@ def _host_name(header: str) -> str | None:
     return _normal(found.group(1) or found.group(2)) if found else None
 
 
-def _authorize(secret: str | None, csrf: str, throttle: logins.Throttle) -> str:
-    """The user of an allowed action, or abort: 403 when actions are off or the request comes from
-    another site, 429 while its address is throttled after failed logins, 401 without the password,
-    400 without this site's CSRF token."""
+def _same_site(csrf: str) -> None:
+    """Abort unless the request comes from a form of this dashboard: 403 from another site (the
+    Origin, else the Referer), 400 without this process's CSRF token."""
     request = flask.request
-    if secret is None:
-        flask.abort(403, "actions are off (dashboard.actions = false)")
-    address = request.remote_addr or "unknown"
-    wait = throttle.wait(address)
-    if wait:         # the password is not even looked at: a guess made now tells nothing
-        raise TooManyRequests(f"too many failed logins from {address}: try again in {wait}s", retry_after=wait)
-    auth = request.authorization
-    if not auth or auth.type != "basic" or not hmac.compare_digest((auth.password or "").encode(), secret.encode()):
-        if auth and auth.password:      # a browser asks first without credentials: not a failure
-            failures = throttle.failed(address)
-            log.warning("failed dashboard login from %s as user %r (%d in a row)", address,
-                        (auth.username or "")[:64], failures)
-        flask.abort(401, "the dashboard's password is needed for this")
-    throttle.succeeded(address)
-    if not _USER.fullmatch(auth.username or ""):
-        flask.abort(401, "a user name of letters, digits and ._@- (1 to 64) is needed; it goes in the audit trail")
     origin = request.headers.get("Origin") or request.headers.get("Referer")
     if not origin or urlsplit(origin).netloc != request.host:
         flask.abort(403, "this action must come from a page of this dashboard (Origin check)")
     if not hmac.compare_digest(request.form.get("csrf", ""), csrf):
         flask.abort(400, "the form's CSRF token is missing or stale: reload the page and try again")
-    return auth.username
 
 
 def _text(found: tuple[bytes, int] | None) -> dict | None:
