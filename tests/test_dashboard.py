@@ -147,7 +147,7 @@ def test_16_files_the_table_names_are_read_only_inside_their_folders(tree, db, f
     link.symlink_to(secret)
     db.run_sql("UPDATE jobs SET archive_path = ? WHERE id = ?", (str(link), job_id))
     assert client.get(f"/jobs/{job_id}/archived").status_code == 404
-    assert "no archived copy" in client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert "neither an archived copy" in client.get(f"/jobs/{job_id}").get_data(as_text=True)
 
 
 def test_16_healthz_is_bin_status_json_503_when_programs_are_missing_200_when_healthy(tree, db, filled):

@@ -22,6 +22,7 @@ import re
 import secrets
 import socket
 import time
+import zoneinfo
 from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
@@ -31,8 +32,8 @@ import peewee
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import ServiceUnavailable
 
-from . import access, logins, metrics, params, queries
-from .. import explain, health, store, times
+from . import access, clients, destinations, logins, metrics, params, queries
+from .. import charts, explain, health, store, times, waits
 from ..config import Config, ConfigError
 from ..jobs import Jobs
 from ..requeue import Requeue, failed_jobs
@@ -125,7 +126,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     @app.context_processor
     def _common():
         return {"actions": config.dashboard.actions, "user": flask.g.get("user"), "csrf": csrf, "clock": times.utc_text, "age": times.age_text, "size": _size,
-                "refresh": None, "host": host}
+                "refresh": None, "host": host, "charts": charts}
 
     def page(template: str, **values):
         return flask.render_template(template, **values)
@@ -165,7 +166,17 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     @app.get("/waiting")
     def waiting():
-        return page("waiting.html", found=queries.waiting(db, notify=bool(config.api.endpoint)), now=clock())
+        notify = bool(config.api.endpoint)
+        names = [route.name for route in config.routes]
+        with db.snapshot():
+            groups = waits.waiting(db, names, notify)
+            found = queries.waiting(db, notify=notify)
+        by_cause: dict[tuple[str, str], list[dict]] = {}
+        for j in found:
+            for key in waits.causes_of(j["state"], j["last_error"], names):
+                by_cause.setdefault(key, []).append(j)
+        return page("waiting.html", groups=groups, by_cause=by_cause, causes=waits.CAUSES, now=clock(),
+                    title="Waiting")
 
     @app.get("/jobs/<job:job_id>")
     def job(job_id: int):
@@ -173,25 +184,35 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
         if told is None:
             flask.abort(404)
         row = told["job"]
-        archived = queries.read_inside(row["archive_path"], config.paths.store, queries.SHOWN_BYTES)
+        archived, where = _content(row, config, queries.SHOWN_BYTES)
         sidecar = queries.read_inside(row["failed_path"] and row["failed_path"] + ".error.json",
                                      config.paths.failed, queries.SHOWN_BYTES)
-        where = row["archive_path"] if archived else None
-        # explain's first lines describe the file's place, which is the archive here, not the hot folder.
+        # explain's first lines describe the file's place, which is the archive or FAILED here, not the hot folder.
         routing = [line for line in explain.explain(config, Path(where))
                    if not line.startswith(("file:", "client:", "note:"))] if where else None
-        return page("job.html", told=told, job=row, archived=_text(archived), sidecar=_text(sidecar),
-                    routing=routing, api=bool(config.api.endpoint), now=clock())
+        return page("job.html", told=told, job=row, archived=_text(archived), content_path=where,
+                    sidecar=_text(sidecar), routing=routing, api=bool(config.api.endpoint), now=clock())
 
     @app.get("/jobs/<job:job_id>/archived")
     def archived(job_id: int):
         told = queries.story(db, job_id)
-        found = told and queries.read_inside(told["job"]["archive_path"], config.paths.store,
-                                            config.router.max_file_bytes)
+        found = told and _content(told["job"], config, config.router.max_file_bytes)[0]
         if not found:
             flask.abort(404)
         return flask.Response(found[0], content_type="application/json", headers={
             "Content-Disposition": f"attachment; filename=job-{job_id}.json"})
+
+    @app.get("/destinations")
+    def destinations_page():
+        now = clock()
+        return page("destinations.html", found=destinations.figures(db, config, now), now=now,
+                    title="Destinations")
+
+    @app.get("/clients")
+    def clients_page():
+        now = clock()
+        return page("clients.html", found=clients.figures(db, config, now), now=now, states=STATES,
+                    tz=zoneinfo.ZoneInfo(config.report.timezone), title="Clients")
 
     @app.post("/requeue")
     def requeue():
@@ -281,6 +302,16 @@ def _same_site(csrf: str) -> None:
         flask.abort(403, "this action must come from a page of this dashboard (Origin check)")
     if not hmac.compare_digest(request.form.get("csrf", ""), csrf):
         flask.abort(400, "the form's CSRF token is missing or stale: reload the page and try again")
+
+
+def _content(row: dict, config: Config, limit: int) -> tuple[tuple[bytes, int] | None, str | None]:
+    """A job's file wherever it lies now, read inside its folder: the archived copy, else the
+    one in FAILED (a job that failed before it was archived); with its path."""
+    for path, folder in ((row["archive_path"], config.paths.store), (row["failed_path"], config.paths.failed)):
+        found = queries.read_inside(path, folder, limit)
+        if found:
+            return found, path
+    return None, None
 
 
 def _text(found: tuple[bytes, int] | None) -> dict | None:

@@ -138,11 +138,15 @@ def story(db: peewee.Database, job_id: int) -> dict[str, Any] | None:
     return {"job": job, "events": events, "deliveries": deliveries, "notify_attempts": notify}
 
 
+def midnight(config: Config, now: float) -> float:
+    """Today's start in report.timezone, as UTC seconds."""
+    tz = zoneinfo.ZoneInfo(config.report.timezone)
+    return dt.datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
 def hourly(db: peewee.Database, config: Config, now: float) -> list[dict]:
     """Today's routed jobs per hour (in report.timezone): the overview's bars."""
-    tz = zoneinfo.ZoneInfo(config.report.timezone)
-    midnight = dt.datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0, microsecond=0)
-    start = midnight.timestamp()
+    start = midnight(config, now)
     # floor() first: CAST alone truncates on SQLite but rounds on PostgreSQL, which put a job
     # routed at 9:50 in ten o'clock's bar (the SQLite engine registers floor(), as the report uses it).
     counts = dict(db.run_sql(
