@@ -35,7 +35,7 @@ def nice_top(value: float) -> float:
 
 
 def count_text(value: float) -> str:
-    return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
+    return f"{value:,.0f}" if value >= 100 or value == int(value) else f"{value:.1f}"
 
 
 def seconds_text(value: float) -> str:
@@ -138,3 +138,16 @@ def spark(values: Sequence[float], title: str, width: int = 120, height: int = 2
                          f'height="{h:.1f}" fill="{COLOURS[0]}"/>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def trend_charts(hours: Sequence, days: Sequence, hours_title: str = "last 24 h",
+                 days_title: str = "last 14 days") -> list[Markup]:
+    """The four trend charts of the overview and the daily report, from ``trends.Bucket``s:
+    routed per hour and per day, drop-to-routed p50 and p95 per hour and per day."""
+    out = []
+    for buckets, unit, span in ((hours, "hour", hours_title), (days, "day", days_title)):
+        labels = [b.label for b in buckets]
+        out.append(bars([b.jobs for b in buckets], labels, f"Routed per {unit}, {span}"))
+        out.append(lines([("p50", [b.p50 for b in buckets]), ("p95", [b.p95 for b in buckets])], labels,
+                         f"Drop to routed per {unit}, {span}"))
+    return out

@@ -15,6 +15,7 @@ sorts a day of latencies per refresh, not fourteen.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 import zoneinfo
 from dataclasses import asdict, dataclass
@@ -81,17 +82,23 @@ def hour_spans(now: float, zone: str, hours: int = HOURS) -> list[tuple[float, f
     return spans
 
 
-def day_spans(now: float, zone: str, days: int = DAYS) -> list[tuple[float, float, str]]:
-    """The last ``days`` local calendar days, today (until ``now``) last."""
+def day_spans(last: dt.date, until: float, zone: str, days: int = DAYS) -> list[tuple[float, float, str]]:
+    """The ``days`` local calendar days ending with ``last``, the last one cut at ``until``."""
     tz = zoneinfo.ZoneInfo(zone)
-    today = dt.datetime.fromtimestamp(now, tz).date()
     spans = []
     for back in range(days - 1, -1, -1):
-        day = today - dt.timedelta(days=back)
+        day = last - dt.timedelta(days=back)
         start = dt.datetime.combine(day, dt.time(), tz).timestamp()
         end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tz).timestamp()
-        spans.append((start, min(end, now), f"{day:%m-%d}"))
+        spans.append((start, min(end, until), f"{day:%m-%d}"))
     return spans
+
+
+def hours_between(start: float, end: float, zone: str) -> list[tuple[float, float, str]]:
+    """The hours of a report's day, from its start to its end (23 or 25 of them when the clocks change)."""
+    tz = zoneinfo.ZoneInfo(zone)
+    return [(a, min(a + 3600, end), f"{dt.datetime.fromtimestamp(a, tz):%H:%M}")
+            for a in (start + 3600 * i for i in range(math.ceil((end - start) / 3600)))]
 
 
 class Trends:
@@ -106,7 +113,7 @@ class Trends:
         return measure(db, hour_spans(now, self.zone))
 
     def daily(self, db: peewee.Database, now: float) -> list[Bucket]:
-        spans = day_spans(now, self.zone)
+        spans = day_spans(dt.datetime.fromtimestamp(now, zoneinfo.ZoneInfo(self.zone)).date(), now, self.zone)
         with self._lock:
             known = {k: self._ended.get(k[:2]) for k in spans}
         missing = [s for s in spans if known[s] is None]

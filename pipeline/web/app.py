@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import ServiceUnavailable
 
 from . import access, clients, destinations, logins, metrics, params, queries
-from .. import charts, explain, health, store, times, waits
+from .. import charts, explain, health, store, times, trends, waits
 from ..config import Config, ConfigError
 from ..jobs import Jobs
 from ..requeue import Requeue, failed_jobs
@@ -89,6 +89,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     hosts = answered_hosts(config)
     throttle = logins.Throttle(clock)
     users = access.Access(config, secret, throttle)
+    trend = trends.Trends(config.report.timezone)
 
     @app.before_request
     def _check_host():
@@ -136,8 +137,9 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
         now = clock()
         with db.snapshot():
             s = health.gather(db, config, now)
-            bars = queries.hourly(db, config, now)
-        return page("overview.html", status=s, bars=bars, now=now, refresh=REFRESH_SECONDS, states=STATES)
+            hours, days = trend.hourly(db, now), trend.daily(db, now)
+        return page("overview.html", status=s, hours=hours, days=days, now=now, refresh=REFRESH_SECONDS,
+                    states=STATES)
 
     @app.get("/healthz")
     def healthz():
