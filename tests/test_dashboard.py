@@ -96,19 +96,22 @@ def test_16_job_search_filters_and_pages_by_key(tree, db):
     route_everything(tree, db)
     client = client_for(tree, db)
 
-    first = client.get("/jobs?q=page-").get_data(as_text=True)
+    def page(url: str) -> str:
+        return client.get(url).get_data(as_text=True).replace("<wbr>", "")     # long names' break opportunities
+
+    first = page("/jobs?q=page-")
     assert first.count('class="name"><a href="/jobs/') == 50 and "older jobs" in first
     before = first.split("before=")[1].split('"')[0]
-    second = client.get(f"/jobs?q=page-&before={before}").get_data(as_text=True)
+    second = page(f"/jobs?q=page-&before={before}")
     assert second.count('class="name"><a href="/jobs/') == 10 and "older jobs" not in second
 
-    assert "100%_literal.json" in client.get("/jobs?q=0%25_").get_data(as_text=True)
-    assert "no job matches" in client.get("/jobs?q=%25_x").get_data(as_text=True)     # % and _ are literal
-    loreal = client.get("/jobs?client=loreal").get_data(as_text=True)
+    assert "100%_literal.json" in page("/jobs?q=0%25_")
+    assert "no job matches" in page("/jobs?q=%25_x")     # % and _ are literal
+    loreal = page("/jobs?client=loreal")
     assert "x.json" in loreal and "page-01" not in loreal
-    failed = client.get("/jobs?state=failed&step=validate").get_data(as_text=True)
+    failed = page("/jobs?state=failed&step=validate")
     assert "broken.json" in failed and "x.json" not in failed
-    assert "no job matches" in client.get("/jobs?since=2999-01-01").get_data(as_text=True)
+    assert "no job matches" in page("/jobs?since=2999-01-01")
 
 
 @pytest.mark.parametrize("query, problem", [

@@ -28,6 +28,7 @@ from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 import flask
+from markupsafe import Markup, escape
 import peewee
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import ServiceUnavailable
@@ -81,6 +82,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     app = _Flask(__name__, static_folder="static", template_folder="templates")
     app.url_map.converters["job"] = params.JobId
     app.json.sort_keys = False
+    app.jinja_env.filters["breakable"] = breakable
     secret = password(config, environ)
     csrf = hmac.new(secrets.token_bytes(32), b"requeue", hashlib.sha256).hexdigest()   # per process
     host = socket.gethostname()
@@ -314,6 +316,18 @@ def _content(row: dict, config: Config, limit: int) -> tuple[tuple[bytes, int] |
         if found:
             return found, path
     return None, None
+
+
+_SEPARATORS = re.compile(r"([/_.,;=&+\-]+)")
+
+
+def breakable(text: object) -> Markup:
+    """A long file name or path, escaped, with a line-break opportunity after each run of separators
+    (/ _ . - and the like): on a phone it wraps between its words, not every few characters."""
+    if text is None:
+        return Markup("")
+    parts = _SEPARATORS.split(str(text))
+    return Markup("").join(escape(part) + (Markup("<wbr>") if i % 2 else Markup("")) for i, part in enumerate(parts))
 
 
 def _text(found: tuple[bytes, int] | None) -> dict | None:
