@@ -39,6 +39,7 @@ class Dashboard(Program):
         log.info("dashboard on http://%s:%d/ (actions %s)", host, port,
                  "on" if self.config.dashboard.actions else "off")
         threading.Thread(target=self.server.run, name="waitress", daemon=True).start()
+        threading.Thread(target=app.extensions["hotfolder_warm_up"], name="warm-up", daemon=True).start()
 
     def step(self, now: float) -> float:
         return math.inf             # the server's threads do the work; this one beats and waits

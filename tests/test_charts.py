@@ -105,3 +105,13 @@ def test_the_daily_report_draws_the_dashboards_charts_from_its_own_figures(tree,
     assert "THE LAST 14 DAYS" in rendered.text and "07-15         2   2 min / 2 min" in rendered.text
     del numbers["trends"]                                       # figures kept before charts existed
     assert "<svg" not in render.report(numbers, tree.config).html
+
+
+def test_the_dashboard_measures_the_ended_days_ahead_so_the_first_overview_reads_only_today(tree, db):
+    _routed(tree, db, [(9, 10)])
+    now = report_day.at(11, 30) + 86400                    # the routed day has ended
+    app = web_app.create_app(tree.config, db, environ={}, clock=lambda: now)
+    app.extensions["hotfolder_warm_up"]()
+    db.run_sql("DELETE FROM jobs")                         # what was measured is kept; today is read again
+    body = app.test_client().get("/").get_data(as_text=True)
+    assert "07-15: 1 jobs" in body and "07-16: 0 jobs" in body

@@ -9,8 +9,11 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
+
 from pipeline import waits
 from pipeline.web import app as web_app
+from pipeline.web import destinations
 from test_dashboard import BAD_NAME, HOSTILE_NAME, filled, route_everything  # noqa: F401 - a fixture
 
 HOSTILE_CLIENT = "<b onmouseover=x()>AC&ME"
@@ -122,3 +125,10 @@ def test_23_hostile_client_names_and_content_stay_escaped_on_every_new_page(tree
             assert raw not in page, (url, raw)
     assert "&lt;b onmouseover=x()&gt;AC&amp;ME" in text(client, "/clients")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text(client, f"/jobs/{failed}")
+
+
+def test_23_a_routes_last_delivery_is_read_through_its_index(tree, db):
+    if tree.engine != "sqlite":
+        pytest.skip("the plan of SQLite; PostgreSQL picks by its statistics")
+    plan = " ".join(str(r) for r in db.run_sql("EXPLAIN QUERY PLAN " + destinations._SQL_LAST, ("Dest",)).fetchall())
+    assert "deliveries_name" in plan and "SCAN" not in plan.replace("SCAN deliveries USING COVERING INDEX", "")
