@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import urllib.request
 
 import pytest
 
-from conftest import BIN, wait_for
+from conftest import BIN
 from test_dashboard import BAD_NAME, HOSTILE_NAME, PASSWORD, route_everything
-from test_dashboard_browser import CHROMEDRIVER, CHROMIUM, browser, page_says, problems_in_console, text_of  # noqa: F401
+from test_dashboard_browser import CHROMEDRIVER, CHROMIUM, browser, page_says, problems_in_console, serve, text_of  # noqa: F401
 from test_dashboard_pages import HOSTILE_CLIENT, HOSTILE_CONTENT
 
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
@@ -42,15 +41,7 @@ def site(tree, db):
         subprocess.run([str(BIN / "dashboard-user"), "add", name, "--role", role, "--password-stdin"],
                        input=PASSWORD + "\n", cwd=tree.root, env=tree.env(), check=True, capture_output=True, text=True,
                        timeout=60)
-    proc = tree.spawn("dashboard")
-    url = f"http://127.0.0.1:{tree.dashboard_port}"
-
-    def answers() -> bool:
-        try:
-            return urllib.request.urlopen(url + "/metrics", timeout=1).status == 200
-        except OSError:
-            return False
-    wait_for(answers, timeout=30, message="bin/dashboard answering")
+    proc, url = serve(tree)
     ids = dict((name, i) for i, name in db.run_sql("SELECT id, file_name FROM jobs"))
     yield url, ids
     proc.terminate()
