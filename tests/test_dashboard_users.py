@@ -7,10 +7,11 @@ Pages go through Flask's test client, which runs the same WSGI application waitr
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
-from conftest import BIN
+from conftest import BIN, FakeClock
 from pipeline import config as config_module
 from pipeline.commands import check_config
 from pipeline.config import ConfigError
@@ -31,8 +32,8 @@ def with_users(tree, extra: str = "", actions: bool = True) -> None:
                       f'users_file = "users"\n{extra}')
 
 
-def app_client(tree, db, **environ):
-    return web_app.create_app(tree.config, db, environ=environ).test_client()
+def app_client(tree, db, clock=time.time, **environ):
+    return web_app.create_app(tree.config, db, environ=environ, clock=clock).test_client()
 
 
 def last_actor(db, job_id: int) -> str:
@@ -101,10 +102,13 @@ def test_23_the_shared_password_still_makes_an_operator_beside_the_users_file(tr
 def test_23_failed_logins_of_file_users_are_logged_and_throttled(tree, db, caplog):
     with_users(tree, "read_requires_login = true\n")
     add_user(tree, "vera", "viewer")
-    client = app_client(tree, db)
+    clock = FakeClock(time.time())
+    client = app_client(tree, db, clock)
     said = [client.get("/", headers=auth("vera", "guess")).status_code for _ in range(6)]
     assert said[:5] == [401] * 5 and said[5] == 429
     assert client.get("/", headers=auth("vera")).status_code == 429          # even the right one, for now
+    clock.now += 1
+    assert client.get("/", headers=auth("vera")).status_code == 200          # its wait is over
     assert "failed dashboard login from 127.0.0.1 as user 'vera' (5 in a row)" in caplog.text
 
 
