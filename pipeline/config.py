@@ -16,8 +16,8 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, control_character, done_suffix,
-                      env_name, header_name, headers, host_names, networks, listen_address, non_negative_int, non_negative_number,
-                      octal_mode, port, positive_int, positive_number, string, string_list, time_of_day, timezone,
+                      env_name, header_name, headers, host_names, listen_address, networks, non_negative_int,
+                      non_negative_number, octal_mode, port, positive_int, positive_number, string, string_list, time_of_day, timezone,
                       url, weekdays, window)
 from .rules import Route, RuleError, compile_route
 from .schemas import Schema, SchemaProblem, compile_schema

@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     argp = cli.parser("dashboard-user", "Add a user of the dashboard, or change one's password and role.",
                       once=False)
     argp.add_argument("action", choices=["add"], help="add (or replace) a user")
-    argp.add_argument("name", help="the user's name (letters, digits and ._@-, 1 to 64): it goes in the audit trail")
-    argp.add_argument("--role", choices=ROLES, default="viewer", help="viewer reads; operator also acts (default viewer)")
+    argp.add_argument("name", help="the user's name (letters, digits and ._@-, 1 to 64): it goes in the "
+                                   "audit trail")
+    argp.add_argument("--role", choices=ROLES, default="viewer",
+                      help="viewer reads; operator also acts (default viewer)")
     argp.add_argument("--password-stdin", action="store_true", help="read the password from standard input's first line")
     args = argp.parse_args(argv)
     if not NAME.fullmatch(args.name):

@@ -128,8 +128,9 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     @app.context_processor
     def _common():
-        return {"actions": config.dashboard.actions, "user": flask.g.get("user"), "csrf": csrf, "clock": times.utc_text, "age": times.age_text, "size": _size,
-                "refresh": None, "host": host, "charts": charts}
+        return {"actions": config.dashboard.actions, "user": flask.g.get("user"), "csrf": csrf,
+                "clock": times.utc_text, "age": times.age_text, "size": _size, "refresh": None, "host": host,
+                "charts": charts}
 
     def page(template: str, **values):
         return flask.render_template(template, **values)
