@@ -29,6 +29,7 @@ SUBCOMMANDS = {
     "redeliver": ("pipeline.commands.redeliver", "copy finished jobs again from their archive copy"),
     "route": ("pipeline.commands.route", "explain what the router would do with a file, touching nothing"),
     "report": ("pipeline.commands.report", "render a day's report, write it or send it"),
+    "dashboard-user": ("pipeline.commands.dashboard_user", "add a dashboard user, or change one's password and role"),
     "backup": ("pipeline.commands.backup", "copy the job table to a file while the pipeline runs"),
     "scanner": ("pipeline.scanner", "program: startup and periodic scans of the hot folder"),
     "watcher": ("pipeline.watcher", "program: files into jobs within milliseconds"),

@@ -16,8 +16,8 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, color, control_character, done_suffix,
-                      dotted_path, env_name, headers, host_names, listen_address, non_negative_int, non_negative_number,
-                      octal_mode, port, positive_int, positive_number, string, string_list, time_of_day, timezone,
+                      dotted_path, env_name, header_name, headers, host_names, listen_address, networks, non_negative_int,
+                      non_negative_number, octal_mode, port, positive_int, positive_number, string, string_list, time_of_day, timezone,
                       url, weekdays, window)
 from .rules import Route, RuleError, compile_route
 from .schemas import Schema, SchemaProblem, compile_schema
@@ -149,6 +149,10 @@ class Dashboard:
     actions: bool                 # requeue from the browser
     password_env: str             # the variable holding the actions' password
     hosts: tuple[str, ...]        # Host header names answered besides the listen address (and loopback's)
+    users_file: Path | None = None            # name:role:hash lines (dashboard-user add); None: no users
+    trusted_user_header: str = ""             # a reverse proxy's header naming the logged-in user
+    trusted_proxies: tuple = ()               # ip_network objects whose requests may carry that header
+    read_requires_login: bool = False         # pages need a login too, not only actions
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,10 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "actions": (boolean, False),
         "password_env": (env_name, "DASHBOARD_PASSWORD"),
         "hosts": (host_names, []),
+        "users_file": (string, ""),
+        "trusted_user_header": (header_name, ""),
+        "trusted_proxies": (networks, []),
+        "read_requires_login": (boolean, False),
     },
     "logging": {
         "format": (choice("text", "json"), "text"),
@@ -340,7 +348,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
     return Config(paths=paths, detect=Detect(**values["detect"]), router=Router(**values["router"]),
                   routes=routes, api=Api(**values["api"]), report=Report(**values["report"]),
                   smtp=Smtp(**values["smtp"]), alerts=Alerts(**values["alerts"]),
-                  dashboard=Dashboard(**values["dashboard"]), database=Database(**values["database"]),
+                  dashboard=_dashboard(values["dashboard"], resolve), database=Database(**values["database"]),
                   logging=Logging(**values["logging"]),
                   expect=_expectations(data.get("expect", [])), schemas=_schemas(data.get("schema", []), resolve),
                   source=source)
@@ -366,6 +374,19 @@ def database_location(value: str, resolve: Callable[[str], Path]) -> Path | str:
         raise ConfigError("[paths] database: a PostgreSQL URL names a host and a database: "
                           "postgresql://user@host:5432/pipeline")
     return value
+
+
+def _dashboard(values: dict[str, Any], resolve: Callable[[str], Path]) -> Dashboard:
+    """[dashboard], its users file resolved, its ways of logging in consistent with each other."""
+    values = values | {"users_file": resolve(values["users_file"]) if values["users_file"] else None}
+    if values["trusted_user_header"] and not values["trusted_proxies"]:
+        raise ConfigError("[dashboard] trusted_user_header: needs trusted_proxies, the addresses of the reverse "
+                          "proxies allowed to set it (from anywhere else anyone could name any user)")
+    logins = values["users_file"] or values["trusted_user_header"] or values["actions"]
+    if values["read_requires_login"] and not logins:
+        raise ConfigError("[dashboard] read_requires_login: nobody could log in; set users_file, "
+                          "trusted_user_header or actions = true with a password")
+    return Dashboard(**values)
 
 
 def _section(name: str, table: Any) -> dict[str, Any]:

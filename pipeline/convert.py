@@ -150,6 +150,25 @@ def octal_mode(value: Any) -> int:
     return int(value, 8)
 
 
+def header_name(value: Any) -> str:
+    """An HTTP header's name ("" for none): letters, digits and dashes."""
+    value = string(value)
+    if value and not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value):
+        raise ValueError(f"{value[:80]!r} is not an HTTP header name (letters, digits and -, such as X-Remote-User)")
+    return value
+
+
+def networks(value: Any) -> tuple:
+    """IP addresses or networks ("10.0.0.0/8"), as ipaddress network objects."""
+    out = []
+    for text in string_list(value):
+        try:
+            out.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ValueError(f"{text[:80]!r} is not an IP address or network (such as 127.0.0.1 or 10.0.0.0/8)") from None
+    return tuple(out)
+
+
 def string_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"expected a list of non-empty strings, got {value!r}")

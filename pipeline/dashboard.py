@@ -39,6 +39,7 @@ class Dashboard(Program):
         log.info("dashboard on http://%s:%d/ (actions %s)", host, port,
                  "on" if self.config.dashboard.actions else "off")
         threading.Thread(target=self.server.run, name="waitress", daemon=True).start()
+        threading.Thread(target=app.extensions["hotfolder_warm_up"], name="warm-up", daemon=True).start()
 
     def configure(self, config) -> None:
         """A new app from the reloaded configuration, swapped in whole: each request is answered by

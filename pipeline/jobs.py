@@ -224,6 +224,13 @@ _SQL_TALLY = """
 INSERT INTO tallies (name, labels, value) VALUES (?, ?, ?)
 ON CONFLICT (name, labels) DO UPDATE SET value = tallies.value + excluded.value"""
 _SQL_CLIENTS = "SELECT id, client_folder FROM jobs WHERE id IN ({id_list})"
+_SQL_ROUTE_LATENCY = "SELECT routed_at - mtime_ns / 1e9 FROM jobs WHERE id IN ({id_list})"
+
+# The drop-to-routed histogram (/metrics hotfolder_route_latency_seconds): upper bounds in seconds.
+# Each routing bumps the tally of the first bucket it fits ("+Inf" past the last) and the sum in
+# milliseconds (tallies hold integers); /metrics adds the buckets up as Prometheus wants them.
+ROUTE_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+_LATENCY = object()          # marks a routing's bump: (_LATENCY, job id)
 
 _SQL_ERROR_LOG_ADD = "INSERT INTO error_log_outbox (job_id, name, record) VALUES (?, ?, ?)"
 
@@ -361,6 +368,8 @@ class Jobs:
 
     def _write_tallies(self) -> None:
         bumps, self._bumps = self._bumps, []
+        routed = [job_id for first, job_id in bumps if first is _LATENCY]
+        bumps = [b for b in bumps if b[0] is not _LATENCY]
         finished = [job_id for job_id, _ in bumps if isinstance(job_id, int)]
         clients = dict(self._sql(_SQL_CLIENTS, (self.db.id_list(finished),)).fetchall()) if finished else {}
         counts: dict[tuple[str, str], int] = {}
@@ -368,8 +377,26 @@ class Jobs:
             name, labels = ("finished", (clients[first], second)) if isinstance(first, int) else (first, second)
             key = (name, json.dumps(labels, separators=(",", ":"), ensure_ascii=False))
             counts[key] = counts.get(key, 0) + 1
+        for key, value in self._latency_tallies(routed).items():
+            counts[key] = counts.get(key, 0) + value
         for (name, labels), value in sorted(counts.items()):
             self._sql(_SQL_TALLY, (name, labels, value))
+
+    def _latency_tallies(self, routed: list[int]) -> dict[tuple[str, str], int]:
+        """The histogram's increments for the jobs routed in this transaction: a bucket each, and
+        the sum of their latencies in milliseconds."""
+        counts: dict[tuple[str, str], int] = {}
+        if not routed:
+            return counts
+        total = 0
+        for (waited,) in self._sql(_SQL_ROUTE_LATENCY, (self.db.id_list(routed),)).fetchall():
+            waited = max(0.0, float(waited))     # a file dated in the future (a skewed clock) counts as at once
+            le = next((f"{b:g}" for b in ROUTE_LATENCY_BUCKETS if waited <= b), "+Inf")
+            key = ("route_latency", json.dumps([le]))
+            counts[key] = counts.get(key, 0) + 1
+            total += round(waited * 1000)
+        counts[("route_latency_ms", "[]")] = total
+        return counts
 
     def _expect_one(self, cursor, job_id: int) -> None:
         if cursor.rowcount != 1:
@@ -595,6 +622,7 @@ class Jobs:
         self.db.announce()
         self._event(job_id, now, "archived", "routed", detail)
         self._tally_finished(job_id, "routed")
+        self._bump((_LATENCY, job_id))
 
     def notified(self, token: str, job_id: int, attempts: int, detail: str) -> None:
         """routed -> notified: the API accepted the job."""

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .. import cli, command, config as config_module, files, separation, store
+from .. import cli, command, config as config_module, files, separation, store, users
 from ..config import Config, ConfigError
 from ..api import resolve_headers
 from ..reporting import channels
@@ -98,6 +98,11 @@ def check(config: Config) -> tuple[list[str], list[str], list[str]]:
             channels.resolve_one(i, value)          # what the reporter refuses at start
         except ConfigError as e:
             problems.append(str(e))
+    if config.dashboard.users_file:
+        try:
+            users.load(config.dashboard.users_file)
+        except users.UsersError as e:
+            problems.append(f"[dashboard] users_file: {e}")
     if config.smtp.host and config.smtp.username and config.smtp.password_env not in os.environ:
         notes.append(f"[smtp] password_env: environment variable {config.smtp.password_env} is not set")
     return problems, notes, unavailable

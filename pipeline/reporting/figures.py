@@ -24,7 +24,7 @@ import zoneinfo
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .. import store
+from .. import store, trends
 from . import expectations
 
 if TYPE_CHECKING:
@@ -198,6 +198,10 @@ def of_day(db: store.Engine, config: Config, day: Day, now: float) -> dict:
     numbers = figures(db, day, highlight=config.report.highlight_destination,
                       scan_interval=config.detect.scan_interval, now=now)
     numbers["silences"] = expectations.at(db, min(day.end, now))
+    # The dashboard's charts for this day: its hours, and the 14 days ending with it.
+    with db.snapshot():
+        numbers["trends"] = trends.as_figures(trends.measure(db, trends.hours_between(day.start, day.end, day.zone)),
+                                              trends.measure(db, trends.day_spans(day.date, day.end, day.zone)))
     return numbers
 
 

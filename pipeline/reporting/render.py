@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import css_inline
 import jinja2
 
-from .. import command
+from .. import charts, command, trends
 from ..config import Config
 from ..times import duration
 
@@ -82,9 +82,18 @@ def report(figures: dict, config: Config) -> Rendered:
     context = {"f": figures, "b": _branding(config), "day_label": f"{day:%A} {day.day} {day:%B %Y}",
                "silences": silences,
                "largest_hour": max((h["count"] for h in figures["hourly"]), default=0),
-               "scan_interval": config.detect.scan_interval}
+               "scan_interval": config.detect.scan_interval, "charts": _trend_charts(figures)}
     html, text = _render("report", context)
     return Rendered(_one_line(f"{config.report.title} - {figures['day']}"), html, text)
+
+
+def _trend_charts(figures: dict) -> list:
+    """The dashboard's trend charts for the report's day (none for figures kept before they existed)."""
+    kept = figures.get("trends")
+    if not kept:
+        return []
+    return charts.trend_charts(trends.from_figures(kept["hours"]), trends.from_figures(kept["days"]),
+                               hours_title=figures["day"], days_title=f"14 days to {figures['day']}")
 
 
 def alert(findings: dict, config: Config) -> Rendered:

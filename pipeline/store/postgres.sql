@@ -89,6 +89,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     UNIQUE (job_id, path)
 );
 CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (delivered_at);
+-- A route's last delivery (the dashboard's /destinations): without it, max() per name reads every delivery.
+CREATE INDEX IF NOT EXISTS deliveries_name ON deliveries (name, delivered_at);
 
 -- Error-log records (docs/design.md#notification) waiting to be written to paths.error_log. Each is inserted in the
 -- transaction that fails its job and deleted once its file is written, so a record whose disk is

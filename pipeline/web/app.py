@@ -5,10 +5,10 @@ Everything a page shows comes from ``health.gather`` (the overview, /healthz, /m
 would do now). Job files are untrusted: every template is autoescaped, the CSP allows no script
 and no inline style, and files named by the job table are read only inside their folders.
 
-Requeue from the browser exists only with ``dashboard.actions = true`` and a password in the
-environment: POST only, HTTP basic authentication, the Origin (or Referer) of this very site and
-a CSRF token from one of its forms; it runs ``requeue.Requeue`` as ``bin/requeue`` does, with an
-audit actor that names the user.
+Requeue from the browser exists only with ``dashboard.actions = true`` and a way to log in
+(``access``: the users file, a trusted proxy's header, round 2's shared password): POST only, an
+operator, the Origin (or Referer) of this very site and a CSRF token from one of its forms; it runs
+``requeue.Requeue`` as ``bin/requeue`` does, with an audit actor that names the user.
 """
 
 from __future__ import annotations
@@ -22,17 +22,19 @@ import re
 import secrets
 import socket
 import time
+import zoneinfo
 from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 import flask
+from markupsafe import Markup, escape
 import peewee
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
+from werkzeug.exceptions import ServiceUnavailable
 
-from . import logins, metrics, params, queries
-from .. import explain, health, store, times
+from . import access, clients, destinations, logins, metrics, params, queries
+from .. import charts, explain, health, store, times, trends, waits
 from ..config import Config, ConfigError
 from ..jobs import Jobs
 from ..requeue import Requeue, failed_jobs
@@ -42,7 +44,6 @@ from ..store.models import bind
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 5
-_USER = re.compile(r"[A-Za-z0-9._@-]{1,64}")     # what may stand in an audit actor
 # A Host header: a name or an IPv6 address in brackets, and an optional port.
 _HOST = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]+))(?::[0-9]{1,5})?")
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -64,14 +65,16 @@ class _Flask(flask.Flask):
 
 
 def password(config: Config, environ: Mapping[str, str]) -> str | None:
-    """The actions' password, or None when actions are off. Actions on without one is a config error."""
-    if not config.dashboard.actions:
+    """Round 2's shared password, or None when actions are off or it is not set. Actions on with
+    no way to log in (no password, no users file, no proxy header) is a config error."""
+    d = config.dashboard
+    if not d.actions:
         return None
-    secret = environ.get(config.dashboard.password_env, "")
-    if not secret:
+    secret = environ.get(d.password_env, "")
+    if not secret and not (d.users_file or d.trusted_user_header):
         raise ConfigError(f"[dashboard] actions = true needs a password in the environment variable "
-                          f"{config.dashboard.password_env} (dashboard.password_env)")
-    return secret
+                          f"{d.password_env} (dashboard.password_env), or dashboard.users_file")
+    return secret or None
 
 
 def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float] = time.time,
@@ -79,6 +82,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     app = _Flask(__name__, static_folder="static", template_folder="templates")
     app.url_map.converters["job"] = params.JobId
     app.json.sort_keys = False
+    app.jinja_env.filters["breakable"] = breakable
     secret = password(config, environ)
     csrf = hmac.new(secrets.token_bytes(32), b"requeue", hashlib.sha256).hexdigest()   # per process
     host = socket.gethostname()
@@ -86,6 +90,8 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     hosts = answered_hosts(config)
     throttle = logins.Throttle(clock)
+    users = access.Access(config, secret, throttle)
+    trend = trends.Trends(config.report.timezone)
 
     @app.before_request
     def _check_host():
@@ -97,6 +103,13 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
             shown = repr(given[:100])
             flask.abort(400, f"the Host header {shown} is not a name of this dashboard: add it to "
                              f"[dashboard] hosts to reach it by that name")
+
+    @app.before_request
+    def _login():
+        # Every page but the stylesheet and icon: with read_requires_login even /metrics and
+        # /healthz want a login (Prometheus and most checkers can send one).
+        if flask.request.endpoint != "static":
+            flask.g.user = users.reader()
 
     @app.before_request
     def _connect():
@@ -115,8 +128,9 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     @app.context_processor
     def _common():
-        return {"actions": secret is not None, "csrf": csrf, "clock": times.utc_text, "age": times.age_text, "size": _size,
-                "refresh": None, "host": host}
+        return {"actions": config.dashboard.actions, "user": flask.g.get("user"), "csrf": csrf,
+                "clock": times.utc_text, "age": times.age_text, "size": _size, "refresh": None, "host": host,
+                "charts": charts}
 
     def page(template: str, **values):
         return flask.render_template(template, **values)
@@ -126,8 +140,9 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
         now = clock()
         with db.snapshot():
             s = health.gather(db, config, now)
-            bars = queries.hourly(db, config, now)
-        return page("overview.html", status=s, bars=bars, now=now, refresh=REFRESH_SECONDS, states=STATES)
+            hours, days = trend.hourly(db, now), trend.daily(db, now)
+        return page("overview.html", status=s, hours=hours, days=days, now=now, refresh=REFRESH_SECONDS,
+                    states=STATES)
 
     @app.get("/healthz")
     def healthz():
@@ -156,7 +171,17 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
 
     @app.get("/waiting")
     def waiting():
-        return page("waiting.html", found=queries.waiting(db, notify=bool(config.api.endpoint)), now=clock())
+        notify = bool(config.api.endpoint)
+        names = [route.name for route in config.routes]
+        with db.snapshot():
+            groups = waits.waiting(db, names, notify)
+            found = queries.waiting(db, notify=notify)
+        by_cause: dict[tuple[str, str], list[dict]] = {}
+        for j in found:
+            for key in waits.causes_of(j["state"], j["last_error"], names):
+                by_cause.setdefault(key, []).append(j)
+        return page("waiting.html", groups=groups, by_cause=by_cause, causes=waits.CAUSES, now=clock(),
+                    title="Waiting")
 
     @app.get("/jobs/<job:job_id>")
     def job(job_id: int):
@@ -164,29 +189,40 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
         if told is None:
             flask.abort(404)
         row = told["job"]
-        archived = queries.read_inside(row["archive_path"], config.paths.store, queries.SHOWN_BYTES)
+        archived, where = _content(row, config, queries.SHOWN_BYTES)
         sidecar = queries.read_inside(row["failed_path"] and row["failed_path"] + ".error.json",
                                      config.paths.failed, queries.SHOWN_BYTES)
-        where = row["archive_path"] if archived else None
-        # explain's first lines describe the file's place, which is the archive here, not the hot folder.
+        # explain's first lines describe the file's place, which is the archive or FAILED here, not the hot folder.
         routing = [line for line in explain.explain(config, Path(where))
                    if not line.startswith(("file:", "client:", "note:"))] if where else None
-        return page("job.html", told=told, job=row, archived=_text(archived), sidecar=_text(sidecar),
-                    routing=routing, api=bool(config.api.endpoint), now=clock())
+        return page("job.html", told=told, job=row, archived=_text(archived), content_path=where,
+                    sidecar=_text(sidecar), routing=routing, api=bool(config.api.endpoint), now=clock())
 
     @app.get("/jobs/<job:job_id>/archived")
     def archived(job_id: int):
         told = queries.story(db, job_id)
-        found = told and queries.read_inside(told["job"]["archive_path"], config.paths.store,
-                                            config.router.max_file_bytes)
+        found = told and _content(told["job"], config, config.router.max_file_bytes)[0]
         if not found:
             flask.abort(404)
         return flask.Response(found[0], content_type="application/json", headers={
             "Content-Disposition": f"attachment; filename=job-{job_id}.json"})
 
+    @app.get("/destinations")
+    def destinations_page():
+        now = clock()
+        return page("destinations.html", found=destinations.figures(db, config, now), now=now,
+                    title="Destinations")
+
+    @app.get("/clients")
+    def clients_page():
+        now = clock()
+        return page("clients.html", found=clients.figures(db, config, now), now=now, states=STATES,
+                    tz=zoneinfo.ZoneInfo(config.report.timezone), title="Clients")
+
     @app.post("/requeue")
     def requeue():
-        user = _authorize(secret, csrf, throttle)
+        user = users.operator().name
+        _same_site(csrf)
         form = params.requeue_form(flask.request.form)
         chosen = failed_jobs(list(form.ids) or None, form.client or None, form.step or None, form.since)
         actor = f"dashboard@{socket.gethostname()}:{os.getpid()}:{user}"
@@ -196,6 +232,20 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
             log.info("%s requeued %d job(s) from the dashboard", user, len(chosen))
         return page("requeue.html", lines=lines, confirmed=form.confirmed, ids=form.ids, client=form.client,
                     step=form.step, since=form.since_text, title="Requeue")
+
+    def warm_up() -> None:
+        """Measure the charts' ended days before anyone asks: on a million jobs that is most of a
+        second, which the first visitor after a start would otherwise wait for."""
+        try:
+            db.connect(reuse_if_open=True)
+            trend.daily(db, clock())
+        except (peewee.DatabaseError, peewee.InterfaceError) as e:
+            log.info("charts not measured ahead (the first overview will): %s", e)
+        finally:
+            if not db.is_closed():
+                db.close()
+
+    app.extensions["hotfolder_warm_up"] = warm_up
 
     @app.errorhandler(400)
     @app.errorhandler(401)
@@ -262,33 +312,37 @@ def _host_name(header: str) -> str | None:
     return _normal(found.group(1) or found.group(2)) if found else None
 
 
-def _authorize(secret: str | None, csrf: str, throttle: logins.Throttle) -> str:
-    """The user of an allowed action, or abort: 403 when actions are off or the request comes from
-    another site, 429 while its address is throttled after failed logins, 401 without the password,
-    400 without this site's CSRF token."""
+def _same_site(csrf: str) -> None:
+    """Abort unless the request comes from a form of this dashboard: 403 from another site (the
+    Origin, else the Referer), 400 without this process's CSRF token."""
     request = flask.request
-    if secret is None:
-        flask.abort(403, "actions are off (dashboard.actions = false)")
-    address = request.remote_addr or "unknown"
-    wait = throttle.wait(address)
-    if wait:         # the password is not even looked at: a guess made now tells nothing
-        raise TooManyRequests(f"too many failed logins from {address}: try again in {wait}s", retry_after=wait)
-    auth = request.authorization
-    if not auth or auth.type != "basic" or not hmac.compare_digest((auth.password or "").encode(), secret.encode()):
-        if auth and auth.password:      # a browser asks first without credentials: not a failure
-            failures = throttle.failed(address)
-            log.warning("failed dashboard login from %s as user %r (%d in a row)", address,
-                        (auth.username or "")[:64], failures)
-        flask.abort(401, "the dashboard's password is needed for this")
-    throttle.succeeded(address)
-    if not _USER.fullmatch(auth.username or ""):
-        flask.abort(401, "a user name of letters, digits and ._@- (1 to 64) is needed; it goes in the audit trail")
     origin = request.headers.get("Origin") or request.headers.get("Referer")
     if not origin or urlsplit(origin).netloc != request.host:
         flask.abort(403, "this action must come from a page of this dashboard (Origin check)")
     if not hmac.compare_digest(request.form.get("csrf", ""), csrf):
         flask.abort(400, "the form's CSRF token is missing or stale: reload the page and try again")
-    return auth.username
+
+
+def _content(row: dict, config: Config, limit: int) -> tuple[tuple[bytes, int] | None, str | None]:
+    """A job's file wherever it lies now, read inside its folder: the archived copy, else the
+    one in FAILED (a job that failed before it was archived); with its path."""
+    for path, folder in ((row["archive_path"], config.paths.store), (row["failed_path"], config.paths.failed)):
+        found = queries.read_inside(path, folder, limit)
+        if found:
+            return found, path
+    return None, None
+
+
+_SEPARATORS = re.compile(r"([/_.,;=&+\-]+)")
+
+
+def breakable(text: object) -> Markup:
+    """A long file name or path, escaped, with a line-break opportunity after each run of separators
+    (/ _ . - and the like): on a phone it wraps between its words, not every few characters."""
+    if text is None:
+        return Markup("")
+    parts = _SEPARATORS.split(str(text))
+    return Markup("").join(escape(part) + (Markup("<wbr>") if i % 2 else Markup("")) for i, part in enumerate(parts))
 
 
 def _text(found: tuple[bytes, int] | None) -> dict | None:

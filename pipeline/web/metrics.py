@@ -12,11 +12,12 @@ import json
 from typing import Callable, Iterator
 
 import peewee
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from .. import __version__
-from .. import health
+from .. import health, waits
+from ..jobs import ROUTE_LATENCY_BUCKETS
 from ..states import STATES
 from ..config import Config
 
@@ -47,20 +48,42 @@ def last_scans(db: peewee.Database) -> dict[str, float]:
     return dict(db.run_sql("SELECT kind, max(started_at) FROM scans GROUP BY kind").fetchall())
 
 
-def read(db: peewee.Database, config: Config, now: float) -> tuple[dict, dict, dict]:
-    """Everything /metrics shows, in one read snapshot: bin/status's document, tallies, scans."""
+def latency_tallies(db: peewee.Database) -> tuple[list[tuple[str, int]], float]:
+    """The drop-to-routed histogram: cumulative (upper bound, count) pairs ending with +Inf, and
+    the sum in seconds."""
+    per_bucket: dict[str, int] = {}
+    total_ms = 0
+    for name, labels, value in db.run_sql("SELECT name, labels, value FROM tallies "
+                                          "WHERE name IN ('route_latency', 'route_latency_ms')"):
+        if name == "route_latency_ms":
+            total_ms += value
+        else:
+            le = str(json.loads(labels)[0])
+            per_bucket[le] = per_bucket.get(le, 0) + value
+    running, buckets = 0, []
+    for le in [f"{b:g}" for b in ROUTE_LATENCY_BUCKETS] + ["+Inf"]:
+        running += per_bucket.get(le, 0)
+        buckets.append((le, running))
+    return buckets, total_ms / 1000
+
+
+def read(db: peewee.Database, config: Config, now: float) -> tuple[dict, dict, dict, dict]:
+    """Everything /metrics shows, in one read snapshot: bin/status's document, tallies, scans, and
+    the latency histogram and the waiting jobs by cause."""
+    names = list(dict.fromkeys(route.name for route in config.routes))
     with db.snapshot():
-        return health.gather(db, config, now), tallies(db), last_scans(db)
+        more = {"latency": latency_tallies(db), "waiting": waits.waiting(db, names, notify=bool(config.api.endpoint))}
+        return health.gather(db, config, now), tallies(db), last_scans(db), more
 
 
 class Collector:
     """Builds every family from what ``read`` returns, read together."""
 
-    def __init__(self, snapshot: Callable[[], tuple[dict, dict, dict]]):
+    def __init__(self, snapshot: Callable[[], tuple[dict, dict, dict, dict]]):
         self.snapshot = snapshot
 
     def collect(self) -> Iterator:
-        status, counts, scans_by_kind = self.snapshot()
+        status, counts, scans_by_kind, more = self.snapshot()
         jobs = GaugeMetricFamily("hotfolder_jobs", "Jobs in the table by state", labels=["state"])
         for state in STATES:
             jobs.add_metric([state], status["jobs_by_state"].get(state, 0))
@@ -97,12 +120,21 @@ class Collector:
         if status["last_report"] and status["last_report"]["sent_at"]:
             report.add_metric([], status["last_report"]["sent_at"])
         yield report
+        buckets, seconds = more["latency"]
+        yield HistogramMetricFamily("hotfolder_route_latency_seconds", "Drop to routed: from the file's last write "
+                                    "to its routing, per routing", buckets=buckets, sum_value=seconds)
+        waiting = GaugeMetricFamily("hotfolder_waiting_jobs", "Jobs waiting to be tried again, by what they wait on "
+                                    "(destination: the route whose place failed; archive; place; api)",
+                                    labels=["destination", "cause"])
+        for group in more["waiting"]:
+            waiting.add_metric([group.destination, group.cause], group.jobs)
+        yield waiting
         yield GaugeMetricFamily("hotfolder_healthy", "1 when bin/status calls the pipeline healthy, else 0",
                                 value=int(status["healthy"]))
         yield InfoMetricFamily("hotfolder_build", "The running release", value={"version": __version__})
 
 
-def registry(snapshot: Callable[[], tuple[dict, dict, dict]]) -> CollectorRegistry:
+def registry(snapshot: Callable[[], tuple[dict, dict, dict, dict]]) -> CollectorRegistry:
     """A registry holding only the pipeline's families (no process metrics of the dashboard)."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(Collector(snapshot))

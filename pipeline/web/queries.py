@@ -1,5 +1,5 @@
 """What the dashboard reads beyond ``bin/status``: job search, a job's whole story, the waiting
-jobs, today's hourly bars (docs/design.md#operating-it). Read-only, dialect-neutral SQL, each page one snapshot.
+jobs, today's start (docs/design.md#operating-it). Read-only, dialect-neutral SQL, each page one snapshot.
 
 Lists are paged by key (``before`` an id), never by OFFSET, and never counted: on a table of a
 million jobs both would read every matching row for each page.
@@ -138,20 +138,10 @@ def story(db: peewee.Database, job_id: int) -> dict[str, Any] | None:
     return {"job": job, "events": events, "deliveries": deliveries, "notify_attempts": notify}
 
 
-def hourly(db: peewee.Database, config: Config, now: float) -> list[dict]:
-    """Today's routed jobs per hour (in report.timezone): the overview's bars."""
+def midnight(config: Config, now: float) -> float:
+    """Today's start in report.timezone, as UTC seconds."""
     tz = zoneinfo.ZoneInfo(config.report.timezone)
-    midnight = dt.datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0, microsecond=0)
-    start = midnight.timestamp()
-    # floor() first: CAST alone truncates on SQLite but rounds on PostgreSQL, which put a job
-    # routed at 9:50 in ten o'clock's bar (the SQLite engine registers floor(), as the report uses it).
-    counts = dict(db.run_sql(
-        "SELECT CAST(floor((routed_at - ?) / 3600) AS INTEGER), count(*) FROM jobs WHERE routed_at >= ? GROUP BY 1",
-        (start, start)).fetchall())
-    hours = int((now - start) // 3600) + 1
-    top = max(counts.values(), default=0)
-    return [{"hour": h, "jobs": counts.get(h, 0), "share": counts.get(h, 0) / top if top else 0.0}
-            for h in range(min(hours, 25))]
+    return dt.datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
 def read_inside(path: str | None, folder: Path, limit: int) -> tuple[bytes, int] | None:

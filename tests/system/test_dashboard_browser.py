@@ -43,7 +43,15 @@ def browser(tmp_path):
 @pytest.fixture
 def dashboard(tree, filled):  # noqa: F811 (the fixture imported above)
     tree.write_config(f'[dashboard]\nlisten = "127.0.0.1:{tree.dashboard_port}"\nactions = true\n')
-    proc = tree.spawn("dashboard", DASHBOARD_PASSWORD=PASSWORD)
+    proc, url = serve(tree, DASHBOARD_PASSWORD=PASSWORD)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=15)
+
+
+def serve(tree, **env):
+    """The real bin/dashboard of ``tree``, started and answering: its process and its URL."""
+    proc = tree.spawn("dashboard", **env)
     url = f"http://127.0.0.1:{tree.dashboard_port}"
 
     def answers() -> bool:
@@ -52,9 +60,7 @@ def dashboard(tree, filled):  # noqa: F811 (the fixture imported above)
         except OSError:
             return False
     wait_for(answers, timeout=30, message="bin/dashboard answering")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=15)
+    return proc, url
 
 
 def text_of(driver, css: str) -> str | None:
