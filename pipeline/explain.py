@@ -70,7 +70,7 @@ def explain(config: Config, path: Path) -> list[str]:
                         "then:        removed from the hot folder; the archive copy is kept"]
     chosen = rules.destinations(config.routes, facts)
     for dest in chosen:
-        lines.append(f"route:       {dest.name}: {dest.path}")
+        lines.append(f"route:       {dest.name}: {dest.where}")
     if not chosen:
         lines.append("route:       none (no rule matches: archived only)")
     lines.append("then:        removed from the hot folder"

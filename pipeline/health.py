@@ -17,6 +17,7 @@ from typing import Any
 import peewee
 
 from .config import Config
+from .remote import record as remote_record
 from .reporting import alerts, expectations
 from .states import NOTIFY_QUEUE, QUEUE_OF_STATE, ROUTE_QUEUE, WAITING_SINCE
 
@@ -108,6 +109,7 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
         report = _rows(db, "SELECT day, state, attempts, last_error, sent_at FROM reports "
                            "WHERE state != 'pending' OR attempts > 0 ORDER BY day DESC LIMIT 1")
         silences = expectations.current(db, config.expect, now, config.report.timezone)
+        remotes = remote_record.latest(db)
     for scan in scans:
         scan["seconds"] = None if scan["seconds"] is None else round(scan["seconds"], 3)
     for beat in beats:
@@ -117,7 +119,8 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
               "today": today, "last_scans": scans, "programs": beats,
               "last_errors": errors, "stuck_jobs": stuck_total, "stuck": stuck,
               "last_report": report[0] if report else None, "silences": silences,
-              "detecting": detector[0] if detector and detector[0]["lease_until"] >= now else None}
+              "detecting": detector[0] if detector and detector[0]["lease_until"] >= now else None,
+              "remotes": remotes}
     graded = graded_problems(status, config)
     status["problems"] = [text for _, text in graded]
     status["warnings"] = [silence_text(s, tz) for s in silences]

@@ -41,6 +41,8 @@ from pathlib import Path
 import peewee
 
 from . import cli, failures, retry, rules, schemas, strictjson
+from .remote import Problem, record as remote_record
+from .remote.delivery import Remotes
 from .config import Config
 from .hotfolder import HotFolder, Sighting
 from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
@@ -86,6 +88,7 @@ class Work:
     moved_ctime_ns: int = 0
     grew_from: int | None = None                # the size it was detected with, when its file changed in place
     recheck_in: float = 0.0                     # outcome recheck: read the file again after this long
+    remote: list = field(default_factory=list)  # its copies to remotes, made after the batch's local ones
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -168,6 +171,8 @@ class Router(Program):
         self._hot_files: dict[Identity, Sighting] | None = None     # listed on first need, per phase
         self.keep = wanted(rules.paths_named(config.routes))     # what validation keeps of a job file
         self._copying: ThreadPoolExecutor | None = None
+        self.remotes = Remotes(config.remotes, rc.create_folders, rc.dir_mode)    # connections pooled per remote
+        self._remote_threads: ThreadPoolExecutor | None = None
         self._claim_size = min(FIRST_BATCH, rc.batch_size)
         self._token = ""                # the lease token of the batch in hand
 
@@ -184,10 +189,23 @@ class Router(Program):
         one file operation can take, and more than two hosts' clocks may differ."""
         return self.config.router.lease / 2
 
+    @property
+    def remote_threads(self) -> ThreadPoolExecutor:
+        """The threads making remote copies: as many as the remotes' connections together."""
+        if self._remote_threads is None:
+            remotes = {r.remote for r in self.config.routes if r.remote is not None}
+            self._remote_threads = ThreadPoolExecutor(sum(self.remotes.size(r) for r in remotes) or 1,
+                                                      thread_name_prefix="remote")
+        return self._remote_threads
+
     def finish(self) -> None:
         if self._copying is not None:
             self._copying.shutdown()
             self._copying = None
+        if self._remote_threads is not None:
+            self._remote_threads.shutdown()
+            self._remote_threads = None
+        self.remotes.close()
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -233,6 +251,7 @@ class Router(Program):
         self._hot_files = None          # files may have moved since phase A looked
         self._clean_up(works)
         self._commit_outcomes(batch.token, works)
+        remote_record.write(self.db, self.remotes.news())     # each remote's last success and error
         self._report(works)
         self.error_log.flush(new=any(w.outcome in FAILED_NOW for w in works))
         return len(batch.jobs)
@@ -317,7 +336,8 @@ class Router(Program):
         planned = [(work, self._planned(work)) for work in works]
         try:
             for staged in [self.copying.submit(self._stage, copy, work.data, work.job.mtime_ns)
-                           for work, copies in planned for copy in copies if not copy.present]:
+                           for work, copies in planned for copy in copies
+                           if not copy.present and not _is_remote(copy)]:
                 staged.result()
             if works:
                 self._hold(works, renew=True)
@@ -327,7 +347,7 @@ class Router(Program):
                         self._guarded(work, self._deliver, work, copies, works[i:])
                 finally:
                     _discard_unpublished(copies)    # not published: the job failed, waits or was lost
-                work.data = None
+            self._deliver_remote(works)
         finally:
             for work, copies in planned:            # the batch cut short (the database's trouble)
                 _discard_unpublished(copies)
@@ -362,18 +382,19 @@ class Router(Program):
         job = work.job
         archive = self.config.paths.store / job.client_folder / job.file_name
         if job.claims > 1:      # its previous owner died, maybe mid-copy: clear what it left
-            for target in [archive] + [d.path for d in work.targets]:   # (before any staging)
+            for target in [archive] + [d.path for d in work.targets if d.remote is None]:   # (before any staging)
                 remove_stale_temporaries(target.parent, target.name)
         copies = [Copy(archive)] if work.state == "detected" and work.archive_path is None else []
         if not work.refused:
-            copies += [Copy(d.path, d) for d in work.targets if str(d.path) not in work.delivered_before]
+            copies += [Copy(d.path, d) for d in work.targets if d.where not in work.delivered_before]
         if job.claims > 1:
             # Its previous owner may have published copies and stopped (killed, or frozen past
             # its lease) before recording them: a copy that is there, this very content with the
             # original's mtime, is not published again, so a consumer of the folder does not
             # receive the file twice.
-            for copy in copies:
-                copy.present = _is_copy_of(copy.target, work.identity) and _same_content(copy.target, work.sha256)
+            for copy in copies:     # (a remote copy is looked at when it is made: Remotes.deliver)
+                copy.present = not _is_remote(copy) and _is_copy_of(copy.target, work.identity) \
+                    and _same_content(copy.target, work.sha256)
         return copies
 
     def _stage(self, copy: Copy, data: bytes, mtime_ns: int) -> None:
@@ -509,12 +530,15 @@ class Router(Program):
         conflict = self.config.router.conflict
         for copy in copies:
             dest = copy.dest
-            newer = work.newer.get(str(copy.target))
+            newer = work.newer.get(dest.where)
             if newer is not None and conflict == "replace":
                 # Of two jobs writing one path the later one wins, whichever publishes last.
                 log.info("%s: %s keeps the copy of a newer job of the same name (job %d)",
                          work.label, dest.name, newer, extra=work.about)
-                work.delivered.append((dest.name, str(copy.target), "kept"))
+                work.delivered.append((dest.name, dest.where, "kept"))
+                continue
+            if dest.remote is not None:
+                work.remote.append(copy)        # made once every job's local copies are (_deliver_remote)
                 continue
             if copy.present:
                 log.info("%s: %s holds its copy already (made before its previous owner stopped)",
@@ -545,6 +569,61 @@ class Router(Program):
             work.wait("route", "; ".join(problems))
         else:
             work.outcome = "route"
+
+    def _deliver_remote(self, works: list[Work]) -> None:
+        """Make the batch's remote copies, each remote's connections busy at once. Copies to one
+        target are made in claim order, in one thread: of two jobs the later one wins. A remote
+        that cannot take a copy is a place problem for that copy alone (the job waits for it);
+        the job's other copies are made and recorded all the same."""
+        pending = [w for w in works if w.remote and (w.outcome == "route" or w.outcome == "wait" and w.step == "route")]
+        self._hold(pending)
+        by_target: dict[str, list[tuple[Work, Copy]]] = {}
+        for w in pending:
+            if w.outcome != "lost":
+                for copy in w.remote:
+                    by_target.setdefault(copy.dest.where, []).append((w, copy))
+        done = {}
+        for results in self.remote_threads.map(self._make_remote, by_target.values()):
+            done.update(results)
+        conflict = self.config.router.conflict
+        for w in pending:
+            problems = []
+            for copy in w.remote if w.outcome != "lost" else ():
+                dest, made = copy.dest, done[id(copy)]
+                if isinstance(made, Problem):
+                    problems.append(f"{dest.name}: {made}")
+                    continue
+                if made.before:
+                    log.info("%s: %s holds its copy already (made before its previous owner stopped)",
+                             w.label, dest.name, extra=w.about)
+                if not made.same and conflict == "fail":
+                    w.fail("route", f"a different file named {dest.file_name} is already in {dest.name} "
+                                    f"({dest.remote.label}{dest.folder}) and router.conflict is fail")
+                    break
+                w.delivered.append((dest.name, dest.where, "written" if made.same else "kept"))
+            else:
+                if problems and w.outcome == "route":
+                    w.wait("route", "; ".join(problems))
+                elif problems:
+                    w.error = "; ".join([w.error] + problems)
+            w.remote = []
+
+    def _make_remote(self, copies: list[tuple[Work, Copy]]) -> dict[int, object]:
+        """Make the copies of one target in order: id(copy) -> its Made, or the Problem met."""
+        results: dict[int, object] = {}
+        for work, copy in copies:
+            dest = copy.dest
+            try:
+                results[id(copy)] = self.remotes.deliver(
+                    dest.remote, str(dest.folder), dest.file_name, work.data, work.sha256,
+                    replace=self.config.router.conflict == "replace", resumed=work.job.claims > 1)
+            except Problem as e:
+                results[id(copy)] = e
+            except Exception as e:      # a defect: this copy waits, the others go on
+                log.exception("%s: unexpected error while copying to %s", work.label, dest.remote.label,
+                              extra=work.about)
+                results[id(copy)] = Problem(f"{dest.remote.label}: unexpected error: {_describe(e)}")
+        return results
 
     def _sync_copies(self, works: list[Work]) -> None:
         """fsync the folders phase A wrote to; a copy whose folder did not sync is not made."""
@@ -802,6 +881,10 @@ def _removes_original(w: Work) -> bool:
 def _cleans_up(w: Work) -> bool:
     """Whether phase C touches the job's files: removes its original, or moves it to FAILED."""
     return _removes_original(w) or w.outcome == "move"
+
+
+def _is_remote(copy: Copy) -> bool:
+    return copy.dest is not None and copy.dest.remote is not None
 
 
 def _discard_unpublished(copies: list[Copy]) -> None:

@@ -102,6 +102,17 @@ class Leader(BaseModel):
         table_name = "leaders"
 
 
+class RemoteSeen(BaseModel):
+    """A remote destination's last success and last error, as the routers saw them."""
+    remote = peewee.TextField(primary_key=True)
+    last_success = peewee.FloatField(null=True)
+    last_error = peewee.TextField(null=True)
+    last_error_at = peewee.FloatField(null=True)
+
+    class Meta:
+        table_name = "remotes"
+
+
 class Heartbeat(BaseModel):
     program = peewee.TextField()
     host = peewee.TextField()
@@ -200,8 +211,8 @@ class Tally(BaseModel):
         without_rowid = True
 
 
-MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Leader, Report, Alert, AlertDelivery, Silence, ErrorLogRecord,
-          Tally)
+MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, Leader, RemoteSeen, Report, Alert, AlertDelivery, Silence,
+          ErrorLogRecord, Tally)
 
 
 def bind(db: peewee.Database) -> None:

@@ -23,8 +23,8 @@ from .engine import DatabaseUnusable, Engine, newer_schema
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 8      # 4: error_log_outbox, 5: tallies, 6: alert_deliveries, silences,
-                        # 7: heartbeats.clock_skew, 8: leaders
+SCHEMA_VERSION = 11     # 4: error_log_outbox, 5: tallies, 6: alert_deliveries, silences,
+                        # 7: heartbeats.clock_skew, 8: leaders, 11: remotes
 BUSY_TIMEOUT_MS = 5000
 LOCK_POLL = 0.001       # seconds between two tries for the write lock (Database.begin)
 WAKE_POLL = 0.25        # seconds an idle router or notifier woken by commits waits between looks
