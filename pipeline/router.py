@@ -4,7 +4,8 @@
 A batch goes through four phases so that no file operation happens inside a write transaction
 and a crash between any two of them is resumed by the next owner of the lease:
 
-A. read, validate, archive and copy each file (fsync per file; folders fsynced once per batch);
+A. read, validate, archive and copy each file (fsync per file; folders fsynced once per batch;
+   copies to remotes, docs/design.md#remote-destinations, made once the archive copy is);
 B. commit: detected -> archived, the deliveries made, the failures about to be moved, the waits;
 C. remove the originals (only the exact file the job took) and move invalid files to FAILED;
 D. commit: archived -> routed, and the failures.
@@ -173,6 +174,8 @@ class Router(Program):
         self._copying: ThreadPoolExecutor | None = None
         self.remotes = Remotes(config.remotes, rc.create_folders, rc.dir_mode)    # connections pooled per remote
         self._remote_threads: ThreadPoolExecutor | None = None
+        self._remote_sent: list = []    # the batch's remote copies under way: (work, copy, future)
+        self._remote_last: dict = {}    # target -> the future of the last copy sent to it
         self._claim_size = min(FIRST_BATCH, rc.batch_size)
         self._token = ""                # the lease token of the batch in hand
 
@@ -228,6 +231,7 @@ class Router(Program):
             return 0
         delivered = self.jobs.delivered_paths(j.id for j in batch.jobs if j.state == "archived")
         self._token = batch.token
+        self._remote_sent, self._remote_last = [], {}   # (what a batch cut short left is dropped)
         works = [Work(job=job, state=job.state, held_until=claimed_at + cfg.lease) for job in batch.jobs]
         self._hot_files = None
         ready, held = [], 0
@@ -247,6 +251,7 @@ class Router(Program):
                 ready, held = [], 0
         self._copy_all(ready)
         self._sync_copies(works)
+        self._finish_remote()
         self._commit_progress(batch.token, works)
         self._hot_files = None          # files may have moved since phase A looked
         self._clean_up(works)
@@ -345,9 +350,9 @@ class Router(Program):
                 try:
                     if work.outcome != "lost":
                         self._guarded(work, self._deliver, work, copies, works[i:])
+                        self._send_remote(work)
                 finally:
                     _discard_unpublished(copies)    # not published: the job failed, waits or was lost
-            self._deliver_remote(works)
         finally:
             for work, copies in planned:            # the batch cut short (the database's trouble)
                 _discard_unpublished(copies)
@@ -538,7 +543,7 @@ class Router(Program):
                 work.delivered.append((dest.name, dest.where, "kept"))
                 continue
             if dest.remote is not None:
-                work.remote.append(copy)        # made once every job's local copies are (_deliver_remote)
+                work.remote.append(copy)        # made from the archive copy on (_send_remote)
                 continue
             if copy.present:
                 log.info("%s: %s holds its copy already (made before its previous owner stopped)",
@@ -570,60 +575,64 @@ class Router(Program):
         else:
             work.outcome = "route"
 
-    def _deliver_remote(self, works: list[Work]) -> None:
-        """Make the batch's remote copies, each remote's connections busy at once. Copies to one
-        target are made in claim order, in one thread: of two jobs the later one wins. A remote
-        that cannot take a copy is a place problem for that copy alone (the job waits for it);
-        the job's other copies are made and recorded all the same."""
-        pending = [w for w in works if w.remote and (w.outcome == "route" or w.outcome == "wait" and w.step == "route")]
-        self._hold(pending)
-        by_target: dict[str, list[tuple[Work, Copy]]] = {}
-        for w in pending:
-            if w.outcome != "lost":
-                for copy in w.remote:
-                    by_target.setdefault(copy.dest.where, []).append((w, copy))
-        done = {}
-        for results in self.remote_threads.map(self._make_remote, by_target.values()):
-            done.update(results)
-        conflict = self.config.router.conflict
-        for w in pending:
-            problems = []
-            for copy in w.remote if w.outcome != "lost" else ():
-                dest, made = copy.dest, done[id(copy)]
-                if isinstance(made, Problem):
-                    problems.append(f"{dest.name}: {made}")
-                    continue
-                if made.before:
-                    log.info("%s: %s holds its copy already (made before its previous owner stopped)",
-                             w.label, dest.name, extra=w.about)
-                if not made.same and conflict == "fail":
-                    w.fail("route", f"a different file named {dest.file_name} is already in {dest.name} "
-                                    f"({dest.remote.label}{dest.folder}) and router.conflict is fail")
-                    break
-                w.delivered.append((dest.name, dest.where, "written" if made.same else "kept"))
-            else:
-                if problems and w.outcome == "route":
-                    w.wait("route", "; ".join(problems))
-                elif problems:
-                    w.error = "; ".join([w.error] + problems)
-            w.remote = []
+    def _send_remote(self, work: Work) -> None:
+        """Start the job's remote copies, its archive copy published: they are made while the
+        batch goes on (the next jobs' copies, the folders' fsyncs), each remote's connections
+        busy at once; ``_finish_remote`` waits for them. Copies to one target are made in claim
+        order (each waits for the one before): of two jobs the later one wins."""
+        copies, work.remote = work.remote, []
+        if not copies or not (work.outcome == "route" or work.outcome == "wait" and work.step == "route"):
+            return
+        for copy in copies:
+            before = self._remote_last.get(copy.dest.where)
+            made = self.remote_threads.submit(self._make_remote, work, copy, work.data, before)
+            self._remote_last[copy.dest.where] = made
+            self._remote_sent.append((work, copy, made))
 
-    def _make_remote(self, copies: list[tuple[Work, Copy]]) -> dict[int, object]:
-        """Make the copies of one target in order: id(copy) -> its Made, or the Problem met."""
-        results: dict[int, object] = {}
-        for work, copy in copies:
-            dest = copy.dest
-            try:
-                results[id(copy)] = self.remotes.deliver(
-                    dest.remote, str(dest.folder), dest.file_name, work.data, work.sha256,
-                    replace=self.config.router.conflict == "replace", resumed=work.job.claims > 1)
-            except Problem as e:
-                results[id(copy)] = e
-            except Exception as e:      # a defect: this copy waits, the others go on
-                log.exception("%s: unexpected error while copying to %s", work.label, dest.remote.label,
-                              extra=work.about)
-                results[id(copy)] = Problem(f"{dest.remote.label}: unexpected error: {_describe(e)}")
-        return results
+    def _finish_remote(self) -> None:
+        """Judge the batch's remote copies. A remote that could not take a copy is a place problem
+        for that copy alone (the job waits for it); the job's other copies are recorded."""
+        sent, self._remote_sent, self._remote_last = self._remote_sent, [], {}
+        problems: dict[int, list[str]] = {}
+        conflict = self.config.router.conflict
+        for w, copy, future in sent:
+            dest, made = copy.dest, future.result()
+            if w.outcome not in ("route", "wait") or w.outcome == "wait" and w.step != "route":
+                continue        # failed meanwhile (conflict = fail), or its archive folder did not sync
+            if isinstance(made, Problem):
+                problems.setdefault(id(w), []).append(f"{dest.name}: {made}")
+                continue
+            if made.before:
+                log.info("%s: %s holds its copy already (made before its previous owner stopped)",
+                         w.label, dest.name, extra=w.about)
+            if not made.same and conflict == "fail":
+                w.fail("route", f"a different file named {dest.file_name} is already in {dest.name} "
+                                f"({dest.remote.label}{dest.folder}) and router.conflict is fail")
+                continue
+            w.delivered.append((dest.name, dest.where, "written" if made.same else "kept"))
+        for w, _, _ in sent:
+            found = problems.pop(id(w), None)
+            if found and w.outcome == "route":
+                w.wait("route", "; ".join(found))
+            elif found and w.outcome == "wait":
+                w.error = "; ".join([w.error] + found)
+
+    def _make_remote(self, work: Work, copy: Copy, data: bytes, before) -> object:
+        """Make one remote copy, after ``before`` (the previous copy to its target, if any, in
+        this batch): its Made, or the Problem met."""
+        if before is not None:
+            before.result()
+        dest = copy.dest
+        try:
+            return self.remotes.deliver(dest.remote, str(dest.folder), dest.file_name, data, work.sha256,
+                                        replace=self.config.router.conflict == "replace",
+                                        resumed=work.job.claims > 1)
+        except Problem as e:
+            return e
+        except Exception as e:      # a defect: this copy waits, the others go on
+            log.exception("%s: unexpected error while copying to %s", work.label, dest.remote.label,
+                          extra=work.about)
+            return Problem(f"{dest.remote.label}: unexpected error: {_describe(e)}")
 
     def _sync_copies(self, works: list[Work]) -> None:
         """fsync the folders phase A wrote to; a copy whose folder did not sync is not made."""

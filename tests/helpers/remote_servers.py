@@ -46,6 +46,12 @@ def _listening(port: int, timeout: float = 20) -> None:
             time.sleep(0.05)
 
 
+def remote_table(url: str, connections: int, **keys) -> str:
+    """A ``[[remote]]`` table serving ``url``."""
+    lines = [f'url = "{url}"'] + [f'{key} = "{value}"' for key, value in keys.items()]
+    return "\n[[remote]]\n" + "\n".join(lines) + f"\nmax_connections = {connections}\n"
+
+
 class _Daemon:
     """A server process of its own process group, so that stopping it stops its children too."""
     proc: subprocess.Popen | None = None
@@ -90,7 +96,7 @@ def _descendants(pid: int) -> list[int]:
 class Sshd(_Daemon):
     """OpenSSH's sshd with its own config and host key; logs in the current user with a generated key."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, log_requests: bool = True):
         if not os.path.exists(SSHD) or not os.path.exists(SFTP_SERVER) or not shutil.which("ssh-keygen"):
             absent("OpenSSH's sshd (Debian's openssh-server)")
         self.root = root
@@ -115,7 +121,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 PermitRootLogin prohibit-password
-Subsystem sftp {root}/sftp-server
+Subsystem sftp {f"{root}/sftp-server" if log_requests else "internal-sftp"}
 """)
         # OpenSSH's sftp-server, logging each request (open, fsync, rename) to a file the tests read.
         (root / "sftp-server").write_text(f"#!/bin/sh\nexec {SFTP_SERVER} -e -l VERBOSE 2>>{root}/sftp.log\n")
@@ -130,13 +136,8 @@ Subsystem sftp {root}/sftp-server
         return f"sftp://{self.user}@127.0.0.1:{self.port}{path}"
 
     def remote(self, key: Path | None = None, known_hosts: Path | None = None, connections: int = 4) -> str:
-        return f"""
-[[remote]]
-url = "sftp://{self.user}@127.0.0.1:{self.port}"
-key_file = "{key or self.user_key}"
-known_hosts = "{known_hosts or self.known_hosts}"
-max_connections = {connections}
-"""
+        return remote_table(f"sftp://{self.user}@127.0.0.1:{self.port}", connections,
+                            key_file=key or self.user_key, known_hosts=known_hosts or self.known_hosts)
 
 
 class Smbd(_Daemon):
@@ -188,26 +189,25 @@ force user = root
         return f"smb://{SMB_USER}@127.0.0.1:{self.port}/jobs{path}"
 
     def remote(self, password_env: str = "SMB_TEST_PASSWORD", connections: int = 4) -> str:
-        return f"""
-[[remote]]
-url = "smb://{SMB_USER}@127.0.0.1:{self.port}"
-password_env = "{password_env}"
-max_connections = {connections}
-"""
+        return remote_table(f"smb://{SMB_USER}@127.0.0.1:{self.port}", connections, password_env=password_env)
 
 
 class S3Emulator:
     """moto's S3 server in this process: an S3 emulator, not AWS. Its objects live in this
-    process's memory, so they outlive a stop and start (as a real store's would)."""
+    process's memory, so they outlive a stop and start (as a real store's would). With
+    ``process``, in a process of its own (benchmarks: it does not share this one's CPU)."""
 
-    def __init__(self):
+    def __init__(self, process: bool = False):
         try:
             from moto.server import ThreadedMotoServer
         except ImportError:
             absent("moto's S3 server (moto[server])")
         self.port = free_port()
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.running = False
+        if process:
+            self.server = _MotoProcess(self.port)
+        else:
+            self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.start()
 
     @property
@@ -229,10 +229,14 @@ class S3Emulator:
         return boto3.session.Session().client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
 
     def remote(self, bucket: str, connections: int = 4) -> str:
-        return f"""
-[[remote]]
-url = "s3://{bucket}"
-endpoint_url = "{self.endpoint}"
-region = "us-east-1"
-max_connections = {connections}
-"""
+        return remote_table(f"s3://{bucket}", connections, endpoint_url=self.endpoint, region="us-east-1")
+
+
+class _MotoProcess(_Daemon):
+    def __init__(self, port: int):
+        self.port = port
+
+    def start(self) -> None:
+        import sys
+        server = Path(sys.executable).parent / "moto_server"
+        self._spawn([str(server), "-H", "127.0.0.1", "-p", str(self.port)], Path(os.devnull))
