@@ -85,4 +85,5 @@ def _verdict_line(number: int, verdict: rules.Verdict) -> str:
         return head + f"no match: {verdict.failed}"
     if verdict.unsafe:
         return head + f"matches, but its destination cannot be built: {verdict.unsafe}"
-    return head + f"matches: {verdict.target}"
+    remote = verdict.route.remote
+    return head + f"matches: {remote.label if remote else ''}{verdict.target}"

@@ -313,19 +313,27 @@ def test_an_sftp_host_whose_key_is_not_known_is_refused_at_start_and_a_changed_k
     assert place.names() == []
 
 
-def test_a_full_filesystem_behind_sshd_holds_the_copy_until_there_is_room(tree, db, clock, tmp_path, tmpfs):
+@pytest.mark.parametrize("problem", ["full", "read-only"])
+def test_a_full_or_read_only_filesystem_behind_sshd_holds_the_copy_until_it_is_back(
+        tree, db, clock, tmp_path, tmpfs, problem):
     place = SftpPlace(tmp_path)
     try:
         tmpfs.mount(place.folder, size="64k")
-        filler = fill(place.folder)
+        if problem == "full":
+            filler = fill(place.folder)
+            bring_back = filler.unlink
+        else:
+            tmpfs.read_only(place.folder)
+            bring_back = lambda: tmpfs.read_only(place.folder, False)      # noqa: E731
         tree.write_config(routes=MATRIX + place.tables())
         # Larger than the room a filled tmpfs leaves (less than the 4 KiB fill writes at a time).
         tree.age(tree.drop("RANK", "a.json", big := json.dumps(job_document("RANK", Title="x" * 8192)).encode()))
         router = route_once(tree, db, clock)
         [job] = waiting()
         assert job.last_error.startswith(f"Partner: {place.label}{place.folder}/a.json: ")
-        assert place.names() == ["filler.bin"]                      # nothing half-written left
-        filler.unlink()
+        assert place.names() == (["filler.bin"] if problem == "full" else [])   # nothing half-written left
+        assert os.listdir(tree.dest("Monday Rank")) == ["a.json"]          # its other copy is made
+        bring_back()
         retry_all(router, clock)
     finally:
         place.server.stop()
@@ -483,3 +491,21 @@ def test_status_and_the_dashboard_show_each_remotes_last_success_and_last_error(
     assert line.startswith(f"remote    {place.label}: last success ") and "; last error " in line
     page = client_for(tree, db).get("/").get_data(as_text=True)
     assert "Remote destinations" in page and place.label in page and seen["last_error"][:40] in page
+
+
+def test_route_explain_shows_where_on_the_remote_a_copy_would_go(tree, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text("[files.example.com]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+    tree.write_config(routes=f"""
+[[route]]
+name = "Partner"
+clients = ["RANK"]
+to = "sftp://press@files.example.com:2222/in/{{ClientCode}}"
+[[remote]]
+url = "sftp://files.example.com:2222"
+known_hosts = "{known}"
+""")
+    path = tree.drop("RANK", "a.json")
+    out = tree.run("route", "--explain", str(path)).stdout
+    assert "rule 1:      Partner: matches: sftp://press@files.example.com:2222/in/RANK/a.json" in out
+    assert "route:       Partner: sftp://press@files.example.com:2222/in/RANK/a.json" in out
