@@ -626,7 +626,9 @@ class Router(Program):
         try:
             return self.remotes.deliver(dest.remote, str(dest.folder), dest.file_name, data, work.sha256,
                                         replace=self.config.router.conflict == "replace",
-                                        resumed=work.job.claims > 1)
+                                        # taken over from a router that stopped, or tried before
+                                        # (a connection cut mid-write leaves its temporary there)
+                                        resumed=work.job.claims > 1 or work.job.attempts > 0)
         except Problem as e:
             return e
         except Exception as e:      # a defect: this copy waits, the others go on

@@ -358,7 +358,7 @@ def test_a_router_killed_mid_upload_leaves_no_temporary_and_the_next_one_deliver
     place = SftpPlace(tmp_path)
     try:
         tree.write_config(routes=place.tables())
-        big = json.dumps(job_document("RANK", Title="x" * (24 << 20))).encode()    # seconds to upload
+        big = json.dumps(job_document("RANK", Title="x" * (12 << 20))).encode()    # seconds to upload
         tree.age(tree.drop("RANK", "big.json", big))
         tree.run("scanner", "--once")
         router = tree.spawn("router")
@@ -509,3 +509,29 @@ known_hosts = "{known}"
     out = tree.run("route", "--explain", str(path)).stdout
     assert "rule 1:      Partner: matches: sftp://press@files.example.com:2222/in/RANK/a.json" in out
     assert "route:       Partner: sftp://press@files.example.com:2222/in/RANK/a.json" in out
+
+
+def test_a_connection_cut_mid_write_leaves_a_temporary_that_the_retry_clears(tree, db, clock, tmp_path):
+    import threading
+    place = SftpPlace(tmp_path)
+    try:
+        tree.write_config(routes=place.tables())
+        big = json.dumps(job_document("RANK", Title="x" * (12 << 20))).encode()
+        tree.age(tree.drop("RANK", "big.json", big))
+
+        def stop_mid_write():
+            wait_for(lambda: any(n.startswith(".big.json.") for n in place.names()), timeout=60,
+                     interval=0.01, message="the upload to start")
+            place.server.stop()
+        stopper = threading.Thread(target=stop_mid_write)
+        stopper.start()
+        router = route_once(tree, db, clock)
+        stopper.join()
+        [job] = waiting()
+        assert job.last_error.startswith(f"Partner: {place.label}")
+        assert [n for n in place.names() if n.startswith(".big.json.")]      # the server went first
+        place.server.start()
+        retry_all(router, clock)
+    finally:
+        place.server.stop()
+    assert waiting() == [] and place.names() == ["big.json"] and place.read("big.json") == big
