@@ -358,7 +358,7 @@ def test_a_router_killed_mid_upload_leaves_no_temporary_and_the_next_one_deliver
     place = SftpPlace(tmp_path)
     try:
         tree.write_config(routes=place.tables())
-        big = json.dumps(job_document("RANK", Title="x" * (12 << 20))).encode()    # seconds to upload
+        big = json.dumps(job_document("RANK", Title="x" * (12 << 20))).encode()    # a second or more to upload
         tree.age(tree.drop("RANK", "big.json", big))
         tree.run("scanner", "--once")
         router = tree.spawn("router")
