@@ -19,6 +19,7 @@ from .convert import (DAYS, address, address_list, alert_urls, boolean, choice, 
                       dotted_path, env_name, header_name, headers, host_names, listen_address, networks, non_negative_int,
                       non_negative_number, octal_mode, port, positive_int, positive_number, string, string_list, time_of_day, timezone,
                       url, weekdays, window)
+from .remote import urls as remote_urls
 from .rules import Route, RuleError, compile_route
 from .schemas import Schema, SchemaProblem, compile_schema
 from .store import POSTGRES_SCHEMES
@@ -180,6 +181,7 @@ class Config:
     logging: Logging = Logging(format="text")
     expect: tuple[Expect, ...] = ()
     schemas: tuple[Schema, ...] = ()
+    remotes: tuple[remote_urls.Settings, ...] = ()   # [[remote]] tables
     source: Path | None = field(default=None, compare=False)  # the file it came from
 
 
@@ -324,7 +326,7 @@ def _read(path: Path) -> dict:
 
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Validate a parsed TOML document. Relative paths resolve against ``base``."""
-    unknown = sorted(set(data) - set(_SECTIONS) - {"route", "expect", "schema"})
+    unknown = sorted(set(data) - set(_SECTIONS) - {"route", "expect", "schema", "remote"})
     if unknown:
         raise ConfigError(f"[{unknown[0]}]: unknown section")
     values = {name: _section(name, data.get(name, {})) for name in _SECTIONS}
@@ -339,8 +341,10 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
             raise ConfigError(f"[paths] {key}: {getattr(paths, key)} lies inside the hot folder "
                               f"{paths.hot_folder}; it must be outside it")
     routes = _routes(data.get("route", []), values["report"]["timezone"], resolve)
+    remotes = _remotes(data.get("remote", []), resolve)
+    _check_remote_routes(routes, remotes)
     for route in routes:
-        if reaches(route, paths.hot_folder):
+        if route.remote is None and reaches(route, paths.hot_folder):
             raise ConfigError(f"[[route]] {route.name!r} to: {route.to} lies inside the hot folder"
                               if route.template is None else
                               f"[[route]] {route.name!r} to: a job could fill it to a folder in the hot "
@@ -351,7 +355,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
                   dashboard=_dashboard(values["dashboard"], resolve), database=Database(**values["database"]),
                   logging=Logging(**values["logging"]),
                   expect=_expectations(data.get("expect", [])), schemas=_schemas(data.get("schema", []), resolve),
-                  source=source)
+                  remotes=remotes, source=source)
 
 
 def database_location(value: str, resolve: Callable[[str], Path]) -> Path | str:
@@ -438,6 +442,44 @@ def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple
         except RuleError as e:
             raise ConfigError(f"{where} {e.key}: {e}") from None
     return tuple(routes)
+
+
+def _remotes(tables: Any, resolve: Callable[[str], Path]) -> tuple[remote_urls.Settings, ...]:
+    """``[[remote]]`` tables (docs/design.md#remote-destinations): one per remote, none repeated."""
+    found: list[remote_urls.Settings] = []
+    convert = {"env_name": env_name, "url": url, "string": string, "positive_int": positive_int}
+    for where, table in _array("remote", tables, remote_urls.KEYS):
+        try:
+            settings = remote_urls.settings(where, table, resolve, convert)
+        except remote_urls.KeyedError as e:
+            raise ConfigError(f"{where} {e.key}: {e}") from None
+        if any(other.where == settings.where for other in found):
+            raise ConfigError(f"{where} url: {settings.where.label} has a [[remote]] table already")
+        found.append(settings)
+    return tuple(found)
+
+
+def _check_remote_routes(routes: tuple[Route, ...], remotes: tuple[remote_urls.Settings, ...]) -> None:
+    """What can be known of a remote route without connecting: its library is installed, and an
+    SFTP host's key is in the known_hosts file its table names (host keys are always verified)."""
+    for i, route in enumerate(routes, 1):
+        if route.remote is None:
+            continue
+        where = f"[[route]] #{i} to"
+        problem = remote_urls.missing_library(route.remote.scheme)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
+        if route.remote.scheme != "sftp":
+            continue
+        keys = remote_urls.settings_for(route.remote, remotes).host_keys
+        try:
+            known = remote_urls.known_host(keys, route.remote.host, route.remote.port)
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot read the known_hosts file {keys}: {e.strerror}") from None
+        if not known:
+            raise ConfigError(f"{where}: the host key of {route.remote.label} is not in {keys}; add it "
+                              "(ssh-keyscan, after checking its fingerprint) or name a known_hosts file in "
+                              "its [[remote]] table")
 
 
 def _schemas(tables: Any, resolve: Callable[[str], Path]) -> tuple[Schema, ...]:

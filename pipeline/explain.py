@@ -81,7 +81,7 @@ def explain(config: Config, path: Path) -> list[str]:
         return lines + ["outcome:     fails at route (no rule matches; router.unmatched = fail)",
                         "then:        removed from the hot folder; the archive copy is kept"]
     for dest in chosen:
-        lines.append(f"route:       {dest.name}: {dest.path}")
+        lines.append(f"route:       {dest.name}: {dest.where}")
     if not chosen:
         lines.append("route:       none (no rule matches: archived only)")
     lines.append("then:        removed from the hot folder"
@@ -96,4 +96,5 @@ def _verdict_line(number: int, verdict: rules.Verdict) -> str:
         return head + f"no match: {verdict.failed}"
     if verdict.unsafe:
         return head + f"matches, but its destination cannot be built: {verdict.unsafe}"
-    return head + f"matches: {verdict.target}"
+    remote = verdict.route.remote
+    return head + f"matches: {remote.label if remote else ''}{verdict.target}"

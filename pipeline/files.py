@@ -229,7 +229,7 @@ def stage(target: Path, data: bytes, folders: Folders, *, mtime_ns: int | None =
     """The slow half of ``write_atomic``: write ``data`` and fsync it under a temporary name
     beside ``target``, and return that name for ``publish`` (or ``discard``)."""
     folders.ensure(target.parent)
-    tmp = target.parent / f".{fit_name(target.name, _TEMP_ROOM)}.{uuid.uuid4().hex[:12]}.tmp"   # matches _TEMP_SUFFIX
+    tmp = target.parent / temporary_name(target.name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, folders.modes.file)
     try:
         try:
@@ -270,6 +270,18 @@ def publish(tmp: Path, target: Path, folders: Folders, *, replace: bool = True) 
     return True
 
 
+def temporary_name(name: str) -> str:
+    """A hidden name, unique to this write, to copy ``name`` under before it is renamed to it
+    (also on a remote destination, docs/design.md#remote-destinations)."""
+    return f".{fit_name(name, _TEMP_ROOM)}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def is_temporary_of(candidate: str, name: str) -> bool:
+    """Whether ``candidate`` is a name ``temporary_name(name)`` gives."""
+    prefix = "." + fit_name(name, _TEMP_ROOM)
+    return candidate.startswith(prefix) and _TEMP_SUFFIX.fullmatch(candidate[len(prefix):]) is not None
+
+
 def discard(tmp: Path) -> None:
     """Remove a temporary that will not be published (or what is left of one)."""
     try:
@@ -284,13 +296,12 @@ def remove_stale_temporaries(folder: Path, name: str) -> int:
     Called only for a job resumed after its previous owner died, for that job's own file name.
     """
     removed = 0
-    name = fit_name(name, _TEMP_ROOM)               # as write_atomic named them
     try:
-        candidates = [p for p in folder.glob(f".{glob_escape(name)}.*.tmp")]
+        candidates = [p for p in folder.glob(f".{glob_escape(fit_name(name, _TEMP_ROOM))}.*.tmp")]
     except OSError:
         return 0
     for path in candidates:
-        if _TEMP_SUFFIX.fullmatch(path.name[len(name) + 1:]):
+        if is_temporary_of(path.name, name):
             discard(path)
             removed += 1
     return removed

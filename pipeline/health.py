@@ -18,6 +18,7 @@ import peewee
 
 from . import rules, steering
 from .config import Config
+from .remote import record as remote_record
 from .reporting import alerts, expectations
 from .states import NOTIFY_QUEUE, QUEUE_OF_STATE, ROUTE_QUEUE, WAITING_SINCE
 from .times import utc_text
@@ -128,6 +129,7 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
         silences = expectations.current(db, config.expect, now, config.report.timezone)
         ordered = in_order(db)
         pauses = steering.Pauses.read(db, now).all
+        remotes = remote_record.latest(db)
     for scan in scans:
         scan["seconds"] = None if scan["seconds"] is None else round(scan["seconds"], 3)
     for beat in beats:
@@ -140,7 +142,8 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
               "pauses": [{"kind": p.kind, "name": p.name, "until": p.until, "reason": p.reason, "actor": p.actor,
                           "since": p.created} for p in pauses],
               "unmatched": unmatched_today(today, config),
-              "detecting": detector[0] if detector and detector[0]["lease_until"] >= now else None}
+              "detecting": detector[0] if detector and detector[0]["lease_until"] >= now else None,
+              "remotes": remotes}
     graded = graded_problems(status, config)
     status["problems"] = [text for _, text in graded]
     status["config_problems"] = config_problems

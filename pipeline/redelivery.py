@@ -90,7 +90,12 @@ def destinations(config: Config, job: Finished, data: bytes, only: str | None) -
                                                                   job.detected_at))
     except (Invalid, rules.Unsafe) as e:
         raise Refused(f"{job.label}: its rules cannot be applied to it now: {e}") from None
-    return [d for d in chosen if only is None or d.name == only]
+    chosen = [d for d in chosen if only is None or d.name == only]
+    remote = sorted({d.name for d in chosen if d.remote is not None})
+    if remote:      # its copies are made by the router's remote pools, which re-delivery does not use
+        raise Refused(f"{job.label}: re-delivery to a remote destination is not supported ({', '.join(remote)}); "
+                      "--destination NAME re-delivers to one of its folders")
+    return chosen
 
 
 def plan(db: store.Engine, config: Config, job_id: int, only: str | None) -> tuple[Finished, list[rules.Destination]]:

@@ -4,7 +4,8 @@
 A batch goes through four phases so that no file operation happens inside a write transaction
 and a crash between any two of them is resumed by the next owner of the lease:
 
-A. read, validate, archive and copy each file (fsync per file; folders fsynced once per batch);
+A. read, validate, archive and copy each file (fsync per file; folders fsynced once per batch;
+   copies to remotes, docs/design.md#remote-destinations, made once the archive copy is);
 B. commit: detected -> archived, the deliveries made, the failures about to be moved, the waits;
 C. remove the originals (only the exact file the job took) and move invalid files to FAILED;
 D. commit: archived -> routed, and the failures.
@@ -41,6 +42,8 @@ from pathlib import Path
 import peewee
 
 from . import cli, failures, ordering, redelivery, retry, rules, schemas, steering, strictjson
+from .remote import Problem, record as remote_record
+from .remote.delivery import Remotes
 from .config import Config
 from .hotfolder import HotFolder, Sighting
 from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
@@ -99,6 +102,7 @@ class Work:
     waits_after: int = 0                        # outcome after: the earlier job it waits for
     waiting: steering.Wait | None = None        # outcome park: what it waits for (a paused destination, client)
     hold: str = ""                              # outcome hold: why it waits, held, for a person
+    remote: list = field(default_factory=list)  # its copies to remotes, made after the batch's local ones
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -179,6 +183,10 @@ class Router(Program):
         self._hot_files: dict[Identity, Sighting] | None = None     # listed on first need, per phase
         self._last_of_key: dict[str, Work] = {}     # ordering: the batch's latest job of each key
         self._copying: ThreadPoolExecutor | None = None
+        self.remotes = Remotes(config.remotes, rc.create_folders, rc.dir_mode)    # connections pooled per remote
+        self._remote_threads: ThreadPoolExecutor | None = None
+        self._remote_sent: list = []    # the batch's remote copies under way: (work, copy, future)
+        self._remote_last: dict = {}    # target -> the future of the last copy sent to it
         self._claim_size = min(FIRST_BATCH, rc.batch_size)
         self._token = ""                # the lease token of the batch in hand
         self.pauses = steering.Pauses()     # what a person paused, read once per batch
@@ -201,6 +209,7 @@ class Router(Program):
         modes, the batch size and the copy threads change with the configuration."""
         derived = self._derived(config)
         idle_pool = self._copying if config.router.threads != self.config.router.threads else None
+        old, rc = self.config, config.router
         self.config = config
         self.places, self.destinations, self.hot, self.keep = derived
         self.error_log.folders = Folders.made_as(config.router)
@@ -210,6 +219,16 @@ class Router(Program):
         if idle_pool is not None:       # made again at the next batch, with the new count
             self._copying = None
             idle_pool.shutdown()
+        if (config.remotes, config.routes) != (old.remotes, old.routes) or \
+                (rc.create_folders, rc.dir_mode) != (old.router.create_folders, old.router.dir_mode):
+            # Remote settings or routes changed: new pools (their connections made as the next
+            # batch needs them) and as many threads as they now allow; nothing is in flight.
+            remotes, threads = self.remotes, self._remote_threads
+            self.remotes = Remotes(config.remotes, rc.create_folders, rc.dir_mode)
+            self._remote_threads = None
+            if threads is not None:
+                threads.shutdown()
+            remotes.close()
 
     @property
     def copying(self) -> ThreadPoolExecutor:
@@ -224,10 +243,23 @@ class Router(Program):
         one file operation can take, and more than two hosts' clocks may differ."""
         return self.config.router.lease / 2
 
+    @property
+    def remote_threads(self) -> ThreadPoolExecutor:
+        """The threads making remote copies: as many as the remotes' connections together."""
+        if self._remote_threads is None:
+            remotes = {r.remote for r in self.config.routes if r.remote is not None}
+            self._remote_threads = ThreadPoolExecutor(sum(self.remotes.size(r) for r in remotes) or 1,
+                                                      thread_name_prefix="remote")
+        return self._remote_threads
+
     def finish(self) -> None:
         if self._copying is not None:
             self._copying.shutdown()
             self._copying = None
+        if self._remote_threads is not None:
+            self._remote_threads.shutdown()
+            self._remote_threads = None
+        self.remotes.close()
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -264,6 +296,7 @@ class Router(Program):
             return 0
         delivered = self.jobs.delivered_paths(j.id for j in batch.jobs if j.state == "archived")
         self._token = batch.token
+        self._remote_sent, self._remote_last = [], {}   # (what a batch cut short left is dropped)
         works = [Work(job=job, state=job.state, held_until=claimed_at + cfg.lease) for job in batch.jobs]
         self._hot_files = None
         self._last_of_key = {}
@@ -284,11 +317,13 @@ class Router(Program):
                 ready, held = [], 0
         self._copy_all(self._in_order(ready))
         self._sync_copies(works)
+        self._finish_remote()
         self._commit_progress(batch.token, works)
         self._hot_files = None          # files may have moved since phase A looked
         self._clean_up(works)
         self._commit_outcomes(batch.token, works)
         self._hand_on(works)
+        remote_record.write(self.db, self.remotes.news())     # each remote's last success and error
         self._report(works)
         self.error_log.flush(new=any(w.outcome in FAILED_NOW for w in works))
         return len(batch.jobs)
@@ -449,7 +484,8 @@ class Router(Program):
         planned = [(work, self._planned(work)) for work in works]
         try:
             for staged in [self.copying.submit(self._stage, copy, work.data, work.job.mtime_ns)
-                           for work, copies in planned for copy in copies if not copy.present]:
+                           for work, copies in planned for copy in copies
+                           if not copy.present and not _is_remote(copy)]:
                 staged.result()
             if works:
                 self._hold(works, renew=True)
@@ -457,9 +493,9 @@ class Router(Program):
                 try:
                     if work.outcome != "lost":
                         self._guarded(work, self._deliver, work, copies, works[i:])
+                        self._send_remote(work)
                 finally:
                     _discard_unpublished(copies)    # not published: the job failed, waits or was lost
-                work.data = None
         finally:
             for work, copies in planned:            # the batch cut short (the database's trouble)
                 _discard_unpublished(copies)
@@ -494,18 +530,19 @@ class Router(Program):
         job = work.job
         archive = self.config.paths.store / job.client_folder / job.file_name
         if job.claims > 1:      # its previous owner died, maybe mid-copy: clear what it left
-            for target in [archive] + [d.path for d in work.targets]:   # (before any staging)
+            for target in [archive] + [d.path for d in work.targets if d.remote is None]:   # (before any staging)
                 remove_stale_temporaries(target.parent, target.name)
         copies = [Copy(archive)] if work.state == "detected" and work.archive_path is None else []
         if not work.refused:
-            copies += [Copy(d.path, d) for d in work.targets if str(d.path) not in work.delivered_before]
+            copies += [Copy(d.path, d) for d in work.targets if d.where not in work.delivered_before]
         if job.claims > 1:
             # Its previous owner may have published copies and stopped (killed, or frozen past
             # its lease) before recording them: a copy that is there, this very content with the
             # original's mtime, is not published again, so a consumer of the folder does not
             # receive the file twice.
-            for copy in copies:
-                copy.present = _is_copy_of(copy.target, work.identity) and _same_content(copy.target, work.sha256)
+            for copy in copies:     # (a remote copy is looked at when it is made: Remotes.deliver)
+                copy.present = not _is_remote(copy) and _is_copy_of(copy.target, work.identity) \
+                    and _same_content(copy.target, work.sha256)
         return copies
 
     def _stage(self, copy: Copy, data: bytes, mtime_ns: int) -> None:
@@ -650,12 +687,15 @@ class Router(Program):
         conflict = self.config.router.conflict
         for copy in copies:
             dest = copy.dest
-            newer = work.newer.get(str(copy.target))
+            newer = work.newer.get(dest.where)
             if newer is not None and conflict == "replace":
                 # Of two jobs writing one path the later one wins, whichever publishes last.
                 log.info("%s: %s keeps the copy of a newer job of the same name (job %d)",
                          work.label, dest.name, newer, extra=work.about)
-                work.delivered.append((dest.name, str(copy.target), "kept"))
+                work.delivered.append((dest.name, dest.where, "kept"))
+                continue
+            if dest.remote is not None:
+                work.remote.append(copy)        # made from the archive copy on (_send_remote)
                 continue
             if copy.present:
                 log.info("%s: %s holds its copy already (made before its previous owner stopped)",
@@ -686,6 +726,67 @@ class Router(Program):
             work.wait("route", "; ".join(problems))
         else:
             work.outcome = "park" if work.waiting else "route"
+
+    def _send_remote(self, work: Work) -> None:
+        """Start the job's remote copies, its archive copy published: they are made while the
+        batch goes on (the next jobs' copies, the folders' fsyncs), each remote's connections
+        busy at once; ``_finish_remote`` waits for them. Copies to one target are made in claim
+        order (each waits for the one before): of two jobs the later one wins."""
+        copies, work.remote = work.remote, []
+        if not copies or not (work.outcome == "route" or work.outcome == "wait" and work.step == "route"):
+            return
+        for copy in copies:
+            before = self._remote_last.get(copy.dest.where)
+            made = self.remote_threads.submit(self._make_remote, work, copy, work.data, before)
+            self._remote_last[copy.dest.where] = made
+            self._remote_sent.append((work, copy, made))
+
+    def _finish_remote(self) -> None:
+        """Judge the batch's remote copies. A remote that could not take a copy is a place problem
+        for that copy alone (the job waits for it); the job's other copies are recorded."""
+        sent, self._remote_sent, self._remote_last = self._remote_sent, [], {}
+        problems: dict[int, list[str]] = {}
+        conflict = self.config.router.conflict
+        for w, copy, future in sent:
+            dest, made = copy.dest, future.result()
+            if w.outcome not in ("route", "wait") or w.outcome == "wait" and w.step != "route":
+                continue        # failed meanwhile (conflict = fail), or its archive folder did not sync
+            if isinstance(made, Problem):
+                problems.setdefault(id(w), []).append(f"{dest.name}: {made}")
+                continue
+            if made.before:
+                log.info("%s: %s holds its copy already (made before its previous owner stopped)",
+                         w.label, dest.name, extra=w.about)
+            if not made.same and conflict == "fail":
+                w.fail("route", f"a different file named {dest.file_name} is already in {dest.name} "
+                                f"({dest.remote.label}{dest.folder}) and router.conflict is fail")
+                continue
+            w.delivered.append((dest.name, dest.where, "written" if made.same else "kept"))
+        for w, _, _ in sent:
+            found = problems.pop(id(w), None)
+            if found and w.outcome == "route":
+                w.wait("route", "; ".join(found))
+            elif found and w.outcome == "wait":
+                w.error = "; ".join([w.error] + found)
+
+    def _make_remote(self, work: Work, copy: Copy, data: bytes, before) -> object:
+        """Make one remote copy, after ``before`` (the previous copy to its target, if any, in
+        this batch): its Made, or the Problem met."""
+        if before is not None:
+            before.result()
+        dest = copy.dest
+        try:
+            return self.remotes.deliver(dest.remote, str(dest.folder), dest.file_name, data, work.sha256,
+                                        replace=self.config.router.conflict == "replace",
+                                        # taken over from a router that stopped, or tried before
+                                        # (a connection cut mid-write leaves its temporary there)
+                                        resumed=work.job.claims > 1 or work.job.attempts > 0)
+        except Problem as e:
+            return e
+        except Exception as e:      # a defect: this copy waits, the others go on
+            log.exception("%s: unexpected error while copying to %s", work.label, dest.remote.label,
+                          extra=work.about)
+            return Problem(f"{dest.remote.label}: unexpected error: {_describe(e)}")
 
     def _sync_copies(self, works: list[Work]) -> None:
         """fsync the folders phase A wrote to; a copy whose folder did not sync is not made."""
@@ -957,6 +1058,10 @@ def _removes_original(w: Work) -> bool:
 def _cleans_up(w: Work) -> bool:
     """Whether phase C touches the job's files: removes its original, or moves it to FAILED."""
     return _removes_original(w) or w.outcome == "move"
+
+
+def _is_remote(copy: Copy) -> bool:
+    return copy.dest is not None and copy.dest.remote is not None
 
 
 def _discard_unpublished(copies: list[Copy]) -> None:

@@ -9,12 +9,14 @@ rule is a few set lookups and, for the features it uses, a dict walk or a regula
 from __future__ import annotations
 
 import fnmatch
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import placeholders
+from .remote import urls
 from .placeholders import MISSING, Facts, Unsafe
 from .validation import share_problem
 
@@ -51,7 +53,8 @@ class Condition:
 
 @dataclass(frozen=True)
 class Route:
-    """A routing rule. ``to`` is its folder, or, when ``to`` has placeholders, its static base."""
+    """A routing rule. ``to`` is its folder, or, when ``to`` has placeholders, its static base;
+    on a remote destination (``remote``), the path there."""
     name: str
     to: Path
     clients: frozenset[str] | None = None      # upper-cased; None matches any client
@@ -62,6 +65,7 @@ class Route:
     template: placeholders.Template | None = None
     rename: placeholders.Component | None = None
     hold: bool = False                          # an approval step: a matching job waits, held, for a person
+    remote: urls.Where | None = None           # sftp://, s3:// or smb://: ``to`` is the path there
 
     def matches(self, facts: Facts) -> bool:
         """Every condition holds (what ``failure`` explains, without building its words)."""
@@ -105,10 +109,16 @@ class Destination:
     file_name: str
     base: Path     # the folder nothing below which is a symlink the copy may follow (its static part)
     templated: bool = False
+    remote: urls.Where | None = None    # the copy goes there, ``folder`` being the path on it
 
     @property
     def path(self) -> Path:
         return self.folder / self.file_name
+
+    @property
+    def where(self) -> str:
+        """Where the copy goes, as recorded: a path, or a URL on a remote."""
+        return f"{self.remote.label}{self.path}" if self.remote else str(self.path)
 
 
 def destinations(routes: Sequence[Route], facts: Facts) -> list[Destination]:
@@ -117,7 +127,7 @@ def destinations(routes: Sequence[Route], facts: Facts) -> list[Destination]:
     No match: the job is archived only. Raises Unsafe when a matching rule's template cannot be
     filled from this job: the job fails rather than going to some of its places.
     """
-    chosen: dict[Path, Destination] = {}
+    chosen: dict[tuple, Destination] = {}
     for route in routes:
         if route.matches(facts):
             _choose(chosen, route, route.target(facts))
@@ -134,9 +144,10 @@ def names_client(routes: Sequence[Route], client: str) -> bool:
     return any(route.clients is None or client.upper() in route.clients for route in routes)
 
 
-def _choose(chosen: dict[Path, Destination], route: Route, target: Path) -> None:
-    chosen.setdefault(target, Destination(route.name, target.parent, target.name, route.to,
-                                          templated=route.template is not None))
+def _choose(chosen: dict[tuple, Destination], route: Route, target: Path) -> None:
+    chosen.setdefault((route.remote, target), Destination(route.name, target.parent, target.name, route.to,
+                                                          templated=route.template is not None,
+                                                          remote=route.remote))
 
 
 @dataclass(frozen=True)
@@ -199,7 +210,12 @@ def compile_route(table: Mapping[str, Any], timezone: str, resolve: Callable[[st
     if "files" in table:
         globs = _non_empty("files", _keyed("files", string_list, table["files"]))
         fields["files"], fields["files_shown"] = _globs(globs), ", ".join(globs)
-    to = _keyed("to", placeholders.destination, table["to"], timezone, resolve)
+    if urls.is_remote(table["to"]):
+        fields["remote"], path = _keyed("to", urls.split, table["to"])
+        _keyed("to", urls.check_path, fields["remote"], path)
+        to = _keyed("to", placeholders.destination, path, timezone, lambda p: Path(posixpath.normpath("/" + p.lstrip("/"))))
+    else:
+        to = _keyed("to", placeholders.destination, table["to"], timezone, resolve)
     if isinstance(to, placeholders.Template):
         fields["template"], to = to, to.base
     if "rename" in table:

@@ -112,7 +112,8 @@ def problems(config: Config) -> list[str]:
     places = [_Place(f"[paths] {key}", getattr(p, key)) for key in ("store", "failed", "error_log")]
     # A rule whose to has placeholders is checked by its static base folder, and by what a job
     # could fill its placeholders with below it.
-    routes = [_Place(f"[[route]] {r.name!r} to", r.to, r.template) for r in config.routes]
+    routes = [_Place(f"[[route]] {r.name!r} to", r.to, r.template) for r in config.routes
+              if r.remote is None]                  # a remote path is not on this host's disks
     found = []
     for place in places + routes:
         blocker = _under_a_file(place.path)

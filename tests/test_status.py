@@ -221,3 +221,25 @@ def test_a_dashboard_that_never_started_or_went_silent_is_a_warning(tree, db):
     assert code == 1 and re.match(r"PIPELINE WARNING - dashboard \(pid \d+ on \S+\): silent for \d+s \| ", out)
     beat_all(db, ("dashboard",))
     assert status(tree, "--nagios")[0] == 0 and status(tree)[0] == 0
+
+
+def test_each_remotes_last_success_and_last_error_are_kept_apart_and_shown(tree, db):
+    """What routers saw of their remotes (docs/design.md#remote-destinations): a later success
+    keeps the last error, a later error keeps the last success."""
+    from pipeline.remote import record
+    from pipeline.remote.delivery import Seen
+    record.write(db, {"sftp://press@files:2222": Seen(success_at=1_800_000_000.0),
+                      "s3://jobs": Seen(error="s3://jobs/a.json: unreachable", error_at=1_800_000_001.0)})
+    record.write(db, {"sftp://press@files:2222": Seen(error="sftp://press@files:2222: credentials refused",
+                                                      error_at=1_800_000_002.0),
+                      "s3://jobs": Seen(success_at=1_800_000_003.0)})
+    assert record.latest(db) == [
+        {"remote": "s3://jobs", "last_success": 1_800_000_003.0, "last_error": "s3://jobs/a.json: unreachable",
+         "last_error_at": 1_800_000_001.0},
+        {"remote": "sftp://press@files:2222", "last_success": 1_800_000_000.0,
+         "last_error": "sftp://press@files:2222: credentials refused", "last_error_at": 1_800_000_002.0}]
+    beat_all(db)
+    _, out, _ = status(tree)
+    assert ("remote    s3://jobs: last success 2027-01-15 08:00:03; last error 2027-01-15 08:00:01: "
+            "s3://jobs/a.json: unreachable") in out
+    assert json.loads(status(tree, "--json")[1])["remotes"][1]["remote"] == "sftp://press@files:2222"

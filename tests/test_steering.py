@@ -4,7 +4,7 @@ commands for what a person types. Both engines."""
 
 import pytest
 
-from conftest import FakeClock, job_document, states
+from conftest import MATRIX, FakeClock, job_document, states
 from helpers.api_server import ApiServer
 from pipeline import steering
 from pipeline.jobs import Jobs
@@ -399,6 +399,20 @@ def test_a_redelivery_whose_archive_copy_is_missing_or_altered_is_refused_and_ch
     proc = tree.run("redeliver", "--id", str(job_id), check=False)
     assert proc.returncode == 65 and says in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert proc.stdout == "" and redeliveries(db) == []
+
+
+def test_a_redelivery_to_a_remote_destination_is_refused_and_its_folders_still_can_be_chosen(tree, db, clock):
+    """Re-delivery writes with the local folders only: a rule that now sends the job to a remote is
+    named and refused (exit 65, nothing recorded) rather than written to a local folder of that path."""
+    job_id = routed_job(tree, db, clock, category="CELTRA")
+    tree.write_config(routes=MATRIX.replace('to = "dest/Monday Rank"', 'to = "s3://print-jobs/in"'),
+                      extra='[[remote]]\nurl = "s3://print-jobs"\nendpoint_url = "http://127.0.0.1:9"\n')
+    proc = tree.run("redeliver", "--id", str(job_id), check=False)
+    assert proc.returncode == 65 and proc.stdout == "" and redeliveries(db) == []
+    assert proc.stderr.strip().endswith("re-delivery to a remote destination is not supported (Monday Rank); "
+                                        "--destination NAME re-delivers to one of its folders")
+    tree.run("redeliver", "--id", str(job_id), "--to", "Celtra")
+    assert redeliveries(db) == [(job_id, "Celtra", "pending", None)]
 
 
 def test_redeliver_notify_posts_again_with_a_fresh_idempotency_key(tree, db, clock):

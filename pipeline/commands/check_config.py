@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import cli, command, config as config_module, files, separation, store, users
 from ..config import Config, ConfigError
 from ..api import resolve_headers
+from ..remote import urls as remote_urls
 from ..reporting import channels
 
 
@@ -62,8 +63,12 @@ def check(config: Config) -> tuple[list[str], list[str], list[str]]:
     problems += separation.problems(config)
     if why := files.unstable_inodes(config.paths.hot_folder):
         problems.append(f"[paths] hot_folder: {why}")
+    problems += remote_urls.problems(config.routes, config.remotes)
     for route in config.routes:
-        if not route.to.is_dir():
+        if route.remote is not None:
+            notes.append(f"route {route.name!r}: copies go to {route.remote.label}{route.to} (not connected to "
+                         "by this check)")
+        elif not route.to.is_dir():
             if config.router.create_folders:
                 notes.append(f"route {route.name!r}: {route.to} does not exist yet; it will be created")
             else:

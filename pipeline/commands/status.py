@@ -124,6 +124,11 @@ def render_text(status: dict[str, Any]) -> str:
     for error in status["last_errors"]:
         out.append(f"error     {utc_text(error['failed_at'])} {error['client']}/{error['file']} at {error['step']}: "
                    f"{error['reason']}")
+    for remote in status.get("remotes", []):
+        ok = f"last success {utc_text(remote['last_success'])}" if remote["last_success"] else "no success yet"
+        error = (f"; last error {utc_text(remote['last_error_at'])}: {remote['last_error']}"
+                 if remote["last_error"] else "")
+        out.append(escape_control_characters(f"remote    {remote['remote']}: {ok}{error}"))
     report = status["last_report"]
     if report:
         how = f"sent {utc_text(report['sent_at'])}" if report["state"] == "sent" else report["state"]

@@ -119,6 +119,17 @@ class ConfigProblem(BaseModel):
         primary_key = peewee.CompositeKey("host", "file")
 
 
+class RemoteSeen(BaseModel):
+    """A remote destination's last success and last error, as the routers saw them."""
+    remote = peewee.TextField(primary_key=True)
+    last_success = peewee.FloatField(null=True)
+    last_error = peewee.TextField(null=True)
+    last_error_at = peewee.FloatField(null=True)
+
+    class Meta:
+        table_name = "remotes"
+
+
 class Heartbeat(BaseModel):
     program = peewee.TextField()
     host = peewee.TextField()
@@ -272,8 +283,8 @@ class Redelivered(BaseModel):
         table_name = "redelivered"
 
 
-MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, ConfigProblem, Leader, Report, Alert, AlertDelivery, Silence, ErrorLogRecord,
-          Tally, Pause, SteeringEvent, Redelivery, Redelivered)
+MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, ConfigProblem, Leader, RemoteSeen, Report, Alert, AlertDelivery,
+          Silence, ErrorLogRecord, Tally, Pause, SteeringEvent, Redelivery, Redelivered)
 
 
 def bind(db: peewee.Database) -> None:

@@ -294,6 +294,15 @@ CREATE TABLE IF NOT EXISTS config_problems (
     PRIMARY KEY (host, file)
 );
 
+-- Each remote destination's last success and last error as the routers saw them (docs/design.md#remote-destinations),
+-- for bin/status and the dashboard. One row per remote: sftp://user@host:port, s3://bucket, smb://server.
+CREATE TABLE IF NOT EXISTS remotes (
+    remote        TEXT             NOT NULL PRIMARY KEY,
+    last_success  DOUBLE PRECISION,
+    last_error    TEXT,
+    last_error_at DOUBLE PRECISION
+);
+
 -- ---------------------------------------------------------------------------------------------
 -- Audit views. Times are shown in UTC as YYYY-MM-DD HH:MM:SS.SSS.
 
