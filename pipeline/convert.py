@@ -286,3 +286,13 @@ def headers(value: Any) -> Mapping[str, str]:
         if problem:
             raise ValueError(f"the value of {name} {problem} (the value is not shown)")
     return dict(value)
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding bytes that are not UTF-8 (Python keeps them as lone surrogates: a
+    file name read from disk, a value that came through one)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

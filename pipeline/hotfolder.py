@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from .convert import is_utf8
 from .files import Identity
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class HotFolder:
             return None
         if self.done_suffix and not os.path.lexists(path + self.done_suffix):
             return None                         # not done yet: its marker is not there
-        if not (_is_utf8(client) and _is_utf8(name)):
+        if not (is_utf8(client) and is_utf8(name)):
             # Such a name cannot be stored, logged or put into an email as it is: it stays where it
             # is, and a person renames it.
             self._warn_once(os.fsencode(path).decode("utf-8", "backslashreplace"),
@@ -184,12 +185,3 @@ class HotFolder:
         finally:
             os.close(fd)
         return again if stat.S_ISREG(st.st_mode) and Identity.of(st) == Identity.of(again.st) else None
-
-
-def _is_utf8(name: str) -> bool:
-    """False for a name holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

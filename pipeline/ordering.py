@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from .convert import is_utf8
 from .placeholders import MISSING, as_text, lookup
 
 UNORDERED = ""          # the key of a job without a value at order_by (or read with ordering off)
@@ -46,7 +47,7 @@ def key_of(document: dict, keys: tuple[str, ...]) -> Key:
     folded = text.casefold()
     shown = text if len(text) <= 40 else text[:37] + "..."
     # A value the index and every engine's text can hold: not too long, no NUL, no lone surrogate.
-    if len(folded) > KEY_LIMIT or "\0" in folded or not _encodable(folded):
+    if len(folded) > KEY_LIMIT or "\0" in folded or not is_utf8(folded):
         folded = "sha256:" + hashlib.sha256(folded.encode("utf-8", "surrogatepass")).hexdigest()
     return Key(folded, shown=shown)
 
@@ -62,14 +63,6 @@ def describe(document: dict, order_by: tuple[str, ...]) -> str:
     if key.ordered:
         return f"{'.'.join(order_by)} = {key.shown} (routed after the earlier jobs with that value)"
     return f"none: {key.why}; the job is unordered"
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def field_name(keys: tuple[str, ...]) -> str:
