@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Sequence
 
 from . import retry, rules, schemas, steering, store
 from .config import Config
-from .files import Folders, NotRegular, discard, publish, stage
+from .files import Folders, NotRegular, discard, publish, remove_stale_temporaries, stage
 from .states import MAX_CLAIMS
 from .validation import Invalid, wanted
 
@@ -227,6 +227,8 @@ class Redeliverer:
                 problems.append(f"{target.name}: {paused.says}")
                 continue
             try:
+                if req.claims > 1:      # its previous owner died, maybe mid-copy: clear what it left
+                    remove_stale_temporaries(target.folder, target.path.name)
                 if target.templated:
                     self.folders.ensure(target.folder, below=target.base)
                 tmp = stage(target.path, data, self.folders)

@@ -2,9 +2,11 @@
 rule routes. In-process programs on a FakeClock for what the router and notifier do; the real
 commands for what a person types. Both engines."""
 
+import json
+
 import pytest
 
-from conftest import MATRIX, FakeClock, job_document, states
+from conftest import MATRIX, FakeClock, job_document, states, wait_for
 from helpers.api_server import ApiServer
 from pipeline import steering
 from pipeline.jobs import Jobs
@@ -459,6 +461,39 @@ def test_a_router_dead_mid_redelivery_leaves_the_request_to_another_which_finish
     assert [e[3] for e in events(db, job_id)].count("re-delivery 1 done: Monday Rank") == 1
     assert db.run_sql("SELECT count(*) FROM redelivered").fetchone() == (1,)
     assert not [p for p in tree.dest("Monday Rank").iterdir() if p.name.startswith(".")], "no temporary left"
+
+
+def test_a_router_process_sigkilled_mid_redelivery_leaves_the_rest_to_the_next_which_does_each_once(tree, db):
+    """The real thing: bin/router carrying out 600 requests, SIGKILLed between two of its batches
+    of requests; the next router finishes the requests left once their lease has run out, and
+    every request ends done once, its copy recorded once and whole, no temporary left."""
+    jobs = Jobs(db, "test:1")           # the real clock: the routers below are real processes
+    for i in range(600):
+        tree.age(tree.drop("RANK", f"r{i:03}.json", job_document("RANK", Title=f"again {i}")))
+    Scanner(tree.config, jobs).scan("periodic", "periodic")
+    Router(tree.config, jobs).run(once=True)
+    rank = tree.dest("Monday Rank")
+    for copy in rank.iterdir():
+        copy.unlink()
+    tree.run("redeliver", "--client", "RANK", "--to", "Monday Rank")
+    done = lambda: db.run_sql("SELECT count(*) FROM redeliveries WHERE state = 'done'").fetchone()[0]
+
+    router = tree.spawn("router")
+    try:
+        wait_for(lambda: done() > 0, timeout=60, message="the first requests to be done")
+    finally:
+        router.kill()                   # SIGKILL
+        router.wait(10)
+    assert 0 < done() < 600, "killed between two batches of requests"
+
+    wait_for(lambda: tree.run("router", "--once") and done() == 600, timeout=90,
+             message="the next router to finish the requests left")
+    assert db.run_sql("SELECT count(*), count(DISTINCT redelivery_id) FROM redelivered").fetchone() == (600, 600)
+    finished = db.run_sql("SELECT count(*) FROM job_events WHERE detail LIKE 're-delivery % done: Monday Rank'")
+    assert finished.fetchone() == (600,)
+    names = sorted(p.name for p in rank.iterdir())
+    assert names == [f"r{i:03}.json" for i in range(600)], "every copy there, no temporary left"
+    assert json.loads((rank / "r599.json").read_text())["JobSpecification"]["JobDetails"]["Title"] == "again 599"
 
 
 def test_a_redelivery_to_a_paused_destination_waits_for_the_resume_without_an_attempt(tree, db, clock, ops):
