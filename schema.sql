@@ -296,6 +296,15 @@ CREATE TABLE IF NOT EXISTS config_problems (
     PRIMARY KEY (host, file)
 );
 
+-- Requests to read the configuration again (bin/reload), one row each: a program whose heartbeat
+-- finds a newer request than it has seen reads its file again, on whichever host it runs.
+CREATE TABLE IF NOT EXISTS config_reloads (
+    id           INTEGER PRIMARY KEY,
+    requested_at REAL    NOT NULL,
+    host         TEXT    NOT NULL,                    -- where bin/reload ran
+    actor        TEXT    NOT NULL                     -- ops@host
+);
+
 -- Each remote destination's last success and last error as the routers saw them (docs/design.md#remote-destinations),
 -- for bin/status and the dashboard. One row per remote: sftp://user@host:port, s3://bucket, smb://server.
 CREATE TABLE IF NOT EXISTS remotes (

@@ -27,6 +27,8 @@ INSERT INTO config_problems (host, file, problem, since, seen_at) VALUES (?, ?, 
 ON CONFLICT (host, file) DO UPDATE SET problem = excluded.problem, seen_at = excluded.seen_at"""
 _SQL_CONFIG_VALID = "DELETE FROM config_problems WHERE host = ? AND file = ?"
 _SQL_RETIRE = "DELETE FROM heartbeats WHERE program = ? AND host = ? AND pid = ?"
+_SQL_LAST_RELOAD = "SELECT coalesce(max(id), 0) FROM config_reloads"
+_SQL_REQUEST_RELOAD = "INSERT INTO config_reloads (requested_at, host, actor) VALUES (?, ?, ?)"
 
 
 class Heartbeat:
@@ -40,6 +42,10 @@ class Heartbeat:
     And the configuration: its fingerprint and since when the program runs it, and, once after a
     start or a reload, whether its file was found valid or not (``config_problems``; a write that
     fails is tried again at the next beat).
+
+    And the reload requests of ``bin/reload`` (``config_reloads``), which reach the programs of
+    every host: a beat that finds one newer than the last it saw sets ``reload_asked``. The first
+    beat only takes note of the newest: a program that just started read the file as it is.
     """
 
     def __init__(self, db: store.Engine, program: str, clock: Callable[[], float] = time.time,
@@ -54,6 +60,8 @@ class Heartbeat:
         self.config, self.config_since = config, self.started_at
         # (file, problem): what to record at the next beat; a start with a file says it is valid.
         self._config_outcome: tuple[str, str | None] | None = (config_file, None) if config_file else None
+        self._reload_seen: int | None = None    # the newest reload request seen; None before the first beat
+        self.reload_asked = False               # a newer one came: the program reads its file again
 
     def config_loaded(self, fingerprint: str, file: str) -> None:
         """A reload took ``file``: beat at once with its fingerprint, and clear its problem."""
@@ -87,8 +95,12 @@ class Heartbeat:
                         self.db.run_sql(_SQL_CONFIG_VALID, (self.host, file))
                     else:
                         self.db.run_sql(_SQL_CONFIG_INVALID, (self.host, file, problem, now, now))
+                newest = self.db.run_sql(_SQL_LAST_RELOAD).fetchone()[0]
             if self._config_outcome is outcome:
                 self._config_outcome = None
+            if self._reload_seen is not None and newest > self._reload_seen:
+                self.reload_asked = True
+            self._reload_seen = newest
             if now - self._tidied >= TIDY_INTERVAL:
                 self._tidied = now
                 self.db.tidy()
@@ -122,3 +134,10 @@ def retire(db: store.Engine, program: str) -> None:
         if db.transient(e) is None:
             raise
         log.warning("heartbeat left behind, the database cannot be written (%s)", db.describe(e))
+
+
+def request_reload(db: store.Engine, actor: str) -> None:
+    """Ask every program, on every host, to read its configuration again (``bin/reload``): each
+    sees the request at its next heartbeat (within INTERVAL seconds)."""
+    with db.write():
+        db.run_sql(_SQL_REQUEST_RELOAD, (time.time(), socket.gethostname(), actor))

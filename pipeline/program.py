@@ -7,9 +7,10 @@ wants to run again: 0 for at once), and this loop does the rest, the same for ev
 - ``--once``: steps until a step has nothing more to do now (it asks to wait), then returns;
 - stopping: a signal only sets the stopper's flag; the loop sees it between steps, logs it once,
   and lets the program give back what it holds (``drain()``);
-- reloading: SIGHUP only sets the stopper's ``reload_requested``; before the next step (or within
-  a heartbeat of an idle wait) the configuration is read again (``reload.Reloader``) and, when
-  valid, handed to ``configure`` (docs/design.md#changing-the-configuration-live);
+- reloading: SIGHUP only sets the stopper's ``reload_requested``, and so does a heartbeat that
+  finds a newer reload request of bin/reload in the database (from any host); before the next step
+  (or within a heartbeat of an idle wait) the configuration is read again (``reload.Reloader``)
+  and, when valid, handed to ``configure`` (docs/design.md#changing-the-configuration-live);
 - the one policy for a transient database error (locked past the busy timeout, disk full,
   read-only, failing, unreachable, refusing the connection): logged once while it lasts, and again
   when the database's own reason changes (``store.Trouble``), the step tried again after a pause
@@ -89,8 +90,9 @@ class Program:
             left = min(deadline - time.monotonic(), by_clock - self.clock())
             if left <= 0:
                 return
-            if heartbeat:
-                heartbeat.beat()
+            self._beat(heartbeat)
+            if self._reload_due():
+                return
             if self.db.wait_for_work(self.stopper, min(heartbeat_module.INTERVAL, left), self.wakes_on_work):
                 return
 
@@ -109,6 +111,15 @@ class Program:
         finally:
             self.finish()
 
+    def _beat(self, heartbeat: Heartbeat | None) -> None:
+        """Beat; a reload request of bin/reload that the beat found (one from another host, whose
+        HUP never reaches this one) asks for a reload as a SIGHUP does."""
+        if heartbeat:
+            heartbeat.beat()
+            if heartbeat.reload_asked and self.reloader is not None:
+                heartbeat.reload_asked = False
+                self.stopper.reload_requested = True
+
     def _reload_due(self) -> bool:
         return self.reloader is not None and getattr(self.stopper, "reload_requested", False)
 
@@ -123,8 +134,7 @@ class Program:
         while not self.stopper.requested:
             if self._reload_due():
                 self._reload(heartbeat)
-            if heartbeat:
-                heartbeat.beat()
+            self._beat(heartbeat)
             wait = self._with_retries(lambda: self.step(self.clock()), heartbeat, until_done=False)
             if wait is None:
                 continue                # a transient error: the pause is over, step again

@@ -3,6 +3,7 @@
 
 import shutil
 import signal
+import socket
 import time
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from conftest import MATRIX, ROOT, job_document, wait_for
 from helpers.api_server import HANG, ApiServer
 from pipeline import config as config_module
-from pipeline.heartbeat import Heartbeat
+from pipeline.heartbeat import Heartbeat, request_reload
 from pipeline.web import app as web_app
 from pipeline.reload import fingerprint, keep_restart_only
 
@@ -107,6 +108,33 @@ def test_a_changed_route_applies_without_a_restart(tree, db, router):
     assert not (tree.dest("Monday Rank") / "new.json").exists()
     assert beats(db)[0][0] == pid == router.pid and router.poll() is None
     assert beats(db)[0][1] == fingerprint(config_module.load(tree.config_path))
+
+
+def test_a_reload_requested_on_another_host_reaches_a_program_that_got_no_signal(tree, db, router):
+    """bin/reload on one host HUPs that host's programs; the others find its request in the database
+    at their next heartbeat. Here the router gets no signal at all, only the recorded request."""
+    pid = beats(db)[0][0]
+    tree.write_config(routes=NEW_RANK)
+    request_reload(db, "ops@elsewhere")
+    wait_for(lambda: "configuration reloaded from" in tree.logs("router"), timeout=30,
+             message="the request seen at a heartbeat")
+    route_one(tree, "new.json")
+    wait_for(lambda: (tree.dest("Monday Rank NEW") / "new.json").exists(), message="routed the new way")
+    assert beats(db)[0][0] == pid == router.pid and router.poll() is None
+    assert db.run_sql("SELECT host, actor FROM config_reloads").fetchall() == [(socket.gethostname(), "ops@elsewhere")]
+
+
+def test_a_heartbeat_asks_for_a_reload_only_for_a_request_newer_than_its_start(db):
+    request_reload(db, "ops@host")              # before the program started: it read the file as it is
+    beat = Heartbeat(db, "router_00")
+    beat.beat(force=True)
+    assert not beat.reload_asked
+    request_reload(db, "ops@host")
+    beat.beat(force=True)
+    assert beat.reload_asked
+    beat.reload_asked = False
+    beat.beat(force=True)                       # the same request is not seen twice
+    assert not beat.reload_asked
 
 
 def test_a_key_that_needs_a_restart_is_kept_and_said_once(tree, db, router):

@@ -119,6 +119,15 @@ class ConfigProblem(BaseModel):
         primary_key = peewee.CompositeKey("host", "file")
 
 
+class ConfigReload(BaseModel):
+    requested_at = peewee.FloatField()
+    host = peewee.TextField()
+    actor = peewee.TextField()
+
+    class Meta:
+        table_name = "config_reloads"
+
+
 class RemoteSeen(BaseModel):
     """A remote destination's last success and last error, as the routers saw them."""
     remote = peewee.TextField(primary_key=True)
@@ -283,7 +292,7 @@ class Redelivered(BaseModel):
         table_name = "redelivered"
 
 
-MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, ConfigProblem, Leader, RemoteSeen, Report, Alert, AlertDelivery,
+MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, ConfigProblem, ConfigReload, Leader, RemoteSeen, Report, Alert, AlertDelivery,
           Silence, ErrorLogRecord, Tally, Pause, SteeringEvent, Redelivery, Redelivered)
 
 
