@@ -3,18 +3,22 @@ and its hours and days. Real folders, a real database, the real router with an i
 
 import datetime as dt
 import os
+import re
+import time
 import zoneinfo
 
 import pytest
 
 from conftest import FakeClock, job_document
-from pipeline import config as config_module, flow, waits
+from pipeline import config as config_module, flow, health, waits
+from pipeline.commands import status as status_command
 from pipeline.config import ConfigError
 from pipeline.convert import window
 from pipeline.jobs import Jobs
 from pipeline.reporting import alerts
 from pipeline.router import Router
 from pipeline.scanner import Scanner
+from pipeline.web import app as web_app
 
 LONDON = zoneinfo.ZoneInfo("Europe/London")
 EVERY_DAY = frozenset(range(7))
@@ -264,3 +268,28 @@ def test_hours_and_days_are_read_as_expect_reads_them(tree):
     assert press.hours == (360, 1320) and press.days == frozenset({0, 4}) and press.max_waiting is None
     assert press.window_text == "06:00-22:00 on mon,fri"
     assert config_module.load(tree.config_path).routes == tree.config.routes
+
+
+# -- where the waits show ---------------------------------------------------------------------------------
+
+def test_copies_waiting_on_a_full_folder_show_by_cause_in_status_the_dashboard_and_metrics(tree, db):
+    tree.write_config(routes=RIP.replace("max_waiting = 3", "max_waiting = 1"))
+    for name in ("first.json", "second.json", "third.json"):
+        drop_aged(tree, name)
+    jobs = Jobs(db, "test:1")
+    Scanner(tree.config, jobs).scan("periodic", "periodic")
+    Router(tree.config, jobs).run(once=True)
+
+    status = health.gather(db, tree.config, time.time())
+    assert [(p["cause"], p["destination"], p["jobs"]) for p in status["parked"]] == [("full", "RIP-1", 2)]
+    assert "parked    RIP-1 full: 2 job(s) wait" in status_command.render_text(status)
+
+    client = web_app.create_app(tree.config, db, environ={}).test_client()
+    page = client.get("/destinations").get_data(as_text=True).replace("<wbr>", "")
+    [row] = [r for r in re.findall(r"<tr>.*?</tr>", page, re.S) if ">RIP-1<" in r]
+    assert ">full<" in row and re.search(r'class="count-bad">2<', row)
+    page = client.get("/waiting").get_data(as_text=True).replace("<wbr>", "")
+    sections = dict(re.findall(r'<section id="full-([^"]+)">(.*?)</section>', page, re.S))
+    assert set(sections) == {"RIP-1"} and "second.json" in sections["RIP-1"] and "third.json" in sections["RIP-1"]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'hotfolder_waiting_jobs{cause="full",destination="RIP-1"} 2.0' in metrics
