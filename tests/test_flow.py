@@ -293,3 +293,14 @@ def test_copies_waiting_on_a_full_folder_show_by_cause_in_status_the_dashboard_a
     assert set(sections) == {"RIP-1"} and "second.json" in sections["RIP-1"] and "third.json" in sections["RIP-1"]
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'hotfolder_waiting_jobs{cause="full",destination="RIP-1"} 2.0' in metrics
+
+
+def test_check_config_says_what_max_waiting_and_hours_do(tree):
+    tree.write_config(routes=RIP + NIGHT.split("[[route]]\nname = \"Proof\"")[0])
+    (tree.dest("RIP")).mkdir(parents=True)
+    (tree.dest("RIP") / "waiting.pdf").write_text("x")
+    notes = tree.run("check-config").stdout
+    assert "route 'RIP-1': max_waiting = 3: its copies wait while its folder holds that many job files " \
+           "(it holds 1 now)" in notes
+    assert "route 'Press': copies go only in its hours 06:00-22:00 on mon,tue,wed,thu,fri,sat,sun " \
+           "(Europe/London); outside them they wait" in notes
