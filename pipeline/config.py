@@ -7,6 +7,7 @@ config file's folder (the working directory when there is none). Every error nam
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import tomllib
@@ -276,7 +277,7 @@ _SECTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     },
 }
 _EXPECT_KEYS = {"clients", "within", "hours", "days"}
-_ROUTE_KEYS = {"name", "to", "clients", "categories", "match", "files", "rename", "hold"}
+_ROUTE_KEYS = {"name", "to", "clients", "categories", "match", "files", "rename", "hold", "max_waiting", "hours", "days"}
 _SCHEMA_KEYS = {"clients", "categories", "file"}
 
 
@@ -438,10 +439,27 @@ def _routes(tables: Any, timezone: str, resolve: Callable[[str], Path]) -> tuple
         if "\0" in table["to"]:
             raise ConfigError(f"{where} to: a path cannot hold a NUL character (U+0000)")
         try:
-            routes.append(compile_route(table, timezone, resolve, string_list))
+            route = compile_route(table, timezone, resolve, string_list)
         except RuleError as e:
             raise ConfigError(f"{where} {e.key}: {e}") from None
+        routes.append(_flow_control(where, table, route))
     return tuple(routes)
+
+
+def _flow_control(where: str, table: dict, route: Route) -> Route:
+    """``max_waiting``, ``hours`` and ``days`` of a route (docs/design.md#flow-control); hours and
+    days read as ``[[expect]]`` reads them."""
+    values = {}
+    for key, convert in (("max_waiting", positive_int), ("hours", window), ("days", weekdays)):
+        if key in table:
+            try:
+                values[key] = convert(table[key])
+            except ValueError as e:
+                raise ConfigError(f"{where} {key}: {e}") from None
+    if "max_waiting" in values and route.remote is not None:
+        raise ConfigError(f"{where} max_waiting: counts the files of a local folder only; "
+                          f"{route.remote.label} is remote")
+    return dataclasses.replace(route, **values) if values else route
 
 
 def _remotes(tables: Any, resolve: Callable[[str], Path]) -> tuple[remote_urls.Settings, ...]:

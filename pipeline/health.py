@@ -16,7 +16,7 @@ from typing import Any
 
 import peewee
 
-from . import rules, steering
+from . import rules, steering, waits
 from .config import Config
 from .remote import record as remote_record
 from .reporting import alerts, expectations
@@ -129,6 +129,7 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
         silences = expectations.current(db, config.expect, now, config.report.timezone)
         ordered = in_order(db)
         pauses = steering.Pauses.read(db, now).all
+        parked = waits.parked(db)
         remotes = remote_record.latest(db)
     for scan in scans:
         scan["seconds"] = None if scan["seconds"] is None else round(scan["seconds"], 3)
@@ -141,6 +142,8 @@ def gather(db: peewee.SqliteDatabase, config: Config, now: float) -> dict[str, A
               "last_report": report[0] if report else None, "silences": silences, "in_order": ordered,
               "pauses": [{"kind": p.kind, "name": p.name, "until": p.until, "reason": p.reason, "actor": p.actor,
                           "since": p.created} for p in pauses],
+              "parked": [{"cause": g.cause, "destination": g.destination, "jobs": g.jobs, "since": g.since}
+                         for g in sorted(parked, key=lambda g: (g.cause, g.destination))],
               "unmatched": unmatched_today(today, config),
               "detecting": detector[0] if detector and detector[0]["lease_until"] >= now else None,
               "remotes": remotes}

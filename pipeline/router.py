@@ -41,7 +41,7 @@ from pathlib import Path
 
 import peewee
 
-from . import cli, failures, ordering, redelivery, retry, rules, schemas, steering, strictjson
+from . import cli, failures, flow, ordering, redelivery, retry, rules, schemas, steering, strictjson
 from .remote import Problem, record as remote_record
 from .remote.delivery import Remotes
 from .config import Config
@@ -191,6 +191,7 @@ class Router(Program):
         self._token = ""                # the lease token of the batch in hand
         self.pauses = steering.Pauses()     # what a person paused, read once per batch
         self._holding = any(route.hold for route in config.routes)
+        self.gate, self._gated = self._flow(config)
         self.redeliveries = redelivery.Redeliverer(config, jobs.db, jobs.actor, self.destinations, jobs.clock)
         self._redeliveries_at = 0.0     # monotonic: when to look for re-delivery requests next
 
@@ -214,6 +215,7 @@ class Router(Program):
         self.places, self.destinations, self.hot, self.keep = derived
         self.error_log.folders = Folders.made_as(config.router)
         self._holding = any(route.hold for route in config.routes)
+        self.gate, self._gated = self._flow(config)
         self.redeliveries.config, self.redeliveries.folders = config, self.destinations
         self._claim_size = min(self._claim_size, config.router.batch_size)
         if idle_pool is not None:       # made again at the next batch, with the new count
@@ -229,6 +231,12 @@ class Router(Program):
             if threads is not None:
                 threads.shutdown()
             remotes.close()
+
+    @staticmethod
+    def _flow(config: Config) -> tuple[flow.Gate, bool]:
+        """Flow control (docs/design.md#flow-control), and whether any route uses it."""
+        gated = any(r.max_waiting is not None or r.hours is not None or r.days is not None for r in config.routes)
+        return flow.Gate(config.report.timezone), gated
 
     @property
     def copying(self) -> ThreadPoolExecutor:
@@ -285,6 +293,7 @@ class Router(Program):
         cfg = self.config.router
         claimed_at = self.jobs.clock()
         self.pauses = steering.Pauses.read(self.db, claimed_at)     # once per batch: one small query
+        self.gate.begin(claimed_at)     # folders counted afresh, once per batch
         if self.pauses.routing():
             return 0
         batch = self.jobs.claim(ROUTE_QUEUE, self._claim_size, cfg.lease)
@@ -416,7 +425,9 @@ class Router(Program):
         """A person's say in where the job goes (docs/design.md#steering). An approval step
         (``hold = true``) or ``router.unmatched = "hold"`` holds it once archived, copying nothing;
         ``"fail"`` fails it at route once archived; a paused destination's copy waits (the job is
-        parked) while its other copies are made. A job a person released is not held again."""
+        parked) while its other copies are made, as does the copy of a route whose folder is full
+        (``max_waiting``) or whose window is shut (docs/design.md#flow-control). A job a person
+        released is not held again."""
         job = work.job
         if not work.targets and self.config.router.unmatched != "archive" and job.released_at is None:
             why = f"no rule routes client {job.client_folder} (router.unmatched = {self.config.router.unmatched})"
@@ -428,14 +439,15 @@ class Router(Program):
         if self._holding and job.released_at is None and (route := rules.holding(self.config.routes, facts)):
             work.hold, work.targets = f"held for approval by [[route]] {route.name!r}", []
             return
-        if self.pauses:
+        if self.pauses or self._gated:
             going = []
             for target in work.targets:
-                paused = self.pauses.destination(target.name)
-                if paused is None or str(target.path) in work.delivered_before:
+                wait = None if str(target.path) in work.delivered_before else \
+                    self.pauses.destination(target.name) or (self.gate.wait(target) if self._gated else None)
+                if wait is None:
                     going.append(target)
                 elif work.waiting is None:
-                    work.waiting = paused
+                    work.waiting = wait
             work.targets = going
 
     def _being_written(self, work: Work, data: bytes) -> bool:

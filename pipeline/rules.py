@@ -11,12 +11,13 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import placeholders
 from .remote import urls
+from .convert import DAYS
 from .placeholders import MISSING, Facts, Unsafe
 from .validation import share_problem
 
@@ -66,6 +67,15 @@ class Route:
     rename: placeholders.Component | None = None
     hold: bool = False                          # an approval step: a matching job waits, held, for a person
     remote: urls.Where | None = None           # sftp://, s3:// or smb://: ``to`` is the path there
+    # Flow control (docs/design.md#flow-control): set by the configuration after compiling.
+    max_waiting: int | None = None             # the most job files its folder may hold
+    hours: tuple[int, int] | None = None       # its window, minutes after local midnight (None: all day)
+    days: frozenset[int] | None = None         # the weekdays its window starts on (None: every day)
+
+    @property
+    def window_text(self) -> str:
+        hours = "-".join(f"{m // 60:02d}:{m % 60:02d}" for m in self.hours) if self.hours else "00:00-24:00"
+        return hours + (" on " + ",".join(DAYS[d] for d in sorted(self.days)) if self.days is not None else "")
 
     def matches(self, facts: Facts) -> bool:
         """Every condition holds (what ``failure`` explains, without building its words)."""
@@ -110,6 +120,7 @@ class Destination:
     base: Path     # the folder nothing below which is a symlink the copy may follow (its static part)
     templated: bool = False
     remote: urls.Where | None = None    # the copy goes there, ``folder`` being the path on it
+    route: Route | None = field(default=None, compare=False, repr=False)    # its rule, for flow control
 
     @property
     def path(self) -> Path:
@@ -147,7 +158,7 @@ def names_client(routes: Sequence[Route], client: str) -> bool:
 def _choose(chosen: dict[tuple, Destination], route: Route, target: Path) -> None:
     chosen.setdefault((route.remote, target), Destination(route.name, target.parent, target.name, route.to,
                                                           templated=route.template is not None,
-                                                          remote=route.remote))
+                                                          remote=route.remote, route=route))
 
 
 @dataclass(frozen=True)

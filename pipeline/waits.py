@@ -31,12 +31,20 @@ CAUSES = {
     "archive": "the archive, the file or FAILED",
     "place": "another place",
     "api": "the API",
+    "paused": "a person's pause",
+    "full": "a full folder (max_waiting)",
+    "window": "a route's hours (outside its window)",
 }
+# A parked job's ``waits_on`` (docs/design.md#steering) names its cause before the colon.
+_PARKED = {"destination": "paused", "client": "paused", "routing": "paused", "full": "full", "window": "window"}
 
 # Since when a job has waited in its state (states.WAITING_SINCE names the same columns).
 _SINCE = "CASE state WHEN 'detected' THEN detected_at ELSE archived_at END"
 _SQL_WAITING = (f"SELECT state, last_error, count(*), min({_SINCE}) FROM jobs WHERE {ROUTE_QUEUE} AND attempts > 0 "
-                "GROUP BY state, last_error")
+                "AND waits_on IS NULL GROUP BY state, last_error")
+# Parked jobs, through the partial jobs_waits_on index: a cause each, from what they wait on.
+_SQL_PARKED = (f"SELECT waits_on, count(*), min({_SINCE}) FROM jobs WHERE waits_on IS NOT NULL AND {ROUTE_QUEUE} "
+               "GROUP BY waits_on")
 _SQL_WAITING_API = f"SELECT state, last_error, count(*), min(routed_at) FROM jobs WHERE {NOTIFY_QUEUE} " \
                    "AND attempts > 0 GROUP BY state, last_error"
 
@@ -64,6 +72,12 @@ def causes_of(state: str, error: str | None, names: Iterable[str]) -> list[tuple
     return [("destination", name) for name in named] or [("place", "")]
 
 
+def parked_cause(waits_on: str) -> tuple[str, str]:
+    """(cause, destination) of a parked job from its ``waits_on``: ``full:RIP-1`` is ("full", "RIP-1")."""
+    kind, _, name = waits_on.partition(":")
+    return _PARKED.get(kind, "paused"), name if kind in ("destination", "full", "window") else ""
+
+
 @dataclass
 class Waiting:
     """The jobs waiting under one cause (and destination)."""
@@ -81,6 +95,15 @@ class Waiting:
             self.errors.append(error)
 
 
+def parked(db: peewee.Database) -> list[Waiting]:
+    """The parked jobs (paused, full, outside a window) by cause and destination: one small query."""
+    groups: dict[tuple[str, str], Waiting] = {}
+    for waits_on, count, since in db.run_sql(_SQL_PARKED).fetchall():
+        key = parked_cause(waits_on)
+        groups.setdefault(key, Waiting(*key)).add(count, since, None)
+    return list(groups.values())
+
+
 def waiting(db: peewee.Database, names: Iterable[str], notify: bool) -> list[Waiting]:
     """The waiting jobs by cause and destination, the oldest wait first."""
     names = list(names)
@@ -91,6 +114,8 @@ def waiting(db: peewee.Database, names: Iterable[str], notify: bool) -> list[Wai
     for state, error, count, since in rows:
         for key in causes_of(state, error, names):
             groups.setdefault(key, Waiting(*key)).add(count, since, error)
+    for parked_group in parked(db):
+        groups.setdefault((parked_group.cause, parked_group.destination), parked_group)
     return sorted(groups.values(), key=lambda w: (w.since if w.since is not None else float("inf"), w.cause,
                                                   w.destination))
 
@@ -106,7 +131,19 @@ def _waiting_on_place(d: Destination) -> str | None:
     return "waiting on its place" if "destination" in d.waiting else None
 
 
-DESTINATION_STATES: list[Callable[[Destination], str | None]] = [_waiting_on_place]
+def _paused(d: Destination) -> str | None:
+    return "paused" if "paused" in d.waiting else None
+
+
+def _full(d: Destination) -> str | None:
+    return "full" if "full" in d.waiting else None
+
+
+def _outside_window(d: Destination) -> str | None:
+    return "outside its window" if "window" in d.waiting else None
+
+
+DESTINATION_STATES: list[Callable[[Destination], str | None]] = [_paused, _waiting_on_place, _full, _outside_window]
 
 
 def destination_state(d: Destination) -> str:

@@ -185,11 +185,13 @@ def test_example_config_carries_the_seeds_routing_matrix():
     for route in cfg.routes:
         by_name.setdefault(route.name, []).append(route)
     matrix = {"Monday Rank", "Monday RB", "BISSELL-WRIKE/IN", "LOREAL/IN", "Celtra"}
-    assert set(by_name) == matrix | {"Proofs by studio", "Rush banners", "Order exports"}
+    assert set(by_name) == matrix | {"Proofs by studio", "Rush banners", "Order exports", "RIP-1"}
     assert all(r.template is None and not r.match and r.files is None for n in matrix for r in by_name[n])
     proofs, rush, orders = (by_name[n][0] for n in ("Proofs by studio", "Rush banners", "Order exports"))
     assert proofs.match and proofs.files and proofs.template and proofs.rename
     assert len(rush.match) == 2 and orders.files and orders.template
+    [rip] = by_name["RIP-1"]
+    assert (rip.max_waiting, rip.hours, rip.days) == (50, (360, 1320), frozenset(range(5)))
     eligible = next(r for r in by_name["Celtra"] if r.categories)
     assert eligible.clients == {"CIBC", "OLIVER", "ADIDAS", "PAYPAL", "RECKITTBENCKISER", "BAYER", "3M", "RANK"}
     assert eligible.categories == {"CELTRA"}
@@ -207,7 +209,7 @@ def test_database_on_a_network_filesystem_is_refused(tmp_path):
 def test_check_config_accepts_the_example(tree):
     proc = tree.run("check-config", str(ROOT / "pipeline.example.toml"), check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "ok:" in proc.stdout and "9 routing rules" in proc.stdout
+    assert "ok:" in proc.stdout and "10 routing rules" in proc.stdout
 
 
 def test_check_config_takes_the_file_as_flag_or_argument(tree):

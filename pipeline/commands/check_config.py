@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .. import cli, command, config as config_module, files, separation, store, users
+from .. import cli, command, config as config_module, files, flow, separation, store, users
 from ..config import Config, ConfigError
 from ..api import resolve_headers
 from ..remote import urls as remote_urls
@@ -76,6 +76,13 @@ def check(config: Config) -> tuple[list[str], list[str], list[str]]:
                              "will wait until it is there (router.create_folders = false)")
         if route.hold:
             notes.append(f"route {route.name!r}: hold = true: its jobs are archived, then held for bin/release")
+        if route.max_waiting is not None:
+            held = flow.count_files(route.to, route.max_waiting) if route.template is None else None
+            notes.append(f"route {route.name!r}: max_waiting = {route.max_waiting}: its copies wait while its folder "
+                         "holds that many job files" + (f" (it holds {held} now)" if held is not None else ""))
+        if route.hours is not None or route.days is not None:
+            notes.append(f"route {route.name!r}: copies go only in its hours {route.window_text} "
+                         f"({config.report.timezone}); outside them they wait")
     unmatched = {"archive": "archived only", "hold": "held for bin/release", "fail": "failed at route"}
     if not config.routes:
         notes.append(f"no [[route]] rules: every file is {unmatched[config.router.unmatched]}")

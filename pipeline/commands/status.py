@@ -94,6 +94,9 @@ def render_text(status: dict[str, Any]) -> str:
         first = status["in_order"]["first"]
         out.append(f"in order  {status['in_order']['jobs']} job(s) wait for an earlier job of their key; "
                    f"the first: {first['client']}/{first['file']} (job {first['id']}): {first['cause']}")
+    for group in status.get("parked", []):      # paused, full (max_waiting), outside a route's hours
+        what = f"{group['destination']} {group['cause']}" if group["destination"] else group["cause"]
+        out.append(f"parked    {what}: {group['jobs']} job(s) wait, the oldest since {utc_text(group['since'])} UTC")
     out.append("")
     if status["today"]:
         clients: dict[str, dict[str, int]] = {}

@@ -19,7 +19,7 @@ import datetime as dt
 import zoneinfo
 from typing import Iterable
 
-from .. import store
+from .. import flow, store
 from ..config import Expect
 from ..times import duration
 
@@ -41,29 +41,11 @@ _SQL_AT = ("SELECT rule, client, last_seen, due_at, resumed_at FROM silences "
 
 def windows(rule: Expect, now: float, zone: zoneinfo.ZoneInfo) -> list[tuple[float, float]]:
     """The rule's windows that started in the last LOOKBACK_DAYS days, as UTC (start, end), with
-    windows that touch merged. Local times go through zoneinfo, so a window keeps its wall-clock
-    hours across a daylight-saving change (and lasts an hour less or more that night)."""
+    windows that touch merged (``flow.spans``: a window keeps its wall-clock hours across a
+    daylight-saving change, and lasts an hour less or more that night)."""
     today = dt.datetime.fromtimestamp(now, zone).date()
-    spans = []
-    for back in range(LOOKBACK_DAYS, -1, -1):
-        day = today - dt.timedelta(days=back)
-        if day.weekday() not in rule.days:
-            continue
-        start, end = rule.hours or (0, 1440)
-        end_day = day + dt.timedelta(days=1 if end <= start else 0)
-        spans.append((_local(day, start, zone), _local(end_day, end, zone)))
-    merged: list[tuple[float, float]] = []
-    for start, end in spans:
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
-        else:
-            merged.append((start, end))
-    return [(s, e) for s, e in merged if s <= now]
-
-
-def _local(day: dt.date, minutes: int, zone: zoneinfo.ZoneInfo) -> float:
-    day += dt.timedelta(days=minutes // 1440)
-    return dt.datetime.combine(day, dt.time(minutes % 1440 // 60, minutes % 60), zone).timestamp()
+    spans = flow.spans(rule.hours, rule.days, zone, today - dt.timedelta(days=LOOKBACK_DAYS), today)
+    return [(s, e) for s, e in spans if s <= now]
 
 
 def due(db: store.Engine, rule: Expect, client: str, now: float, zone: zoneinfo.ZoneInfo,

@@ -178,7 +178,9 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
             found = queries.waiting(db, notify=notify)
         by_cause: dict[tuple[str, str], list[dict]] = {}
         for j in found:
-            for key in waits.causes_of(j["state"], j["last_error"], names):
+            keys = [waits.parked_cause(j["waits_on"])] if j["waits_on"] else \
+                waits.causes_of(j["state"], j["last_error"], names)
+            for key in keys:
                 by_cause.setdefault(key, []).append(j)
         return page("waiting.html", groups=groups, by_cause=by_cause, causes=waits.CAUSES, now=clock(),
                     title="Waiting")

@@ -46,9 +46,11 @@ def figures(db: peewee.Database, config: Config, now: float) -> list[dict]:
     for name, tos in folders.items():
         d = waits.Destination(name, {g.cause: g for g in groups if g.destination == name})
         waiting = d.waiting.get("destination")
+        counted = list(d.waiting.values())      # on its place, paused, full, outside its window
         out.append({"name": name, "to": ", ".join(dict.fromkeys(tos)), "state": waits.destination_state(d),
-                    "waiting": waiting.jobs if waiting else 0, "oldest": waiting.since if waiting else None,
-                    "reason": waiting.errors[0] if waiting else None, "last_delivery": last[name],
+                    "waiting": sum(g.jobs for g in counted),
+                    "oldest": min((g.since for g in counted if g.since is not None), default=None),
+                    "reason": waiting.errors[0] if waiting and waiting.errors else None, "last_delivery": last[name],
                     "failed_today": failures[name], "hourly": per_hour[name], "start": start})
     return out
 

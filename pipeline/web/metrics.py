@@ -124,7 +124,8 @@ class Collector:
         yield HistogramMetricFamily("hotfolder_route_latency_seconds", "Drop to routed: from the file's last write "
                                     "to its routing, per routing", buckets=buckets, sum_value=seconds)
         waiting = GaugeMetricFamily("hotfolder_waiting_jobs", "Jobs waiting to be tried again, by what they wait on "
-                                    "(destination: the route whose place failed; archive; place; api)",
+                                    "(destination: the route whose place failed; archive; place; api; paused; full: max_waiting; "
+                                    "window: outside its hours)",
                                     labels=["destination", "cause"])
         for group in more["waiting"]:
             waiting.add_metric([group.destination, group.cause], group.jobs)

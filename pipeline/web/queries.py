@@ -27,7 +27,7 @@ SHOWN_BYTES = 256 * 1024          # the archived JSON shown on a job's page; the
 _JOB_COLUMNS = ("id, state, client_folder AS client, file_name, size, detected_by, detected_at, archived_at, "
                 "routed_at, notified_at, failed_at, failed_step, last_error, attempts, next_attempt_at, "
                 "job_category, client_code, studio_code, title, source_path, archive_path, failed_path, "
-                "sha256, lease_owner, updated_at")
+                "sha256, lease_owner, updated_at, waits_on")
 
 
 # Since when a job has waited in its state (jobs.WAITING_SINCE names the same columns).
@@ -113,13 +113,15 @@ def search(db: peewee.Database, s: Search, time_column: str = "detected_at") -> 
 
 
 def waiting(db: peewee.Database, notify: bool) -> list[dict]:
-    """Jobs held back by a place (or, with ``notify``, the API) and when each is tried again, the
+    """Jobs held back by a place (or, with ``notify``, the API), or parked (a pause, a full folder, a
+    route's hours), and when each is tried again, the
     longest waiting first. Each queue through its partial index."""
     queues = [(ROUTE_QUEUE, _SINCE)] + [(NOTIFY_QUEUE, "routed_at")] * notify
     found = []
     for queue, since in queues:
         found += rows(db, f"SELECT {_JOB_COLUMNS}, {since} AS waiting_since FROM jobs "
-                          f"WHERE {queue} AND attempts > 0 ORDER BY +{since}, id LIMIT ?", (PAGE * 4,))
+                          f"WHERE {queue} AND (attempts > 0 OR waits_on IS NOT NULL) ORDER BY +{since}, id LIMIT ?",
+                     (PAGE * 4,))
     return sorted(found, key=lambda j: (j["waiting_since"], j["id"]))[:PAGE * 4]
 
 

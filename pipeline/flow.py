@@ -1,0 +1,115 @@
+"""Flow control toward the next application (docs/design.md#flow-control).
+
+Most destinations are the hot folders of a RIP, a preflight or an MIS. Two route keys keep the
+router from burying them:
+
+* ``max_waiting = N``: while the route's folder holds N job files (regular, non-hidden, whoever
+  put them there) its copies wait, and are looked at again within ``FULL_RECHECK``, so files a
+  consumer takes away make room promptly. Counting stops at N (a folder of 100,000 files costs N
+  directory entries, not 100,000), once per batch and folder; the copies the batch itself makes
+  count too.
+* ``hours`` and ``days`` (as ``[[expect]]``, in ``report.timezone``): outside the window its
+  copies wait until it next opens.
+
+Either makes a ``steering.Wait`` (``full:NAME``, ``window:NAME``): the copy waits as a paused
+destination's does (the job parked, no attempt spent, not stuck) while its other copies go on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import zoneinfo
+from pathlib import Path
+
+from .rules import Destination
+from .steering import Wait
+from .times import utc_text
+
+FULL_RECHECK = 1.0      # seconds before a copy waiting on a full folder is looked at again
+_DAY = dt.timedelta(days=1)
+
+
+def spans(hours: tuple[int, int] | None, days: frozenset[int], zone: zoneinfo.ZoneInfo,
+          first: dt.date, last: dt.date) -> list[tuple[float, float]]:
+    """The windows (``hours`` on ``days``) that start from ``first`` to ``last``, as UTC (start,
+    end), those that touch merged. Local times go through zoneinfo, so a window keeps its
+    wall-clock hours across a daylight-saving change (and lasts an hour less or more that night)."""
+    merged: list[tuple[float, float]] = []
+    start, end = hours or (0, 1440)
+    day = first
+    while day <= last:
+        if day.weekday() in days:
+            span = (_local(day, start, zone), _local(day + _DAY * (end <= start), end, zone))
+            if merged and span[0] <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(span[1], merged[-1][1]))
+            else:
+                merged.append(span)
+        day += _DAY
+    return merged
+
+
+def _local(day: dt.date, minutes: int, zone: zoneinfo.ZoneInfo) -> float:
+    day += dt.timedelta(days=minutes // 1440)
+    return dt.datetime.combine(day, dt.time(minutes % 1440 // 60, minutes % 60), zone).timestamp()
+
+
+def opens_at(hours: tuple[int, int] | None, days: frozenset[int], zone: zoneinfo.ZoneInfo,
+             now: float) -> float | None:
+    """None while the window is open at ``now``; else when it next opens (within a week)."""
+    today = dt.datetime.fromtimestamp(now, zone).date()
+    for start, end in spans(hours, days, zone, today - _DAY, today + 8 * _DAY):
+        if end > now:
+            return None if start <= now else start
+    return None     # not reached: days is never empty
+
+
+def count_files(folder: Path, cap: int) -> int:
+    """The job files in ``folder`` (regular, not hidden, not followed through a symlink), counted
+    up to ``cap`` and no further. A folder that is missing or cannot be read holds none."""
+    found = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                found += 1
+                if found >= cap:
+                    break
+    except OSError:
+        return 0
+    return found
+
+
+class Gate:
+    """Whether a route's copy may go now: read once per batch (``begin``), consulted per copy."""
+
+    def __init__(self, timezone: str):
+        self.zone = zoneinfo.ZoneInfo(timezone)
+        self.now = 0.0
+        self._held: dict[Path, int] = {}       # folder -> its files, with the batch's copies so far
+
+    def begin(self, now: float) -> None:
+        self.now, self._held = now, {}
+
+    def wait(self, target: Destination) -> Wait | None:
+        route = target.route
+        if route is None:
+            return None
+        if route.hours is not None or route.days is not None:
+            opens = opens_at(route.hours, route.days or frozenset(range(7)), self.zone, self.now)
+            if opens is not None:
+                return Wait(f"window:{route.name}", f"{route.name} is outside its hours {route.window_text} "
+                                                    f"(opens at {utc_text(opens)} UTC)", opens)
+        cap = route.max_waiting
+        if cap is None or target.remote is not None:
+            return None
+        held = self._held.get(target.folder)
+        if held is None:
+            held = count_files(target.folder, cap)
+        if held >= cap:
+            self._held[target.folder] = held
+            return Wait(f"full:{route.name}", f"{route.name} holds {held} files, max_waiting {cap}",
+                        self.now + FULL_RECHECK)
+        self._held[target.folder] = held + 1        # this copy will be there too
+        return None
