@@ -8,21 +8,11 @@ import sys
 import time
 
 from conftest import job_document, wait_for
+from test_flow import RIP
 from pipeline.store.models import Delivery, Job
 from test_supervised import all_running, installation, set_routers, start_supervisord, stop  # noqa: F401 (a fixture)
 
-ROUTES = """
-[[route]]
-name = "RIP-1"
-clients = ["RANK"]
-to = "dest/RIP"
-max_waiting = 3
-
-[[route]]
-name = "Proof"
-clients = ["RANK"]
-to = "dest/Proof"
-"""
+ROUTES = RIP         # a RIP that takes 3 files at most, and a proof folder beside it
 
 # The next application: every 0.3 s it takes the oldest job file from its folder, writing down
 # what it took and how many files it saw there.
