@@ -146,6 +146,7 @@ def test_33_hold_release_and_dismiss_one_job_name_the_operator_in_its_audit_trai
     ("/jobs/{done}/hold", {}, 409, "job {done} RANK/done.json is routed, not detected or archived: nothing changed"),
     ("/jobs/{new}/redeliver", {}, 409, "job {new} RANK/new.json is detected, not routed or notified"),
     ("/jobs/{done}/redeliver", {"destination": "Nowhere"}, 400, "destination: no [[route]] is named 'Nowhere'"),
+    ("/jobs/{done}/redeliver", {"notify": "yes"}, 400, "notify: no api.endpoint is configured"),
     ("/pause", {"kind": "destination", "name": "Nowhere"}, 400, "--destination: no [[route]] is named 'Nowhere'"),
     ("/pause", {"kind": "routing", "for": "soon"}, 400, "--for: expected a duration such as 90s"),
     ("/resume", {"kind": "notification"}, 409, "notification is not paused"),

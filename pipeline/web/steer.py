@@ -132,16 +132,20 @@ def register(app: flask.Flask, config: Config, db: peewee.Database, clock: Calla
     def redeliver(job_id: int):
         doer = steer()
         only = flask.request.form.get("destination", "") or None
+        notify = flask.request.form.get("notify") == "yes"
         back = f"/jobs/{job_id}"
         try:
             if only is not None and only not in route_names:
                 raise steering.Refused(f"destination: no [[route]] is named {only!r}", steering.EX_USAGE)
+            if notify and not config.api.endpoint:
+                raise steering.Refused("notify: no api.endpoint is configured", steering.EX_USAGE)
             job, targets = redelivery.plan(db, config, job_id, only)
-            redelivery.request(db, doer.actor, [job], only, False, doer.clock())
+            redelivery.request(db, doer.actor, [job], only, notify, doer.clock())
         except steering.Refused as e:
             return refused(e, back, "Re-deliver")
         to = ", ".join(str(t.path) for t in targets) or "no destination"
-        return done([f"{job.label}: re-delivery requested to {to}; the routers carry it out"], back, "Re-deliver")
+        then = ", then notified again" if notify else ""
+        return done([f"{job.label}: re-delivery requested to {to}{then}; the routers carry it out"], back, "Re-deliver")
 
     def bulk(action: str):
         doer = steer()
