@@ -63,6 +63,12 @@ def bulk_form(form: MultiDict, states: tuple[str, ...]) -> BulkForm:
                     reason=reason(form), confirmed=form.get("confirm") == "yes")
 
 
+def moved_line(action: str, job: steering.Chosen) -> str:
+    """What an action does (or would do) to a job, as the commands print it."""
+    to = {"hold": "held", "release": job.released_to, "dismiss": "dismissed"}[action]
+    return f"{job.label}: {job.state} -> {to}"
+
+
 def register(app: flask.Flask, config: Config, db: peewee.Database, clock: Callable[[], float],
              act: Callable[[], str], page: Callable[..., str]) -> None:
     """Add the steering forms' endpoints; ``act`` guards a request and returns the audit actor."""
@@ -93,10 +99,10 @@ def register(app: flask.Flask, config: Config, db: peewee.Database, clock: Calla
         why = reason(flask.request.form)
         try:
             until = doer.clock() + steering.for_seconds(wanted) if wanted else None
-            done_ = doer.pause(kind, name, until=until, reason=why or None, route_names=route_names)
+            made = doer.pause(kind, name, until=until, reason=why or None, route_names=route_names)
         except steering.Refused as e:
             return refused(e, back, "Pause")
-        return done([f"paused {done_.line()}"], back, "Paused")
+        return done([f"paused {made.line()}"], back, "Paused")
 
     @app.post("/resume")
     def resume():
@@ -113,16 +119,13 @@ def register(app: flask.Flask, config: Config, db: peewee.Database, clock: Calla
         why = reason(flask.request.form)
         back = f"/jobs/{job_id}"
         try:
-            if action == "hold":
-                moved = doer.hold([job_id], why or None)
-            elif action == "release":
-                moved = doer.release([job_id], why or None)
-            else:
+            if action == "dismiss":
                 moved = doer.dismiss([job_id], why)
+            else:
+                moved = getattr(doer, action)([job_id], why or None)       # hold or release
         except steering.Refused as e:
             return refused(e, back, action.capitalize())
-        to = {"hold": lambda j: "held", "release": lambda j: j.released_to}.get(action, lambda j: "dismissed")
-        return done([f"{j.label}: {j.state} -> {to(j)}" for j in moved], back, action.capitalize())
+        return done([moved_line(action, j) for j in moved], back, action.capitalize())
 
     for action in ("hold", "release", "dismiss"):
         app.add_url_rule(f"/jobs/<job:job_id>/{action}", f"steer_{action}",
@@ -161,8 +164,7 @@ def register(app: flask.Flask, config: Config, db: peewee.Database, clock: Calla
                 chosen = doer.dismiss(ids, form.reason, dry_run=not form.confirmed)
         except steering.Refused as e:
             return refused(e, back, action.capitalize())
-        to = (lambda j: j.released_to) if action == "release" else (lambda j: "dismissed")
-        return page("bulk.html", action=action, lines=[f"{j.label}: {j.state} -> {to(j)}" for j in chosen],
+        return page("bulk.html", action=action, lines=[moved_line(action, j) for j in chosen],
                     confirmed=form.confirmed, form=form, back=back, title=action.capitalize())
 
     app.add_url_rule("/release", "bulk_release", lambda: bulk("release"), methods=["POST"])
