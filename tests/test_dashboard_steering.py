@@ -96,6 +96,9 @@ def test_33_routing_notification_and_a_client_pause_from_the_overview_and_client
     assert "paused by dashboard@" in clients and 'action="/resume"' in clients     # a viewer sees the form, cannot act
     assert client.post("/resume", data={"csrf": csrf, "kind": "routing"}, headers=OTTO).status_code == 200
     assert db.run_sql("SELECT kind, name FROM pauses").fetchall() == [("client", "RANK")]
+    client.post("/pause", data={"csrf": csrf, "kind": "client", "name": "quiet", "back": "/clients"}, headers=OTTO)
+    clients = client.get("/clients", headers=auth("otto")).get_data(as_text=True)
+    assert 'name="name" value="QUIET"' in clients, "a paused client that sent nothing today can be resumed"
 
 
 @pytest.mark.parametrize("path, form", [
