@@ -33,7 +33,7 @@ import peewee
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import ServiceUnavailable
 
-from . import access, clients, destinations, logins, metrics, params, queries
+from . import access, clients, destinations, logins, metrics, params, queries, steer
 from .. import charts, explain, health, store, times, trends, waits
 from ..config import Config, ConfigError
 from ..jobs import Jobs
@@ -142,7 +142,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
             s = health.gather(db, config, now)
             hours, days = trend.hourly(db, now), trend.daily(db, now)
         return page("overview.html", status=s, hours=hours, days=days, now=now, refresh=REFRESH_SECONDS,
-                    states=STATES)
+                    states=STATES, paused=steer.paused(db, now))
 
     @app.get("/healthz")
     def healthz():
@@ -198,7 +198,8 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
         routing = [line for line in explain.explain(config, Path(where))
                    if not line.startswith(("file:", "client:", "note:"))] if where else None
         return page("job.html", told=told, job=row, archived=_text(archived), content_path=where,
-                    sidecar=_text(sidecar), routing=routing, api=bool(config.api.endpoint), now=clock())
+                    sidecar=_text(sidecar), routing=routing, api=bool(config.api.endpoint), now=clock(),
+                    route_names=list(dict.fromkeys(r.name for r in config.routes)))
 
     @app.get("/jobs/<job:job_id>/archived")
     def archived(job_id: int):
@@ -213,27 +214,33 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     def destinations_page():
         now = clock()
         return page("destinations.html", found=destinations.figures(db, config, now), now=now,
-                    title="Destinations")
+                    paused=steer.paused(db, now), title="Destinations")
 
     @app.get("/clients")
     def clients_page():
         now = clock()
         return page("clients.html", found=clients.figures(db, config, now), now=now, states=STATES,
-                    tz=zoneinfo.ZoneInfo(config.report.timezone), title="Clients")
+                    paused=steer.paused(db, now), tz=zoneinfo.ZoneInfo(config.report.timezone), title="Clients")
+
+    def act() -> str:
+        """Guard an action (an operator, from a form of this site) and name its audit actor."""
+        user = users.operator().name
+        _same_site(csrf)
+        return f"dashboard@{host}:{os.getpid()}:{user}"
 
     @app.post("/requeue")
     def requeue():
-        user = users.operator().name
-        _same_site(csrf)
+        actor = act()
         form = params.requeue_form(flask.request.form)
         chosen = failed_jobs(list(form.ids) or None, form.client or None, form.step or None, form.since)
-        actor = f"dashboard@{socket.gethostname()}:{os.getpid()}:{user}"
         doer = Requeue(config, Jobs(db, actor, clock), dry_run=not form.confirmed)
         lines = [doer.job(j)[1] for j in chosen]
         if form.confirmed:
-            log.info("%s requeued %d job(s) from the dashboard", user, len(chosen))
+            log.info("%s requeued %d job(s) from the dashboard", actor, len(chosen))
         return page("requeue.html", lines=lines, confirmed=form.confirmed, ids=form.ids, client=form.client,
                     step=form.step, since=form.since_text, title="Requeue")
+
+    steer.register(app, config, db, clock, act, page)
 
     def warm_up() -> None:
         """Measure the charts' ended days before anyone asks: on a million jobs that is most of a

@@ -51,10 +51,11 @@ def whole_number(name: str, value: str) -> int:
     return int(value)
 
 
-def text(name: str, value: str) -> str:
-    """Text matched against the job table (part of a file name, a client)."""
-    if len(value) > TEXT_MAX:
-        raise BadParameter(name, f"at most {TEXT_MAX} characters, got {len(value)}")
+def text(name: str, value: str, limit: int = TEXT_MAX) -> str:
+    """Text matched against the job table (part of a file name, a client), or a line for the audit
+    trail (a reason, with its own ``limit``)."""
+    if len(value) > limit:
+        raise BadParameter(name, f"at most {limit} characters, got {len(value)}")
     found = control_character(value)
     if found:
         raise BadParameter(name, f"contains the control character {found}")

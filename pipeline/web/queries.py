@@ -44,7 +44,9 @@ def rows(db: peewee.Database, sql: str, params: tuple | list = ()) -> list[dict[
 # million finished jobs "state = ? ORDER BY id DESC" would walk the table looking for the few failed.
 _STATE_CLAUSE = {"detected": f"{ROUTE_QUEUE} AND state = 'detected'",
                  "archived": f"{ROUTE_QUEUE} AND state = 'archived'",
-                 "routed": NOTIFY_QUEUE, "notified": "state = 'notified'", "failed": "state = 'failed'"}
+                 "routed": NOTIFY_QUEUE, "notified": "state = 'notified'", "failed": "state = 'failed'",
+                 # held and dismissed jobs are few (a person made each one): no index of their own
+                 "held": "state = 'held'", "dismissed": "state = 'dismissed'"}
 
 
 def _like(text: str) -> str:

@@ -65,7 +65,7 @@ def as_wide(driver, width: int) -> None:
 def test_23_no_page_is_wider_than_the_window(browser, site, width):  # noqa: F811
     url, ids = site
     as_wide(browser, width)
-    pages = ["/", "/jobs", "/failed", "/waiting", "/destinations", "/clients", "/jobs?q=Campaign"]
+    pages = ["/", "/jobs", "/failed", "/waiting", "/destinations", "/clients", "/jobs?q=Campaign", "/jobs?state=held"]
     pages += [f"/jobs/{i}" for i in ids.values()]
     for path in pages:
         browser.get(url + path)
@@ -114,3 +114,56 @@ def test_23_hostile_names_and_contents_stay_text_on_the_new_pages_and_in_the_cha
     browser.get(url + "/")
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart")) == 4
     assert problems_in_console(browser) == []
+
+
+def fits(driver) -> None:
+    """The page shown is not wider than its window."""
+    inner, scroll = driver.execute_script("return [window.innerWidth, document.documentElement.scrollWidth]")
+    assert scroll <= inner, f"{driver.current_url} is {scroll} px wide in a {inner} px window"
+
+
+def test_33_on_a_phone_an_operator_pauses_and_resumes_a_destination_and_dismisses_after_a_preview(browser, site, db):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    url, ids = site
+    log_in(browser, "otto")
+    as_wide(browser, 390)
+    browser.get(url + "/destinations")
+    assert browser.find_elements(By.CSS_SELECTOR, "form.steer button.pause")
+    fits(browser)
+    form = browser.find_element(By.CSS_SELECTOR, "form.steer")
+    name = form.find_element(By.CSS_SELECTOR, "input[name=name]").get_attribute("value")
+    form.find_element(By.CSS_SELECTOR, "input[name=reason]").send_keys("printer jam")
+    form.find_element(By.CSS_SELECTOR, "button.pause").click()
+    page_says(browser, "h1", "Paused")
+    fits(browser)
+    browser.find_element(By.LINK_TEXT, "back").click()
+    page_says(browser, "main", "printer jam")
+    fits(browser)
+    browser.find_element(By.CSS_SELECTOR, "form.steer button.resume").click()
+    page_says(browser, "h1", "Resumed")
+    trail = db.run_sql("SELECT actor, action, target FROM steering_events ORDER BY id").fetchall()
+    assert [(a, t) for _, a, t in trail] == [("pause", f"destination {name}"), ("resume", f"destination {name}")]
+    assert all(actor.startswith("dashboard@") and actor.endswith(":otto") for actor, _, _ in trail)
+
+    browser.get(url + "/failed")
+    fits(browser)
+    form = browser.find_element(By.CSS_SELECTOR, "form[action='/dismiss']")
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    page_says(browser, "#refused", "--reason is required")          # one line, nothing changed
+    fits(browser)
+    browser.get(url + "/failed")
+    form = browser.find_element(By.CSS_SELECTOR, "form[action='/dismiss']")
+    form.find_element(By.CSS_SELECTOR, "input[name=reason]").send_keys("sender resent them")
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    page_says(browser, "h1", "Dismiss: preview")
+    fits(browser)
+    failed = ids[BAD_NAME]
+    assert db.run_sql("SELECT state FROM jobs WHERE id = ?", (failed,)).fetchone()[0] == "failed"
+    browser.find_element(By.ID, "confirm").click()
+    page_says(browser, "h1", "Dismissed")
+    actor, detail = db.run_sql("SELECT actor, detail FROM job_events WHERE job_id = ? ORDER BY id DESC LIMIT 1",
+                               (failed,)).fetchone()
+    assert actor.endswith(":otto") and detail.endswith(": sender resent them")
+    refusal = "/dismiss - Failed to load resource: the server responded with a status of 400"     # said above, on purpose
+    assert [p for p in problems_in_console(browser) if refusal not in p] == []
