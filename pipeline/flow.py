@@ -18,6 +18,7 @@ destination's does (the job parked, no attempt spent, not stuck) while its other
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import zoneinfo
 from pathlib import Path
@@ -89,10 +90,12 @@ class Gate:
         self.now = 0.0
         self._held: dict[Path, int] = {}       # folder -> its files, with the batch's copies so far
 
-    def begin(self, now: float) -> None:
-        self.now, self._held = now, {}
+    def begin(self, now: float, first_waiting: dict[str, int] | None = None) -> None:
+        """A new batch. ``first_waiting``: per route, the first job that waits on its full folder
+        and is not in this batch: a later job's copy may not take a place that frees up before it."""
+        self.now, self._held, self._first_waiting = now, {}, first_waiting or {}
 
-    def wait(self, target: Destination) -> Wait | None:
+    def wait(self, target: Destination, job_id: int = 0) -> Wait | None:
         route = target.route
         if route is None:
             return None
@@ -104,12 +107,18 @@ class Gate:
         cap = route.max_waiting
         if cap is None or target.remote is not None:
             return None
+        # Copies go into the folder in detection order: every job waiting on it is due again at the
+        # same whole second (claimed together, in id order), and none overtakes an earlier one
+        # waiting outside this batch.
+        due = math.floor(self.now) + FULL_RECHECK
+        first = self._first_waiting.get(route.name)
+        if first is not None and first < job_id:
+            return Wait(f"full:{route.name}", f"{route.name} is full: after the earlier jobs waiting for it", due)
         held = self._held.get(target.folder)
         if held is None:
             held = count_files(target.folder, cap)
         if held >= cap:
             self._held[target.folder] = held
-            return Wait(f"full:{route.name}", f"{route.name} holds {held} files, max_waiting {cap}",
-                        self.now + FULL_RECHECK)
+            return Wait(f"full:{route.name}", f"{route.name} holds {held} files, max_waiting {cap}", due)
         self._held[target.folder] = held + 1        # this copy will be there too
         return None

@@ -103,6 +103,9 @@ class Renewal:
     later: dict[int, dict[str, int]]
 
 
+_SQL_FIRST_WAITING_FULL = """
+SELECT waits_on, min(id) FROM jobs WHERE waits_on LIKE 'full:%' AND (lease_token IS NULL OR lease_token != ?)
+GROUP BY waits_on"""
 _SQL_CREATE = """
 INSERT INTO jobs (uuid, state, source_path, client_folder, file_name, size, mtime_ns, ctime_ns,
                   device, inode, detected_by, detected_at, updated_at, next_attempt_at)
@@ -669,6 +672,11 @@ class Jobs:
         self._event(job.id, now, job.state, job.state, f"retry {attempts} in {delay:g}s: {problem or error}")
         if job.state == "routed":
             self._tally("notify_attempts", "retried")
+
+    def first_waiting_full(self, token: str) -> dict[str, int]:
+        """Per route, the first job waiting on its full folder (``max_waiting``) that the batch of
+        ``token`` does not hold (the jobs_waits_on index: waiting jobs only)."""
+        return {cause[len("full:"):]: first for cause, first in self._sql(_SQL_FIRST_WAITING_FULL, (token,))}
 
     def park(self, token: str, job: Claimed, cause: str, says: str, due: float) -> None:
         """Keep the job in its state until ``due``, waiting on ``cause`` (a pause; ``says`` who

@@ -191,7 +191,7 @@ class Router(Program):
         self._token = ""                # the lease token of the batch in hand
         self.pauses = steering.Pauses()     # what a person paused, read once per batch
         self._holding = any(route.hold for route in config.routes)
-        self.gate, self._gated = self._flow(config)
+        self.gate, self._gated, self._counting = self._flow(config)
         self.redeliveries = redelivery.Redeliverer(config, jobs.db, jobs.actor, self.destinations, jobs.clock)
         self._redeliveries_at = 0.0     # monotonic: when to look for re-delivery requests next
 
@@ -215,7 +215,7 @@ class Router(Program):
         self.places, self.destinations, self.hot, self.keep = derived
         self.error_log.folders = Folders.made_as(config.router)
         self._holding = any(route.hold for route in config.routes)
-        self.gate, self._gated = self._flow(config)
+        self.gate, self._gated, self._counting = self._flow(config)
         self.redeliveries.config, self.redeliveries.folders = config, self.destinations
         self._claim_size = min(self._claim_size, config.router.batch_size)
         if idle_pool is not None:       # made again at the next batch, with the new count
@@ -233,10 +233,10 @@ class Router(Program):
             remotes.close()
 
     @staticmethod
-    def _flow(config: Config) -> tuple[flow.Gate, bool]:
+    def _flow(config: Config) -> tuple[flow.Gate, bool, bool]:
         """Flow control (docs/design.md#flow-control), and whether any route uses it."""
         gated = any(r.max_waiting is not None or r.hours is not None or r.days is not None for r in config.routes)
-        return flow.Gate(config.report.timezone), gated
+        return flow.Gate(config.report.timezone), gated, any(r.max_waiting is not None for r in config.routes)
 
     @property
     def copying(self) -> ThreadPoolExecutor:
@@ -293,7 +293,6 @@ class Router(Program):
         cfg = self.config.router
         claimed_at = self.jobs.clock()
         self.pauses = steering.Pauses.read(self.db, claimed_at)     # once per batch: one small query
-        self.gate.begin(claimed_at)     # folders counted afresh, once per batch
         if self.pauses.routing():
             return 0
         batch = self.jobs.claim(ROUTE_QUEUE, self._claim_size, cfg.lease)
@@ -303,6 +302,8 @@ class Router(Program):
         self._claim_size = min(self._claim_size * 2, cfg.batch_size) if full else min(FIRST_BATCH, cfg.batch_size)
         if not batch.jobs:
             return 0
+        # Folders counted afresh, once per batch; with a max_waiting, who waits for one outside it.
+        self.gate.begin(claimed_at, self.jobs.first_waiting_full(batch.token) if self._counting else None)
         delivered = self.jobs.delivered_paths(j.id for j in batch.jobs if j.state == "archived")
         self._token = batch.token
         self._remote_sent, self._remote_last = [], {}   # (what a batch cut short left is dropped)
@@ -443,7 +444,7 @@ class Router(Program):
             going = []
             for target in work.targets:
                 wait = None if str(target.path) in work.delivered_before else \
-                    self.pauses.destination(target.name) or (self.gate.wait(target) if self._gated else None)
+                    self.pauses.destination(target.name) or (self.gate.wait(target, work.job.id) if self._gated else None)
                 if wait is None:
                     going.append(target)
                 elif work.waiting is None:
