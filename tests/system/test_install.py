@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BASE_CONFIG, MATRIX, ROOT, job_document
+from conftest import BASE_CONFIG, MATRIX, ROOT, job_document, wait_for
 from helpers.smtp_server import free_port
 
 
@@ -135,8 +135,10 @@ def test_hotfolder_init_makes_a_site_that_starts_and_routes(installed, database,
             assert start.poll() is None, (tmp_path / "start.log").read_text()
             time.sleep(0.2)
         assert routed.exists() and not dropped.exists(), (tmp_path / "start.log").read_text()
-        status = subprocess.run([hotfolder, "status"], cwd=site, env=env, capture_output=True, text=True, timeout=60)
-        assert "routed 1" in status.stdout, status.stdout + status.stderr
+        # The original goes before the router commits "routed" (its last transaction): ask until it is there.
+        status = lambda: subprocess.run([hotfolder, "status"], cwd=site, env=env, capture_output=True, text=True,
+                                        timeout=60)
+        wait_for(lambda: "routed 1" in status().stdout, timeout=30, message="bin/status to show the job routed")
     finally:
         start.send_signal(signal.SIGTERM)
         start.wait(timeout=120)
