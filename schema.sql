@@ -87,7 +87,7 @@ CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (delivered_at);
 -- A route's last delivery (the dashboard's /destinations): without it, max() per name reads every delivery.
 CREATE INDEX IF NOT EXISTS deliveries_name ON deliveries (name, delivered_at);
 
--- Error-log records (SPEC §7) waiting to be written to paths.error_log. Each is inserted in the
+-- Error-log records waiting to be written to paths.error_log. Each is inserted in the
 -- transaction that fails its job and deleted once its file is written, so a record whose disk is
 -- full, or whose writer dies, is written later, never lost.
 CREATE TABLE IF NOT EXISTS error_log_outbox (
@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS error_log_outbox (
     record TEXT    NOT NULL                           -- its JSON text
 );
 
--- Running totals for the Prometheus counters (SPEC §16), bumped in the transaction of the
+-- Running totals for the Prometheus counters, bumped in the transaction of the
 -- transition they count. Nightly pruning deletes jobs, never these, so a counter never goes down.
 -- labels is a JSON array of the label values, in the order metrics.py names them.
 CREATE TABLE IF NOT EXISTS tallies (
@@ -194,7 +194,7 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
 );
 CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries (next_attempt_at) WHERE state = 'pending';
 
--- Expected arrivals (SPEC §17): one row per silence of a client under an [[expect]] rule, open
+-- Expected arrivals: one row per silence of a client under an [[expect]] rule, open
 -- until the client's next file. The alerts announce each silence once and its end once.
 CREATE TABLE IF NOT EXISTS silences (
     id            INTEGER PRIMARY KEY,
@@ -212,7 +212,7 @@ CREATE INDEX IF NOT EXISTS silences_due ON silences (due_at);
 -- A client's last file, for the expectations (matching is case-insensitive).
 CREATE INDEX IF NOT EXISTS jobs_client_detected ON jobs (upper(client_folder), detected_at);
 
--- Who detects (SPEC §15): with several hosts on one hot folder, the scanner and watcher of one
+-- Who detects: with several hosts on one hot folder, the scanner and watcher of one
 -- host hold this lease and renew it at every heartbeat; another host takes it once it runs out.
 CREATE TABLE IF NOT EXISTS leaders (
     role        TEXT    NOT NULL PRIMARY KEY,         -- 'detect'

@@ -4,6 +4,7 @@
     tools/bench --rules [--n 5000]       # only the backlog: the seeds' matrix, then 20 rules using every rule feature
     tools/bench --schema [--n 5000]      # only the backlog: without, then with a [[schema]] every job is checked against
     tools/bench --order [KEYS] [--n 5000]   # only the backlog: without, then with router.order_by over 1,000 keys
+    tools/bench --flow [--n 5000]           # only the backlog: without, then with every flow-control key, none binding
     tools/bench --database URL [--n 5000]            # the PostgreSQL figures, against SQLite
     tools/bench --hosts 2 --database URL [--n 5000]  # 2 hosts x 2 routers against 1 host (root)
     tools/bench --latency 200            # only the latency at 200 (or 20) files/s, and the watcher's CPU per file
@@ -47,6 +48,7 @@ from pipeline import rules  # noqa: E402
 from pipeline import config as config_module  # noqa: E402
 from pipeline import store  # noqa: E402
 from pipeline import validation  # noqa: E402
+from pipeline.convert import DAYS  # noqa: E402
 
 
 @dataclass
@@ -651,6 +653,9 @@ def main() -> None:
     argp.add_argument("--order", type=int, metavar="KEYS", nargs="?", const=1000,
                       help="only the backlog, without and with router.order_by over KEYS distinct values "
                            "(default 1000); the ratio of the two")
+    argp.add_argument("--flow", action="store_true",
+                      help="only the backlog, without and with every flow-control feature configured and none "
+                           "binding (order_by over 1000 keys, each route's max_waiting, hours and days)")
     argp.add_argument("--database", metavar="URL",
                       help="a PostgreSQL database (postgresql://user@host/db, password from libpq's environment): "
                            "only the PostgreSQL figures, each run in a fresh schema of it")
@@ -696,6 +701,11 @@ def main() -> None:
         results = order_backlog(n, args.routers, keys=args.order)
         if not args.no_record and not args.quick:
             record(results, n, 0, args.routers, f"--order {args.order}")
+        return
+    if args.flow:
+        results = flow_backlog(n, args.routers)
+        if not args.no_record and not args.quick:
+            record(results, n, 0, args.routers, "--flow")
         return
     if args.rules:
         results = rules_backlog(n, args.routers)
@@ -855,31 +865,64 @@ def schema_backlog(n: int, routers: int, rounds: int = 4) -> Results:
     return results
 
 
-def order_backlog(n: int, routers: int, keys: int = 1000, rounds: int = 3) -> Results:
-    """The backlog with router.order_by on an OrderNumber taking ``keys`` values against the same
-    files without order_by, as schema_backlog measures (a warm-up not counted, rounds in
-    alternating order, the best of each and the median of the rounds' ratios)."""
-    results = Results()
-    runs: dict[str, list[float]] = {"without": [], "with": []}
-    kinds = [("without", ""), ("with", '[router]\norder_by = "JobSpecification.JobDetails.OrderNumber"\n')]
+def compared_backlog(n: int, routers: int, kinds: list[tuple[str, str, str]], what: str,
+                     keys: int = 0, rounds: int = 3) -> list[float]:
+    """The backlog under two configurations, ``kinds`` = [(label, config_extra, routes)] (the
+    baseline first), as schema_backlog measures (a warm-up not counted, rounds in alternating
+    order); adds nothing itself: returns (best of each, rounds' ratios) for the caller's rows."""
+    runs: dict[str, list[float]] = {label: [] for label, _, _ in kinds}
     print(f"warm-up backlog of {n} files, not counted", flush=True)
     print(f"  {pipeline_backlog(n, routers, keys=keys)[0]:.0f} files/s", flush=True)
     for round_ in range(rounds):
-        for label, router in (kinds if round_ % 2 == 0 else kinds[::-1]):
-            print(f"backlog of {n} files over {keys} keys, {label} order_by", flush=True)
-            got, _ = pipeline_backlog(n, routers, config_extra=router, keys=keys)
+        for label, extra, routes in (kinds if round_ % 2 == 0 else kinds[::-1]):
+            print(f"backlog of {n} files, {label} {what}", flush=True)
+            got, _ = pipeline_backlog(n, routers, config_extra=extra, routes=routes, keys=keys)
             runs[label].append(got)
             print(f"  {got:.0f} files/s", flush=True)
-    without, with_ = max(runs["without"]), max(runs["with"])
-    results.add(f"backlog, router.order_by over {keys} keys (best of each)", f"{with_:.0f} files/s",
-                f"{without:.0f} files/s (no order_by)", f"{with_ / without:.2f}", ">= 0.90", with_ / without >= 0.9)
-    ratios = [w / o for w, o in zip(runs["with"], runs["without"])]
+    (base, _, _), (other, _, _) = kinds
+    return [max(runs[base]), max(runs[other])], [w / o for w, o in zip(runs[other], runs[base])]
+
+
+def add_compared(results: Results, what: str, baseline: str, best: list[float], ratios: list[float]) -> None:
+    """Two rows for compared_backlog's figures against a >= 0.90 target: best of each, median of rounds."""
+    without, with_ = best
+    results.add(f"backlog, {what} (best of each)", f"{with_:.0f} files/s", f"{without:.0f} files/s ({baseline})",
+                f"{with_ / without:.2f}", ">= 0.90", with_ / without >= 0.9)
     median = statistics.median(ratios)
-    results.add(f"backlog, router.order_by over {keys} keys (median of rounds)",
-                ", ".join(f"{r:.2f}" for r in ratios), "-", f"{median:.2f}", ">= 0.90", median >= 0.9)
+    results.add(f"backlog, {what} (median of rounds)", ", ".join(f"{r:.2f}" for r in ratios), "-",
+                f"{median:.2f}", ">= 0.90", median >= 0.9)
+
+
+ORDER_BY = '[router]\norder_by = "JobSpecification.JobDetails.OrderNumber"\n'
+
+
+def order_backlog(n: int, routers: int, keys: int = 1000) -> Results:
+    """The backlog with router.order_by on an OrderNumber taking ``keys`` values against the same
+    files without order_by."""
+    results = Results()
+    kinds = [("without", "", ROUTES), ("with", ORDER_BY, ROUTES)]
+    best, ratios = compared_backlog(n, routers, kinds, "order_by", keys=keys)
+    add_compared(results, f"router.order_by over {keys} keys", "no order_by", best, ratios)
     us = order_time(keys)
     results.add("the ordering statements alone (Jobs.order and hand_on, batches of 100)",
                 f"{us:.0f} us/job", "-", "-", "-")
+    return results
+
+
+def unbinding_routes(n: int) -> str:
+    """ROUTES with every flow-control key on every route, set so that none binds in a backlog of
+    ``n``: a max_waiting above what a folder can hold, hours round the clock, every day."""
+    keys = f'max_waiting = {2 * n}\nhours = "00:00-24:00"\ndays = {json.dumps(list(DAYS))}\n'
+    return ROUTES.replace('\nto = ', '\n' + keys + 'to = ')
+
+
+def flow_backlog(n: int, routers: int, keys: int = 1000) -> Results:
+    """The backlog with every flow-control feature configured and none binding (order_by over
+    ``keys`` values, each route's max_waiting, hours and days) against the same files without."""
+    results = Results()
+    kinds = [("without", "", ROUTES), ("with", ORDER_BY, unbinding_routes(n))]
+    best, ratios = compared_backlog(n, routers, kinds, "flow control", keys=keys)
+    add_compared(results, "every flow-control feature, none binding", "none configured", best, ratios)
     return results
 
 
