@@ -7,7 +7,9 @@ router from burying them:
   put them there) its copies wait, and are looked at again within ``FULL_RECHECK``, so files a
   consumer takes away make room promptly. Counting stops at N (a folder of 100,000 files costs N
   directory entries, not 100,000), once per batch and folder; the copies the batch itself makes
-  count too.
+  count too. Several routers may feed one folder: each takes the places its batch needs
+  (``Places``) before it copies, counting the folder and the others' places under one lock, so
+  together they never pass N.
 * ``hours`` and ``days`` (as ``[[expect]]``, in ``report.timezone``): outside the window its
   copies wait until it next opens.
 
@@ -82,8 +84,51 @@ def count_files(folder: Path, cap: int) -> int:
     return found
 
 
+_SQL_EXPIRED = "DELETE FROM places WHERE until < ?"
+_SQL_OTHERS = "SELECT coalesce(sum(taken), 0) FROM places WHERE folder = ? AND owner <> ?"
+_SQL_TAKE = ("INSERT INTO places (folder, owner, taken, until) VALUES (?, ?, ?, ?) ON CONFLICT (folder, owner) "
+             "DO UPDATE SET taken = excluded.taken, until = excluded.until")
+_SQL_GIVE_BACK = "DELETE FROM places WHERE owner = ?"
+
+
+class Places:
+    """The places routers' batches take in folders with a max_waiting (the ``places`` table).
+
+    A router counts such a folder and copies into it some milliseconds later; another router
+    counting in between would not see those copies yet, and both would fill the folder to N. So
+    a batch counts its folders inside one write transaction that holds the ``places`` lock (on
+    PostgreSQL an advisory lock; SQLite has one writer), adds the places other batches hold, and
+    takes what it will use; it gives them back once its copies are in the folder, where they
+    count themselves. A router that dies holding places loses them with its lease."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def take(self, token: str, now: float, until: float, wanted: dict[Path, tuple[int, int]]) -> dict[Path, int]:
+        """``wanted``: folder -> (its max_waiting, the copies this batch would put there). Takes
+        as many places as there is room for, up to the copies; returns per folder what the gate
+        starts from: its files and the places other batches hold, at most max_waiting. Taking
+        again (the next part of a batch of large files) replaces what the batch took before: its
+        copies made since are in the folder and counted there."""
+        held: dict[Path, int] = {}
+        with self.db.write():
+            self.db.serialize("places")
+            self.db.run_sql(_SQL_EXPIRED, (now,))
+            for folder, (cap, copies) in wanted.items():
+                others = self.db.run_sql(_SQL_OTHERS, (str(folder), token)).fetchone()[0]
+                held[folder] = min(cap, others + (count_files(folder, cap - others) if others < cap else 0))
+                if (take := min(cap - held[folder], copies)) > 0:
+                    self.db.run_sql(_SQL_TAKE, (str(folder), token, take, until))
+        return held
+
+    def give_back(self, token: str) -> None:
+        with self.db.write():
+            self.db.run_sql(_SQL_GIVE_BACK, (token,))
+
+
 class Gate:
-    """Whether a route's copy may go now: read once per batch (``begin``), consulted per copy."""
+    """Whether a route's copy may go now: read once per batch (``begin``), consulted per copy
+    (``wait`` for the window; ``full`` for max_waiting, once the batch has ``counted``)."""
 
     def __init__(self, timezone: str):
         self.zone = zoneinfo.ZoneInfo(timezone)
@@ -95,18 +140,29 @@ class Gate:
         and is not in this batch: a later job's copy may not take a place that frees up before it."""
         self.now, self._held, self._first_waiting = now, {}, first_waiting or {}
 
-    def wait(self, target: Destination, job_id: int = 0) -> Wait | None:
+    def wait(self, target: Destination) -> Wait | None:
+        """A Wait while the route's window is shut."""
         route = target.route
-        if route is None:
+        if route is None or (route.hours is None and route.days is None):
             return None
-        if route.hours is not None or route.days is not None:
-            opens = opens_at(route.hours, route.days or frozenset(range(7)), self.zone, self.now)
-            if opens is not None:
-                return Wait(f"window:{route.name}", f"{route.name} is outside its hours {route.window_text} "
-                                                    f"(opens at {utc_text(opens)} UTC)", opens)
-        cap = route.max_waiting
-        if cap is None or target.remote is not None:
+        opens = opens_at(route.hours, route.days or frozenset(range(7)), self.zone, self.now)
+        if opens is None:
             return None
+        return Wait(f"window:{route.name}", f"{route.name} is outside its hours {route.window_text} "
+                                            f"(opens at {utc_text(opens)} UTC)", opens)
+
+    @staticmethod
+    def limited(target: Destination) -> bool:
+        """Whether the copy counts against its folder's max_waiting (a remote's is refused at load)."""
+        return target.route is not None and target.route.max_waiting is not None and target.remote is None
+
+    def counted(self, held: dict[Path, int]) -> None:
+        """What ``Places.take`` found in the batch's folders (their files and others' places)."""
+        self._held.update(held)
+
+    def full(self, target: Destination, job_id: int) -> Wait | None:
+        """A Wait while the folder of a ``limited`` target holds its max_waiting."""
+        route, cap = target.route, target.route.max_waiting
         # Copies go into the folder in detection order: every job waiting on it is due again at the
         # same whole second (claimed together, in id order), and none overtakes an earlier one
         # waiting outside this batch.
@@ -114,11 +170,8 @@ class Gate:
         first = self._first_waiting.get(route.name)
         if first is not None and first < job_id:
             return Wait(f"full:{route.name}", f"{route.name} is full: after the earlier jobs waiting for it", due)
-        held = self._held.get(target.folder)
-        if held is None:
-            held = count_files(target.folder, cap)
+        held = self._held[target.folder]
         if held >= cap:
-            self._held[target.folder] = held
             return Wait(f"full:{route.name}", f"{route.name} holds {held} files, max_waiting {cap}", due)
         self._held[target.folder] = held + 1        # this copy will be there too
         return None

@@ -192,6 +192,7 @@ class Router(Program):
         self.pauses = steering.Pauses()     # what a person paused, read once per batch
         self._holding = any(route.hold for route in config.routes)
         self.gate, self._gated, self._counting = self._flow(config)
+        self.folder_places = flow.Places(jobs.db)      # max_waiting under several routers
         self.redeliveries = redelivery.Redeliverer(config, jobs.db, jobs.actor, self.destinations, jobs.clock)
         self._redeliveries_at = 0.0     # monotonic: when to look for re-delivery requests next
 
@@ -234,8 +235,9 @@ class Router(Program):
 
     @staticmethod
     def _flow(config: Config) -> tuple[flow.Gate, bool, bool]:
-        """Flow control (docs/design.md#flow-control), and whether any route uses it."""
-        gated = any(r.max_waiting is not None or r.hours is not None or r.days is not None for r in config.routes)
+        """Flow control (docs/design.md#flow-control): the gate, whether a route has a window, and
+        whether one has a max_waiting."""
+        gated = any(r.hours is not None or r.days is not None for r in config.routes)
         return flow.Gate(config.report.timezone), gated, any(r.max_waiting is not None for r in config.routes)
 
     @property
@@ -310,6 +312,7 @@ class Router(Program):
         works = [Work(job=job, state=job.state, held_until=claimed_at + cfg.lease) for job in batch.jobs]
         self._hot_files = None
         self._last_of_key = {}
+        self._places_taken = False
         ready, held = [], 0
         for i, work in enumerate(works):
             if self.stopper.requested:
@@ -323,9 +326,12 @@ class Router(Program):
                 ready.append(work)
                 held += len(work.data)
             if held > COPY_BUDGET:      # many large files: copy what is read before reading on
-                self._copy_all(self._in_order(ready))
+                self._copy_all(self._take_places(self._in_order(ready)))
                 ready, held = [], 0
-        self._copy_all(self._in_order(ready))
+        self._copy_all(self._take_places(self._in_order(ready)))
+        if self._places_taken:          # the copies are in their folders now: they count themselves
+            self.folder_places.give_back(batch.token)
+            self._places_taken = False
         self._sync_copies(works)
         self._finish_remote()
         self._commit_progress(batch.token, works)
@@ -411,6 +417,30 @@ class Router(Program):
             going.append(w)
         return going
 
+    def _take_places(self, works: list[Work]) -> list[Work]:
+        """With a max_waiting (docs/design.md#flow-control): take the places in their folders that
+        the copies of ``works`` need, in one transaction; then, in claim order, a copy that finds
+        no room waits (its job parked) while the job's other copies go on. Returns ``works``."""
+        if not self._counting:
+            return works
+        limited = [(w, t) for w in works for t in w.targets
+                   if self.gate.limited(t) and str(t.path) not in w.delivered_before]
+        if not limited:
+            return works
+        wanted: dict[Path, tuple[int, int]] = {}
+        for _, t in limited:
+            cap, copies = wanted.get(t.folder, (t.route.max_waiting, 0))
+            wanted[t.folder] = (cap, copies + 1)
+        now = self.jobs.clock()
+        self.gate.counted(self.folder_places.take(self._token, now, now + self.config.router.lease, wanted))
+        self._places_taken = True
+        for w, t in limited:
+            if (wait := self.gate.full(t, w.job.id)) is not None:
+                w.targets = [other for other in w.targets if other is not t]
+                if w.waiting is None:
+                    w.waiting = wait
+        return works
+
     def _hand_on(self, works: list[Work]) -> None:
         """The jobs of ordered keys this batch settled let the jobs held back behind them go now."""
         settled = [w.job.id for w in works if w.key is not None and w.key.ordered and w.outcome in SETTLED_NOW]
@@ -444,7 +474,7 @@ class Router(Program):
             going = []
             for target in work.targets:
                 wait = None if str(target.path) in work.delivered_before else \
-                    self.pauses.destination(target.name) or (self.gate.wait(target, work.job.id) if self._gated else None)
+                    self.pauses.destination(target.name) or (self.gate.wait(target) if self._gated else None)
                 if wait is None:
                     going.append(target)
                 elif work.waiting is None:

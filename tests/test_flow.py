@@ -190,6 +190,51 @@ def test_a_full_folder_holds_its_copies_while_the_other_destination_goes_on_and_
     assert db.run_sql("SELECT count(*) FROM jobs WHERE waits_on IS NOT NULL").fetchone()[0] == 0
 
 
+def test_two_routers_feeding_one_folder_together_never_pass_max_waiting(tree, db):
+    """Router A has decided its copies and not yet made them when router B counts the folder: B
+    must see A's copies on their way (A's places), or the folder gets 6 files for a max_waiting of 3."""
+    clock = FakeClock()
+    tree.write_config(routes=RIP, router="batch_size = 3\n")
+    tree.dest("RIP").mkdir(parents=True)
+    names = [f"job{i}.json" for i in range(1, 7)]
+    for name in names:
+        drop_aged(tree, name)
+    Scanner(tree.config, Jobs(db, "test:0", clock)).scan("periodic", "periodic")
+    first, second = Router(tree.config, Jobs(db, "test:1", clock)), Router(tree.config, Jobs(db, "test:2", clock))
+    first._claim_size = second._claim_size = 3
+    first_copies = first._copy_all
+
+    def second_router_first(works):
+        assert second.run_batch() == 3, "the other router takes the other half meanwhile"
+        first_copies(works)
+
+    first._copy_all = second_router_first
+    first.run_batch()
+
+    in_order = sorted(names, key=lambda n: job(db, n)["id"])
+    assert sorted(tree.files(tree.dest("RIP"))) == sorted(in_order[:3])
+    assert sorted(tree.files(tree.dest("Proof"))) == sorted(names), "the other destination goes on"
+    assert [job(db, n)["waits_on"] for n in in_order[3:]] == ["full:RIP-1"] * 3
+    assert db.run_sql("SELECT count(*) FROM places").fetchone()[0] == 0, "each batch gave its places back"
+
+
+def test_the_places_of_a_router_that_died_expire_with_its_lease(tree, db):
+    clock = FakeClock()
+    tree.write_config(routes=RIP)
+    tree.dest("RIP").mkdir(parents=True)
+    places = flow.Places(db)
+    folder = tree.dest("RIP")
+    assert places.take("dead", clock(), clock() + 5, {folder: (3, 3)}) == {folder: 0}
+    assert places.take("alive", clock(), clock() + 5, {folder: (3, 2)}) == {folder: 3}, "all three taken"
+    clock.advance(6)
+    assert places.take("alive", clock(), clock() + 5, {folder: (3, 2)}) == {folder: 0}, "the dead one's expired"
+    (folder / "a.json").write_text("{}")
+    assert places.take("third", clock(), clock() + 5, {folder: (3, 2)}) == {folder: 3}, "a file and 2 places"
+    places.give_back("alive")
+    assert places.take("third", clock(), clock() + 5, {folder: (3, 2)}) == {folder: 1}, "its own places not counted"
+    assert db.run_sql("SELECT taken FROM places WHERE owner = 'third'").fetchone()[0] == 2, "what it takes now, in place of before"
+
+
 def test_a_full_folder_that_disappears_holds_nothing(tree, db):
     clock = FakeClock()
     tree.write_config(routes=RIP)

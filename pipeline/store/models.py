@@ -139,6 +139,18 @@ class RemoteSeen(BaseModel):
         table_name = "remotes"
 
 
+class Place(BaseModel):
+    """Places a router's batch has taken in a folder with a max_waiting (docs/design.md#flow-control)."""
+    folder = peewee.TextField()
+    owner = peewee.TextField()
+    taken = peewee.IntegerField()
+    until = peewee.FloatField()
+
+    class Meta:
+        table_name = "places"
+        primary_key = peewee.CompositeKey("folder", "owner")
+
+
 class Heartbeat(BaseModel):
     program = peewee.TextField()
     host = peewee.TextField()
@@ -292,7 +304,7 @@ class Redelivered(BaseModel):
         table_name = "redelivered"
 
 
-MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, ConfigProblem, ConfigReload, Leader, RemoteSeen, Report, Alert, AlertDelivery,
+MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, ConfigProblem, ConfigReload, Leader, RemoteSeen, Place, Report, Alert, AlertDelivery,
           Silence, ErrorLogRecord, Tally, Pause, SteeringEvent, Redelivery, Redelivered)
 
 

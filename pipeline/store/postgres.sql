@@ -303,6 +303,19 @@ CREATE TABLE IF NOT EXISTS config_reloads (
     actor        TEXT    NOT NULL                     -- ops@host
 );
 
+-- Places in a destination folder with a max_waiting that a router has taken for the copies of the
+-- batch it is making (docs/design.md#flow-control). Routers count such a folder one at a time and
+-- each counts the others' places too, so together they never put more than max_waiting files
+-- there. A batch gives its places back once its copies are in the folder; a row whose router died
+-- expires with its lease.
+CREATE TABLE IF NOT EXISTS places (
+    folder  TEXT    NOT NULL,                   -- the destination folder, as the route names it
+    owner   TEXT    NOT NULL,                   -- the batch's lease token
+    taken   BIGINT  NOT NULL,
+    until   DOUBLE PRECISION NOT NULL,          -- the batch's lease at the time
+    PRIMARY KEY (folder, owner)
+);
+
 -- Each remote destination's last success and last error as the routers saw them (docs/design.md#remote-destinations),
 -- for bin/status and the dashboard. One row per remote: sftp://user@host:port, s3://bucket, smb://server.
 CREATE TABLE IF NOT EXISTS remotes (

@@ -37,7 +37,8 @@ def test_a_stalled_rip_holds_our_copies_at_max_waiting_and_a_consumer_releases_t
     rip, log = tree.dest("RIP"), tree.root / "consumed.log"
     rip.mkdir(parents=True)
     conf = installation / "supervisord.conf"
-    set_routers(conf, 1)        # one router counts the folder for every copy (several: see the design)
+    set_routers(conf, 1)        # in detection order: copies released together may cross between routers
+                                # (the limit holds for several: test_flow.test_two_routers_...)
     proc = start_supervisord(conf, tree.env())
     consumer = None
     try:
