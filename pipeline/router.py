@@ -70,6 +70,14 @@ REDELIVERIES_EVERY = 1.0    # seconds: during a backlog, re-delivery requests ar
 
 
 @dataclass
+class Pending:
+    """A batch read and copied whose last steps wait for its remote copies (Router._settle)."""
+    token: str
+    works: list[Work]
+    sent: list          # (work, copy, future) of its remote copies
+
+
+@dataclass
 class Work:
     """One claimed job going through a batch."""
     job: Claimed
@@ -187,6 +195,7 @@ class Router(Program):
         self._remote_threads: ThreadPoolExecutor | None = None
         self._remote_sent: list = []    # the batch's remote copies under way: (work, copy, future)
         self._remote_last: dict = {}    # target -> the future of the last copy sent to it
+        self._pending: Pending | None = None    # a batch whose remote copies run on (_defer)
         self._claim_size = min(FIRST_BATCH, rc.batch_size)
         self._token = ""                # the lease token of the batch in hand
         self.pauses = steering.Pauses()     # what a person paused, read once per batch
@@ -210,6 +219,7 @@ class Router(Program):
         """Between two batches (nothing is held, every folder touched is synced): the rules, the
         modes, the batch size and the copy threads change with the configuration."""
         derived = self._derived(config)
+        self._settle_pending()          # its copies made with the settings they were sent with
         idle_pool = self._copying if config.router.threads != self.config.router.threads else None
         old, rc = self.config, config.router
         self.config = config
@@ -263,6 +273,9 @@ class Router(Program):
         return self._remote_threads
 
     def finish(self) -> None:
+        # A batch still pending here was not drained (the database unusable at the stop): its jobs
+        # are taken over when their leases run out; its copies under way end with the threads.
+        self._pending = None
         if self._copying is not None:
             self._copying.shutdown()
             self._copying = None
@@ -278,6 +291,8 @@ class Router(Program):
         While a person has paused all routing nothing is claimed: the router idles until woken
         (a resume is a commit) or the pause's end."""
         done = self.run_batch() if self.once or self.jobs.has_due(ROUTE_QUEUE) else 0
+        if not done:
+            self._settle_pending()      # no next batch to overlap its remote copies with
         if not done or time.monotonic() >= self._redeliveries_at:      # between batches, or once a second
             self._redeliveries_at = time.monotonic() + REDELIVERIES_EVERY
             if self.redeliveries.due():
@@ -303,12 +318,16 @@ class Router(Program):
         full = len(batch.jobs) == self._claim_size
         self._claim_size = min(self._claim_size * 2, cfg.batch_size) if full else min(FIRST_BATCH, cfg.batch_size)
         if not batch.jobs:
+            self._settle_pending()
             return 0
         # Folders counted afresh, once per batch; with a max_waiting, who waits for one outside it.
         self.gate.begin(claimed_at, self.jobs.first_waiting_full(batch.token) if self._counting else None)
         delivered = self.jobs.delivered_paths(j.id for j in batch.jobs if j.state == "archived")
         self._token = batch.token
-        self._remote_sent, self._remote_last = [], {}   # (what a batch cut short left is dropped)
+        # What a batch cut short sent is dropped; copies still under way keep their place in the
+        # order of their targets.
+        self._remote_sent = []
+        self._remote_last = {target: made for target, made in self._remote_last.items() if not made.done()}
         works = [Work(job=job, state=job.state, held_until=claimed_at + cfg.lease) for job in batch.jobs]
         self._hot_files = None
         self._last_of_key = {}
@@ -333,7 +352,35 @@ class Router(Program):
             self.folder_places.give_back(batch.token)
             self._places_taken = False
         self._sync_copies(works)
-        self._finish_remote()
+        batch_done = Pending(batch.token, works, self._remote_sent)
+        self._remote_sent = []
+        self._settle_pending()          # the batch before: its remote copies ran while this one was read
+        if batch_done.sent and not self.config.router.order_by and not self.stopper.requested:
+            self._pending = batch_done
+        else:
+            self._settle(batch_done)
+        return len(batch.jobs)
+
+    def _settle_pending(self) -> None:
+        """Settle the batch left with remote copies under way, if any (also when idle, before a
+        reload, and when stopping: ``drain``)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._settle(pending)
+
+    def _settle(self, batch: Pending) -> None:
+        """The batch's last steps, once its copies are made: judge its remote copies, record its
+        progress, remove its originals, record its outcomes.
+
+        A batch with remote copies under way is settled only after the next batch has been read and
+        copied (``run_batch``): an SFTP or S3 upload takes about as long as the router's own work for
+        a job, and so the uploads overlap that work instead of waiting for it. The batch's jobs stay
+        leased to this router meanwhile; a router killed in between leaves them to be taken over, as
+        in the middle of any batch, their copies made again or found made. Not with
+        ``router.order_by``, where a settled job hands on to the next of its key at once."""
+        self._token = batch.token
+        works = batch.works
+        self._finish_remote(batch.sent)
         self._commit_progress(batch.token, works)
         self._hot_files = None          # files may have moved since phase A looked
         self._clean_up(works)
@@ -342,7 +389,11 @@ class Router(Program):
         remote_record.write(self.db, self.remotes.news())     # each remote's last success and error
         self._report(works)
         self.error_log.flush(new=any(w.outcome in FAILED_NOW for w in works))
-        return len(batch.jobs)
+
+    def drain(self) -> bool:
+        """Stopping: settle the batch whose remote copies are under way."""
+        self._settle_pending()
+        return True
 
     # -- phase A: read, validate, archive, copy ------------------------------------------------------
 
@@ -784,10 +835,10 @@ class Router(Program):
             self._remote_last[copy.dest.where] = made
             self._remote_sent.append((work, copy, made))
 
-    def _finish_remote(self) -> None:
-        """Judge the batch's remote copies. A remote that could not take a copy is a place problem
-        for that copy alone (the job waits for it); the job's other copies are recorded."""
-        sent, self._remote_sent, self._remote_last = self._remote_sent, [], {}
+    def _finish_remote(self, sent: list) -> None:
+        """Judge a batch's remote copies, ``sent`` (work, copy, future). A remote that could not take
+        a copy is a place problem for that copy alone (the job waits for it); the job's other
+        copies are recorded."""
         problems: dict[int, list[str]] = {}
         conflict = self.config.router.conflict
         for w, copy, future in sent:

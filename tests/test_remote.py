@@ -176,6 +176,41 @@ def test_a_route_to_each_kind_of_remote_delivers_every_copy_whole_beside_the_loc
     assert sorted(os.listdir(tree.dest("Monday Rank"))) == NAMES     # the local copies as ever
 
 
+def test_a_batch_with_remote_copies_is_settled_after_the_next_is_read_when_idle_and_when_stopping(
+        tree, db, clock, tmp_path):
+    """The remote copies of one batch are made while the router reads and copies the next one: the
+    batch is recorded after that (its jobs leased to the router meanwhile, nothing of them
+    recorded), at the latest when there is no next batch, or when the router stops."""
+    place = SftpPlace(tmp_path)
+    try:
+        tree.write_config(routes=place.tables(), router="batch_size = 2\n")
+        names = [f"j{i}.json" for i in range(5)]
+        drop(tree, names)
+        jobs = Jobs(db, "router:1", clock)
+        Scanner(tree.config, jobs).scan("startup", "startup")
+        router = Router(tree.config, jobs)
+        router._claim_size = 2
+
+        def states():
+            return [j.state for j in Job.select().order_by(Job.id)]
+
+        assert router.run_batch() == 2
+        assert states() == ["detected"] * 5, "the first batch waits on its uploads, nothing recorded"
+        assert router.run_batch() == 2
+        assert states() == ["routed"] * 2 + ["detected"] * 3, "settled after the next"
+        router.drain()                                              # stopping
+        assert states() == ["routed"] * 4 + ["detected"]
+        assert router.run_batch() == 1
+        assert states() == ["routed"] * 4 + ["detected"]
+        router.step(clock())
+        assert states() == ["routed"] * 5, "nothing more due: the batch left is settled at once"
+        router.finish()
+    finally:
+        place.server.stop()
+    assert place.names() == names
+    assert not any((tree.hot / "RANK").iterdir()), "every original removed once its job was recorded"
+
+
 def test_an_sftp_copy_is_written_aside_fsynced_and_renamed_over_its_name(tree, db, clock, tmp_path):
     sshd = SftpPlace(tmp_path)
     try:
