@@ -160,7 +160,7 @@ def details(**values) -> dict:
 
 # -- the content of the file ------------------------------------------------------------------------
 
-def test_13_invalid_json_fails_validation_with_the_parsers_line_and_column(tree, db):
+def test_invalid_json_fails_validation_with_the_parsers_line_and_column(tree, db):
     assert_validation_fails(tree, {
         "bad.json": (b'{"JobSpecification": {"JobDetails": {"ClientCode": "RANK",}}}',
                      "invalid JSON: Expecting property name enclosed in double quotes at line 1 column 59"),
@@ -172,7 +172,7 @@ def test_13_invalid_json_fails_validation_with_the_parsers_line_and_column(tree,
         "escape.json": (b'{"JobSpecification": "a\\xb"}', "invalid JSON: Invalid \\escape at line 1 column 24")})
 
 
-def test_13_json_a_receiver_may_read_otherwise_fails_validation_in_one_batch(tree, db):
+def test_json_a_receiver_may_read_otherwise_fails_validation_in_one_batch(tree, db):
     """Standard JSON only, one reading only: NaN, a duplicate key (which ClientCode did upstream
     mean?), a number no receiver holds, text no database holds. One batch, each fails alone."""
     doc = '{"JobSpecification": {"JobDetails": {"ClientCode": "RANK", "JobCategory": "X", %s}}}'
@@ -190,7 +190,7 @@ def test_13_json_a_receiver_may_read_otherwise_fails_validation_in_one_batch(tre
     })
 
 
-def test_13_a_nul_in_a_recorded_field_fails_validation_on_both_engines_before_any_copy(tree, db):
+def test_a_nul_in_a_recorded_field_fails_validation_on_both_engines_before_any_copy(tree, db):
     """\\u0000 is valid JSON, but PostgreSQL's text refuses it: the job's outcome could not be
     recorded there, and it would be claimed again and again after its copies were made. One rule
     for both engines, at validation: the field is named, the file goes to FAILED, nothing is copied."""
@@ -207,22 +207,22 @@ def test_13_a_nul_in_a_recorded_field_fails_validation_on_both_engines_before_an
         assert not (tree.dest(RANK) / name).exists() and not (tree.dest(CELTRA) / name).exists()
 
 
-def test_13_empty_file_fails_validation(tree, db):
+def test_empty_file_fails_validation(tree, db):
     assert_validation_fails(tree, {"empty.json": (b"", "file is empty"),
                                    "bom-only.json": (b"\xef\xbb\xbf", "file is empty")})
 
 
-def test_13_only_whitespace_fails_validation(tree, db):
+def test_only_whitespace_fails_validation(tree, db):
     assert_validation_fails(tree, {"blank.json": (b" \n\t \r\n  ", "file contains only whitespace")})
 
 
-def test_13_non_utf8_fails_validation_naming_the_byte(tree, db):
+def test_non_utf8_fails_validation_naming_the_byte(tree, db):
     content = json.dumps(details(ClientCode="RANK", JobCategory="X", Title="Café"), ensure_ascii=False)
     assert_validation_fails(tree, {"latin1.json": (content.encode("latin-1"),     # é is the byte 0xe9 in Latin-1
                                                    f"not UTF-8 text (byte 0xe9 at offset {content.index('é')})")})
 
 
-def test_13_utf8_with_bom_is_accepted_and_copied_byte_for_byte(tree, db):
+def test_utf8_with_bom_is_accepted_and_copied_byte_for_byte(tree, db):
     content = b"\xef\xbb\xbf" + json.dumps(job_document("RANK", "CELTRA", Title="Café ünï")).encode()
     batch = run_batch(tree, {"bom.json": content})
     job = batch.job("bom.json")
@@ -234,7 +234,7 @@ def test_13_utf8_with_bom_is_accepted_and_copied_byte_for_byte(tree, db):
     assert_good_routed(batch)
 
 
-def test_13_json_that_is_an_array_string_or_number_fails_validation(tree, db):
+def test_json_that_is_an_array_string_or_number_fails_validation(tree, db):
     assert_validation_fails(tree, {
         "array.json": (b'[{"JobSpecification": {}}]', "JSON top level is an array, expected an object"),
         "string.json": (b'"RANK"', "JSON top level is a string, expected an object"),
@@ -242,7 +242,7 @@ def test_13_json_that_is_an_array_string_or_number_fails_validation(tree, db):
         "null.json": (b"null", "JSON top level is null, expected an object")})
 
 
-def test_13_missing_or_empty_clientcode_or_jobcategory_fails_validation(tree, db):
+def test_missing_or_empty_clientcode_or_jobcategory_fails_validation(tree, db):
     assert_validation_fails(tree, {
         "no-spec.json": ({"Job": {}}, "missing JobSpecification"),
         "no-details.json": ({"JobSpecification": {}}, "missing JobSpecification.JobDetails"),
@@ -254,7 +254,7 @@ def test_13_missing_or_empty_clientcode_or_jobcategory_fails_validation(tree, db
                                 "JobSpecification.JobDetails.JobCategory is empty")})
 
 
-def test_13_wrong_types_number_list_or_null_fail_validation(tree, db):
+def test_wrong_types_number_list_or_null_fail_validation(tree, db):
     must = "JobSpecification.JobDetails.{} must be a non-empty string, not {}".format
     assert_validation_fails(tree, {
         "code-number.json": (details(ClientCode=42, JobCategory="X"), must("ClientCode", "a number")),
@@ -268,13 +268,13 @@ def test_13_wrong_types_number_list_or_null_fail_validation(tree, db):
         "spec-null.json": ({"JobSpecification": None}, "JobSpecification must be an object, not null")})
 
 
-def test_13_clientcode_differing_from_its_folder_fails_validation(tree, db):
+def test_clientcode_differing_from_its_folder_fails_validation(tree, db):
     assert_validation_fails(tree, {
         "other.json": (job_document("BISSELL"), "ClientCode 'BISSELL' does not match its client folder 'RANK'")})
     assert not (tree.store / "BISSELL").exists() and not (tree.failed / "BISSELL").exists()
 
 
-def test_13_clientcode_with_slash_backslash_dotdot_or_nul_fails_validation(tree, db):
+def test_clientcode_with_slash_backslash_dotdot_or_nul_fails_validation(tree, db):
     unsafe = "ClientCode {!r} is not a safe folder name (only letters, digits, _, - and . are allowed)".format
     codes = {"slash.json": "RANK/../../outside", "backslash.json": "..\\..\\outside", "dotdot.json": "..",
              "absolute.json": "/etc"}
@@ -287,14 +287,14 @@ def test_13_clientcode_with_slash_backslash_dotdot_or_nul_fails_validation(tree,
     assert os.listdir(tree.failed) == ["RANK"] and os.listdir(tree.store) == ["LOREAL", "RANK"]
 
 
-def test_13_file_over_max_file_bytes_fails_validation_without_being_read(tree, db):
+def test_file_over_max_file_bytes_fails_validation_without_being_read(tree, db):
     tree.write_config(router="max_file_bytes = 2000")
     content = json.dumps(job_document("RANK", Title="x" * 2500)).encode()
     assert_validation_fails(tree, {
         "big.json": (content, f"file is {len(content):,} bytes, over the limit of 2,000 (router.max_file_bytes)")})
 
 
-def test_13_deeply_nested_json_fails_validation_without_crashing(tree, db):
+def test_deeply_nested_json_fails_validation_without_crashing(tree, db):
     deep = b"[" * 100_000 + b"]" * 100_000
     assert_validation_fails(tree, {
         "deep.json": (b'{"JobSpecification": {"JobDetails": {"ClientCode": "RANK", "X": ' + deep + b"}}}",
@@ -303,7 +303,7 @@ def test_13_deeply_nested_json_fails_validation_without_crashing(tree, db):
 
 # -- the file itself ----------------------------------------------------------------------------------
 
-def test_13_symlink_pointing_outside_is_never_followed(tree, db):
+def test_symlink_pointing_outside_is_never_followed(tree, db):
     outside = tree.root / "outside"
     outside.mkdir()
     secret = outside / "secret.json"
@@ -322,7 +322,7 @@ def test_13_symlink_pointing_outside_is_never_followed(tree, db):
     assert_good_routed(batch)
 
 
-def test_13_file_still_being_written_is_not_taken_until_it_is_complete(tree, db):
+def test_file_still_being_written_is_not_taken_until_it_is_complete(tree, db):
     tree.write_config(detect="min_file_age = 0.3\n")                      # the writer adds a byte every 30 ms
     body = json.dumps(job_document("RANK", Title="written slowly")).encode()
     head, tail = body[:1], body[1:]          # spaces after the "{" keep the finished JSON valid
@@ -340,7 +340,7 @@ def test_13_file_still_being_written_is_not_taken_until_it_is_complete(tree, db)
     assert "routed RANK/growing.json -> Monday Rank" in router.stderr
 
 
-def test_13_file_removed_or_replaced_between_detection_and_routing_fails_at_detect_and_is_left_alone(tree, db):
+def test_file_removed_or_replaced_between_detection_and_routing_fails_at_detect_and_is_left_alone(tree, db):
     removed = drop(tree, "RANK", "removed.json", job_document("RANK"))
     drop(tree, "RANK", "replaced.json", job_document("RANK", Title="first"))
     drop_good(tree)
@@ -369,7 +369,7 @@ def test_13_file_removed_or_replaced_between_detection_and_routing_fails_at_dete
     assert newer.title == "second" and (tree.store / "RANK" / "replaced.json").read_bytes() == replacement
 
 
-def test_13_same_name_dropped_twice_gives_two_jobs_and_the_newer_copy_wins(tree, db):
+def test_same_name_dropped_twice_gives_two_jobs_and_the_newer_copy_wins(tree, db):
     first = json.dumps(job_document("RANK", Title="first")).encode()
     second = json.dumps(job_document("RANK", Title="second")).encode()
     batch = run_batch(tree, {"twice.json": first})
@@ -390,7 +390,7 @@ NAMES = ["job with  spaces .json", "Café ünïcödé 日本語 ✓.json", "100%
          "case.json", "l" * 240 + ".json"]
 
 
-def test_13_names_with_spaces_unicode_and_percent_are_routed_and_failed_like_any_other(tree, db):
+def test_names_with_spaces_unicode_and_percent_are_routed_and_failed_like_any_other(tree, db):
     for name in NAMES:
         drop(tree, "RANK", name, job_document("RANK", Title=name))
     latin1 = os.fsdecode(b"caf\xe9 latin-1.json")                     # not UTF-8: cannot be recorded
@@ -425,7 +425,7 @@ rename = "{stem}.json"
 """
 
 
-def test_13_a_copy_named_as_a_share_cannot_hold_fails_at_route_keeping_its_archive_copy(tree, db):
+def test_a_copy_named_as_a_share_cannot_hold_fails_at_route_keeping_its_archive_copy(tree, db):
     """A device name (con.json, as dropped or as a rule makes it), a trailing dot, a leading dot:
     an error or an invisible file on an SMB share. The job fails at route naming the rule; its
     archive copy, local, is kept; no destination gets a copy."""
@@ -465,7 +465,7 @@ def test_13_a_copy_named_as_a_share_cannot_hold_fails_at_route_keeping_its_archi
 @pytest.mark.parametrize("problem, why", [("missing", "destination folder is missing (share not mounted?)"),
                                           ("read-only", "Read-only file system"),
                                           ("full", "No space left on device")], ids=["missing", "read-only", "full"])
-def test_13_destination_missing_read_only_or_full_makes_the_job_wait(tree, db, tmpfs, problem, why):
+def test_destination_missing_read_only_or_full_makes_the_job_wait(tree, db, tmpfs, problem, why):
     good = (("LOREAL", "good_loreal.json", "CAMPAIGN", LOREAL), ("ACME", "good_acme.json", "PRINT", None))
     monday = tree.dest(RANK)
     if problem == "missing":
@@ -501,7 +501,7 @@ def configure_api(tree: Tree, endpoint: str) -> None:
                       'headers = { Authorization = "env:BAD_INPUT_TOKEN" }\n')
 
 
-def test_13_api_down_every_job_waits_for_its_retry_and_none_is_lost(tree, db):
+def test_api_down_every_job_waits_for_its_retry_and_none_is_lost(tree, db):
     configure_api(tree, f"http://127.0.0.1:{closed_port()}/jobs")
     run_batch(tree)
     proc = tree.run("notifier", "--once", **ENV)
@@ -521,7 +521,7 @@ def test_13_api_down_every_job_waits_for_its_retry_and_none_is_lost(tree, db):
     (503, "retry", "API answered 503 Service Unavailable (attempt 1 of 5)"),
     ((429, {"Retry-After": "7"}), "retry", "API answered 429 Too Many Requests (attempt 1 of 5)"),
 ], ids=["slow", "4xx", "5xx", "429"])
-def test_13_api_slow_4xx_5xx_or_429_affects_only_its_own_job(tree, db, answer, outcome, reason):
+def test_api_slow_4xx_5xx_or_429_affects_only_its_own_job(tree, db, answer, outcome, reason):
     api = ApiServer()
     try:
         configure_api(tree, api.url)
@@ -553,7 +553,7 @@ def test_13_api_slow_4xx_5xx_or_429_affects_only_its_own_job(tree, db, answer, o
 
 # -- email, database, configuration ------------------------------------------------------------------
 
-def test_13_smtp_down_the_alert_is_recorded_for_a_retry_and_no_job_is_touched(tree, db):
+def test_smtp_down_the_alert_is_recorded_for_a_retry_and_no_job_is_touched(tree, db):
     port = closed_port()
     tree.write_config(f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nstarttls = false\n'
                       '[alerts]\nrecipients = ["oncall@example.com"]\n'
@@ -572,7 +572,7 @@ def test_13_smtp_down_the_alert_is_recorded_for_a_retry_and_no_job_is_touched(tr
 
 
 @pytest.mark.sqlite_only
-def test_13_database_locked_past_the_busy_timeout_programs_log_it_wait_and_lose_nothing(tree, db):
+def test_database_locked_past_the_busy_timeout_programs_log_it_wait_and_lose_nothing(tree, db):
     drop(tree, "RANK", "bad.json", b"{")
     drop_good(tree)
     tree.run("scanner", "--once")
@@ -601,7 +601,7 @@ def test_13_database_locked_past_the_busy_timeout_programs_log_it_wait_and_lose_
     ("[router\nbatch_size = 5\n", "not valid TOML"),
     ("[routr]\nbatch_size = 5\n", "[routr]: unknown section"),
 ], ids=["bad-value", "not-toml", "unknown-section"])
-def test_13_broken_config_stops_each_program_with_one_line_and_touches_no_file(tree, db, text, message):
+def test_broken_config_stops_each_program_with_one_line_and_touches_no_file(tree, db, text, message):
     drop_good(tree)
     tree.config_path.write_text(text)
     for program in ("scanner", "router"):
@@ -617,7 +617,7 @@ def test_13_broken_config_stops_each_program_with_one_line_and_touches_no_file(t
     assert_good_routed(Batch(tree, {}, GOOD, "", router.stderr))
 
 
-def test_13_a_name_with_a_newline_still_gives_one_log_line_per_event(tree):
+def test_a_name_with_a_newline_still_gives_one_log_line_per_event(tree):
     tree.drop("RANK", "two\nlines.json", "{broken")
     tree.drop("RANK", "good.json")
     tree.run("scanner", "--once")
@@ -627,7 +627,7 @@ def test_13_a_name_with_a_newline_still_gives_one_log_line_per_event(tree):
     assert all(line[:4].isdigit() and line[10] == "T" for line in lines)    # each line is an event
 
 
-def test_13_control_characters_in_a_name_reach_the_logs_escaped_and_unicode_stays(tree):
+def test_control_characters_in_a_name_reach_the_logs_escaped_and_unicode_stays(tree):
     """ESC (a terminal escape sequence), BEL, a C1 NEL and U+2028 in a file name: the real
     programs' log lines show them as escapes, so viewing a log cannot drive the terminal."""
     name = "bell\x07 esc\x1b[2J nel\x85 ls\u2028 café.json"

@@ -61,7 +61,7 @@ def auth(user: str = "alice", password: str = PASSWORD) -> dict:
     return {"Authorization": f"Basic {token}"}
 
 
-def test_16_hostile_names_titles_and_categories_come_out_escaped_on_every_page(tree, db, filled):
+def test_hostile_names_titles_and_categories_come_out_escaped_on_every_page(tree, db, filled):
     client = client_for(tree, db)
     pages = ["/", "/jobs", "/jobs?q=%3Cimg", "/failed", "/waiting"] + [f"/jobs/{i}" for i in filled.values()]
     for url in pages:
@@ -76,7 +76,7 @@ def test_16_hostile_names_titles_and_categories_come_out_escaped_on_every_page(t
     assert "&lt;b&gt;&#34;cat&#34;&lt;/b&gt;&amp;%" in job_page
 
 
-def test_16_every_response_carries_the_security_headers(tree, db, filled):
+def test_every_response_carries_the_security_headers(tree, db, filled):
     client = client_for(tree, db)
     for url in ("/", "/jobs", "/healthz", "/metrics", "/nothing-here", f"/jobs/{filled['ok-1.json']}/archived"):
         headers = client.get(url).headers
@@ -87,7 +87,7 @@ def test_16_every_response_carries_the_security_headers(tree, db, filled):
         assert headers["X-Content-Type-Options"] == "nosniff"
 
 
-def test_16_job_search_filters_and_pages_by_key(tree, db):
+def test_job_search_filters_and_pages_by_key(tree, db):
     for i in range(60):
         tree.drop("RANK", f"page-{i:02}.json")
     tree.drop("RANK", "100%_literal.json")
@@ -119,13 +119,13 @@ def test_16_job_search_filters_and_pages_by_key(tree, db):
     ("state=lost", "state: expected one of"),
     ("step=fly", "step: expected one of"),
 ])
-def test_13_a_bad_filter_is_a_400_with_one_line(tree, db, filled, query, problem):
+def test_a_bad_filter_is_a_400_with_one_line(tree, db, filled, query, problem):
     response = client_for(tree, db).get(f"/jobs?{query}")
     assert response.status_code == 400
     assert problem in response.get_data(as_text=True)
 
 
-def test_16_a_job_page_tells_its_whole_story(tree, db, filled):
+def test_a_job_page_tells_its_whole_story(tree, db, filled):
     client = client_for(tree, db)
     page = client.get(f"/jobs/{filled['ok-1.json']}").get_data(as_text=True)
     for seen in ("Audit trail", "detected", "archived", "routed", "test:1", "Monday Rank",
@@ -139,7 +139,7 @@ def test_16_a_job_page_tells_its_whole_story(tree, db, filled):
     assert client.get("/jobs/999999").status_code == 404
 
 
-def test_16_files_the_table_names_are_read_only_inside_their_folders(tree, db, filled):
+def test_files_the_table_names_are_read_only_inside_their_folders(tree, db, filled):
     job_id = filled["ok-1.json"]
     secret = tree.root / "secret.json"
     secret.write_text('{"password": "x"}')
@@ -153,7 +153,7 @@ def test_16_files_the_table_names_are_read_only_inside_their_folders(tree, db, f
     assert "neither an archived copy" in client.get(f"/jobs/{job_id}").get_data(as_text=True)
 
 
-def test_16_healthz_is_bin_status_json_503_when_programs_are_missing_200_when_healthy(tree, db, filled):
+def test_healthz_is_bin_status_json_503_when_programs_are_missing_200_when_healthy(tree, db, filled):
     client = client_for(tree, db)
     unhealthy = client.get("/healthz")
     assert unhealthy.status_code == 503
@@ -216,7 +216,7 @@ def _value(family, **labels) -> float:
     return next(s.value for s in family.samples if s.labels == labels)
 
 
-def test_16_metrics_parse_and_their_counters_survive_pruning(tree, db, filled):
+def test_metrics_parse_and_their_counters_survive_pruning(tree, db, filled):
     client = client_for(tree, db)
     before = _families(client)
     assert _value(before["hotfolder_jobs"], state="routed") == 2
@@ -238,7 +238,7 @@ def test_16_metrics_parse_and_their_counters_survive_pruning(tree, db, filled):
     assert _value(after["hotfolder_jobs_finished"], client="LOREAL", outcome="failed") == 1
 
 
-def test_16_actions_are_off_by_default(tree, db, filled):
+def test_actions_are_off_by_default(tree, db, filled):
     client = client_for(tree, db)
     assert "Requeue" not in client.get("/failed").get_data(as_text=True)
     assert "Requeue" not in client.get(f"/jobs/{filled[BAD_NAME]}").get_data(as_text=True)
@@ -246,7 +246,7 @@ def test_16_actions_are_off_by_default(tree, db, filled):
     assert response.status_code == 403 and "actions are off" in response.get_data(as_text=True)
 
 
-def test_16_actions_on_without_a_password_is_a_configuration_error(tree, db):
+def test_actions_on_without_a_password_is_a_configuration_error(tree, db):
     with pytest.raises(ConfigError, match="DASHBOARD_PASSWORD"):
         client_for(tree, db, actions=True)
     tree.write_config(f'[dashboard]\nlisten = "127.0.0.1:{tree.dashboard_port}"\nactions = true\n')
@@ -259,7 +259,7 @@ def _token(client, job_id: int) -> str:
     return page.split('name="csrf" value="')[1].split('"')[0]
 
 
-def test_16_a_post_needs_the_password_this_sites_origin_and_the_csrf_token(tree, db, filled):
+def test_a_post_needs_the_password_this_sites_origin_and_the_csrf_token(tree, db, filled):
     client = client_for(tree, db, actions=True, DASHBOARD_PASSWORD=PASSWORD)
     job_id = filled[BAD_NAME]
     token = _token(client, job_id)
@@ -277,7 +277,7 @@ def test_16_a_post_needs_the_password_this_sites_origin_and_the_csrf_token(tree,
     assert db.run_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "failed"
 
 
-def test_16_a_requeue_from_the_browser_writes_what_bin_requeue_writes_and_names_the_user(tree, db, filled):
+def test_a_requeue_from_the_browser_writes_what_bin_requeue_writes_and_names_the_user(tree, db, filled):
     tree.drop("LOREAL", "twin.json", "{not json")
     route_everything(tree, db)
     twin = db.run_sql("SELECT id FROM jobs WHERE file_name = 'twin.json'").fetchone()[0]
@@ -305,7 +305,7 @@ def test_16_a_requeue_from_the_browser_writes_what_bin_requeue_writes_and_names_
     assert (tree.hot / "LOREAL" / BAD_NAME).exists()
 
 
-def test_16_a_filtered_requeue_previews_the_set_first(tree, db, filled):
+def test_a_filtered_requeue_previews_the_set_first(tree, db, filled):
     tree.drop("LOREAL", "second.json", "{not json")
     tree.drop("RANK", "third.json", "{not json")
     route_everything(tree, db)
@@ -324,7 +324,7 @@ def test_16_a_filtered_requeue_previews_the_set_first(tree, db, filled):
 
 @pytest.mark.parametrize("field, value, says", [("since", "last week", "since: expected an ISO date"),
                                                 ("step", "fly", "step: expected one of detect, validate")])
-def test_13_a_requeue_with_a_bad_filter_is_400_with_one_line_and_changes_nothing(tree, db, filled, field, value, says):
+def test_a_requeue_with_a_bad_filter_is_400_with_one_line_and_changes_nothing(tree, db, filled, field, value, says):
     client = client_for(tree, db, actions=True, DASHBOARD_PASSWORD=PASSWORD)
     job_id = filled[BAD_NAME]
     form = {"csrf": _token(client, job_id), "confirm": "yes", field: value}

@@ -32,7 +32,7 @@ def samples(text: str, name: str) -> dict[tuple, float]:
             for s in f.samples if s.name == name}
 
 
-def test_23_the_latency_histogram_counts_each_routing_in_its_bucket_and_survives_pruning(tree, db):
+def test_the_latency_histogram_counts_each_routing_in_its_bucket_and_survives_pruning(tree, db):
     clock = FakeClock(report_day.at(9))
     for i, waited in enumerate([0.05, 0.3, 0.3, 20, 5000]):
         report_day.put_job(tree, Jobs(db, "test:1", clock), clock, "RANK", f"{i}.json", drop=report_day.at(9),
@@ -47,7 +47,7 @@ def test_23_the_latency_histogram_counts_each_routing_in_its_bucket_and_survives
     assert scrape(tree, db) .count("hotfolder_route_latency_seconds_count 5.0") == 1
 
 
-def test_23_waiting_jobs_are_counted_by_destination_and_cause(tree, db):
+def test_waiting_jobs_are_counted_by_destination_and_cause(tree, db):
     tree.write_config(router="create_folders = false")
     tree.drop("RANK", "a.json")
     tree.drop("RANK", "b.json")
@@ -77,7 +77,7 @@ def metric_names(expr: str) -> set[str]:
     return {w for w in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", bare) if w not in PROMQL_WORDS}
 
 
-def test_23_every_grafana_expression_names_only_metrics_that_metrics_serves(tree, db, filled):  # noqa: F811
+def test_every_grafana_expression_names_only_metrics_that_metrics_serves(tree, db, filled):  # noqa: F811
     served = {s.name for f in text_string_to_metric_families(scrape(tree, db)) for s in f.samples}
     served |= {line.split()[2] for line in scrape(tree, db).splitlines() if line.startswith("# TYPE")}
     boards = sorted(GRAFANA.glob("*.json"))

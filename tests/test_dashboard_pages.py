@@ -36,7 +36,7 @@ def row_of(page: str, name: str) -> str:
     return row
 
 
-def test_23_a_destination_whose_folder_is_gone_shows_waiting_on_its_place_with_its_jobs(tree, db):
+def test_a_destination_whose_folder_is_gone_shows_waiting_on_its_place_with_its_jobs(tree, db):
     tree.write_config(router="create_folders = false")
     (tree.root / "dest" / "CLIENT-STORES" / "LOREAL" / "IN").mkdir(parents=True)
     tree.drop("RANK", "waits-1.json")
@@ -53,7 +53,7 @@ def test_23_a_destination_whose_folder_is_gone_shows_waiting_on_its_place_with_i
     assert page.count(">Celtra<") == 1                                             # two rules, one name
 
 
-def test_23_waiting_groups_jobs_by_cause_and_destination(tree, db):
+def test_waiting_groups_jobs_by_cause_and_destination(tree, db):
     tree.write_config(router="create_folders = false")
     tree.drop("RANK", "waits-1.json")
     tree.drop("LOREAL", "waits-2.json")
@@ -65,7 +65,7 @@ def test_23_waiting_groups_jobs_by_cause_and_destination(tree, db):
     assert "waits-2.json" in sections["LOREAL/IN"]
 
 
-def test_23_causes_follow_the_state_and_the_routes_the_error_names():
+def test_causes_follow_the_state_and_the_routes_the_error_names():
     names = ["A", "B: x", "C"]
     assert waits.causes_of("archived", "A: gone (/d/a); C: full (/d/c)", names) == [("destination", "A"),
                                                                                   ("destination", "C")]
@@ -75,7 +75,7 @@ def test_23_causes_follow_the_state_and_the_routes_the_error_names():
     assert waits.causes_of("routed", None, names) == [("api", "")]
 
 
-def test_23_a_destination_state_is_the_first_rule_that_holds_so_later_causes_plug_in(monkeypatch):
+def test_a_destination_state_is_the_first_rule_that_holds_so_later_causes_plug_in(monkeypatch):
     d = waits.Destination("A", {"destination": waits.Waiting("destination", "A", 3)})
     assert waits.destination_state(d) == "waiting on its place"
     assert waits.destination_state(waits.Destination("A")) == "ok"
@@ -83,7 +83,7 @@ def test_23_a_destination_state_is_the_first_rule_that_holds_so_later_causes_plu
     assert waits.destination_state(d) == "paused"
 
 
-def test_23_clients_show_the_day_the_jobs_no_rule_routed_and_silences(tree, db, filled):  # noqa: F811
+def test_clients_show_the_day_the_jobs_no_rule_routed_and_silences(tree, db, filled):  # noqa: F811
     tree.write_config(extra='[[expect]]\nclients = ["QUIET"]\nwithin = 60\n')
     tree.drop("NOBODY", "unrouted.json")                           # no rule names NOBODY: archived only
     route_everything(tree, db)
@@ -96,7 +96,7 @@ def test_23_clients_show_the_day_the_jobs_no_rule_routed_and_silences(tree, db, 
     assert "QUIET" in page and "expected within" in page
 
 
-def test_23_a_failed_jobs_page_shows_its_file_from_failed_escaped_and_capped(tree, db, filled):  # noqa: F811
+def test_a_failed_jobs_page_shows_its_file_from_failed_escaped_and_capped(tree, db, filled):  # noqa: F811
     client = client_for(tree, db)
     job_id = filled[BAD_NAME]
     failed_path = db.run_sql("SELECT failed_path, archive_path FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -112,7 +112,7 @@ def test_23_a_failed_jobs_page_shows_its_file_from_failed_escaped_and_capped(tre
     assert "the first 256.0" not in page and "the first 262,144 bytes shown" in page
 
 
-def test_23_hostile_client_names_and_content_stay_escaped_on_every_new_page(tree, db):
+def test_hostile_client_names_and_content_stay_escaped_on_every_new_page(tree, db):
     tree.write_config(router="create_folders = false")
     tree.drop(HOSTILE_CLIENT, HOSTILE_NAME, HOSTILE_CONTENT)
     tree.drop("RANK", HOSTILE_NAME)                                          # waits: no folder
@@ -127,7 +127,7 @@ def test_23_hostile_client_names_and_content_stay_escaped_on_every_new_page(tree
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text(client, f"/jobs/{failed}")
 
 
-def test_23_a_routes_last_delivery_is_read_through_its_index(tree, db):
+def test_a_routes_last_delivery_is_read_through_its_index(tree, db):
     if tree.engine != "sqlite":
         pytest.skip("the plan of SQLite; PostgreSQL picks by its statistics")
     plan = " ".join(str(r) for r in db.run_sql("EXPLAIN QUERY PLAN " + destinations._SQL_LAST, ("Dest",)).fetchall())

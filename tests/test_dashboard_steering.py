@@ -65,7 +65,7 @@ def state(db, job_id: int) -> str:
     return db.run_sql("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
 
 
-def test_33_an_operator_pauses_and_resumes_a_destination_from_its_page_in_their_own_name(site, db):
+def test_an_operator_pauses_and_resumes_a_destination_from_its_page_in_their_own_name(site, db):
     client, _ = site
     page = client.get("/destinations", headers=auth("otto")).get_data(as_text=True)
     assert 'action="/pause"' in page and 'name="name" value="Monday Rank"' in page
@@ -84,7 +84,7 @@ def test_33_an_operator_pauses_and_resumes_a_destination_from_its_page_in_their_
     assert db.run_sql("SELECT count(*) FROM pauses").fetchone()[0] == 0
 
 
-def test_33_routing_notification_and_a_client_pause_from_the_overview_and_clients_pages(site, db):
+def test_routing_notification_and_a_client_pause_from_the_overview_and_clients_pages(site, db):
     client, _ = site
     csrf = token(client)
     assert 'name="kind" value="notification"' in client.get("/", headers=auth("otto")).get_data(as_text=True)
@@ -110,7 +110,7 @@ def test_33_routing_notification_and_a_client_pause_from_the_overview_and_client
     ("/dismiss", {"state": "failed", "reason": "dealt with", "confirm": "yes"}),
     ("/release", {"state": "held", "confirm": "yes"}),
 ])
-def test_33_a_viewer_gets_403_and_a_form_without_the_token_or_from_elsewhere_is_refused(site, db, path, form):
+def test_a_viewer_gets_403_and_a_form_without_the_token_or_from_elsewhere_is_refused(site, db, path, form):
     client, ids = site
     path = path.format(new=ids["new.json"], bad=ids["bad.json"], done=ids["done.json"])
     before = everything(db)
@@ -124,7 +124,7 @@ def test_33_a_viewer_gets_403_and_a_form_without_the_token_or_from_elsewhere_is_
     assert everything(db) == before
 
 
-def test_33_hold_release_and_dismiss_one_job_name_the_operator_in_its_audit_trail(site, db):
+def test_hold_release_and_dismiss_one_job_name_the_operator_in_its_audit_trail(site, db):
     client, ids = site
     csrf, new, bad = token(client), ids["new.json"], ids["bad.json"]
     assert 'id="hold"' in client.get(f"/jobs/{new}", headers=auth("otto")).get_data(as_text=True)
@@ -155,7 +155,7 @@ def test_33_hold_release_and_dismiss_one_job_name_the_operator_in_its_audit_trai
     ("/resume", {"kind": "notification"}, 409, "notification is not paused"),
     ("/dismiss", {"state": "failed", "reason": ""}, 400, "--reason is required"),
 ])
-def test_33_bad_input_is_one_line_on_the_page_and_changes_nothing(site, db, path, form, status, says):
+def test_bad_input_is_one_line_on_the_page_and_changes_nothing(site, db, path, form, status, says):
     client, ids = site
     fill = dict(new=ids["new.json"], bad=ids["bad.json"], done=ids["done.json"])
     before = everything(db)
@@ -166,7 +166,7 @@ def test_33_bad_input_is_one_line_on_the_page_and_changes_nothing(site, db, path
     assert everything(db) == before
 
 
-def test_33_bulk_dismissal_and_release_show_a_preview_that_changes_nothing_first(site, db, tree):
+def test_bulk_dismissal_and_release_show_a_preview_that_changes_nothing_first(site, db, tree):
     client, ids = site
     csrf, bad, new = token(client), ids["bad.json"], ids["new.json"]
     failed_page = client.get("/failed", headers=auth("otto")).get_data(as_text=True)
@@ -192,7 +192,7 @@ def test_33_bulk_dismissal_and_release_show_a_preview_that_changes_nothing_first
     assert state(db, new) == "detected" and trail(db)[-1][0].endswith(":otto")
 
 
-def test_33_redeliver_a_finished_job_to_one_destination_records_a_request_in_the_operators_name(site, db):
+def test_redeliver_a_finished_job_to_one_destination_records_a_request_in_the_operators_name(site, db):
     client, ids = site
     done = ids["done.json"]
     page = client.get(f"/jobs/{done}", headers=auth("otto")).get_data(as_text=True)

@@ -40,7 +40,7 @@ def last_actor(db, job_id: int) -> str:
     return db.run_sql("SELECT actor FROM job_events WHERE job_id = ? ORDER BY id DESC LIMIT 1", (job_id,)).fetchone()[0]
 
 
-def test_23_dashboard_user_writes_an_argon2_line_readable_by_its_owner_only(tree):
+def test_dashboard_user_writes_an_argon2_line_readable_by_its_owner_only(tree):
     with_users(tree)
     proc = add_user(tree, "ann", "operator")
     assert proc.returncode == 0 and "added operator ann" in proc.stdout, proc.stderr
@@ -58,7 +58,7 @@ def test_23_dashboard_user_writes_an_argon2_line_readable_by_its_owner_only(tree
     (["add", "ann", "--role", "root"], PASSWORD, "invalid choice", 2),
     (["add", "ann"], "short", "shorter than 8", 65),
 ])
-def test_23_dashboard_user_refuses_bad_input_in_one_line(tree, args, password, says, code):
+def test_dashboard_user_refuses_bad_input_in_one_line(tree, args, password, says, code):
     with_users(tree)
     proc = subprocess.run([str(BIN / "dashboard-user"), *args, "--password-stdin"], input=password + "\n",
                           cwd=tree.root, env=tree.env(), capture_output=True, text=True, timeout=60)
@@ -66,12 +66,12 @@ def test_23_dashboard_user_refuses_bad_input_in_one_line(tree, args, password, s
     assert not (tree.root / "users").exists()
 
 
-def test_23_dashboard_user_without_a_users_file_is_a_config_error(tree):
+def test_dashboard_user_without_a_users_file_is_a_config_error(tree):
     proc = add_user(tree, "ann", "viewer")
     assert proc.returncode == 78 and "users_file is not set" in proc.stderr
 
 
-def test_23_a_viewer_reads_but_cannot_act_and_an_operator_acts_in_their_own_name(tree, db, filled):
+def test_a_viewer_reads_but_cannot_act_and_an_operator_acts_in_their_own_name(tree, db, filled):
     with_users(tree)
     add_user(tree, "vera", "viewer")
     add_user(tree, "otto", "operator")
@@ -87,7 +87,7 @@ def test_23_a_viewer_reads_but_cannot_act_and_an_operator_acts_in_their_own_name
     assert last_actor(db, job_id).endswith(":otto")
 
 
-def test_23_the_shared_password_still_makes_an_operator_beside_the_users_file(tree, db, filled):
+def test_the_shared_password_still_makes_an_operator_beside_the_users_file(tree, db, filled):
     with_users(tree)
     add_user(tree, "vera", "viewer")
     client = app_client(tree, db, DASHBOARD_PASSWORD=PASSWORD)
@@ -99,7 +99,7 @@ def test_23_the_shared_password_still_makes_an_operator_beside_the_users_file(tr
     assert last_actor(db, job_id).endswith(":sam")
 
 
-def test_23_failed_logins_of_file_users_are_logged_and_throttled(tree, db, caplog):
+def test_failed_logins_of_file_users_are_logged_and_throttled(tree, db, caplog):
     with_users(tree, "read_requires_login = true\n")
     add_user(tree, "vera", "viewer")
     clock = FakeClock(time.time())
@@ -112,7 +112,7 @@ def test_23_failed_logins_of_file_users_are_logged_and_throttled(tree, db, caplo
     assert "failed dashboard login from 127.0.0.1 as user 'vera' (5 in a row)" in caplog.text
 
 
-def test_23_read_requires_login_guards_every_page_but_the_stylesheet(tree, db, filled):
+def test_read_requires_login_guards_every_page_but_the_stylesheet(tree, db, filled):
     with_users(tree, "read_requires_login = true\n", actions=False)
     add_user(tree, "vera", "viewer")
     client = app_client(tree, db)
@@ -124,7 +124,7 @@ def test_23_read_requires_login_guards_every_page_but_the_stylesheet(tree, db, f
     assert "vera" in client.get("/", headers=auth("vera")).get_data(as_text=True)     # who is logged in
 
 
-def test_23_the_proxy_header_is_believed_only_from_trusted_proxies(tree, db, filled):
+def test_the_proxy_header_is_believed_only_from_trusted_proxies(tree, db, filled):
     with_users(tree, 'trusted_user_header = "X-Remote-User"\ntrusted_proxies = ["127.0.0.0/8"]\n'
                      'read_requires_login = true\n')
     add_user(tree, "otto", "operator")
@@ -150,12 +150,12 @@ def test_23_the_proxy_header_is_believed_only_from_trusted_proxies(tree, db, fil
     ('trusted_proxies = ["10.0.0.300"]\n', "trusted_proxies: '10.0.0.300' is not an IP address"),
     ("read_requires_login = true\n", "read_requires_login: nobody could log in"),
 ])
-def test_23_login_settings_that_cannot_work_are_config_errors_naming_the_key(tmp_path, lines, says):
+def test_login_settings_that_cannot_work_are_config_errors_naming_the_key(tmp_path, lines, says):
     with pytest.raises(ConfigError, match=f"\\[dashboard\\] {says}"):
         config_module.parse(config_module.tomllib.loads(f"[dashboard]\n{lines}"), base=tmp_path)
 
 
-def test_23_a_broken_users_file_is_a_problem_for_check_config_and_actions_need_a_login(tree):
+def test_a_broken_users_file_is_a_problem_for_check_config_and_actions_need_a_login(tree):
     with_users(tree)
     (tree.root / "users").write_text("ann:admin:$argon2id$x\n")
     problems, _, _ = check_config.check(tree.config)

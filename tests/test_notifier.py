@@ -67,7 +67,7 @@ def error_logs(tree) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
 
 
-def test_200_notifies_with_the_file_the_headers_and_the_idempotency_key(tree, db, api, clock, caplog):
+def test_notifies_with_the_file_the_headers_and_the_idempotency_key(tree, db, api, clock, caplog):
     caplog.set_level(logging.DEBUG)
     configure(tree, api.url)
     document = job_document("RANK", Title="Café ünïcode")
@@ -87,7 +87,7 @@ def test_200_notifies_with_the_file_the_headers_and_the_idempotency_key(tree, db
     assert (event.from_state, event.detail) == ("routed", "API answered 200 OK on attempt 1")
 
 
-def test_500_500_200_is_notified_on_the_third_attempt_after_2_then_4_seconds(tree, db, api, clock):
+def test_500_200_is_notified_on_the_third_attempt_after_2_then_4_seconds(tree, db, api, clock):
     configure(tree, api.url)
     api.script = [500, 500, 200]
     [job] = routed(tree, db, "a.json")
@@ -159,7 +159,7 @@ def test_other_4xx_and_redirects_fail_at_once_with_an_error_log(tree, db, api, c
                    "processing_duration": round(clock.now - job.detected_at, 3)}
 
 
-def test_429_and_503_honour_retry_after_in_seconds_and_as_an_http_date(tree, db, api, clock):
+def test_and_503_honour_retry_after_in_seconds_and_as_an_http_date(tree, db, api, clock):
     configure(tree, api.url)
     api.script = [(429, {"Retry-After": "3"}),
                   (503, {"Retry-After": email.utils.formatdate(clock.now + 3 + 7, usegmt=True)})]

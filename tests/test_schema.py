@@ -106,7 +106,7 @@ def _rows(path: Path, tables) -> dict[str, list[tuple]]:
 
 @pytest.mark.sqlite_only
 @pytest.mark.parametrize("version", [3, 4, 5, 6, 7, 8])
-def test_8_a_database_of_an_earlier_release_is_upgraded_in_place_with_every_row_kept(tree, schema_conn, version):
+def test_a_database_of_an_earlier_release_is_upgraded_in_place_with_every_row_kept(tree, schema_conn, version):
     """schema-vN.db was made by the release of schema N (scanner and router --once on three files:
     two routed, one failed at validate). Every later schema change adds such a file."""
     path = tree.config.paths.database

@@ -83,7 +83,7 @@ def problems_in_console(driver) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
 
 
-def test_16_the_pages_render_escaped_with_no_console_or_csp_error(browser, dashboard, filled):  # noqa: F811
+def test_the_pages_render_escaped_with_no_console_or_csp_error(browser, dashboard, filled):  # noqa: F811
     from selenium.webdriver.common.by import By
 
     for path in ["/", "/jobs", "/failed", "/waiting"] + [f"/jobs/{i}" for i in filled.values()]:
@@ -98,7 +98,7 @@ def test_16_the_pages_render_escaped_with_no_console_or_csp_error(browser, dashb
     assert problems_in_console(browser) == []
 
 
-def test_16_the_overview_refreshes_itself(browser, dashboard):
+def test_the_overview_refreshes_itself(browser, dashboard):
     def stamp() -> str | None:
         return text_of(browser, ".verdict p")          # "as of <time> UTC ..."
 
@@ -110,7 +110,7 @@ def test_16_the_overview_refreshes_itself(browser, dashboard):
     assert problems_in_console(browser) == []
 
 
-def test_16_a_requeue_clicked_through_in_the_browser_is_in_the_audit_trail(browser, dashboard, db, filled):  # noqa: F811
+def test_a_requeue_clicked_through_in_the_browser_is_in_the_audit_trail(browser, dashboard, db, filled):  # noqa: F811
     from selenium.webdriver.common.by import By
 
     # The browser's basic-auth prompt cannot be answered headless: the header is set for every request.

@@ -62,7 +62,7 @@ def as_wide(driver, width: int) -> None:
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_23_no_page_is_wider_than_the_window(browser, site, width):  # noqa: F811
+def test_no_page_is_wider_than_the_window(browser, site, width):  # noqa: F811
     url, ids = site
     as_wide(browser, width)
     pages = ["/", "/jobs", "/failed", "/waiting", "/destinations", "/clients", "/jobs?q=Campaign", "/jobs?state=held"]
@@ -75,7 +75,7 @@ def test_23_no_page_is_wider_than_the_window(browser, site, width):  # noqa: F81
     assert problems_in_console(browser) == []
 
 
-def test_23_a_viewer_is_refused_and_an_operator_requeue_names_them_in_the_audit_trail(browser, site, db):  # noqa: F811
+def test_a_viewer_is_refused_and_an_operator_requeue_names_them_in_the_audit_trail(browser, site, db):  # noqa: F811
     from selenium.webdriver.common.by import By
 
     url, ids = site
@@ -97,7 +97,7 @@ def test_23_a_viewer_is_refused_and_an_operator_requeue_names_them_in_the_audit_
     assert actor.startswith("dashboard@") and actor.endswith(":otto")
 
 
-def test_23_hostile_names_and_contents_stay_text_on_the_new_pages_and_in_the_charts(browser, site):  # noqa: F811
+def test_hostile_names_and_contents_stay_text_on_the_new_pages_and_in_the_charts(browser, site):  # noqa: F811
     from selenium.webdriver.common.by import By
 
     url, ids = site
@@ -122,7 +122,7 @@ def fits(driver) -> None:
     assert scroll <= inner, f"{driver.current_url} is {scroll} px wide in a {inner} px window"
 
 
-def test_33_on_a_phone_an_operator_pauses_and_resumes_a_destination_and_dismisses_after_a_preview(browser, site, db):  # noqa: F811
+def test_on_a_phone_an_operator_pauses_and_resumes_a_destination_and_dismisses_after_a_preview(browser, site, db):  # noqa: F811
     from selenium.webdriver.common.by import By
 
     url, ids = site

@@ -59,7 +59,7 @@ def installed(tmp_path_factory, wheel) -> Path:
     return python
 
 
-def test_8_the_installed_package_runs_from_another_folder_without_the_source_tree(installed, tmp_path):
+def test_the_installed_package_runs_from_another_folder_without_the_source_tree(installed, tmp_path):
     site_dir = tmp_path / "site"
     (site_dir / "hot" / "RANK").mkdir(parents=True)
     (site_dir / "pipeline.toml").write_text(f"{BASE_CONFIG}\n[detect]\nmin_file_age = 0\n{MATRIX}")
