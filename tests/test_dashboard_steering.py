@@ -9,6 +9,7 @@ file written by bin/dashboard-user; the jobs are made by the real scanner and ro
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -59,6 +60,15 @@ def everything(db) -> tuple:
 def said(response) -> str:
     """The one line a refusal shows."""
     return re.search(r'<p class="problem" id="refused">(.*?)</p>', response.get_data(as_text=True)).group(1)
+
+
+def confirmation(preview: str) -> dict[str, list[str]]:
+    """The fields the preview's confirm button posts, as a browser sends them."""
+    form = preview.split('<form class="action" method="post"')[1].split("</form>")[0]
+    fields: dict[str, list[str]] = {}
+    for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form):
+        fields.setdefault(name, []).append(html.unescape(value))
+    return fields
 
 
 def state(db, job_id: int) -> str:
@@ -179,7 +189,7 @@ def test_bulk_dismissal_and_release_show_a_preview_that_changes_nothing_first(si
     assert everything(db) == before
     assert client.post("/dismiss", data={**form, "client": "OTHER"}, headers=OTTO).get_data(as_text=True).count(
         "no failed job matches") == 1
-    done = client.post("/dismiss", data={**form, "confirm": "yes"}, headers=OTTO).get_data(as_text=True)
+    done = client.post("/dismiss", data=confirmation(preview), headers=OTTO).get_data(as_text=True)
     assert "Dismissed" in done and state(db, bad) == "dismissed"
 
     client.post(f"/jobs/{new}/hold", data={"csrf": csrf}, headers=OTTO)
@@ -188,8 +198,25 @@ def test_bulk_dismissal_and_release_show_a_preview_that_changes_nothing_first(si
     held = everything(db)
     preview = client.post("/release", data={"csrf": csrf, "state": "held"}, headers=OTTO).get_data(as_text=True)
     assert f"job {new} RANK/new.json: held -&gt; detected" in preview and everything(db) == held
-    client.post("/release", data={"csrf": csrf, "state": "held", "confirm": "yes"}, headers=OTTO)
+    client.post("/release", data=confirmation(preview), headers=OTTO)
     assert state(db, new) == "detected" and trail(db)[-1][0].endswith(":otto")
+
+
+def test_a_bulk_confirmation_acts_on_the_jobs_its_preview_showed_not_on_one_that_failed_since(site, db, tree):
+    client, ids = site
+    csrf, bad = token(client), ids["bad.json"]
+    form = {"csrf": csrf, "state": "failed", "client": "RANK", "reason": "resent"}
+    preview = client.post("/dismiss", data=form, headers=OTTO).get_data(as_text=True)
+    assert preview.count("-&gt; dismissed") == 1
+    tree.age(tree.drop("RANK", "worse.json", b"[1,"))         # fails while the operator reads the preview
+    scan_and_route(tree, db, FakeClock())
+    worse = job(db, "worse.json")["id"]
+    assert state(db, worse) == "failed"
+    done = client.post("/dismiss", data=confirmation(preview), headers=OTTO).get_data(as_text=True)
+    assert f"job {bad} RANK/bad.json" in done and "worse.json" not in done
+    assert (state(db, bad), state(db, worse)) == ("dismissed", "failed")
+    refused = client.post("/dismiss", data={**confirmation(preview), "job": "x1"}, headers=OTTO)
+    assert refused.status_code == 400 and "job: expected a whole number" in refused.get_data(as_text=True)
 
 
 def test_redeliver_a_finished_job_to_one_destination_records_a_request_in_the_operators_name(site, db):

@@ -44,6 +44,7 @@ class BulkForm:
     since_text: str
     reason: str
     confirmed: bool
+    previewed: frozenset[int]   # with the confirmation: the jobs its preview showed
 
     def hidden(self) -> dict[str, str]:
         return {"state": self.state, "client": self.client, "step": self.step, "since": self.since_text,
@@ -60,7 +61,8 @@ def bulk_form(form: MultiDict, states: tuple[str, ...]) -> BulkForm:
                     client=params.text("client", form.get("client", "")).strip(),
                     step=params.one_of("step", form.get("step", ""), STEPS),
                     since=params.time("since", since_text), since_text=since_text,
-                    reason=reason(form), confirmed=form.get("confirm") == "yes")
+                    reason=reason(form), confirmed=form.get("confirm") == "yes",
+                    previewed=frozenset(params.whole_number("job", i) for i in form.getlist("job")))
 
 
 def moved_line(action: str, job: steering.Chosen) -> str:
@@ -156,6 +158,8 @@ def register(app: flask.Flask, config: Config, db: peewee.Database, clock: Calla
         form = bulk_form(flask.request.form, states)
         ids = [j.id for j in jobs_in((form.state,), client=form.client or None, step=form.step or None,
                                      since=form.since)]
+        if form.confirmed:      # what the person saw: not a job that failed since, the filters alike
+            ids = [i for i in ids if i in form.previewed]
         back = "/failed" if form.state == "failed" else "/jobs?state=held"
         try:
             if action == "release":
@@ -165,6 +169,7 @@ def register(app: flask.Flask, config: Config, db: peewee.Database, clock: Calla
         except steering.Refused as e:
             return refused(e, back, action.capitalize())
         return page("bulk.html", action=action, lines=[moved_line(action, j) for j in chosen],
+                    ids=[j.id for j in chosen],
                     confirmed=form.confirmed, form=form, back=back, title=action.capitalize())
 
     app.add_url_rule("/release", "bulk_release", lambda: bulk("release"), methods=["POST"])
