@@ -1,5 +1,4 @@
-"""Time the dashboard's round-3 pages on a big job table: /destinations, /clients, /waiting and
-the overview with its charts.
+"""Time the dashboard's round-3 pages (the overview, /destinations, /clients, /waiting) on a big job table.
 
     .venv/bin/python tools/dashboard_bench.py [--jobs 1000000] [--rounds 5] [--database URL]
 
