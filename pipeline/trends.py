@@ -7,23 +7,30 @@ the file's last write, the report's own definition. Days are calendar days in re
 (23 or 25 hours when the clocks change). One query per series: the buckets are a VALUES list
 joined by range, the percentiles a window over each bucket, both engines alike.
 
-A day that has ended does not change any more (a job is routed at the time it is routed), so
-``Trends`` keeps the figures of ended days and reads only the current day again: the overview
-sorts a day of latencies per refresh, not fourteen.
+A day that has ended does not change any more (a job is routed at the time it is routed), so the
+first program to measure it once it is over keeps its figures in ``daily_figures``, and every
+program after reads them there: a dashboard's overview measures today only, not fourteen days
+(most of a second on a million jobs), whichever process, and however freshly started, it is.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-import threading
+import logging
 import zoneinfo
 from dataclasses import asdict, dataclass
 
 import peewee
 
+log = logging.getLogger(__name__)
+
 HOURS = 24
 DAYS = 14
+# Seconds after a day's end before its figures are kept: a router's transaction that read its
+# clock before midnight commits within its lease (router.lease, a minute), and hosts' clocks agree
+# within database.max_clock_skew (seconds); until then the day is measured like today.
+SETTLE = 600
 
 # Each bucket's jobs, ranked by latency; the rows at the nearest ranks of p50 and p95 come back
 # ((n * p + 99) / 100 is ceil(n * p / 100) in integer arithmetic, which both engines share).
@@ -101,28 +108,67 @@ def hours_between(start: float, end: float, zone: str) -> list[tuple[float, floa
             for a in (start + 3600 * i for i in range(math.ceil((end - start) / 3600)))]
 
 
-class Trends:
-    """The two series, with ended days kept (a dashboard process is long-lived; safe across threads)."""
+_SQL_KEPT = "SELECT day, jobs, p50, p95 FROM daily_figures WHERE zone = ? AND day >= ? AND day <= ?"
+_SQL_KEEP = """
+INSERT INTO daily_figures (zone, day, jobs, p50, p95, measured_at) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (zone, day) DO NOTHING"""
 
-    def __init__(self, zone: str):
-        self.zone = zone
-        self._ended: dict[tuple[float, float], Bucket] = {}
-        self._lock = threading.Lock()
 
-    def hourly(self, db: peewee.Database, now: float) -> list[Bucket]:
-        return measure(db, hour_spans(now, self.zone))
+def hourly(db: peewee.Database, now: float, zone: str) -> list[Bucket]:
+    """The last 24 hours, each measured."""
+    return measure(db, hour_spans(now, zone))
 
-    def daily(self, db: peewee.Database, now: float) -> list[Bucket]:
-        spans = day_spans(dt.datetime.fromtimestamp(now, zoneinfo.ZoneInfo(self.zone)).date(), now, self.zone)
-        with self._lock:
-            known = {k: self._ended.get(k[:2]) for k in spans}
-        missing = [s for s in spans if known[s] is None]
-        for span, bucket in zip(missing, measure(db, missing)):
-            known[span] = bucket
-        with self._lock:
-            # An ended day is one whose end is a midnight already past (the span was not cut at now).
-            self._ended = {(b.start, b.end): b for b in known.values() if b.end < now}
-        return [known[s] for s in spans]
+
+def daily(db: peewee.Database, now: float, zone: str) -> list[Bucket]:
+    """The last 14 days up to ``now`` (the overview's chart)."""
+    return days(db, dt.datetime.fromtimestamp(now, zoneinfo.ZoneInfo(zone)).date(), now, zone, now)
+
+
+def days(db: peewee.Database, last: dt.date, until: float, zone: str, now: float) -> list[Bucket]:
+    """The ``DAYS`` days ending with ``last`` (the last cut at ``until``), as ``day_spans``: a day
+    over for ``SETTLE`` seconds at ``now`` is read from ``daily_figures``, or measured and kept
+    there when no program has yet; the others are measured.
+
+    Not to be called inside a transaction: keeping a day is a write transaction of its own."""
+    spans = day_spans(last, until, zone)
+    dates = [last - dt.timedelta(days=back) for back in range(len(spans) - 1, -1, -1)]
+    # A whole day (not cut at until) over for SETTLE seconds: its figures can no longer change.
+    settled = [end == _midnight_after(d, zone) and end + SETTLE <= now for d, (_, end, _) in zip(dates, spans)]
+    found = [b if ok else None for b, ok in zip(_kept(db, zone, dates, spans), settled)]
+    todo = [i for i, b in enumerate(found) if b is None]
+    for i, b in zip(todo, measure(db, [spans[i] for i in todo])):
+        found[i] = b
+    _keep(db, zone, [(dates[i], found[i]) for i in todo if settled[i]], now)
+    return found
+
+
+def _midnight_after(day: dt.date, zone: str) -> float:
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), zoneinfo.ZoneInfo(zone)).timestamp()
+
+
+def _kept(db: peewee.Database, zone: str, dates: list[dt.date], spans) -> list[Bucket | None]:
+    """The kept figures of ``dates`` (None for a day not kept), as buckets of their spans."""
+    rows = {day: (jobs, p50, p95) for day, jobs, p50, p95 in
+            db.run_sql(_SQL_KEPT, (zone, dates[0].isoformat(), dates[-1].isoformat())).fetchall()}
+    return [Bucket(start, end, label, *rows[d.isoformat()]) if d.isoformat() in rows else None
+            for d, (start, end, label) in zip(dates, spans)]
+
+
+def _keep(db: peewee.Database, zone: str, measured: list[tuple[dt.date, Bucket]], now: float) -> None:
+    """Keep settled days' figures, in one short write transaction; a day another program kept
+    first stays as it is. A database that refuses for now (locked, full, read-only) costs only
+    the time to measure these days again next time."""
+    if not measured:
+        return
+    try:
+        with db.write():
+            for day, b in measured:
+                db.run_sql(_SQL_KEEP, (zone, day.isoformat(), b.jobs, b.p50, b.p95, now))
+    except peewee.DatabaseError as e:
+        if db.transient(e) is None:
+            raise
+        log.warning("charts: figures of %d ended days not kept (%s); measured again next time",
+                    len(measured), db.describe(e))
 
 
 def as_figures(hours: list[Bucket], days: list[Bucket]) -> dict:

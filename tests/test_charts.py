@@ -9,9 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from helpers import report_day
-from conftest import FakeClock
 from pipeline import charts, trends
-from pipeline.jobs import Jobs
 from pipeline.reporting import figures, render
 from pipeline.web import app as web_app
 
@@ -71,15 +69,8 @@ def test_hostile_labels_and_titles_stay_escaped_in_every_chart():
         assert root.find(f"{SVG}title").text == HOSTILE               # the text itself, once unescaped
 
 
-def _routed(tree, db, at_hours: list[tuple[int, int]]) -> None:
-    clock = FakeClock(report_day.at(9))
-    for i, (hh, mm) in enumerate(at_hours):
-        report_day.put_job(tree, Jobs(db, "test:1", clock), clock, "RANK", f"{i}.json", drop=report_day.at(hh, mm - 2),
-                           detected=report_day.at(hh, mm - 2), routed=report_day.at(hh, mm), to=("Monday Rank",))
-
-
 def test_the_overview_shows_the_four_trend_charts(tree, db):
-    _routed(tree, db, [(9, 10), (10, 20)])
+    report_day.routed_at(tree, db, [(9, 10), (10, 20)])
     now = report_day.at(11, 30)
     page = web_app.create_app(tree.config, db, environ={}, clock=lambda: now).test_client().get("/")
     body = page.get_data(as_text=True)
@@ -91,7 +82,7 @@ def test_the_overview_shows_the_four_trend_charts(tree, db):
 
 
 def test_the_daily_report_draws_the_dashboards_charts_from_its_own_figures(tree, db):
-    _routed(tree, db, [(9, 10), (10, 20)])
+    report_day.routed_at(tree, db, [(9, 10), (10, 20)])
     day = figures.Day.of(report_day.DAY, "Europe/London")
     numbers = figures.of_day(db, tree.config, day, report_day.at(23, 59))
     assert [b["jobs"] for b in numbers["trends"]["hours"]][9:11] == [1, 1] and len(numbers["trends"]["days"]) == 14
@@ -108,7 +99,7 @@ def test_the_daily_report_draws_the_dashboards_charts_from_its_own_figures(tree,
 
 
 def test_the_dashboard_measures_the_ended_days_ahead_so_the_first_overview_reads_only_today(tree, db):
-    _routed(tree, db, [(9, 10)])
+    report_day.routed_at(tree, db, [(9, 10)])
     now = report_day.at(11, 30) + 86400                    # the routed day has ended
     app = web_app.create_app(tree.config, db, environ={}, clock=lambda: now)
     app.extensions["hotfolder_warm_up"]()

@@ -173,17 +173,16 @@ def test_the_trends_count_a_job_in_the_hour_and_local_day_it_was_routed_in_with_
                            drop=report_day.at(hh, mm - waited), detected=report_day.at(hh, mm - waited),
                            routed=report_day.at(hh, mm), to=("Monday Rank",))
     now = report_day.at(11, 30)
-    hours = trends.Trends("Europe/London").hourly(db, now)
+    hours = trends.hourly(db, now, "Europe/London")
     assert [b.label for b in hours[-4:]] == ["08:00", "09:00", "10:00", "11:00"]
     assert [b.jobs for b in hours[-4:]] == [0, 2, 1, 0]              # 09:50 is nine o'clock's, not ten's
     assert (hours[-3].p50, hours[-3].p95) == (pytest.approx(60), pytest.approx(300))   # nearest rank of 60, 300
     assert hours[-1].end == now and hours[-1].p50 is None
-    series = trends.Trends("Europe/London")
-    days = series.daily(db, now)
+    days = trends.daily(db, now, "Europe/London")
     assert [b.label for b in days[-2:]] == ["07-14", "07-15"] and days[-1].jobs == 4 and days[-2].jobs == 0
     assert days[-1].p95 == pytest.approx(300) and len(days) == 14
     db.run_sql("DELETE FROM jobs")
-    assert series.daily(db, now)[-1].jobs == 0                        # today is read again each time
+    assert trends.daily(db, now, "Europe/London")[-1].jobs == 0       # today is read again each time
 
 
 def test_healthz_and_nagios_give_one_verdict_200_while_files_flow_503_when_critical(tree, db):

@@ -308,19 +308,55 @@ def largest_file_peak(limit: int) -> tuple[int, float, float]:
     return len(big), peaks[1], peaks[0]
 
 
-def fill_finished(database: Path, rows: int) -> None:
-    """A table of ``rows`` finished jobs over the last 90 days, with their audit rows and deliveries."""
+# What differs between the engines in the scripts that fill a table: ``rows`` numbered rows (n.i),
+# and random hex of 16 and 32 bytes.
+_FILL_DIALECT = {
+    "sqlite": {"numbers": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})",
+               "hex16": "lower(hex(randomblob(16)))", "hex32": "lower(hex(randomblob(32)))"},
+    "postgresql": {"numbers": "WITH n(i) AS (SELECT generate_series(1, {rows}))",
+                   "hex16": "md5(random()::text)", "hex32": "md5(random()::text) || md5(random()::text)"},
+}
+
+
+def fill_dialect(database: Path | str, rows: int) -> dict[str, str]:
+    """The pieces of a fill script for the engine of ``database``, numbering ``rows`` rows."""
+    pieces = _FILL_DIALECT["postgresql" if store.is_postgres(database) else "sqlite"]
+    return {**pieces, "numbers": pieces["numbers"].format(rows=rows)}
+
+
+def run_script(database: Path | str, script: str) -> None:
+    """Run a fill script (statements separated by ";") in one transaction, on either engine."""
+    if not store.is_postgres(database):
+        conn = sqlite3.connect(database)
+        try:
+            conn.executescript(f"BEGIN;\n{script};\nCOMMIT;")
+        finally:
+            conn.close()
+        return
+    import psycopg2
+    conn = psycopg2.connect(database)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(script)
+        conn.autocommit = True
+        conn.cursor().execute("VACUUM ANALYZE")         # what autovacuum does to a table that grew
+    finally:
+        conn.close()
+
+
+def fill_finished(database: Path | str, rows: int) -> None:
+    """A table of ``rows`` finished jobs over the last 90 days, with their audit rows and deliveries
+    (in a SQLite file or a PostgreSQL database)."""
     now = time.time()
-    conn = sqlite3.connect(database)
-    conn.executescript(f"""
-        BEGIN;
-        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+    sql = fill_dialect(database, rows)
+    run_script(database, f"""
+        {sql["numbers"]}
         INSERT INTO jobs (uuid, state, source_path, client_folder, file_name, size, mtime_ns, ctime_ns,
                           device, inode, sha256, client_code, job_category, detected_by, detected_at,
                           archived_at, routed_at, updated_at, next_attempt_at, archive_path)
-        SELECT lower(hex(randomblob(16))), 'routed', '/old/hot/C' || (i % 9) || '/' || i || '.json',
+        SELECT {sql["hex16"]}, 'routed', '/old/hot/C' || (i % 9) || '/' || i || '.json',
                'C' || (i % 9), i || '.json', 2000, ({now} - i * 7.7) * 1e9, ({now} - i * 7.7) * 1e9,
-               1, 10000000 + i, lower(hex(randomblob(32))), 'C' || (i % 9), 'PRODUCTION', 'realtime',
+               1, 10000000 + i, {sql["hex32"]}, 'C' || (i % 9), 'PRODUCTION', 'realtime',
                {now} - i * 7.7, {now} - i * 7.7 + 0.01, {now} - i * 7.7 + 0.02, {now} - i * 7.7 + 0.02,
                {now} - i * 7.7 + 0.02, '/old/store/C' || (i % 9) || '/' || i || '.json'
         FROM n;
@@ -331,10 +367,7 @@ def fill_finished(database: Path, rows: int) -> None:
         INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail)
         SELECT id, routed_at, 'archived', 'routed', 'router_00:1', 'to X' FROM jobs;
         INSERT INTO deliveries (job_id, name, path, action, delivered_at)
-        SELECT id, 'Dest', '/old/dest/' || file_name, 'written', routed_at FROM jobs;
-        COMMIT;
-    """)
-    conn.close()
+        SELECT id, 'Dest', '/old/dest/' || file_name, 'written', routed_at FROM jobs""")
 
 
 def dashboard_pages(rows: int) -> dict[str, float]:

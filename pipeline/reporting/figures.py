@@ -198,10 +198,12 @@ def of_day(db: store.Engine, config: Config, day: Day, now: float) -> dict:
     numbers = figures(db, day, highlight=config.report.highlight_destination,
                       scan_interval=config.detect.scan_interval, now=now)
     numbers["silences"] = expectations.at(db, min(day.end, now))
-    # The dashboard's charts for this day: its hours, and the 14 days ending with it.
+    # The dashboard's charts for this day: its hours, and the 14 days ending with it (those kept
+    # by whichever program measured them first, outside the snapshot: keeping one is a write).
+    days = trends.days(db, day.date, day.end, day.zone, now)
     with db.snapshot():
         numbers["trends"] = trends.as_figures(trends.measure(db, trends.hours_between(day.start, day.end, day.zone)),
-                                              trends.measure(db, trends.day_spans(day.date, day.end, day.zone)))
+                                              days)
     return numbers
 
 

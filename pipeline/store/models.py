@@ -128,6 +128,20 @@ class ConfigReload(BaseModel):
         table_name = "config_reloads"
 
 
+class DailyFigures(BaseModel):
+    """An ended day's chart figures, kept once measured (pipeline/trends.py)."""
+    zone = peewee.TextField()
+    day = peewee.TextField()
+    jobs = peewee.IntegerField()
+    p50 = peewee.FloatField(null=True)
+    p95 = peewee.FloatField(null=True)
+    measured_at = peewee.FloatField()
+
+    class Meta:
+        table_name = "daily_figures"
+        primary_key = peewee.CompositeKey("zone", "day")
+
+
 class RemoteSeen(BaseModel):
     """A remote destination's last success and last error, as the routers saw them."""
     remote = peewee.TextField(primary_key=True)
@@ -304,7 +318,7 @@ class Redelivered(BaseModel):
         table_name = "redelivered"
 
 
-MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, ConfigProblem, ConfigReload, Leader, RemoteSeen, Place, Report, Alert, AlertDelivery,
+MODELS = (Job, JobEvent, Delivery, Scan, Heartbeat, ConfigProblem, ConfigReload, DailyFigures, Leader, RemoteSeen, Place, Report, Alert, AlertDelivery,
           Silence, ErrorLogRecord, Tally, Pause, SteeringEvent, Redelivery, Redelivered)
 
 

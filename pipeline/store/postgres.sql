@@ -316,6 +316,20 @@ CREATE TABLE IF NOT EXISTS places (
     PRIMARY KEY (folder, owner)
 );
 
+-- The charts' figures of each ended day (docs/design.md#charts), kept once measured so that no
+-- program measures a day twice: the jobs routed that local day (report.timezone, named by zone),
+-- and the nearest-rank p50 and p95 of their drop-to-routed latency. Written by whoever measures
+-- the day first (dashboard, reporter), once the day is over; pruning jobs later leaves it as it is.
+CREATE TABLE IF NOT EXISTS daily_figures (
+    zone        TEXT             NOT NULL,            -- report.timezone, e.g. Europe/London
+    day         TEXT             NOT NULL,            -- YYYY-MM-DD, local to zone
+    jobs        BIGINT           NOT NULL,
+    p50         DOUBLE PRECISION,                     -- seconds; NULL when nothing was routed
+    p95         DOUBLE PRECISION,
+    measured_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (zone, day)
+);
+
 -- Each remote destination's last success and last error as the routers saw them (docs/design.md#remote-destinations),
 -- for bin/status and the dashboard. One row per remote: sftp://user@host:port, s3://bucket, smb://server.
 CREATE TABLE IF NOT EXISTS remotes (

@@ -23,12 +23,12 @@ from .engine import DatabaseUnusable, Engine, newer_schema
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 15     # 4: error_log_outbox, 5: tallies, 6: alert_deliveries, silences,
+SCHEMA_VERSION = 16     # 4: error_log_outbox, 5: tallies, 6: alert_deliveries, silences,
                         # 7: heartbeats.clock_skew, 8: leaders, 9: heartbeats.config, config_problems,
                         # 10: steering (states held and dismissed, pauses, steering_events,
                         # redeliveries, redelivered; jobs.waits_on, released_at, dismissed_at),
                         # 11: remotes, 12: deliveries_name, 13: jobs.order_key, waits_after,
-                        # 14: config_reloads, 15: places
+                        # 14: config_reloads, 15: places, 16: daily_figures
 BUSY_TIMEOUT_MS = 5000
 LOCK_POLL = 0.001       # seconds between two tries for the write lock (Database.begin)
 WAKE_POLL = 0.25        # seconds an idle router or notifier woken by commits waits between looks

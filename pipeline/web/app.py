@@ -91,7 +91,7 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     hosts = answered_hosts(config)
     throttle = logins.Throttle(clock)
     users = access.Access(config, secret, throttle)
-    trend = trends.Trends(config.report.timezone)
+    zone = config.report.timezone
 
     @app.before_request
     def _check_host():
@@ -138,9 +138,10 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     @app.get("/")
     def overview():
         now = clock()
+        days = trends.daily(db, now, zone)          # ended days kept once measured: a write of their own
         with db.snapshot():
             s = health.gather(db, config, now)
-            hours, days = trend.hourly(db, now), trend.daily(db, now)
+            hours = trends.hourly(db, now, zone)
         return page("overview.html", status=s, hours=hours, days=days, now=now, refresh=REFRESH_SECONDS,
                     states=STATES, paused=steer.paused(db, now))
 
@@ -243,11 +244,11 @@ def create_app(config: Config, db: peewee.Database, *, clock: Callable[[], float
     steer.register(app, config, db, clock, act, page)
 
     def warm_up() -> None:
-        """Measure the charts' ended days before anyone asks: on a million jobs that is most of a
-        second, which the first visitor after a start would otherwise wait for."""
+        """Measure (and keep) the charts' ended days no program has kept yet before anyone asks: on
+        a million jobs that is most of a second, which the first visitor would otherwise wait for."""
         try:
             db.connect(reuse_if_open=True)
-            trend.daily(db, clock())
+            trends.daily(db, clock(), zone)
         except (peewee.DatabaseError, peewee.InterfaceError) as e:
             log.info("charts not measured ahead (the first overview will): %s", e)
         finally:

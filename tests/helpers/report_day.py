@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import zoneinfo
 
+from conftest import FakeClock
 from pipeline import scanner
 from pipeline.hotfolder import Sighting
 from pipeline.jobs import Jobs
@@ -68,6 +69,17 @@ def put_job(tree, jobs: Jobs, clock, client: str, name: str, *, drop: float, det
         with jobs.transaction():
             jobs.failed(batch.token, dataclasses.replace(job, state="archived"), step, reason)
     return job_id
+
+
+def routed_at(tree, db, times: list[tuple], day: dt.date = DAY) -> None:
+    """A job routed at each local (hh, mm) of ``day``, its file dropped two minutes before, or
+    (hh, mm, seconds) before when a third value is given."""
+    clock = FakeClock(london(day, 9))
+    for i, (hh, mm, *waited) in enumerate(times):
+        done = london(day, hh, mm)
+        dropped = done - (waited[0] if waited else 120)
+        put_job(tree, Jobs(db, "test:1", clock), clock, "RANK", f"{day}-{i}.json", drop=dropped, detected=dropped,
+                routed=done, to=("Monday Rank",))
 
 
 def scan(db, kind: str, started: float, seconds: float = 0.05, slow: bool = False, timed_out: bool = False) -> None:
