@@ -233,6 +233,9 @@ _SQL_ROUTE_LATENCY = "SELECT routed_at - mtime_ns / 1e9 FROM jobs WHERE id IN ({
 # Each routing bumps the tally of the first bucket it fits ("+Inf" past the last) and the sum in
 # milliseconds (tallies hold integers); /metrics adds the buckets up as Prometheus wants them.
 ROUTE_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# Each bucket's tally key, made once: a batch of routed jobs looks one up per job.
+_LATENCY_KEYS = [(bound, ("route_latency", json.dumps([f"{bound:g}"]))) for bound in ROUTE_LATENCY_BUCKETS]
+_LATENCY_OVER = ("route_latency", json.dumps(["+Inf"]))
 _LATENCY = object()          # marks a routing's bump: (_LATENCY, job id)
 
 _SQL_ERROR_LOG_ADD = "INSERT INTO error_log_outbox (job_id, name, record) VALUES (?, ?, ?)"
@@ -394,8 +397,7 @@ class Jobs:
         total = 0
         for (waited,) in self._sql(_SQL_ROUTE_LATENCY, (self.db.id_list(routed),)).fetchall():
             waited = max(0.0, float(waited))     # a file dated in the future (a skewed clock) counts as at once
-            le = next((f"{b:g}" for b in ROUTE_LATENCY_BUCKETS if waited <= b), "+Inf")
-            key = ("route_latency", json.dumps([le]))
+            key = next((key for bound, key in _LATENCY_KEYS if waited <= bound), _LATENCY_OVER)
             counts[key] = counts.get(key, 0) + 1
             total += round(waited * 1000)
         counts[("route_latency_ms", "[]")] = total
