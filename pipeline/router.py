@@ -195,7 +195,7 @@ class Router(Program):
         self._remote_threads: ThreadPoolExecutor | None = None
         self._remote_sent: list = []    # the batch's remote copies under way: (work, copy, future)
         self._remote_last: dict = {}    # target -> the future of the last copy sent to it
-        self._pending: Pending | None = None    # a batch whose remote copies run on (_defer)
+        self._pending: Pending | None = None    # a batch whose remote copies run on (_settle)
         self._claim_size = min(FIRST_BATCH, rc.batch_size)
         self._token = ""                # the lease token of the batch in hand
         self.pauses = steering.Pauses()     # what a person paused, read once per batch
