@@ -76,6 +76,9 @@ def test_supervisord_runs_every_program_and_files_get_routed(tree, db, installat
         assert (tree.dest("CLIENT-STORES/LOREAL/IN") / "1.json").exists()
         assert (tree.store / "ACME" / "2.json").exists() and tree.files(tree.hot) == []
         assert {h.program for h in Heartbeat.select()} >= {"scanner", "watcher", "router_00", "router_01"}
+        # Files waiting at start need the scanner and a router: those are started first.
+        spawned = re.findall(r"spawned: '(\w+)'", (installation / "var" / "log" / "supervisord.log").read_text())
+        assert spawned[:4] == ["scanner", "router_00", "router_01", "watcher"]
         assert supervisorctl(conf, "stop", "router:*").returncode == 0
         assert "STOPPED" in supervisorctl(conf, "status", "router:router_00").stdout
         log = (installation / "var" / "log" / "router_00.log").read_text()
