@@ -8,6 +8,7 @@
     tools/bench --database URL [--n 5000]            # the PostgreSQL figures, against SQLite
     tools/bench --hosts 2 --database URL [--n 5000]  # 2 hosts x 2 routers against 1 host (root)
     tools/bench --latency 200            # only the latency at 200 (or 20) files/s, and the watcher's CPU per file
+    tools/bench --first [RUNS]           # only the start: supervisord's start to the first routed, RUNS times, with the steps between
 
 Every figure is measured on a temporary tree with the real programs under a real supervisord,
 using this repository's supervisord.conf, fsync on, leases on. Results are printed and appended to
@@ -275,6 +276,54 @@ def pipeline_backlog(n: int, routers: int, finished_rows: int = 0, routes: str =
             p.stop()
         LAST_RUN["first routed"] = first - started
         return n / (last - started), rss
+
+
+START_STEPS = ("programs spawned", "scanner ready", "first router ready", "startup scan begun", "first job committed",
+               "first job archived", "first job routed")
+
+
+def start_timeline(n: int, routers: int) -> dict[str, float]:
+    """One start on a backlog of ``n`` files, until the first routed job: when each step of the way
+    came, in seconds from supervisord's start. The spawns are from supervisord's log, a program
+    ready (imported, configured, its database open) is its heartbeat's ``started_at``, the rest
+    the scan's and the first job's own times."""
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Pipeline(Path(tmp), routers=routers)
+        pre_drop(p.config.paths.hot_folder, n)
+        settle()
+        try:
+            started = p.start()
+            p.wait_count("routed", 1, timeout=60)
+            with p.db() as conn:
+                ready = dict(conn.execute("SELECT program, started_at FROM heartbeats").fetchall())
+                scan, = conn.execute("SELECT min(started_at) FROM scans").fetchone()
+                detected, routed = conn.execute("SELECT min(detected_at), min(routed_at) FROM jobs").fetchone()
+                archived, = conn.execute("SELECT min(at) FROM job_events WHERE to_state = 'archived'").fetchone()
+        finally:
+            p.stop()
+        log = (p.root / "var" / "log" / "supervisord.log").read_text()
+    spawned = max(dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                  for stamp in re.findall(r"(?m)^(\S+ \S+) INFO spawned: ", log))
+    routers_ready = [at for program, at in ready.items() if program.startswith("router")]
+    times = (spawned, ready.get("scanner"), min(routers_ready, default=None), scan, detected, archived, routed)
+    return {step: at - started for step, at in zip(START_STEPS, times) if at is not None}
+
+
+def start_figures(runs: int, n: int, routers: int) -> Results:
+    """``runs`` starts (start_timeline), each printed; the median of each step."""
+    timelines = []
+    for i in range(runs):
+        timelines.append(start_timeline(n, routers))
+        print(f"  start {i + 1}: " + ", ".join(f"{step} {at:.2f} s" for step, at in timelines[-1].items()), flush=True)
+    results = Results()
+    for step in START_STEPS:
+        values = [t[step] for t in timelines if step in t]
+        target = {"first job routed": "<= 0.5 s"}.get(step, "-")
+        median = statistics.median(values)
+        results.add(f"{step} after supervisord starts (median of {len(values)})", f"{median:.2f} s",
+                    f"{min(values):.2f}-{max(values):.2f} s", "-", target,
+                    median <= 0.5 if step == "first job routed" else None)
+    return results
 
 
 def largest_file_document(limit: int) -> bytes:
@@ -702,8 +751,16 @@ def main() -> None:
                            "takes about 10 minutes on 2 cores) and the chaos run")
     argp.add_argument("--latency", type=int, choices=sorted(LATENCY), metavar="RATE",
                       help="only the latency at RATE files/s (20 or 200), and the watcher's CPU per file")
+    argp.add_argument("--first", type=int, metavar="RUNS", nargs="?", const=5,
+                      help="only the start: RUNS starts (default 5) on the --n backlog, from supervisord's start "
+                           "to the first routed job, with the steps between; their medians")
     args = argp.parse_args()
     n = 1000 if args.quick else args.n
+    if args.first:
+        results = start_figures(args.first, n, args.routers)
+        if not args.no_record and not args.quick:
+            record(results, n, 0, args.routers, f"--first {args.first}")
+        return
     if args.latency:
         results = Results()
         latency_figures(results, args.latency, args.quick, args.routers, 1000 / baseline_loop(n))
