@@ -38,6 +38,12 @@ def installation(tmp_path):
     return here
 
 
+def niceness(pid: str) -> int:
+    """A process's nice value (the 19th field of /proc/PID/stat)."""
+    stat = Path(f"/proc/{pid.strip()}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[16])
+
+
 def set_routers(conf: Path, n: int) -> None:
     """The router count is numprocs in [program:router]; an installation edits it there."""
     conf.write_text(re.sub(r"(?m)^numprocs = 2$", f"numprocs = {n}", conf.read_text(), count=1))
@@ -79,6 +85,10 @@ def test_supervisord_runs_every_program_and_files_get_routed(tree, db, installat
         # Files waiting at start need the scanner and a router: those are started first.
         spawned = re.findall(r"spawned: '(\w+)'", (installation / "var" / "log" / "supervisord.log").read_text())
         assert spawned[:4] == ["scanner", "router_00", "router_01", "watcher"]
+        # What comes after routing takes no CPU from it, its start included.
+        nice = {name: niceness(supervisorctl(conf, "pid", name).stdout)
+                for name in ("scanner", "router:router_00", "watcher", "notifier", "reporter", "dashboard")}
+        assert {name for name, value in nice.items() if value > nice["scanner"]} == {"notifier", "reporter", "dashboard"}
         assert supervisorctl(conf, "stop", "router:*").returncode == 0
         assert "STOPPED" in supervisorctl(conf, "status", "router:router_00").stdout
         log = (installation / "var" / "log" / "router_00.log").read_text()
