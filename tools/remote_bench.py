@@ -8,6 +8,8 @@ sshd, Samba's smbd, moto's S3 server, an emulator, not AWS). Then:
 
 * pipeline: N job files are scanned (not timed), then routed by the router (in this process, a
   real SQLite file, fsync on) with one rule sending every job to the remote; rate = N / time;
+* N routers (--routers, default 2 as supervised): the same with that many router processes, each
+  holding its share of the connections, so the remote sees as many as the plain loop makes;
 * plain loop: the same N uploads with the same library and as many connections, one thread per
   connection, each copy made as the router makes it (temporary name, fsync, rename; S3: one put
   with its checksum), with no database and no archive; rate = N / time;
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import multiprocessing
 import random
 import statistics
 import sys
@@ -56,21 +59,25 @@ class Remote:
         if kind == "sftp":
             self.server = Sshd(root / "sshd", log_requests=False)
             self.to = self.server.url(root / "partner")
-            self.table = self.server.remote(connections=connections)
+            self.table = lambda count: self.server.remote(connections=count)
         elif kind == "smb":
             self.server = Smbd(root / "smbd", root / "share")
             self.to = self.server.url("/in")
-            self.table = self.server.remote(connections=connections)
+            self.table = lambda count: self.server.remote(connections=count)
         else:
             self.server = S3Emulator(process=True)
             bucket = f"bench-{random.randrange(1 << 30):x}"
             self.server.client().create_bucket(Bucket=bucket)
             self.to = f"s3://{bucket}/in"
-            self.table = self.server.remote(bucket, connections=connections)
+            self.table = lambda count: self.server.remote(bucket, connections=count)
+        self.connections = connections
         self.config = None
 
-    def routes(self, folder: str) -> str:
-        return f'[[route]]\nname = "Remote"\nto = "{self.to}/{folder}"\n{self.table}'
+    def routes(self, folder: str, connections: int | None = None) -> str:
+        """The route to ``folder`` on the remote, each router holding ``connections`` (default:
+        all of them)."""
+        table = self.table(connections or self.connections)
+        return f'[[route]]\nname = "Remote"\nto = "{self.to}/{folder}"\n{table}'
 
 
 def tree(root: Path, routes: str, files: int, seed: int) -> tuple[Router, Jobs]:
@@ -111,6 +118,46 @@ def pipeline_rate(remote: Remote | None, root: Path, n: int, connections: int) -
     _route_all(router)
     elapsed = time.perf_counter() - started
     router.finish()
+    return n / elapsed
+
+
+def routers_rate(remote: Remote, root: Path, n: int, connections: int, routers: int) -> float:
+    """Jobs a second with ``routers`` router processes (a supervised pipeline runs 2) sharing the
+    connections: each has ``connections // routers`` of them, so the remote sees as many as the
+    plain loop makes. Each router opens its connections during the run (about one SSH or SMB
+    handshake per connection: the figure is a little below a running router's)."""
+    routes = remote.routes("routers", max(connections // routers, 1))
+    router, jobs = tree(root / "routers", routes, 2 * connections, seed=1)
+    _route_all(router)                  # the folder made, as in pipeline_rate
+    router.finish()
+    rng = random.Random(11)
+    for i in range(2 * connections, 2 * connections + n):
+        _drop(router.config.paths.hot_folder, i, rng)
+    Scanner(router.config, jobs).scan("periodic", "periodic")
+    config, forked = router.config, multiprocessing.get_context("fork")
+    ready, go = forked.Barrier(routers + 1), forked.Event()
+
+    def route(number: int) -> None:
+        db = store.connect(config.paths.database)
+        bind(db)
+        own = Router(config, Jobs(db, f"bench:{number}"))
+        ready.wait()
+        go.wait()
+        _route_all(own)
+        own.finish()
+
+    processes = [forked.Process(target=route, args=(k + 2,)) for k in range(routers)]
+    for p in processes:
+        p.start()
+    ready.wait()
+    started = time.perf_counter()
+    go.set()
+    for p in processes:
+        p.join()
+    elapsed = time.perf_counter() - started
+    routed = jobs.db.run_sql("SELECT count(*) FROM jobs WHERE state = 'routed'").fetchone()[0]
+    if routed != n + 2 * connections:
+        raise SystemExit(f"{routers} routers routed {routed} of {n + 2 * connections} jobs")
     return n / elapsed
 
 
@@ -166,7 +213,7 @@ def _naive(kind: str, conn, folder: str, name: str, body: bytes) -> None:
 
 def _tables(remote: Remote) -> list[dict]:
     import tomllib
-    return tomllib.loads(remote.table)["remote"]
+    return tomllib.loads(remote.table(remote.connections))["remote"]
 
 
 def latency(remote: Remote, root: Path, rounds: int) -> tuple[float, float]:
@@ -202,6 +249,8 @@ def main() -> int:
     argp.add_argument("--connections", type=int, default=4, help="max_connections of each remote (default 4)")
     argp.add_argument("--kinds", default="sftp,s3,smb", help="protocols to measure (default sftp,s3,smb)")
     argp.add_argument("--rounds", type=int, default=20, help="single jobs for the latency (default 20)")
+    argp.add_argument("--routers", type=int, default=2,
+                      help="router processes for the second pipeline figure, sharing the connections (default 2)")
     args = argp.parse_args()
     import os
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "emulator")
@@ -210,19 +259,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="remote-bench-") as tmp:
         own = pipeline_rate(None, Path(tmp), args.n, args.connections)
     print(f"archive only (no remote copy): {own:.0f} jobs/s")
-    print(f"{'protocol':<8}{'pipeline/s':>12}{'plain loop/s':>14}{'ratio':>8}{'naive loop/s':>14}"
-          f"{'added ms/job':>14}{'upload ms':>11}")
+    print(f"{'protocol':<8}{'pipeline/s':>12}{'plain loop/s':>14}{'ratio':>8}"
+          f"{f'{args.routers} routers/s':>14}{'ratio':>8}{'naive loop/s':>14}{'added ms/job':>14}{'upload ms':>11}")
     for kind in args.kinds.split(","):
         with tempfile.TemporaryDirectory(prefix=f"remote-bench-{kind}-") as tmp:
             remote = Remote(kind, Path(tmp), args.connections)
             try:
                 plain = loop_rate(remote, args.n, args.connections, "plain", naive=False)
                 piped = pipeline_rate(remote, Path(tmp), args.n, args.connections)
+                shared = routers_rate(remote, Path(tmp), args.n, args.connections, args.routers)
                 naive = loop_rate(remote, args.n, args.connections, "naive", naive=True)
                 added, bare = latency(remote, Path(tmp), args.rounds)
             finally:
                 remote.server.stop()
-        print(f"{kind:<8}{piped:>12.0f}{plain:>14.0f}{piped / plain:>8.2f}{naive:>14.0f}{added:>14.1f}{bare:>11.1f}",
+        print(f"{kind:<8}{piped:>12.0f}{plain:>14.0f}{piped / plain:>8.2f}{shared:>14.0f}{shared / plain:>8.2f}"
+              f"{naive:>14.0f}{added:>14.1f}{bare:>11.1f}",
               flush=True)
     return 0
 
