@@ -182,6 +182,8 @@ class HotFolder:
             return None
         try:
             st = os.fstat(fd)
+        except OSError:             # removed meanwhile: a FUSE or NFS view of a share answers ENOENT, ESTALE
+            return None
         finally:
             os.close(fd)
         return again if stat.S_ISREG(st.st_mode) and Identity.of(st) == Identity.of(again.st) else None

@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from helpers.api_server import HANG, ApiServer, closed_port
-from conftest import BIN, MATRIX, Tree, growing, job_document
+from conftest import MATRIX, Tree, growing, job_document, wait_for
 from helpers.dblock import Locker
 from helpers.mounts import Tmpfs, fill
 from pipeline import cli
@@ -577,14 +576,16 @@ def test_database_locked_past_the_busy_timeout_programs_log_it_wait_and_lose_not
     drop_good(tree)
     tree.run("scanner", "--once")
     drop(tree, "ACME", "late.json", job_document("ACME"))                # dropped while the lock is held
-    with Locker(tree.config.paths.database, seconds=6.5) as lock:        # past the 5 s busy timeout
-        programs = [subprocess.Popen([str(BIN / p), "--once"], cwd=tree.root, env=tree.env(), text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) for p in ("scanner", "router")]
+    busy = "database busy past the timeout (database is locked)"
+    # Held until both programs have met it past their 5 s busy timeout, however long they take to start.
+    with Locker(tree.config.paths.database, seconds=90) as lock:
+        programs = [tree.spawn(p, "--once") for p in ("scanner", "router")]
+        wait_for(lambda: busy in tree.logs("scanner") and busy in tree.logs("router"), timeout=60,
+                 message="both programs to log the lock")
+        lock.release()
         lock.wait()
-        (_, scanner_log), (_, router_log) = [p.communicate(timeout=60) for p in programs]
-    assert [p.returncode for p in programs] == [0, 0]
-    assert "database busy past the timeout (database is locked)" in scanner_log
-    assert "database busy past the timeout (database is locked)" in router_log
+        assert [p.wait(60) for p in programs] == [0, 0]
+    scanner_log, router_log = tree.logs("scanner"), tree.logs("router")
     assert "Traceback" not in scanner_log + router_log
     batch = Batch(tree, {"bad.json": b"{"}, GOOD, scanner_log, router_log)
     assert_failed(batch, "bad.json", "validate",

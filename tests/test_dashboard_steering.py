@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import html
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
-from conftest import FakeClock
+from conftest import FakeClock, Tree
 from pipeline.jobs import Jobs
 from pipeline.scanner import Scanner
 from test_dashboard_users import ORIGIN, add_user, app_client, with_users
@@ -25,8 +27,20 @@ OTTO = {**auth("otto"), **ORIGIN}
 VERA = {**auth("vera"), **ORIGIN}
 
 
+@pytest.fixture(scope="module")
+def users(tmp_path_factory) -> Path:
+    """A users file with a viewer (vera) and an operator (otto), written once by the real
+    bin/dashboard-user (argon2 is slow on purpose); each test's site gets a copy."""
+    tree = Tree(tmp_path_factory.mktemp("users"))
+    with_users(tree)
+    for name, role in (("vera", "viewer"), ("otto", "operator")):
+        added = add_user(tree, name, role)
+        assert added.returncode == 0, added.stderr
+    return tree.root / "users"
+
+
 @pytest.fixture
-def site(tree, db):
+def site(tree, db, users):
     """Jobs of each kind a form acts on: routed, failed, detected; a viewer and an operator."""
     clock = FakeClock()
     drop_aged(tree, "RANK", "done.json")
@@ -36,8 +50,7 @@ def site(tree, db):
     drop_aged(tree, "RANK", "new.json")
     Scanner(tree.config, Jobs(db, "test:1", clock)).scan("periodic", "periodic")
     with_users(tree)
-    add_user(tree, "vera", "viewer")
-    add_user(tree, "otto", "operator")
+    shutil.copy2(users, tree.root / "users")
     client = app_client(tree, db)
     ids = {name: job(db, name)["id"] for name in ("done.json", "bad.json", "new.json")}
     return client, ids

@@ -268,6 +268,25 @@ def test_on_a_network_mount_every_file_is_looked_at_twice(tree, db):
     assert len(stopper.waits) == 1
 
 
+def test_a_file_removed_between_the_second_looks_open_and_fstat_is_gone_not_an_error(tree, db, monkeypatch):
+    """Through a FUSE view of a share (bindfs, as the several-hosts tests mount it) a file another
+    host removes after the scanner opened it answers fstat with ENOENT: gone, as an open's ENOENT is."""
+    tree.write_config(detect='observer = "polling"')
+    dropped = tree.drop("RANK", "taken.json")
+    real_fstat = os.fstat
+
+    def removed_meanwhile(fd):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(dropped):
+            dropped.unlink()                            # another host's router took it
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_fstat(fd)
+
+    monkeypatch.setattr(os, "fstat", removed_meanwhile)
+    assert Scanner(tree.config, Jobs(db, "scanner:1"), RecordingStopper()).scan("startup", "startup") == 0
+    monkeypatch.undo()
+    assert Job.select().count() == 0
+
+
 def start_watcher(tree):
     """The real bin/watcher, once it has logged that it watches."""
     proc = tree.spawn("watcher")

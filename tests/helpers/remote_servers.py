@@ -176,8 +176,11 @@ read only = no
 force user = root
 """)
         # smbpasswd adds a Samba user only for a Unix user of that name: one without a shell or home.
+        # Tests in parallel workers may add it at once: useradd's 9 says another one was first.
         if subprocess.run(["id", SMB_USER], capture_output=True).returncode != 0:
-            subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", SMB_USER], check=True, capture_output=True)
+            added = subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", SMB_USER], capture_output=True, text=True)
+            if added.returncode not in (0, 9):
+                raise RuntimeError(f"useradd {SMB_USER} exited {added.returncode}: {added.stderr.strip()}")
         subprocess.run([SMBPASSWD, "-c", str(self.conf), "-s", "-a", SMB_USER], check=True, capture_output=True,
                        input=f"{SMB_PASSWORD}\n{SMB_PASSWORD}\n", text=True)
         self.start()

@@ -25,6 +25,10 @@ import pytest
 from conftest import BASE_CONFIG, MATRIX, ROOT, job_document, wait_for
 from helpers.smtp_server import free_port
 
+# One worker runs this module's tests (bin/test runs them in parallel): the wheel and the virtual
+# environment are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("install")
+
 
 def _run(*args, **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300, **kwargs)
