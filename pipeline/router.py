@@ -200,7 +200,7 @@ class Router(Program):
         self._token = ""                # the lease token of the batch in hand
         self.pauses = steering.Pauses()     # what a person paused, read once per batch
         self._holding = any(route.hold for route in config.routes)
-        self.gate, self._gated, self._counting = self._flow(config)
+        self.gate, self._windowed, self._counting = self._flow(config)
         self.folder_places = flow.Places(jobs.db)      # max_waiting under several routers
         self.redeliveries = redelivery.Redeliverer(config, jobs.db, jobs.actor, self.destinations, jobs.clock)
         self._redeliveries_at = 0.0     # monotonic: when to look for re-delivery requests next
@@ -226,7 +226,7 @@ class Router(Program):
         self.places, self.destinations, self.hot, self.keep = derived
         self.error_log.folders = Folders.made_as(config.router)
         self._holding = any(route.hold for route in config.routes)
-        self.gate, self._gated, self._counting = self._flow(config)
+        self.gate, self._windowed, self._counting = self._flow(config)
         self.redeliveries.config, self.redeliveries.folders = config, self.destinations
         self._claim_size = min(self._claim_size, config.router.batch_size)
         if idle_pool is not None:       # made again at the next batch, with the new count
@@ -247,8 +247,8 @@ class Router(Program):
     def _flow(config: Config) -> tuple[flow.Gate, bool, bool]:
         """Flow control (docs/design.md#flow-control): the gate, whether a route has a window, and
         whether one has a max_waiting."""
-        gated = any(r.hours is not None or r.days is not None for r in config.routes)
-        return flow.Gate(config.report.timezone), gated, any(r.max_waiting is not None for r in config.routes)
+        windowed = any(r.hours is not None or r.days is not None for r in config.routes)
+        return flow.Gate(config.report.timezone), windowed, any(r.max_waiting is not None for r in config.routes)
 
     @property
     def copying(self) -> ThreadPoolExecutor:
@@ -521,11 +521,11 @@ class Router(Program):
         if self._holding and job.released_at is None and (route := rules.holding(self.config.routes, facts)):
             work.hold, work.targets = f"held for approval by [[route]] {route.name!r}", []
             return
-        if self.pauses or self._gated:
+        if self.pauses or self._windowed:
             going = []
             for target in work.targets:
                 wait = None if str(target.path) in work.delivered_before else \
-                    self.pauses.destination(target.name) or (self.gate.wait(target) if self._gated else None)
+                    self.pauses.destination(target.name) or (self.gate.wait(target) if self._windowed else None)
                 if wait is None:
                     going.append(target)
                 elif work.waiting is None:

@@ -200,8 +200,8 @@ def test_two_routers_feeding_one_folder_together_never_pass_max_waiting(tree, db
     for name in names:
         drop_aged(tree, name)
     Scanner(tree.config, Jobs(db, "test:0", clock)).scan("periodic", "periodic")
+    # batch_size 3: each router claims half of the 6 jobs
     first, second = Router(tree.config, Jobs(db, "test:1", clock)), Router(tree.config, Jobs(db, "test:2", clock))
-    first._claim_size = second._claim_size = 3
     first_copies = first._copy_all
 
     def second_router_first(works):

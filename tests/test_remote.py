@@ -146,6 +146,13 @@ def place(request, tmp_path, monkeypatch):
     made.server.stop()
 
 
+def known_hosts(tmp_path: Path, host: str) -> Path:
+    """A known_hosts file naming ``host`` ("[name]:port") with a key no server here holds."""
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{host} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+    return known
+
+
 def content(name: str) -> bytes:
     return json.dumps(job_document("RANK", Title=name)).encode()
 
@@ -188,8 +195,7 @@ def test_a_batch_with_remote_copies_is_settled_after_the_next_is_read_when_idle_
         drop(tree, names)
         jobs = Jobs(db, "router:1", clock)
         Scanner(tree.config, jobs).scan("startup", "startup")
-        router = Router(tree.config, jobs)
-        router._claim_size = 2
+        router = Router(tree.config, jobs)             # batches of 2
 
         def states():
             return [j.state for j in Job.select().order_by(Job.id)]
@@ -421,8 +427,7 @@ def parse(routes: list[dict], remotes: list[dict] | None = None, base: Path = Pa
 
 
 def test_a_remote_url_gives_the_remote_and_the_path_placeholders_included(tmp_path):
-    known = tmp_path / "known_hosts"
-    known.write_text("[files.example.com]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+    known = known_hosts(tmp_path, "[files.example.com]:2222")
     cfg = parse([{"name": "P", "to": "sftp://press@files.example.com:2222/in/{ClientCode}/{date:%Y}"},
                  {"name": "B", "to": "s3://print-jobs/incoming"},
                  {"name": "W", "to": "smb://fs01/PREPRESS/Jobs In"}],
@@ -472,8 +477,7 @@ def test_a_bad_remote_table_is_refused_naming_its_key(table, why):
 
 
 def test_check_config_names_missing_credentials_without_connecting(tree, tmp_path):
-    known = tmp_path / "known_hosts"
-    known.write_text("[127.0.0.1]:1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+    known = known_hosts(tmp_path, "[127.0.0.1]:1")
     tree.write_config(routes=f"""
 [[route]]
 name = "Partner"
@@ -529,8 +533,7 @@ def test_status_and_the_dashboard_show_each_remotes_last_success_and_last_error(
 
 
 def test_route_explain_shows_where_on_the_remote_a_copy_would_go(tree, tmp_path):
-    known = tmp_path / "known_hosts"
-    known.write_text("[files.example.com]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+    known = known_hosts(tmp_path, "[files.example.com]:2222")
     tree.write_config(routes=f"""
 [[route]]
 name = "Partner"

@@ -956,10 +956,10 @@ def schema_backlog(n: int, routers: int, rounds: int = 4) -> Results:
 
 
 def compared_backlog(n: int, routers: int, kinds: list[tuple[str, str, str]], what: str,
-                     keys: int = 0, rounds: int = 3) -> list[float]:
+                     keys: int = 0, rounds: int = 3) -> tuple[list[float], list[float]]:
     """The backlog under two configurations, ``kinds`` = [(label, config_extra, routes)] (the
     baseline first), as schema_backlog measures (a warm-up not counted, rounds in alternating
-    order); adds nothing itself: returns (best of each, rounds' ratios) for the caller's rows."""
+    order): ([best of the baseline, best of the other], the rounds' ratios), for add_compared."""
     runs: dict[str, list[float]] = {label: [] for label, _, _ in kinds}
     print(f"warm-up backlog of {n} files, not counted", flush=True)
     print(f"  {pipeline_backlog(n, routers, keys=keys)[0]:.0f} files/s", flush=True)
