@@ -9,6 +9,7 @@
     tools/bench --hosts 2 --database URL [--n 5000]  # 2 hosts x 2 routers against 1 host (root)
     tools/bench --latency 200            # only the latency at 200 (or 20) files/s, and the watcher's CPU per file
     tools/bench --first [RUNS]           # only the start: supervisord's start to the first routed, RUNS times, with the steps between
+    tools/bench --table [--database URL] # the table of the hot path's targets, each row with its target (below)
 
 Every figure is measured on a temporary tree with the real programs under a real supervisord,
 using this repository's supervisord.conf, fsync on, leases on. Results are printed and appended to
@@ -690,11 +691,14 @@ def wake_ups(url: str, count: int) -> list[float]:
 LATENCY = {20: {50: 0.005, 95: None, 99: 0.015}, 200: {50: None, 99: 0.050}}   # files/s: {percentile: target}
 
 
-def latency_figures(results: Results, rate: int, quick: bool, routers: int, per_file: float) -> None:
+def latency_figures(results: Results, rate: int, quick: bool, routers: int, per_file: float,
+                    seconds: int | None = None) -> None:
     """Drop-to-routed latency at ``rate`` files/s (20: 300 files into an idle pipeline, 200: 60 s
-    of load), against the loop's time per file; and the watcher's part: drop to detected, and its
-    CPU per file dropped (its idle turns included)."""
+    of load, or ``seconds`` of either), against the loop's time per file; and the watcher's part:
+    drop to detected, and its CPU per file dropped (its idle turns included)."""
     count = {20: 60 if quick else 300, 200: 2000 if quick else 12_000}[rate]
+    if seconds is not None and not quick:
+        count = rate * seconds
     print(f"latency: {count} files dropped at {rate}/s into a running pipeline", flush=True)
     lat = latency(count, routers, rate=rate)
     for q, target in LATENCY[rate].items():
@@ -714,6 +718,65 @@ def latency_figures(results: Results, rate: int, quick: bool, routers: int, per_
 
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+# --- the table of the hot path's targets ---------------------------------------------------------
+
+TABLE_SIZES = (5000, 20_000)        # the backlogs the table measures against the 8-writer loop
+
+
+def table_figures(routers: int, database: str | None, rounds: int, quick: bool) -> Results:
+    """Each target of the hot path (docs/design.md#performance) once, with its target: the backlog
+    against the 8-writer loop at 5,000 and 20,000 files (median of ``rounds`` rounds, each its own
+    loop then the pipeline), supervisord's start to the first routed (median of 5 starts), the
+    latency at 20 files/s and at 200 files/s for 30 s, and with ``database`` the PostgreSQL backlog
+    against SQLite's in the same rounds."""
+    results = Results()
+    sizes = (1000,) if quick else TABLE_SIZES
+    for n in sizes:
+        print(f"backlog of {n} files: the 8-writer loop, then the pipeline, {rounds} rounds", flush=True)
+        loops, got = [], []
+        for _ in range(rounds):
+            loops.append(parallel_loop(n))
+            got.append(pipeline_backlog(n, routers)[0])
+            print(f"  loop {loops[-1]:.0f} files/s, pipeline {got[-1]:.0f} files/s", flush=True)
+        ratios = [g / loop for g, loop in zip(got, loops)]
+        median = statistics.median(ratios)
+        results.add(f"backlog against the 8-writer loop, N={n} (median of {rounds}; rounds "
+                    + ", ".join(f"{r:.2f}" for r in ratios) + ")",
+                    f"{statistics.median(got):.0f} files/s", f"{statistics.median(loops):.0f} files/s (8 processes)",
+                    f"{median:.2f}", ">= 0.80", median >= 0.8)
+    starts = 3 if quick else 5
+    print(f"start: {starts} starts on a backlog of {sizes[0]} files", flush=True)
+    first = [start_timeline(sizes[0], routers)["first job routed"] for _ in range(starts)]
+    results.add(f"supervisord start to first routed (median of {starts})", f"{statistics.median(first):.2f} s",
+                f"{min(first):.2f}-{max(first):.2f} s", "-", "<= 0.5 s", statistics.median(first) <= 0.5)
+    per_file = 1000 / baseline_loop(sizes[0])
+    latency_figures(results, 20, quick, routers, per_file)
+    latency_figures(results, 200, quick, routers, per_file, seconds=30)
+    if database is None:
+        results.add("PostgreSQL backlog against SQLite", "not measured (give --database URL)", "-", "-", ">= 0.90")
+        return results
+    n = sizes[0]
+    print(f"backlog of {n} files on SQLite, then on PostgreSQL, {rounds} rounds", flush=True)
+    pairs = []
+    for _ in range(rounds):
+        on_sqlite, _ = pipeline_backlog(n, routers)
+        schema = PostgresSchema(database)
+        try:
+            on_postgres, _ = pipeline_backlog(n, routers, database=schema.url)
+        finally:
+            schema.drop()
+        pairs.append((on_sqlite, on_postgres))
+        print(f"  SQLite {on_sqlite:.0f} files/s, PostgreSQL {on_postgres:.0f} files/s", flush=True)
+    ratios = [pg / lite for lite, pg in pairs]
+    median = statistics.median(ratios)
+    results.add(f"PostgreSQL backlog against SQLite, N={n} (median of {rounds}; rounds "
+                + ", ".join(f"{r:.2f}" for r in ratios) + ")",
+                f"{statistics.median(pg for _, pg in pairs):.0f} files/s",
+                f"{statistics.median(lite for lite, _ in pairs):.0f} files/s (SQLite)", f"{median:.2f}", ">= 0.90",
+                median >= 0.9)
+    return results
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -754,8 +817,19 @@ def main() -> None:
     argp.add_argument("--first", type=int, metavar="RUNS", nargs="?", const=5,
                       help="only the start: RUNS starts (default 5) on the --n backlog, from supervisord's start "
                            "to the first routed job, with the steps between; their medians")
+    argp.add_argument("--table", action="store_true",
+                      help="only the table of the hot path's targets, each row with its target: the backlog "
+                           "against the 8-writer loop at 5,000 and 20,000 files, the first routed after "
+                           "supervisord starts, the latency at 20 and at 200 files/s, and with --database "
+                           "the PostgreSQL backlog against SQLite's")
+    argp.add_argument("--rounds", type=int, default=3, help="with --table: rounds of each backlog (default 3)")
     args = argp.parse_args()
     n = 1000 if args.quick else args.n
+    if args.table:
+        results = table_figures(args.routers, args.database, args.rounds, args.quick)
+        if not args.no_record and not args.quick:
+            record(results, n, 0, args.routers, f"--table{' --database postgresql://...' if args.database else ''}")
+        return
     if args.first:
         results = start_figures(args.first, n, args.routers)
         if not args.no_record and not args.quick:
