@@ -174,13 +174,24 @@ class Folders:
     def sync_each(self, map=map) -> dict[str, OSError]:
         """Like ``sync``, but every folder is tried: returns the folders that failed, with why.
         ``map`` may be a thread pool's, to sync the folders at the same time."""
-        dirty, self._dirty = self._dirty, set()
-        failed = {}
-        for folder, error in zip(sorted(dirty), map(_fsync_dir_error, sorted(dirty))):
-            if error is not None:
-                failed[folder] = error
-                self._known.discard(folder)
-        return failed
+        return sync_together([self], map)
+
+
+def sync_together(groups: list[Folders], map=map) -> dict[str, OSError]:
+    """``Folders.sync_each`` of several groups as one: with a thread pool's ``map`` the folders
+    of all of them are synced at the same time, rather than one group's after the other's."""
+    dirty = {}
+    for group in groups:
+        for folder in group._dirty:
+            dirty.setdefault(folder, []).append(group)
+        group._dirty = set()
+    failed = {}
+    for folder, error in zip(sorted(dirty), map(_fsync_dir_error, sorted(dirty))):
+        if error is not None:
+            failed[folder] = error
+            for group in dirty[folder]:
+                group._known.discard(folder)
+    return failed
 
 
 def _real_folders_below(base: Path, folder: Path) -> None:

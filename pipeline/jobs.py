@@ -96,7 +96,7 @@ class OrderBlock:
 class Renewal:
     """What renewing a batch's lease found (``Jobs.renew``)."""
     held: frozenset[int]                # the jobs the token still holds, now until ``until``
-    until: float
+    until: float | None                 # None: their leases were not extended (``Jobs.check``)
     # For a held job that a job of the same file name detected after it may have overtaken: each
     # path where such a later job has a copy (its archive copy, its deliveries), and the newest
     # such job's id.
@@ -171,11 +171,16 @@ _SQL_DUE = "SELECT 1 FROM jobs WHERE {queue} AND next_attempt_at <= ? LIMIT 1"
 # with whether a job of the same file name was detected after it (one that may have made a copy
 # at one of its paths already). The CAST lets SQLite use jobs_file_name for a column of the
 # updated row: without it, the subquery scans the table once per job.
-_SQL_RENEW = """
-UPDATE jobs SET next_attempt_at = ?
-WHERE lease_token = ? AND id IN ({id_list})
-RETURNING id, EXISTS (SELECT 1 FROM jobs AS later
+_OVERTAKEN = """EXISTS (SELECT 1 FROM jobs AS later
                       WHERE later.file_name = CAST(jobs.file_name AS TEXT) AND later.id > jobs.id)"""
+
+_SQL_RENEW = f"""
+UPDATE jobs SET next_attempt_at = ?
+WHERE lease_token = ? AND id IN ({{id_list}})
+RETURNING id, {_OVERTAKEN}"""
+
+# Jobs.check: the same answer, a read.
+_SQL_STILL_HOLDS = f"SELECT id, {_OVERTAKEN} FROM jobs WHERE lease_token = ? AND id IN ({{id_list}})"
 
 # The copies the later jobs of those names made: their archive copy and their deliveries.
 _SQL_LATER_COPIES = """
@@ -484,19 +489,28 @@ class Jobs:
         says which paths a later job of the same name has made a copy at (one more statement,
         only when there is such a job), so that an older job never replaces a newer one's copy.
         """
-        ids = list(job_ids)
         until = self.clock() + lease
-        later: dict[int, dict[str, int]] = {}
         with self.transaction():
-            rows = self._sql(_SQL_RENEW, (until, token, self.db.id_list(ids))).fetchall()
-            overtaken = [job_id for job_id, newer in rows if newer]
-            if overtaken:
-                for job_id, later_id, archive_path, path in self._sql(
-                        _SQL_LATER_COPIES, (self.db.id_list(overtaken),)):
-                    copies = later.setdefault(job_id, {})
-                    for where in (archive_path, path):
-                        if where is not None:
-                            copies[where] = max(copies.get(where, 0), later_id)
+            rows = self._sql(_SQL_RENEW, (until, token, self.db.id_list(list(job_ids)))).fetchall()
+            return self._renewal(rows, until)
+
+    def check(self, token: str, job_ids: Iterable[int]) -> Renewal:
+        """``renew``'s answer without extending the leases (``until`` is None): one read, no write
+        transaction, for a batch whose leases have long to run. Which jobs ``token`` still holds
+        (one a person dismissed, or another worker took over, is not held) and where later jobs
+        of the same names have copies."""
+        with self.db.snapshot():
+            return self._renewal(self._sql(_SQL_STILL_HOLDS, (token, self.db.id_list(list(job_ids)))).fetchall(), None)
+
+    def _renewal(self, rows: list[tuple[int, bool]], until: float | None) -> Renewal:
+        later: dict[int, dict[str, int]] = {}
+        overtaken = [job_id for job_id, newer in rows if newer]
+        if overtaken:
+            for job_id, later_id, archive_path, path in self._sql(_SQL_LATER_COPIES, (self.db.id_list(overtaken),)):
+                copies = later.setdefault(job_id, {})
+                for where in (archive_path, path):
+                    if where is not None:
+                        copies[where] = max(copies.get(where, 0), later_id)
         return Renewal(frozenset(job_id for job_id, _ in rows), until, later)
 
     def order(self, token: str, keyed: Sequence[tuple[int, str]]) -> dict[int, OrderBlock]:

@@ -47,7 +47,7 @@ from .remote.delivery import Remotes
 from .config import Config
 from .hotfolder import HotFolder, Sighting
 from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
-                    remove_exact, remove_stale_temporaries, stage)
+                    remove_exact, remove_stale_temporaries, stage, sync_together)
 from .jobs import Claimed, Jobs, LeaseLost
 from .states import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE
 from .program import Program
@@ -597,16 +597,23 @@ class Router(Program):
 
     def _hold(self, works: list[Work], renew: bool = False) -> None:
         """Renew, in one statement, the lease of those of ``works`` whose lease has less than
-        ``_margin`` to run (of all of them with ``renew``). A job another router has taken over
-        meanwhile is lost: this router leaves it alone from now on, whatever it did so far."""
+        ``_margin`` to run. With ``renew`` (right before publishing), all of them are looked at:
+        renewed when any runs short, else only read (``Jobs.check``: no write transaction, the
+        usual case, as a batch takes far less than half a lease). A job another router has taken
+        over meanwhile, or a person has taken out of its hands, is lost: this router leaves it
+        alone from now on, whatever it did so far."""
         now = self.jobs.clock()
-        due = [w for w in works if w.outcome != "lost" and (renew or now >= w.held_until - self._margin)]
+        short = [w for w in works if w.outcome != "lost" and now >= w.held_until - self._margin]
+        due = [w for w in works if w.outcome != "lost"] if renew else short
         if not due:
             return
-        renewal = self.jobs.renew(self._token, [w.job.id for w in due], self.config.router.lease)
+        ids = [w.job.id for w in due]
+        renewal = self.jobs.renew(self._token, ids, self.config.router.lease) if short else \
+            self.jobs.check(self._token, ids)
         for w in due:
             if w.job.id in renewal.held:
-                w.held_until, w.newer = renewal.until, renewal.later.get(w.job.id, {})
+                w.held_until = renewal.until or w.held_until
+                w.newer = renewal.later.get(w.job.id, {})
             else:
                 log.warning("%s: lease lost to another router; leaving the job to it", w.label, extra=w.about)
                 w.outcome = "lost"
@@ -884,7 +891,7 @@ class Router(Program):
 
     def _sync_copies(self, works: list[Work]) -> None:
         """fsync the folders phase A wrote to; a copy whose folder did not sync is not made."""
-        failed = {**self.places.sync_each(self.copying.map), **self.destinations.sync_each(self.copying.map)}
+        failed = sync_together([self.places, self.destinations], self.copying.map)
         if not failed:
             return
         for w in works:
@@ -1031,12 +1038,13 @@ class Router(Program):
                 log.exception("%s: unexpected error while cleaning up", w.label, extra=w.about)
                 w.wait_late(w.step or "route", f"unexpected error: {_describe(e)}")
         moved = {str(w.failed_path.parent): w for w in works if w.outcome == "move"}
-        for folder, error in self.places.sync_each().items():
+        for folder, error in sync_together([self.places, self.hot], self.copying.map).items():
             if folder in moved:
                 moved[folder].wait_late("validate", f"cannot sync the FAILED folder: {_os_reason(error)}")
-        for folder, error in self.hot.sync_each().items():
-            # The originals are gone; should one come back after a crash, detection knows its job.
-            log.warning("cannot sync the hot folder %s after removing files: %s", folder, _os_reason(error))
+            else:
+                # Originals removed (should one come back after a crash, detection knows its job),
+                # or a FAILED folder's parent made.
+                log.warning("cannot sync the folder %s after removing or moving files: %s", folder, _os_reason(error))
 
     def _clean_up_one(self, w: Work, now: float) -> None:
         # After a failure the original goes only if the archive copy is verified to hold it.

@@ -3,6 +3,7 @@
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -377,6 +378,27 @@ def test_a_jobs_copies_are_staged_at_the_same_time_and_published_archive_first(t
     assert states(db) == {"routed": 1}
     assert published == ["RANK", RANK, CELTRA]     # the archive's client folder, then the rules' order
     assert tree.files(tree.dest(RANK)) == ["a.json"] and tree.files(tree.dest(CELTRA)) == ["a.json"]
+
+
+def test_the_archive_folder_and_the_destination_folders_are_synced_at_the_same_time(tree, db, monkeypatch):
+    """After publishing, the archive's folder and a destination's folder are fsynced together
+    (each waits at a barrier the other must reach), not the archive's group first."""
+    import threading
+    from pipeline import files
+    together = threading.Barrier(2, timeout=10)
+    fsync_dir, synced = files.fsync_dir, []
+
+    def fsync_dir_together(folder):
+        if Path(folder) in (tree.store / "RANK", tree.dest(RANK)):
+            together.wait()                         # one after the other would break the barrier
+            synced.append(Path(folder))
+        fsync_dir(folder)
+
+    monkeypatch.setattr(files, "fsync_dir", fsync_dir_together)
+    tree.drop("RANK", "a.json", job_document("RANK"))
+    route_all(tree, db)
+    assert states(db) == {"routed": 1}
+    assert sorted(synced) == sorted([tree.store / "RANK", tree.dest(RANK)])
 
 
 def test_a_backlog_is_claimed_in_batches_doubling_from_eight(tree, db, monkeypatch):

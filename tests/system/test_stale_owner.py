@@ -198,6 +198,32 @@ def test_a_router_frozen_after_its_last_lease_check_publishes_nothing_while_anot
     assert (tree.dest(CELTRA) / "a.json").read_bytes() == version(1, category="CELTRA")
 
 
+def test_a_batch_with_its_lease_long_to_run_is_checked_by_a_read_and_a_job_taken_from_it_is_not_published(
+        tree, db, clock, arrivals):
+    """Right before publishing, with most of the lease left, the router only reads which jobs it
+    still holds (its leases are not extended: no write transaction on the way of every batch),
+    and that read sees a job another worker holds now: nothing of it is published."""
+    for name in ("a.json", "b.json"):
+        tree.age(tree.drop("RANK", name, version(1)))
+    detect(tree, Jobs(db, "scanner@test:1", clock))
+    dest = arrivals(tree.dest(RANK))
+    a = Router(tree.config, Jobs(db, "router_00@test:2", clock))
+    leases = {}
+
+    def meanwhile():
+        leases.update({row.file_name: row.next_attempt_at for row in Job.select()})
+        Job.update(lease_token="taken-by-another").where(Job.file_name == "b.json").execute()
+    at_first_call(a.jobs, "check", meanwhile)
+    assert a.run_batch() == 2 and leases
+
+    a_row, b_row = job("a.json"), job("b.json")
+    assert a_row.state == "routed" and (tree.dest(RANK) / "a.json").exists()
+    assert dest.counts() == {"a.json": 1}
+    assert not (tree.store / "RANK" / "b.json").exists() and not (tree.dest(RANK) / "b.json").exists()
+    assert (b_row.state, b_row.lease_token, b_row.next_attempt_at) == ("detected", "taken-by-another", leases["b.json"])
+    assert hidden(tree.store, tree.root / "dest") == []
+
+
 def test_a_router_frozen_before_clean_up_past_its_lease_leaves_the_originals_to_the_new_owner(tree, db, clock):
     """Its copies committed, it froze before removing the originals (and moving an invalid file to
     FAILED); another router holds the jobs now: the stale one removes and moves nothing."""
