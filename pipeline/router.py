@@ -35,6 +35,7 @@ import logging
 import os
 import stat
 import time
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,18 +356,21 @@ class Router(Program):
         batch_done = Pending(batch.token, works, self._remote_sent)
         self._remote_sent = []
         self._settle_pending()          # the batch before: its remote copies ran while this one was read
-        if batch_done.sent and not self.config.router.order_by and not self.stopper.requested:
+        if (batch_done.sent or full) and not self.config.router.order_by and not self.stopper.requested:
             self._pending = batch_done
         else:
             self._settle(batch_done)
         return len(batch.jobs)
 
-    def _settle_pending(self) -> None:
-        """Settle the batch left with remote copies under way, if any (also when idle, before a
-        reload, and when stopping: ``drain``)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self._settle(pending)
+    def _settle_pending(self, local_only: bool = False) -> None:
+        """Settle the batch left pending, if any (also when idle, before a reload, and when
+        stopping: ``drain``); with ``local_only``, only if it has no remote copies under way."""
+        pending = self._pending
+        if pending is None or local_only and pending.sent:
+            return
+        self._pending, token = None, self._token
+        self._settle(pending)
+        self._token = token             # the batch being copied, if any
 
     def _settle(self, batch: Pending) -> None:
         """The batch's last steps, once its copies are made: judge its remote copies, record its
@@ -374,7 +378,9 @@ class Router(Program):
 
         A batch with remote copies under way is settled only after the next batch has been read and
         copied (``run_batch``): an SFTP or S3 upload takes about as long as the router's own work for
-        a job, and so the uploads overlap that work instead of waiting for it. The batch's jobs stay
+        a job, and so the uploads overlap that work instead of waiting for it. A full batch (a
+        backlog) with local copies only is settled while the next batch's copies are being written
+        (``_copy_all``): its commits and removals overlap their fsyncs. The batch's jobs stay
         leased to this router meanwhile; a router killed in between leaves them to be taken over, as
         in the middle of any batch, their copies made again or found made. Not with
         ``router.order_by``, where a settled job hands on to the next of its key at once."""
@@ -576,10 +582,11 @@ class Router(Program):
                 work.data = None
         works = [work for work in works if work.outcome != "lost"]
         planned = [(work, self._planned(work)) for work in works]
+        staging = [self.copying.submit(self._stage, copy, work.data, work.job.mtime_ns)
+                   for work, copies in planned for copy in copies if not copy.present and not _is_remote(copy)]
         try:
-            for staged in [self.copying.submit(self._stage, copy, work.data, work.job.mtime_ns)
-                           for work, copies in planned for copy in copies
-                           if not copy.present and not _is_remote(copy)]:
+            self._settle_pending(local_only=True)   # the batch before, while these are written
+            for staged in staging:
                 staged.result()
             if works:
                 self._hold(works, renew=True)
@@ -591,6 +598,7 @@ class Router(Program):
                 finally:
                     _discard_unpublished(copies)    # not published: the job failed, waits or was lost
         finally:
+            futures.wait(staging)                   # none still writing when the rest is discarded
             for work, copies in planned:            # the batch cut short (the database's trouble)
                 _discard_unpublished(copies)
                 work.data = None
@@ -1038,7 +1046,8 @@ class Router(Program):
                 log.exception("%s: unexpected error while cleaning up", w.label, extra=w.about)
                 w.wait_late(w.step or "route", f"unexpected error: {_describe(e)}")
         moved = {str(w.failed_path.parent): w for w in works if w.outcome == "move"}
-        for folder, error in sync_together([self.places, self.hot], self.copying.map).items():
+        # In this thread: the copy threads may be writing the next batch's copies (_settle).
+        for folder, error in sync_together([self.places, self.hot]).items():
             if folder in moved:
                 moved[folder].wait_late("validate", f"cannot sync the FAILED folder: {_os_reason(error)}")
             else:

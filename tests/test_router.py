@@ -401,6 +401,45 @@ def test_the_archive_folder_and_the_destination_folders_are_synced_at_the_same_t
     assert sorted(synced) == sorted([tree.store / "RANK", tree.dest(RANK)])
 
 
+def test_a_full_batch_is_recorded_and_cleaned_up_while_the_next_batchs_copies_are_written(tree, db, monkeypatch):
+    """In a backlog (a batch came back full) the router does not wait for a batch's commits and
+    removals before writing the next batch's copies: the batch is settled while they are being
+    written. Its copies are published first, and nothing is lost at the end."""
+    import threading
+    from pipeline import router as router_module
+    tree.write_config(router="batch_size = 2")
+    names = [f"{i}.json" for i in range(4)]
+    for name in names:
+        tree.drop("RANK", name, job_document("RANK"))
+    jobs = Jobs(db, "test-router:1")
+    Scanner(tree.config, jobs).scan("startup", "startup")
+    router = Router(tree.config, jobs)
+    settled, second_batch, seen_while_staging = threading.Event(), threading.Event(), []
+    settle, stage = router._settle, router_module.stage
+
+    def settle_and_say(batch):
+        settle(batch)
+        settled.set()
+
+    def staged(target, *args, **kwargs):
+        if second_batch.is_set():                   # the second batch's copies wait for the first's settling
+            seen_while_staging.append(settled.wait(timeout=10))
+        return stage(target, *args, **kwargs)
+
+    monkeypatch.setattr(router, "_settle", settle_and_say)
+    monkeypatch.setattr(router_module, "stage", staged)
+    assert router.run_batch() == 2
+    assert states(db) == {"detected": 4}, "the full batch is not settled yet"
+    assert len(tree.files(tree.dest(RANK))) == 2, "its copies are published"
+    second_batch.set()
+    assert router.run_batch() == 2
+    assert seen_while_staging and all(seen_while_staging)
+    assert states(db) == {"routed": 2, "detected": 2}
+    assert router.run_batch() == 0                  # nothing more due: the last batch is settled
+    assert states(db) == {"routed": 4}
+    assert tree.files(tree.hot / "RANK") == [] and tree.files(tree.dest(RANK)) == names
+
+
 def test_a_backlog_is_claimed_in_batches_doubling_from_eight(tree, db, monkeypatch):
     tree.write_config(router="batch_size = 50")
     for i in range(130):
