@@ -192,6 +192,7 @@ class Router(Program):
         self._hot_files: dict[Identity, Sighting] | None = None     # listed on first need, per phase
         self._last_of_key: dict[str, Work] = {}     # ordering: the batch's latest job of each key
         self._copying: ThreadPoolExecutor | None = None
+        self._syncing: ThreadPoolExecutor | None = None
         self.remotes = Remotes(config.remotes, rc.create_folders, rc.dir_mode)    # connections pooled per remote
         self._remote_threads: ThreadPoolExecutor | None = None
         self._remote_sent: list = []    # the batch's remote copies under way: (work, copy, future)
@@ -221,7 +222,7 @@ class Router(Program):
         modes, the batch size and the copy threads change with the configuration."""
         derived = self._derived(config)
         self._settle_pending()          # its copies made with the settings they were sent with
-        idle_pool = self._copying if config.router.threads != self.config.router.threads else None
+        idle_pools = [self._copying, self._syncing] if config.router.threads != self.config.router.threads else []
         old, rc = self.config, config.router
         self.config = config
         self.places, self.destinations, self.hot, self.keep = derived
@@ -230,9 +231,10 @@ class Router(Program):
         self.gate, self._windowed, self._counting = self._flow(config)
         self.redeliveries.config, self.redeliveries.folders = config, self.destinations
         self._claim_size = min(self._claim_size, config.router.batch_size)
-        if idle_pool is not None:       # made again at the next batch, with the new count
-            self._copying = None
-            idle_pool.shutdown()
+        if idle_pools:                  # made again at the next batch, with the new count
+            self._copying = self._syncing = None
+            for pool in filter(None, idle_pools):
+                pool.shutdown()
         if (config.remotes, config.routes) != (old.remotes, old.routes) or \
                 (rc.create_folders, rc.dir_mode) != (old.router.create_folders, old.router.dir_mode):
             # Remote settings or routes changed: new pools (their connections made as the next
@@ -259,6 +261,14 @@ class Router(Program):
         return self._copying
 
     @property
+    def syncing(self) -> ThreadPoolExecutor:
+        """The threads syncing the folders a batch's clean-up changed (the hot folder's, FAILED's):
+        others than the copy threads, which may be writing the next batch's copies meanwhile."""
+        if self._syncing is None:
+            self._syncing = ThreadPoolExecutor(self.config.router.threads, thread_name_prefix="sync")
+        return self._syncing
+
+    @property
     def _margin(self) -> float:
         """A job's file is touched only while its lease has at least this long to run: more than
         one file operation can take, and more than two hosts' clocks may differ."""
@@ -277,9 +287,9 @@ class Router(Program):
         # A batch still pending here was not drained (the database unusable at the stop): its jobs
         # are taken over when their leases run out; its copies under way end with the threads.
         self._pending = None
-        if self._copying is not None:
-            self._copying.shutdown()
-            self._copying = None
+        for pool in filter(None, (self._copying, self._syncing)):
+            pool.shutdown()
+        self._copying = self._syncing = None
         if self._remote_threads is not None:
             self._remote_threads.shutdown()
             self._remote_threads = None
@@ -1046,8 +1056,7 @@ class Router(Program):
                 log.exception("%s: unexpected error while cleaning up", w.label, extra=w.about)
                 w.wait_late(w.step or "route", f"unexpected error: {_describe(e)}")
         moved = {str(w.failed_path.parent): w for w in works if w.outcome == "move"}
-        # In this thread: the copy threads may be writing the next batch's copies (_settle).
-        for folder, error in sync_together([self.places, self.hot]).items():
+        for folder, error in sync_together([self.places, self.hot], self.syncing.map).items():
             if folder in moved:
                 moved[folder].wait_late("validate", f"cannot sync the FAILED folder: {_os_reason(error)}")
             else:
