@@ -472,9 +472,14 @@ def latency(count: int, routers: int, rate: float = 20.0, database: str = "pipel
             with p.db() as conn:
                 routed = dict(conn.execute("SELECT file_name, routed_at FROM jobs"))
                 detected = dict(conn.execute("SELECT file_name, detected_at FROM jobs"))
+                archived = dict(conn.execute("SELECT j.file_name, e.at FROM jobs j JOIN job_events e "
+                                             "ON e.job_id = j.id AND e.to_state = 'archived'"))
         finally:
             p.stop()
         LAST_RUN["detected"] = sorted(detected[name] - at for name, at in dropped.items())
+        # The router's part, split at the archived transition's time (its progress commit).
+        LAST_RUN["to archived"] = sorted(archived[name] - detected[name] for name in dropped)
+        LAST_RUN["to routed"] = sorted(routed[name] - archived[name] for name in dropped)
         return sorted(routed[name] - at for name, at in dropped.items())
 
 
@@ -712,6 +717,11 @@ def latency_figures(results: Results, rate: int, quick: bool, routers: int, per_
     for q in (50, 99):
         results.add(f"detection p{q} at {rate} files/s", f"{percentile(detected, q) * 1000:.1f} ms", "-", "-", "-")
     results.add(f"detection max at {rate} files/s", f"{max(detected) * 1000:.1f} ms", "-", "-", "-")
+    for part, what in (("to archived", "detected to archived (wake-up, claim, read, copies, folder syncs)"),
+                       ("to routed", "archived to routed (original removed, hot folder synced)")):
+        values = LAST_RUN[part]
+        results.add(f"{what} p50 at {rate} files/s", f"{percentile(values, 50) * 1000:.1f} ms",
+                    f"p99 {percentile(values, 99) * 1000:.1f} ms", "-", "-")
     results.add(f"watcher CPU per file at {rate} files/s", f"{LAST_RUN['watcher cpu'] / count * 1000:.3f} ms",
                 "-", "-", "-")
 
