@@ -10,7 +10,9 @@ Rules every function here keeps (docs/design.md#job-lifecycle):
   the lease expiry, so a job whose owner died is simply due again. No reaper.
 * Every later update of a claimed job says ``WHERE id=? AND lease_token=? AND state=?`` and
   checks the row count: a stale owner whose lease expired cannot overwrite the new owner's work.
-* Each transition appends its audit row to ``job_events`` in the same transaction.
+* Each transition appends its audit row to ``job_events`` in the same transaction: the rows of a
+  transaction are kept until it is about to commit and written by one statement (a savepoint
+  rolled back drops its own), so a batch costs one statement for its audit trail, not one a job.
 * The SQL is pre-written, once for every engine (``store.Engine.sql``): building it per call costs
   more than running it.
 """
@@ -153,7 +155,7 @@ WHERE id = ? AND lease_token = ? AND state = 'detected'
   AND NOT EXISTS (SELECT 1 FROM jobs AS other WHERE other.inode = ? AND other.size = ? AND other.mtime_ns = ?
                   AND other.state IN ('detected', 'archived') AND other.id <> ?)"""
 
-_SQL_EVENT = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail) VALUES (?, ?, ?, ?, ?, ?)"
+_SQL_EVENTS = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail)"     # + VALUES rows
 
 # A claim, in the engine's form (store.Engine.claim): the lease is set on the first due jobs in
 # the statement that selects them.
@@ -332,6 +334,8 @@ class Jobs:
         self.actor = actor
         self.clock = clock
         self._bumps: list[tuple] = []       # tallies of the open transaction: (name, labels) or (job id, outcome)
+        self._events: list[tuple] = []      # audit rows of the open transaction, in their order
+        self._announcing = False            # the open transaction made work due
         self._depth = 0                     # transaction() levels open
 
     # -- transactions ---------------------------------------------------------------------------
@@ -341,24 +345,49 @@ class Jobs:
         return self.db.run_sql(sql, params)
 
     def _event(self, job_id: int, now: float, from_state: str | None, to_state: str, detail: str | None):
-        self._sql(_SQL_EVENT, (job_id, now, from_state, to_state, self.actor, detail))
+        self._events.append((job_id, now, from_state, to_state, self.actor, detail))
+        if self._depth == 0:        # a transition called in a transaction of the caller's own
+            self._write_events()
+
+    def _write_events(self) -> None:
+        events, self._events = self._events, []
+        self.db.run_rows(_SQL_EVENTS, events)
+
+    def _announce(self) -> None:
+        """The transaction makes work due: said once at its end (on PostgreSQL a NOTIFY is a round trip)."""
+        self._announcing = True
+        if self._depth == 0:
+            self._write_announce()
+
+    def _write_announce(self) -> None:
+        if self._announcing:
+            self._announcing = False
+            self.db.announce()
 
     @contextlib.contextmanager
     def transaction(self):
         """A write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` on SQLite (rolled back on error).
-        Inside another, a savepoint: what it did, its tallies included, is undone on error."""
-        mark = len(self._bumps)
+        Inside another, a savepoint: what it did, its audit rows and tallies included, is undone on
+        error. Those are written just before the outermost one commits."""
+        marks = len(self._bumps), len(self._events)
         self._depth += 1
         try:
             with self.db.write():
                 yield
                 if self._depth == 1:
+                    self._write_events()
+                    self._write_announce()
                     self._write_tallies()
         except BaseException:
-            del self._bumps[mark:]
+            del self._bumps[marks[0]:]
+            del self._events[marks[1]:]
             raise
         finally:
             self._depth -= 1
+            if self._depth == 0:
+                # Rolled back, it made nothing due (a savepoint rolled back keeps the flag: a
+                # wake-up for nothing is harmless).
+                self._announcing = False
 
     def _tally(self, name: str, *labels: str) -> None:
         self._bump((name, labels))
@@ -431,7 +460,7 @@ class Jobs:
                 else:
                     followed = self._follow_file(s, now, follows) or followed
             if created or followed:
-                self.db.announce()
+                self._announce()
         for job_id, s in zip(created, seen):        # after the commit: the write lock is not held for it
             log.info("new job %d: %s/%s (%s)", job_id, s.client_folder, s.file_name, detected_by,
                      extra={"job": job_id, "file": s.path})
@@ -547,7 +576,7 @@ class Jobs:
         now = self.clock()
         with self.transaction():
             if self._sql(_SQL_HAND_ON, (now, self.db.id_list(settled), now)).rowcount:
-                self.db.announce()
+                self._announce()
 
     def delivered_paths(self, job_ids: Iterable[int]) -> dict[int, set[str]]:
         """The destination paths already committed for each job (so only failed copies are retried)."""
@@ -564,7 +593,7 @@ class Jobs:
         with self.transaction():
             for job_id in job_ids:
                 self._sql(_SQL_RELEASE, (now, job_id, token))
-            self.db.announce()
+            self._announce()
 
     # -- transitions (call inside transaction()) -------------------------------------------------
 
@@ -624,7 +653,7 @@ class Jobs:
         """archived -> routed: every copy is committed and the original is gone."""
         now = self.clock()
         self._expect_one(self._sql(_SQL_ROUTED, (now, now, now, job_id, token)), job_id)
-        self.db.announce()
+        self._announce()
         self._event(job_id, now, "archived", "routed", detail)
         self._tally_finished(job_id, "routed")
         self._bump((_LATENCY, job_id))
@@ -705,7 +734,7 @@ class Jobs:
         if self._sql(_SQL_REQUEUE, (to_state, now, now, job_id, step)).rowcount != 1:
             return False
         self._event(job_id, now, "failed", to_state, detail)
-        self.db.announce()
+        self._announce()
         return True
 
     def requeue_file(self, job_id: int, path: str, st: os.stat_result, hold: float, detail: str) -> str | None:
@@ -731,7 +760,7 @@ class Jobs:
         The new ctime (a link or rename changes it) lets ``create`` recognise a later sighting.
         """
         self._expect_one(self._sql(_SQL_FILE_IN_PLACE, (path, ctime_ns, self.clock(), job_id, token)), job_id)
-        self.db.announce()
+        self._announce()
 
     # -- retention of files (the reporter, nightly; finished jobs hold no lease) --------------------
 
