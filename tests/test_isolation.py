@@ -216,6 +216,26 @@ def test_a_job_whose_record_the_database_refuses_is_rolled_back_alone(tree, db, 
         assert JobEvent.select().where(JobEvent.job == job(name).id, JobEvent.to_state == "archived").count() == 1
 
 
+def test_a_job_refused_after_its_audit_row_leaves_no_row_and_the_others_keep_theirs(tree, db, monkeypatch):
+    drop_batch(tree, {"refused.json": job_document("RANK")})
+    jobs = scan(tree, db)
+    archived = jobs.archived
+
+    def refuse(token, job_id, **values):
+        archived(token, job_id, **values)
+        if Job.get_by_id(job_id).file_name == "refused.json":
+            jobs.db.run_sql("INSERT INTO jobs (id) VALUES (NULL)")      # a NOT NULL violation
+    monkeypatch.setattr(jobs, "archived", refuse)
+    Router(tree.config, jobs).run_batch()
+    refused = job("refused.json")
+    assert refused.state == "detected"
+    assert [e.to_state for e in JobEvent.select().where(JobEvent.job == refused.id)] == ["detected"]
+    assert_good_routed(tree)
+    for _, name in GOOD:
+        trail = [e.to_state for e in JobEvent.select().where(JobEvent.job == job(name).id).order_by(JobEvent.id)]
+        assert trail == ["detected", "archived", "routed"]
+
+
 def test_a_lease_found_lost_while_recording_leaves_that_job_and_records_the_others_once(tree, db, monkeypatch):
     drop_batch(tree, {"taken.json": job_document("RANK")})
     jobs = scan(tree, db)

@@ -127,6 +127,78 @@ def test_transitions_write_their_audit_row_in_the_same_transaction(tree, jobs):
     assert row.lease_token is None and row.routed_at is not None
 
 
+def _archive(jobs, token, job_id):
+    jobs.archived(token, job_id, sha256="0" * 64, client_code="RANK", job_category="X",
+                  studio_code=None, title=None, archive_path=f"/x/{job_id}")
+
+
+def _statements(monkeypatch, db, starting: str) -> list[str]:
+    """The statements starting with ``starting`` that ``db`` runs from now on."""
+    seen, execute_sql = [], db.execute_sql
+
+    def counted(sql, params=None, *args, **kwargs):
+        if sql.startswith(starting):
+            seen.append(sql)
+        return execute_sql(sql, params, *args, **kwargs)
+    monkeypatch.setattr(db, "execute_sql", counted)
+    return seen
+
+
+def test_a_transactions_audit_rows_are_written_together_in_their_order(tree, jobs, monkeypatch):
+    inserts = _statements(monkeypatch, jobs.db, "INSERT INTO job_events")
+    sightings = [sight(tree, tree.drop("RANK", f"{i:03}.json")) for i in range(200)]
+    created = jobs.create(sightings, "startup")
+    assert len(created) == 200
+    # One statement per 166 rows (six parameters each, within SQLite's lowest limit of 999), not one per row.
+    assert len(inserts) == 2
+    events = JobEvent.select().order_by(JobEvent.id)
+    assert [(e.job_id, e.detail) for e in events] == [(job_id, f"startup: {s.path}")
+                                                      for job_id, s in zip(created, sightings)]
+
+
+def test_a_savepoint_rolled_back_drops_its_audit_rows_and_the_transaction_keeps_the_others(tree, jobs):
+    first, second = _one_job(tree, jobs), _one_job(tree, jobs)
+    batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    with jobs.transaction():
+        _archive(jobs, batch.token, first)
+        with pytest.raises(RuntimeError):
+            with jobs.transaction():
+                _archive(jobs, batch.token, second)
+                raise RuntimeError("this job refused")
+    archived = [e.job_id for e in JobEvent.select().where(JobEvent.to_state == "archived")]
+    assert archived == [first]
+    assert Job.get_by_id(second).state == "detected"
+
+
+def test_an_audit_row_of_a_transaction_rolled_back_is_never_written_by_the_next(tree, jobs):
+    first, second = _one_job(tree, jobs), _one_job(tree, jobs)
+    batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    with pytest.raises(RuntimeError):
+        with jobs.transaction():
+            _archive(jobs, batch.token, first)
+            raise RuntimeError("crash before commit")
+    with jobs.transaction():
+        _archive(jobs, batch.token, second)
+    archived = [e.job_id for e in JobEvent.select().where(JobEvent.to_state == "archived")]
+    assert archived == [second]
+
+
+def test_a_transaction_routing_several_jobs_wakes_the_idle_workers_once(tree, jobs, monkeypatch):
+    """On PostgreSQL each wake-up is a NOTIFY, a round trip; the server sends one per transaction anyway."""
+    ids = [_one_job(tree, jobs) for _ in range(3)]
+    batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    with jobs.transaction():
+        for job_id in ids:
+            _archive(jobs, batch.token, job_id)
+    announced, announce = [], jobs.db.announce
+    monkeypatch.setattr(jobs.db, "announce", lambda: (announced.append(1), announce()))
+    with jobs.transaction():
+        for job_id in ids:
+            jobs.routed(batch.token, job_id, "archive only")
+    assert announced == [1]
+    assert jobs.has_due(NOTIFY_QUEUE)
+
+
 def test_routed_jobs_move_to_the_notify_queue(tree, jobs):
     job_id = _one_job(tree, jobs)
     batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
