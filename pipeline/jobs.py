@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Sequence
 
 import peewee
 
@@ -77,6 +77,17 @@ class Claimed:
     def about(self) -> dict:
         """``extra=`` for a log line about the job: JSON logs carry its id and file, text ones ``job=N``."""
         return {"job": self.id, "file": self.source_path}
+
+
+class Archived(NamedTuple):
+    """What ``Jobs.archived`` records of a job: its row of the statement's VALUES, in this order."""
+    job_id: int
+    sha256: str
+    client_code: str
+    job_category: str
+    studio_code: str | None
+    title: str | None
+    archive_path: str
 
 
 @dataclass(frozen=True)
@@ -191,21 +202,31 @@ WHERE mine.id IN ({id_list})"""
 _CLAIM = {queue: _CLAIM_WHERE.format(queue=queue) for queue in (ROUTE_QUEUE, NOTIFY_QUEUE)}
 _DUE = {queue: _SQL_DUE.format(queue=queue) for queue in (ROUTE_QUEUE, NOTIFY_QUEUE)}
 
-_SQL_ARCHIVED = """
-UPDATE jobs SET state = 'archived', archived_at = ?, updated_at = ?, sha256 = ?, client_code = ?,
-                job_category = ?, studio_code = ?, title = ?, archive_path = ?,
+# The transitions of a router's batch are one statement for all its jobs (a statement per job is a
+# round trip per job on PostgreSQL): these are written around the rows' VALUES (Engine.run_rows),
+# whose columns are column1, column2, ... on both engines. A job that RETURNING leaves out is no
+# longer held.
+_SQL_ARCHIVED = ("""
+UPDATE jobs SET state = 'archived', archived_at = ?, updated_at = ?, sha256 = v.column2, client_code = v.column3,
+                job_category = v.column4, studio_code = v.column5, title = v.column6, archive_path = v.column7,
                 attempts = 0, claims = 0, last_error = NULL
-WHERE id = ? AND lease_token = ? AND state = 'detected'"""
+FROM (""", """) AS v
+WHERE jobs.id = v.column1 AND jobs.lease_token = ? AND jobs.state = 'detected'
+RETURNING id""")
 
-_SQL_DELIVERED = """
+# A copy recorded once per job and path, only while the token holds the job.
+_SQL_DELIVERED = ("""
 INSERT INTO deliveries (job_id, name, path, action, delivered_at)
-SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? AND lease_token = ?)
-ON CONFLICT (job_id, path) DO NOTHING"""
+SELECT v.column1, v.column2, v.column3, v.column4, ? FROM (""", """) AS v
+WHERE EXISTS (SELECT 1 FROM jobs WHERE jobs.id = v.column1 AND jobs.lease_token = ?)
+ON CONFLICT (job_id, path) DO NOTHING
+RETURNING name""")
 
 _SQL_ROUTED = """
 UPDATE jobs SET state = 'routed', routed_at = ?, updated_at = ?, next_attempt_at = ?,
                 attempts = 0, claims = 0, last_error = NULL, lease_owner = NULL, lease_token = NULL, waits_on = NULL
-WHERE id = ? AND lease_token = ? AND state = 'archived'"""
+WHERE lease_token = ? AND state = 'archived' AND id IN ({id_list})
+RETURNING id"""
 
 _SQL_NOTIFIED = """
 UPDATE jobs SET state = 'notified', notified_at = ?, updated_at = ?, attempts = ?,
@@ -436,6 +457,12 @@ class Jobs:
         if cursor.rowcount != 1:
             raise LeaseLost(f"job {job_id} is no longer held by {self.actor}")
 
+    def _expect_all(self, done: set[int], job_ids: Iterable[int]) -> None:
+        """Each of ``job_ids`` is in ``done`` (the rows a statement changed), or LeaseLost names the first not."""
+        for job_id in job_ids:
+            if job_id not in done:
+                raise LeaseLost(f"job {job_id} is no longer held by {self.actor}")
+
     # -- detection ------------------------------------------------------------------------------
 
     def create(self, sightings: Iterable[Sighting], detected_by: str) -> list[int]:
@@ -600,11 +627,20 @@ class Jobs:
     def archived(self, token: str, job_id: int, *, sha256: str, client_code: str, job_category: str,
                  studio_code: str | None, title: str | None, archive_path: str) -> None:
         """detected -> archived: the content is read, valid, and durable in the archive."""
+        self.archived_all(token, [Archived(job_id, sha256, client_code, job_category, studio_code, title,
+                                           archive_path)])
+
+    def archived_all(self, token: str, jobs: Sequence[Archived]) -> None:
+        """``archived`` for several jobs, in one statement; LeaseLost when one is no longer held
+        (the caller's savepoint undoes the others)."""
+        if not jobs:
+            return
         now = self.clock()
-        self._expect_one(self._sql(_SQL_ARCHIVED, (
-            now, now, sha256, client_code, job_category, studio_code, title, archive_path,
-            job_id, token)), job_id)
-        self._event(job_id, now, "detected", "archived", archive_path)
+        head, tail = _SQL_ARCHIVED
+        cursors = self.db.run_rows(head, jobs, tail, before=(now, now), after=(token,))
+        self._expect_all({row[0] for cursor in cursors for row in cursor.fetchall()}, [a.job_id for a in jobs])
+        for a in jobs:
+            self._event(a.job_id, now, "detected", "archived", a.archive_path)
 
     def moved(self, token: str, job: Claimed, old_path: str, ctime_ns: int) -> None:
         """The job's file was renamed within the hot folder (same inode, size and mtime): ``job``
@@ -646,17 +682,34 @@ class Jobs:
 
     def delivered(self, token: str, job_id: int, name: str, path: str, action: str) -> None:
         """Record one committed copy to a destination (idempotent per job and path)."""
-        if self._sql(_SQL_DELIVERED, (job_id, name, path, action, self.clock(), job_id, token)).rowcount == 1:
-            self._tally("deliveries", name)
+        self.delivered_all(token, [(job_id, name, path, action)])
+
+    def delivered_all(self, token: str, copies: Sequence[tuple[int, str, str, str]]) -> None:
+        """``delivered`` for several copies ((job id, name, path, action)), in one statement; a copy
+        of a job the token no longer holds is left out."""
+        head, tail = _SQL_DELIVERED
+        for cursor in self.db.run_rows(head, copies, tail, before=(self.clock(),), after=(token,)):
+            for (name,) in cursor.fetchall():
+                self._tally("deliveries", name)
 
     def routed(self, token: str, job_id: int, detail: str) -> None:
         """archived -> routed: every copy is committed and the original is gone."""
+        self.routed_all(token, [(job_id, detail)])
+
+    def routed_all(self, token: str, jobs: Sequence[tuple[int, str]]) -> None:
+        """``routed`` for several jobs ((job id, detail)), in one statement; LeaseLost when one is no
+        longer held (the caller's savepoint undoes the others)."""
+        if not jobs:
+            return
         now = self.clock()
-        self._expect_one(self._sql(_SQL_ROUTED, (now, now, now, job_id, token)), job_id)
+        ids = [job_id for job_id, _ in jobs]
+        self._expect_all({row[0] for row in self._sql(_SQL_ROUTED, (now, now, now, token, self.db.id_list(ids)))},
+                         ids)
         self._announce()
-        self._event(job_id, now, "archived", "routed", detail)
-        self._tally_finished(job_id, "routed")
-        self._bump((_LATENCY, job_id))
+        for job_id, detail in jobs:
+            self._event(job_id, now, "archived", "routed", detail)
+            self._tally_finished(job_id, "routed")
+            self._bump((_LATENCY, job_id))
 
     def notified(self, token: str, job_id: int, attempts: int, detail: str) -> None:
         """routed -> notified: the API accepted the job."""

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from pipeline.hotfolder import HotFolder
-from pipeline.jobs import Jobs, LeaseLost
+from pipeline.jobs import Archived, Jobs, LeaseLost
 from pipeline.states import MAX_CLAIMS, NOTIFY_QUEUE, ROUTE_QUEUE
 from pipeline.store.models import Job, JobEvent
 
@@ -197,6 +197,48 @@ def test_a_transaction_routing_several_jobs_wakes_the_idle_workers_once(tree, jo
             jobs.routed(batch.token, job_id, "archive only")
     assert announced == [1]
     assert jobs.has_due(NOTIFY_QUEUE)
+
+
+def test_a_batch_statement_finding_one_job_taken_over_raises_lease_lost_for_it(tree, db, clock):
+    """archived and routed for a batch's jobs are one statement each: a job another router took
+    over is named, and the caller's savepoint undoes the whole statement."""
+    a, b = Jobs(db, "router_00:1", clock), Jobs(db, "router_01:2", clock)
+    mine, lost = _one_job(tree, a), _one_job(tree, a)
+    old = a.claim(ROUTE_QUEUE, 10, lease=60)
+    Job.update(lease_token="another-router").where(Job.id == lost).execute()
+    with a.transaction():
+        with pytest.raises(LeaseLost, match=f"job {lost} "):
+            with a.transaction():
+                a.archived_all(old.token, [Archived(job_id, "0" * 64, "RANK", "X", None, None, f"/x/{job_id}")
+                                           for job_id in (mine, lost)])
+        _archive(a, old.token, mine)
+    assert [(j.id, j.state) for j in Job.select().order_by(Job.id)] == [(mine, "archived"), (lost, "detected")]
+    Job.update(lease_token=old.token).where(Job.id == lost).execute()
+    with a.transaction():
+        _archive(a, old.token, lost)
+    Job.update(lease_token="another-router").where(Job.id == lost).execute()
+    with pytest.raises(LeaseLost, match=f"job {lost} "):
+        with a.transaction():
+            a.routed_all(old.token, [(mine, "archive only"), (lost, "archive only")])
+    assert Job.get_by_id(mine).state == "archived"
+    assert JobEvent.select().where(JobEvent.to_state == "routed").count() == 0
+
+
+def test_copies_of_a_batch_are_recorded_once_each_for_the_jobs_still_held(tree, db, clock):
+    jobs = Jobs(db, "router_00:1", clock)
+    held, lost = _one_job(tree, jobs), _one_job(tree, jobs)
+    batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    Job.update(lease_token="another-router").where(Job.id == lost).execute()
+    copies = [(held, "Monday Rank", "/d/a.json", "written"), (held, "Celtra", "/c/a.json", "written"),
+              (held, "Monday Rank", "/d/a.json", "written"), (lost, "Monday Rank", "/d/b.json", "written")]
+    with jobs.transaction():
+        jobs.delivered_all(batch.token, copies)
+    with jobs.transaction():
+        jobs.delivered_all(batch.token, copies[:1])                 # again: idempotent per job and path
+    assert sorted(db.run_sql("SELECT job_id, path FROM deliveries").fetchall()) == [
+        (held, "/c/a.json"), (held, "/d/a.json")]
+    tallies = dict(db.run_sql("SELECT labels, value FROM tallies WHERE name = 'deliveries'").fetchall())
+    assert tallies == {'["Monday Rank"]': 1, '["Celtra"]': 1}
 
 
 def test_routed_jobs_move_to_the_notify_queue(tree, jobs):

@@ -78,15 +78,17 @@ class Engine:
         """Execute a statement written for every engine (see ``sql``); returns the cursor."""
         return self.execute_sql(self.sql(text), params)
 
-    def run_rows(self, head: str, rows: list[tuple], tail: str = "") -> list:
+    def run_rows(self, head: str, rows: list[tuple], tail: str = "", before: tuple = (), after: tuple = ()) -> list:
         """Run ``head VALUES (?, ...), (?, ...) tail`` for ``rows`` (tuples of one width), in their
         order, in as few statements as MAX_PARAMS allows (a statement per row would be a round trip
-        per row on PostgreSQL); returns the statements' cursors."""
+        per row on PostgreSQL); ``before`` and ``after``: the parameters of ``head`` and ``tail``.
+        Returns the statements' cursors."""
         if not rows:
             return []
         width = len(rows[0])
-        per = MAX_PARAMS // width
-        return [self.run_sql(_rows_statement(head, tail, width, len(chunk)), [v for row in chunk for v in row])
+        per = (MAX_PARAMS - len(before) - len(after)) // width
+        return [self.run_sql(_rows_statement(head, tail, width, len(chunk)),
+                             [*before, *(v for row in chunk for v in row), *after])
                 for chunk in (rows[start:start + per] for start in range(0, len(rows), per))]
 
     @classmethod
