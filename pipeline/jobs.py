@@ -9,7 +9,8 @@ Rules every function here keeps (docs/design.md#job-lifecycle):
 * Work is claimed with a lease in the statement that selects it; ``next_attempt_at`` doubles as
   the lease expiry, so a job whose owner died is simply due again. No reaper.
 * Every later update of a claimed job says ``WHERE id=? AND lease_token=? AND state=?`` and
-  checks the row count: a stale owner whose lease expired cannot overwrite the new owner's work.
+  checks the row count (a batch's statement, the ids it returns): a stale owner whose lease
+  expired cannot overwrite the new owner's work.
 * Each transition appends its audit row to ``job_events`` in the same transaction: the rows of a
   transaction are kept until it is about to commit and written by one statement (a savepoint
   rolled back drops its own), so a batch costs one statement for its audit trail, not one a job.
