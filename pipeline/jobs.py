@@ -9,8 +9,11 @@ Rules every function here keeps (docs/design.md#job-lifecycle):
 * Work is claimed with a lease in the statement that selects it; ``next_attempt_at`` doubles as
   the lease expiry, so a job whose owner died is simply due again. No reaper.
 * Every later update of a claimed job says ``WHERE id=? AND lease_token=? AND state=?`` and
-  checks the row count: a stale owner whose lease expired cannot overwrite the new owner's work.
-* Each transition appends its audit row to ``job_events`` in the same transaction.
+  checks the row count (a batch's statement, the ids it returns): a stale owner whose lease
+  expired cannot overwrite the new owner's work.
+* Each transition appends its audit row to ``job_events`` in the same transaction: the rows of a
+  transaction are kept until it is about to commit and written by one statement (a savepoint
+  rolled back drops its own), so a batch costs one statement for its audit trail, not one a job.
 * The SQL is pre-written, once for every engine (``store.Engine.sql``): building it per call costs
   more than running it.
 """
@@ -24,7 +27,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Sequence
 
 import peewee
 
@@ -75,6 +78,17 @@ class Claimed:
     def about(self) -> dict:
         """``extra=`` for a log line about the job: JSON logs carry its id and file, text ones ``job=N``."""
         return {"job": self.id, "file": self.source_path}
+
+
+class Archived(NamedTuple):
+    """What ``Jobs.archived`` records of a job: its row of the statement's VALUES, in this order."""
+    job_id: int
+    sha256: str
+    client_code: str
+    job_category: str
+    studio_code: str | None
+    title: str | None
+    archive_path: str
 
 
 @dataclass(frozen=True)
@@ -153,7 +167,7 @@ WHERE id = ? AND lease_token = ? AND state = 'detected'
   AND NOT EXISTS (SELECT 1 FROM jobs AS other WHERE other.inode = ? AND other.size = ? AND other.mtime_ns = ?
                   AND other.state IN ('detected', 'archived') AND other.id <> ?)"""
 
-_SQL_EVENT = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail) VALUES (?, ?, ?, ?, ?, ?)"
+_SQL_EVENTS = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, detail)"     # + VALUES rows
 
 # A claim, in the engine's form (store.Engine.claim): the lease is set on the first due jobs in
 # the statement that selects them.
@@ -194,21 +208,31 @@ WHERE mine.id IN ({id_list})"""
 _CLAIM = {queue: _CLAIM_WHERE.format(queue=queue) for queue in (ROUTE_QUEUE, NOTIFY_QUEUE)}
 _DUE = {queue: _SQL_DUE.format(queue=queue) for queue in (ROUTE_QUEUE, NOTIFY_QUEUE)}
 
-_SQL_ARCHIVED = """
-UPDATE jobs SET state = 'archived', archived_at = ?, updated_at = ?, sha256 = ?, client_code = ?,
-                job_category = ?, studio_code = ?, title = ?, archive_path = ?,
+# The transitions of a router's batch are one statement for all its jobs (a statement per job is a
+# round trip per job on PostgreSQL): these are written around the rows' VALUES (Engine.run_rows),
+# whose columns are column1, column2, ... on both engines. A job that RETURNING leaves out is no
+# longer held.
+_SQL_ARCHIVED = ("""
+UPDATE jobs SET state = 'archived', archived_at = ?, updated_at = ?, sha256 = v.column2, client_code = v.column3,
+                job_category = v.column4, studio_code = v.column5, title = v.column6, archive_path = v.column7,
                 attempts = 0, claims = 0, last_error = NULL
-WHERE id = ? AND lease_token = ? AND state = 'detected'"""
+FROM (""", """) AS v
+WHERE jobs.id = v.column1 AND jobs.lease_token = ? AND jobs.state = 'detected'
+RETURNING id""")
 
-_SQL_DELIVERED = """
+# A copy recorded once per job and path, only while the token holds the job.
+_SQL_DELIVERED = ("""
 INSERT INTO deliveries (job_id, name, path, action, delivered_at)
-SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? AND lease_token = ?)
-ON CONFLICT (job_id, path) DO NOTHING"""
+SELECT v.column1, v.column2, v.column3, v.column4, ? FROM (""", """) AS v
+WHERE EXISTS (SELECT 1 FROM jobs WHERE jobs.id = v.column1 AND jobs.lease_token = ?)
+ON CONFLICT (job_id, path) DO NOTHING
+RETURNING name""")
 
 _SQL_ROUTED = """
 UPDATE jobs SET state = 'routed', routed_at = ?, updated_at = ?, next_attempt_at = ?,
                 attempts = 0, claims = 0, last_error = NULL, lease_owner = NULL, lease_token = NULL, waits_on = NULL
-WHERE id = ? AND lease_token = ? AND state = 'archived'"""
+WHERE lease_token = ? AND state = 'archived' AND id IN ({id_list})
+RETURNING id"""
 
 _SQL_NOTIFIED = """
 UPDATE jobs SET state = 'notified', notified_at = ?, updated_at = ?, attempts = ?,
@@ -337,6 +361,8 @@ class Jobs:
         self.actor = actor
         self.clock = clock
         self._bumps: list[tuple] = []       # tallies of the open transaction: (name, labels) or (job id, outcome)
+        self._events: list[tuple] = []      # audit rows of the open transaction, in their order
+        self._announcing = False            # the open transaction made work due
         self._depth = 0                     # transaction() levels open
 
     # -- transactions ---------------------------------------------------------------------------
@@ -346,24 +372,49 @@ class Jobs:
         return self.db.run_sql(sql, params)
 
     def _event(self, job_id: int, now: float, from_state: str | None, to_state: str, detail: str | None):
-        self._sql(_SQL_EVENT, (job_id, now, from_state, to_state, self.actor, detail))
+        self._events.append((job_id, now, from_state, to_state, self.actor, detail))
+        if self._depth == 0:        # a transition called in a transaction of the caller's own
+            self._write_events()
+
+    def _write_events(self) -> None:
+        events, self._events = self._events, []
+        self.db.run_rows(_SQL_EVENTS, events)
+
+    def _announce(self) -> None:
+        """The transaction makes work due: said once at its end (on PostgreSQL a NOTIFY is a round trip)."""
+        self._announcing = True
+        if self._depth == 0:
+            self._write_announce()
+
+    def _write_announce(self) -> None:
+        if self._announcing:
+            self._announcing = False
+            self.db.announce()
 
     @contextlib.contextmanager
     def transaction(self):
         """A write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` on SQLite (rolled back on error).
-        Inside another, a savepoint: what it did, its tallies included, is undone on error."""
-        mark = len(self._bumps)
+        Inside another, a savepoint: what it did, its audit rows and tallies included, is undone on
+        error. Those are written just before the outermost one commits."""
+        marks = len(self._bumps), len(self._events)
         self._depth += 1
         try:
             with self.db.write():
                 yield
                 if self._depth == 1:
+                    self._write_events()
+                    self._write_announce()
                     self._write_tallies()
         except BaseException:
-            del self._bumps[mark:]
+            del self._bumps[marks[0]:]
+            del self._events[marks[1]:]
             raise
         finally:
             self._depth -= 1
+            if self._depth == 0:
+                # Rolled back, it made nothing due (a savepoint rolled back keeps the flag: a
+                # wake-up for nothing is harmless).
+                self._announcing = False
 
     def _tally(self, name: str, *labels: str) -> None:
         self._bump((name, labels))
@@ -412,6 +463,12 @@ class Jobs:
         if cursor.rowcount != 1:
             raise LeaseLost(f"job {job_id} is no longer held by {self.actor}")
 
+    def _expect_all(self, done: set[int], job_ids: Iterable[int]) -> None:
+        """Each of ``job_ids`` is in ``done`` (the rows a statement changed), or LeaseLost names the first not."""
+        for job_id in job_ids:
+            if job_id not in done:
+                raise LeaseLost(f"job {job_id} is no longer held by {self.actor}")
+
     # -- detection ------------------------------------------------------------------------------
 
     def create(self, sightings: Iterable[Sighting], detected_by: str) -> list[int]:
@@ -436,7 +493,7 @@ class Jobs:
                 else:
                     followed = self._follow_file(s, now, follows) or followed
             if created or followed:
-                self.db.announce()
+                self._announce()
         for job_id, s in zip(created, seen):        # after the commit: the write lock is not held for it
             log.info("new job %d: %s/%s (%s)", job_id, s.client_folder, s.file_name, detected_by,
                      extra={"job": job_id, "file": s.path})
@@ -561,7 +618,7 @@ class Jobs:
         now = self.clock()
         with self.transaction():
             if self._sql(_SQL_HAND_ON, (now, self.db.id_list(settled), now)).rowcount:
-                self.db.announce()
+                self._announce()
 
     def delivered_paths(self, job_ids: Iterable[int]) -> dict[int, set[str]]:
         """The destination paths already committed for each job (so only failed copies are retried)."""
@@ -578,18 +635,27 @@ class Jobs:
         with self.transaction():
             for job_id in job_ids:
                 self._sql(_SQL_RELEASE, (now, job_id, token))
-            self.db.announce()
+            self._announce()
 
     # -- transitions (call inside transaction()) -------------------------------------------------
 
     def archived(self, token: str, job_id: int, *, sha256: str, client_code: str, job_category: str,
                  studio_code: str | None, title: str | None, archive_path: str) -> None:
         """detected -> archived: the content is read, valid, and durable in the archive."""
+        self.archived_all(token, [Archived(job_id, sha256, client_code, job_category, studio_code, title,
+                                           archive_path)])
+
+    def archived_all(self, token: str, jobs: Sequence[Archived]) -> None:
+        """``archived`` for several jobs, in one statement; LeaseLost when one is no longer held
+        (the caller's savepoint undoes the others)."""
+        if not jobs:
+            return
         now = self.clock()
-        self._expect_one(self._sql(_SQL_ARCHIVED, (
-            now, now, sha256, client_code, job_category, studio_code, title, archive_path,
-            job_id, token)), job_id)
-        self._event(job_id, now, "detected", "archived", archive_path)
+        head, tail = _SQL_ARCHIVED
+        cursors = self.db.run_rows(head, jobs, tail, before=(now, now), after=(token,))
+        self._expect_all({row[0] for cursor in cursors for row in cursor.fetchall()}, [a.job_id for a in jobs])
+        for a in jobs:
+            self._event(a.job_id, now, "detected", "archived", a.archive_path)
 
     def moved(self, token: str, job: Claimed, old_path: str, ctime_ns: int) -> None:
         """The job's file was renamed within the hot folder (same inode, size and mtime): ``job``
@@ -631,17 +697,34 @@ class Jobs:
 
     def delivered(self, token: str, job_id: int, name: str, path: str, action: str) -> None:
         """Record one committed copy to a destination (idempotent per job and path)."""
-        if self._sql(_SQL_DELIVERED, (job_id, name, path, action, self.clock(), job_id, token)).rowcount == 1:
-            self._tally("deliveries", name)
+        self.delivered_all(token, [(job_id, name, path, action)])
+
+    def delivered_all(self, token: str, copies: Sequence[tuple[int, str, str, str]]) -> None:
+        """``delivered`` for several copies ((job id, name, path, action)), in one statement; a copy
+        of a job the token no longer holds is left out."""
+        head, tail = _SQL_DELIVERED
+        for cursor in self.db.run_rows(head, copies, tail, before=(self.clock(),), after=(token,)):
+            for (name,) in cursor.fetchall():
+                self._tally("deliveries", name)
 
     def routed(self, token: str, job_id: int, detail: str) -> None:
         """archived -> routed: every copy is committed and the original is gone."""
+        self.routed_all(token, [(job_id, detail)])
+
+    def routed_all(self, token: str, jobs: Sequence[tuple[int, str]]) -> None:
+        """``routed`` for several jobs ((job id, detail)), in one statement; LeaseLost when one is no
+        longer held (the caller's savepoint undoes the others)."""
+        if not jobs:
+            return
         now = self.clock()
-        self._expect_one(self._sql(_SQL_ROUTED, (now, now, now, job_id, token)), job_id)
-        self.db.announce()
-        self._event(job_id, now, "archived", "routed", detail)
-        self._tally_finished(job_id, "routed")
-        self._bump((_LATENCY, job_id))
+        ids = [job_id for job_id, _ in jobs]
+        self._expect_all({row[0] for row in self._sql(_SQL_ROUTED, (now, now, now, token, self.db.id_list(ids)))},
+                         ids)
+        self._announce()
+        for job_id, detail in jobs:
+            self._event(job_id, now, "archived", "routed", detail)
+            self._tally_finished(job_id, "routed")
+            self._bump((_LATENCY, job_id))
 
     def notified(self, token: str, job_id: int, attempts: int, detail: str) -> None:
         """routed -> notified: the API accepted the job."""
@@ -719,7 +802,7 @@ class Jobs:
         if self._sql(_SQL_REQUEUE, (to_state, now, now, job_id, step)).rowcount != 1:
             return False
         self._event(job_id, now, "failed", to_state, detail)
-        self.db.announce()
+        self._announce()
         return True
 
     def requeue_file(self, job_id: int, path: str, st: os.stat_result, hold: float, detail: str) -> str | None:
@@ -745,7 +828,7 @@ class Jobs:
         The new ctime (a link or rename changes it) lets ``create`` recognise a later sighting.
         """
         self._expect_one(self._sql(_SQL_FILE_IN_PLACE, (path, ctime_ns, self.clock(), job_id, token)), job_id)
-        self.db.announce()
+        self._announce()
 
     # -- retention of files (the reporter, nightly; finished jobs hold no lease) --------------------
 

@@ -49,7 +49,7 @@ from .config import Config
 from .hotfolder import HotFolder, Sighting
 from .files import (Changed, Folders, Identity, NotRegular, discard, move_exact, publish, read_exact,
                     remove_exact, remove_stale_temporaries, stage, sync_together)
-from .jobs import Claimed, Jobs, LeaseLost
+from .jobs import Archived, Claimed, Jobs, LeaseLost
 from .states import MAX_CLAIMS, ROUTE_QUEUE, STEP_OF_STATE
 from .program import Program
 from .validation import Invalid, JobDetails, too_large, wanted
@@ -941,7 +941,23 @@ class Router(Program):
             self.jobs.moved(token, self._as_committed(w), w.moved_from, w.moved_ctime_ns)
             w.moved_from = None
 
-    def _record_progress(self, token: str, w: Work) -> None:
+    def _record_progress(self, token: str, works: list[Work]) -> None:
+        """Each job's steps in their order; the archiving and the copies of all the jobs each in one
+        statement (a job's earlier steps come before them, its ending after)."""
+        for w in works:
+            self._record_found(token, w)
+        archived = [w for w in works if w.archived_now]
+        self.jobs.archived_all(token, [Archived(w.job.id, w.sha256, w.details.client_code, w.details.job_category,
+                                                w.details.studio_code, w.details.title, str(w.archive_path))
+                                       for w in archived])
+        for w in archived:
+            w.state = "archived"
+        self.jobs.delivered_all(token, [(w.job.id, *copy) for w in works for copy in w.delivered])
+        for w in works:
+            self._record_ending(token, w)
+
+    def _record_found(self, token: str, w: Work) -> None:
+        """What reading the job found before it could go on: its file moved or grown, or not ready."""
         self._record_move(token, w)
         if w.grew_from is not None:
             self.jobs.grew(token, self._as_committed(w), w.grew_from, w.moved_ctime_ns)
@@ -950,14 +966,8 @@ class Router(Program):
             self.jobs.recheck(token, self._as_committed(w), w.recheck_in, w.error)
         elif w.outcome == "after":
             self.jobs.wait_in_order(token, self._as_committed(w), w.recheck_in, w.error, w.waits_after)
-        if w.archived_now:
-            d = w.details
-            self.jobs.archived(token, w.job.id, sha256=w.sha256, client_code=d.client_code,
-                               job_category=d.job_category, studio_code=d.studio_code,
-                               title=d.title, archive_path=str(w.archive_path))
-            w.state = "archived"
-        for name, path, action in w.delivered:
-            self.jobs.delivered(token, w.job.id, name, path, action)
+
+    def _record_ending(self, token: str, w: Work) -> None:
         if w.outcome == "wait":
             self._wait(token, w)
         elif w.outcome == "park":
@@ -973,9 +983,10 @@ class Router(Program):
     def _commit_each(self, token: str, works: list[Work], record) -> None:
         """One transaction for the batch. A job whose record cannot be written (its lease lost to
         another router, a value the database refuses) is rolled back alone and the others are
-        committed: the batch is recorded whole under one savepoint, and only when a job refuses is
-        it recorded again with a savepoint per job (two statements a job saved in the usual case).
-        The database itself failing fails the whole batch."""
+        committed: the batch is recorded whole under one savepoint (``record`` takes the list of
+        jobs, and writes each kind of step for all of them in one statement), and only when a job
+        refuses is it recorded again with a savepoint per job. The database itself failing fails
+        the whole batch."""
         with self.jobs.transaction():
             owned = self.jobs.owned(token, [w.job.id for w in works])
             todo = []
@@ -991,8 +1002,7 @@ class Router(Program):
             before = [(w, _recorded_fields(w)) for w in todo]
             try:
                 with self.jobs.transaction():       # a savepoint: the batch as one
-                    for w in todo:
-                        record(token, w)
+                    record(token, todo)
                 return
             except Exception as e:
                 if self._database_trouble(e):
@@ -1004,7 +1014,7 @@ class Router(Program):
     def _record_alone(self, token: str, w: Work, record, fields: dict) -> None:
         try:
             with self.jobs.transaction():    # a savepoint: one job's refusal is its own
-                record(token, w)
+                record(token, [w])
         except LeaseLost:
             log.warning("%s: lease lost to another router; leaving the job to it", w.label, extra=w.about)
             w.outcome = "lost"
@@ -1132,16 +1142,18 @@ class Router(Program):
     def _commit_outcomes(self, token: str, works: list[Work]) -> None:
         self._commit_each(token, [w for w in works if w.outcome == "route" or w.outcome == "move" or
                                   (w.outcome == "fail" and w.step != "detect") or
-                                  (w.outcome == "wait" and w.late)], self._record_outcome)
+                                  (w.outcome == "wait" and w.late)], self._record_outcomes)
 
-    def _record_outcome(self, token: str, w: Work) -> None:
-        self._record_move(token, w)
-        if w.outcome == "route":
-            self.jobs.routed(token, w.job.id, _route_detail(w))
-        elif w.outcome == "wait":
-            self._wait(token, w)
-        else:
-            self._failed(token, w)
+    def _record_outcomes(self, token: str, works: list[Work]) -> None:
+        """The routed jobs in one statement, after any move of their files; the others one by one."""
+        for w in works:
+            self._record_move(token, w)
+        self.jobs.routed_all(token, [(w.job.id, _route_detail(w)) for w in works if w.outcome == "route"])
+        for w in works:
+            if w.outcome == "wait":
+                self._wait(token, w)
+            elif w.outcome != "route":
+                self._failed(token, w)
 
     def _report(self, works: list[Work]) -> None:
         for w in works:

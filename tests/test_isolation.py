@@ -199,13 +199,13 @@ def test_a_lease_lost_between_the_two_commits_leaves_that_job_to_its_new_owner(t
 def test_a_job_whose_record_the_database_refuses_is_rolled_back_alone(tree, db, monkeypatch):
     drop_batch(tree, {"refused.json": job_document("RANK")})
     jobs = scan(tree, db)
-    archived = jobs.archived
+    archived_all = jobs.archived_all
 
-    def refuse(token, job_id, **values):
-        if Job.get_by_id(job_id).file_name == "refused.json":
+    def refuse(token, archived):
+        if any(Job.get_by_id(a.job_id).file_name == "refused.json" for a in archived):
             jobs.db.run_sql("INSERT INTO jobs (id) VALUES (NULL)")      # a NOT NULL violation
-        return archived(token, job_id, **values)
-    monkeypatch.setattr(jobs, "archived", refuse)
+        return archived_all(token, archived)
+    monkeypatch.setattr(jobs, "archived_all", refuse)
     Router(tree.config, jobs).run_batch()
     refused = job("refused.json")
     assert refused.state == "detected" and refused.lease_token is not None    # claimed again later
@@ -216,16 +216,37 @@ def test_a_job_whose_record_the_database_refuses_is_rolled_back_alone(tree, db, 
         assert JobEvent.select().where(JobEvent.job == job(name).id, JobEvent.to_state == "archived").count() == 1
 
 
+def test_a_job_refused_after_its_audit_row_leaves_no_row_and_the_others_keep_theirs(tree, db, monkeypatch):
+    drop_batch(tree, {"refused.json": job_document("RANK")})
+    jobs = scan(tree, db)
+    archived_all = jobs.archived_all
+
+    def refuse(token, archived):
+        archived_all(token, archived)
+        if any(Job.get_by_id(a.job_id).file_name == "refused.json" for a in archived):
+            jobs.db.run_sql("INSERT INTO jobs (id) VALUES (NULL)")      # a NOT NULL violation
+    monkeypatch.setattr(jobs, "archived_all", refuse)
+    Router(tree.config, jobs).run_batch()
+    refused = job("refused.json")
+    assert refused.state == "detected"
+    assert [e.to_state for e in JobEvent.select().where(JobEvent.job == refused.id)] == ["detected"]
+    assert_good_routed(tree)
+    for _, name in GOOD:
+        trail = [e.to_state for e in JobEvent.select().where(JobEvent.job == job(name).id).order_by(JobEvent.id)]
+        assert trail == ["detected", "archived", "routed"]
+
+
 def test_a_lease_found_lost_while_recording_leaves_that_job_and_records_the_others_once(tree, db, monkeypatch):
     drop_batch(tree, {"taken.json": job_document("RANK")})
     jobs = scan(tree, db)
-    routed = jobs.routed
+    routed_all = jobs.routed_all
 
-    def taken(token, job_id, detail):
-        if Job.get_by_id(job_id).file_name == "taken.json":
-            raise LeaseLost(f"job {job_id} is no longer held")
-        return routed(token, job_id, detail)
-    monkeypatch.setattr(jobs, "routed", taken)
+    def taken(token, routed):
+        for job_id, _ in routed:
+            if Job.get_by_id(job_id).file_name == "taken.json":
+                raise LeaseLost(f"job {job_id} is no longer held")
+        return routed_all(token, routed)
+    monkeypatch.setattr(jobs, "routed_all", taken)
     assert Router(tree.config, jobs).run_batch() == 4
     assert job("taken.json").state == "archived"        # left to whoever holds it now
     assert_good_routed(tree)

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from pipeline.hotfolder import HotFolder
-from pipeline.jobs import Jobs, LeaseLost
+from pipeline.jobs import Archived, Jobs, LeaseLost
 from pipeline.states import MAX_CLAIMS, NOTIFY_QUEUE, ROUTE_QUEUE
 from pipeline.store.models import Job, JobEvent
 
@@ -125,6 +125,120 @@ def test_transitions_write_their_audit_row_in_the_same_transaction(tree, jobs):
     assert jobs.db.run_sql("SELECT count(*) FROM deliveries").fetchone()[0] == 1
     row = Job.get_by_id(job_id)
     assert row.lease_token is None and row.routed_at is not None
+
+
+def _archive(jobs, token, job_id):
+    jobs.archived(token, job_id, sha256="0" * 64, client_code="RANK", job_category="X",
+                  studio_code=None, title=None, archive_path=f"/x/{job_id}")
+
+
+def _statements(monkeypatch, db, starting: str) -> list[str]:
+    """The statements starting with ``starting`` that ``db`` runs from now on."""
+    seen, execute_sql = [], db.execute_sql
+
+    def counted(sql, params=None, *args, **kwargs):
+        if sql.startswith(starting):
+            seen.append(sql)
+        return execute_sql(sql, params, *args, **kwargs)
+    monkeypatch.setattr(db, "execute_sql", counted)
+    return seen
+
+
+def test_a_transactions_audit_rows_are_written_together_in_their_order(tree, jobs, monkeypatch):
+    inserts = _statements(monkeypatch, jobs.db, "INSERT INTO job_events")
+    sightings = [sight(tree, tree.drop("RANK", f"{i:03}.json")) for i in range(200)]
+    created = jobs.create(sightings, "startup")
+    assert len(created) == 200
+    # One statement per 166 rows (six parameters each, within SQLite's lowest limit of 999), not one per row.
+    assert len(inserts) == 2
+    events = JobEvent.select().order_by(JobEvent.id)
+    assert [(e.job_id, e.detail) for e in events] == [(job_id, f"startup: {s.path}")
+                                                      for job_id, s in zip(created, sightings)]
+
+
+def test_a_savepoint_rolled_back_drops_its_audit_rows_and_the_transaction_keeps_the_others(tree, jobs):
+    first, second = _one_job(tree, jobs), _one_job(tree, jobs)
+    batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    with jobs.transaction():
+        _archive(jobs, batch.token, first)
+        with pytest.raises(RuntimeError):
+            with jobs.transaction():
+                _archive(jobs, batch.token, second)
+                raise RuntimeError("this job refused")
+    archived = [e.job_id for e in JobEvent.select().where(JobEvent.to_state == "archived")]
+    assert archived == [first]
+    assert Job.get_by_id(second).state == "detected"
+
+
+def test_an_audit_row_of_a_transaction_rolled_back_is_never_written_by_the_next(tree, jobs):
+    first, second = _one_job(tree, jobs), _one_job(tree, jobs)
+    batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    with pytest.raises(RuntimeError):
+        with jobs.transaction():
+            _archive(jobs, batch.token, first)
+            raise RuntimeError("crash before commit")
+    with jobs.transaction():
+        _archive(jobs, batch.token, second)
+    archived = [e.job_id for e in JobEvent.select().where(JobEvent.to_state == "archived")]
+    assert archived == [second]
+
+
+def test_a_transaction_routing_several_jobs_wakes_the_idle_workers_once(tree, jobs, monkeypatch):
+    """On PostgreSQL each wake-up is a NOTIFY, a round trip; the server sends one per transaction anyway."""
+    ids = [_one_job(tree, jobs) for _ in range(3)]
+    batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    with jobs.transaction():
+        for job_id in ids:
+            _archive(jobs, batch.token, job_id)
+    announced, announce = [], jobs.db.announce
+    monkeypatch.setattr(jobs.db, "announce", lambda: (announced.append(1), announce()))
+    with jobs.transaction():
+        for job_id in ids:
+            jobs.routed(batch.token, job_id, "archive only")
+    assert announced == [1]
+    assert jobs.has_due(NOTIFY_QUEUE)
+
+
+def test_a_batch_statement_finding_one_job_taken_over_raises_lease_lost_for_it(tree, db, clock):
+    """archived and routed for a batch's jobs are one statement each: a job another router took
+    over is named, and the caller's savepoint undoes the whole statement."""
+    a, b = Jobs(db, "router_00:1", clock), Jobs(db, "router_01:2", clock)
+    mine, lost = _one_job(tree, a), _one_job(tree, a)
+    old = a.claim(ROUTE_QUEUE, 10, lease=60)
+    Job.update(lease_token="another-router").where(Job.id == lost).execute()
+    with a.transaction():
+        with pytest.raises(LeaseLost, match=f"job {lost} "):
+            with a.transaction():
+                a.archived_all(old.token, [Archived(job_id, "0" * 64, "RANK", "X", None, None, f"/x/{job_id}")
+                                           for job_id in (mine, lost)])
+        _archive(a, old.token, mine)
+    assert [(j.id, j.state) for j in Job.select().order_by(Job.id)] == [(mine, "archived"), (lost, "detected")]
+    Job.update(lease_token=old.token).where(Job.id == lost).execute()
+    with a.transaction():
+        _archive(a, old.token, lost)
+    Job.update(lease_token="another-router").where(Job.id == lost).execute()
+    with pytest.raises(LeaseLost, match=f"job {lost} "):
+        with a.transaction():
+            a.routed_all(old.token, [(mine, "archive only"), (lost, "archive only")])
+    assert Job.get_by_id(mine).state == "archived"
+    assert JobEvent.select().where(JobEvent.to_state == "routed").count() == 0
+
+
+def test_copies_of_a_batch_are_recorded_once_each_for_the_jobs_still_held(tree, db, clock):
+    jobs = Jobs(db, "router_00:1", clock)
+    held, lost = _one_job(tree, jobs), _one_job(tree, jobs)
+    batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
+    Job.update(lease_token="another-router").where(Job.id == lost).execute()
+    copies = [(held, "Monday Rank", "/d/a.json", "written"), (held, "Celtra", "/c/a.json", "written"),
+              (held, "Monday Rank", "/d/a.json", "written"), (lost, "Monday Rank", "/d/b.json", "written")]
+    with jobs.transaction():
+        jobs.delivered_all(batch.token, copies)
+    with jobs.transaction():
+        jobs.delivered_all(batch.token, copies[:1])                 # again: idempotent per job and path
+    assert sorted(db.run_sql("SELECT job_id, path FROM deliveries").fetchall()) == [
+        (held, "/c/a.json"), (held, "/d/a.json")]
+    tallies = dict(db.run_sql("SELECT labels, value FROM tallies WHERE name = 'deliveries'").fetchall())
+    assert tallies == {'["Monday Rank"]': 1, '["Celtra"]': 1}
 
 
 def test_routed_jobs_move_to_the_notify_queue(tree, jobs):

@@ -454,3 +454,24 @@ def test_a_backlog_is_claimed_in_batches_doubling_from_eight(tree, db, monkeypat
     assert sizes[:5] == [8, 16, 32, 50, 50]       # 8+16+32+50 = 106, then 24 of 50: the ramp starts again
     assert sizes[5:] == [8]                        # the empty claim that ends --once
 
+
+
+def test_a_batch_records_each_kind_of_step_in_one_statement_for_all_its_jobs(tree, db, monkeypatch):
+    """On PostgreSQL each statement is a round trip: a batch of 8 routed jobs (the first claim)
+    costs one statement per kind of step, not one per job and copy."""
+    for i in range(8):
+        tree.drop("RANK", f"{i}.json", job_document("RANK", "CELTRA"))       # two copies each
+    jobs = Jobs(db, "test-router:1")
+    Scanner(tree.config, jobs).scan("startup", "startup")
+    seen, execute_sql = [], db.execute_sql
+
+    def counted(sql, params=None, *args, **kwargs):
+        seen.append(" ".join(sql.split()[:6]))
+        return execute_sql(sql, params, *args, **kwargs)
+    monkeypatch.setattr(db, "execute_sql", counted)
+    Router(tree.config, jobs).run(once=True)
+    assert states(db) == {"routed": 8} and Delivery.select().count() == 16
+    assert seen.count("UPDATE jobs SET state = 'archived',") == 1
+    assert seen.count("INSERT INTO deliveries (job_id, name, path,") == 1
+    assert seen.count("UPDATE jobs SET state = 'routed',") == 1
+    assert seen.count("INSERT INTO job_events (job_id, at, from_state,") == 2     # the batch's two transactions

@@ -28,6 +28,10 @@ from functools import lru_cache
 
 log = logging.getLogger(__name__)
 
+# The fewest parameters a SQLite build takes in one statement (999 before 3.32): a multi-row
+# statement (``run_rows``) stays within it on every build, and on PostgreSQL too.
+MAX_PARAMS = 999
+
 SAYS = {"locked": "database busy past the timeout", "full": "database disk full",
         "read-only": "database read-only", "I/O": "database disk I/O error",
         "unreachable": "database unreachable", "refused": "database refused the connection"}
@@ -73,6 +77,19 @@ class Engine:
     def run_sql(self, text: str, params=()):
         """Execute a statement written for every engine (see ``sql``); returns the cursor."""
         return self.execute_sql(self.sql(text), params)
+
+    def run_rows(self, head: str, rows: list[tuple], tail: str = "", before: tuple = (), after: tuple = ()) -> list:
+        """Run ``head VALUES (?, ...), (?, ...) tail`` for ``rows`` (tuples of one width), in their
+        order, in as few statements as MAX_PARAMS allows (a statement per row would be a round trip
+        per row on PostgreSQL); ``before`` and ``after``: the parameters of ``head`` and ``tail``.
+        Returns the statements' cursors."""
+        if not rows:
+            return []
+        width = len(rows[0])
+        per = (MAX_PARAMS - len(before) - len(after)) // width
+        return [self.run_sql(_rows_statement(head, tail, width, len(chunk)),
+                             [*before, *(v for row in chunk for v in row), *after])
+                for chunk in (rows[start:start + per] for start in range(0, len(rows), per))]
 
     @classmethod
     def dialect(cls, text: str) -> str:
@@ -147,6 +164,12 @@ class Engine:
 @lru_cache(maxsize=None)
 def _translate(engine: type, text: str) -> str:
     return engine.dialect(text)
+
+
+@lru_cache(maxsize=None)
+def _rows_statement(head: str, tail: str, width: int, count: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return f"{head} VALUES {', '.join([row] * count)} {tail}"
 
 
 @lru_cache(maxsize=None)
