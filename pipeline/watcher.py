@@ -9,7 +9,8 @@ their own thread so they never delay realtime events, and they are coalesced: ho
 overflows a burst brings, one rescan is pending at a time (docs/design.md#detection).
 
 Events are read by pipeline/inotify.py, our own inotify reading, which hands each path over as it
-is read (watchdog's reading held every event behind a rename's unpaired half for 0.5 s).
+is read (watchdog's reading held every event behind a rename's unpaired half for 0.5 s); polling
+is pipeline/polling.py's, watchdog's PollingObserver.
 
 The hot folder itself may be deleted, or moved away, and created again while the watcher runs.
 Its watch then hears nothing more. The watcher therefore also watches the hot folder's parent for
