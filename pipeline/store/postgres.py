@@ -172,7 +172,12 @@ class Database(Engine, peewee.PostgresqlDatabase):
             stopper.wait(seconds)
             return False
         try:
+            listening = self._listener is not None and not self._listener.closed
             conn = self._listening()
+            if not listening:
+                # A NOTIFY sent between the caller's last look and this LISTEN (at start, or after
+                # the connection broke) reached nobody: one more look.
+                return True
             if conn.notifies:
                 conn.notifies.clear()
                 return True

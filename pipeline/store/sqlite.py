@@ -140,6 +140,10 @@ class Database(Engine, peewee.SqliteDatabase):
             except OSError as e:
                 log.info("commits to %s cannot be watched (%s): idle programs poll", self.database, e)
                 self._watch = False
+            else:
+                # A commit between the caller's last look and this watch woke nobody (at start: the
+                # scanner's first jobs, while a router set up its first wait): one more look.
+                return True
         if not (listen and self._watch) or stopper.requested:
             stopper.wait(seconds)
             return False
