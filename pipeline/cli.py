@@ -31,12 +31,17 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from . import command, files, heartbeat, reload, retry, separation, steering, store
+from . import command, files, heartbeat, reload, retry, separation, store
 from . import config as config_module
 from .config import Config, ConfigError
 from .convert import escape_control_characters
+
+if TYPE_CHECKING:
+    # Imported by the steering commands' functions below when they run, not here: the scanner and
+    # the watcher start through this module and never steer.
+    from . import steering
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -312,6 +317,7 @@ class _OneLineParser(argparse.ArgumentParser):
     """Arguments refused in one line with exit 64 (EX_USAGE), nothing changed."""
 
     def error(self, message: str):
+        from . import steering
         self.exit(steering.EX_USAGE, f"{self.prog}: {message}\n")
 
 
@@ -326,6 +332,7 @@ def steering_parser(program: str, description: str) -> argparse.ArgumentParser:
 def steer(program: str, args: argparse.Namespace, act: Callable[[Config, steering.Steering], int | None]) -> int:
     """Open the configuration and database, run ``act`` as the person acting; an action refused is
     one line on stderr and its exit status (64 usage, 65 data), with nothing changed."""
+    from . import steering
     setup_logging(program)
     config, db = open_or_exit(args.config)
     try:

@@ -20,7 +20,6 @@ and ``watching()`` says so, for the watcher to watch the new one.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -78,7 +77,9 @@ class Inotify:
     """One inotify descriptor, non-blocking and closed on exec."""
 
     def __init__(self):
-        self.libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # libc from the process's own symbols (Python is linked with it): ctypes.util.find_library
+        # would run ldconfig in a child process to find its file.
+        self.libc = ctypes.CDLL(None, use_errno=True)
         self.libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         self.fd = self._check(self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC), "inotify_init1")
 

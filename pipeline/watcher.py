@@ -9,7 +9,8 @@ their own thread so they never delay realtime events, and they are coalesced: ho
 overflows a burst brings, one rescan is pending at a time (docs/design.md#detection).
 
 Events are read by pipeline/inotify.py, our own inotify reading, which hands each path over as it
-is read (watchdog's reading held every event behind a rename's unpaired half for 0.5 s).
+is read (watchdog's reading held every event behind a rename's unpaired half for 0.5 s); polling
+is pipeline/polling.py's, watchdog's PollingObserver.
 
 The hot folder itself may be deleted, or moved away, and created again while the watcher runs.
 Its watch then hears nothing more. The watcher therefore also watches the hot folder's parent for
@@ -27,10 +28,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-
-from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent,
-                             FileSystemEvent, FileSystemEventHandler)
-from watchdog.observers.polling import PollingObserver
+from typing import TYPE_CHECKING
 
 from . import cli, store
 from .config import Config
@@ -41,58 +39,13 @@ from .leadership import Leadership
 from .program import Program
 from .scanner import Scanner
 
+if TYPE_CHECKING:
+    from .polling import PollingWatch
+
 log = logging.getLogger(__name__)
 
-POLLING_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
 FULL_RESCAN = None   # the rescan queue's item for "the whole hot folder"
 ROOT_EVENT = (True, None)   # the events queue's item for "something happened to the hot folder itself"
-
-
-class _Polling:
-    """``detect.observer = "polling"``: watchdog's PollingObserver, which lists the tree every
-    ``poll_interval`` and compares it with the last listing. It has none of the pairing delay of
-    watchdog's inotify reading (it reports a listing's differences at once), so it stays; it has
-    the same few methods as FolderWatch. It watches no parent: the loop's own check of the hot
-    folder comes as often as a poll would."""
-
-    def __init__(self, interval: float, on_path):
-        self.observer = PollingObserver(timeout=interval)
-        self.handler = _Events(on_path)
-        self.root_watch = None
-
-    def start(self) -> None:
-        self.observer.start()
-
-    def is_alive(self) -> bool:
-        return self.observer.is_alive()
-
-    def stop(self) -> None:
-        self.observer.stop()
-        self.observer.join(timeout=5)
-
-    def watch(self, root: Path) -> bool:
-        self.observer.unschedule_all()
-        self.root_watch = None
-        if _folder_id(root) is None:
-            return False
-        self.root_watch = self.observer.schedule(self.handler, str(root), recursive=True,
-                                                 event_filter=POLLING_EVENTS)
-        return True
-
-    def watching(self) -> bool:
-        return any(e.watch == self.root_watch and e.is_alive() for e in list(self.observer.emitters))
-
-
-class _Events(FileSystemEventHandler):
-    """Runs in watchdog's thread: only hands paths over to the watcher's loop."""
-
-    def __init__(self, on_path):
-        self.on_path = on_path
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        path = event.dest_path if isinstance(event, (FileMovedEvent, DirMovedEvent)) else event.src_path
-        if path:
-            self.on_path(event.is_directory, str(path))
 
 
 def _folder_id(path: Path) -> tuple[int, int] | None:
@@ -123,7 +76,7 @@ class Watcher(Program):
         self.leadership = Leadership(jobs.db, "watcher")
         self.leading = True
         self.ready = threading.Event()                            # set once the watch is in place
-        self.observer: FolderWatch | _Polling | None = None
+        self.observer: FolderWatch | PollingWatch | None = None
         self.root_id: tuple[int, int] | None = None   # the folder watched as the hot folder; None: none is
 
     def configure(self, config: Config) -> None:
@@ -133,7 +86,8 @@ class Watcher(Program):
 
     def _start_observer(self) -> None:
         if self.polling:
-            self.observer = _Polling(self.config.detect.poll_interval, self._on_path)
+            from .polling import PollingWatch     # here: only a polling watcher loads watchdog
+            self.observer = PollingWatch(self.config.detect.poll_interval, self._on_path)
         else:
             self.observer = FolderWatch(self._on_path, lambda: self.events.put(ROOT_EVENT), self.overflow.set)
         self.observer.start()

@@ -310,6 +310,22 @@ def test_an_idle_wait_is_woken_by_another_programs_commit_not_by_its_poll(tree, 
     assert woken["by"] is True
 
 
+def test_a_first_idle_wait_looks_again_for_a_commit_made_before_it_listened(tree, db):
+    """The wake-up (the WAL watch, LISTEN) is set up at a program's first idle wait: a job committed
+    between the program's last look and then woke nobody, and would wait for the next poll
+    (router.poll_interval): at start, the scanner's first jobs while a router set up its wait. That
+    first wait ends at once for one more look; the next ones wait for a commit."""
+    from pipeline import store
+    from pipeline.cli import Stopper
+    waiter, stopper = store.connect(tree.config.paths.database), Stopper()
+    try:
+        _one_job(tree, Jobs(db, "scanner:1"))                   # committed before the waiter listens
+        assert waiter.wait_for_work(stopper, 5, listen=True) is True
+        assert waiter.wait_for_work(stopper, 0.01, listen=True) is False    # nothing came since
+    finally:
+        waiter.close()
+
+
 @pytest.mark.sqlite_only
 def test_without_inotify_an_idle_wait_on_sqlite_polls(tree, db, monkeypatch, caplog):
     from pipeline import store

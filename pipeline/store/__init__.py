@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import postgres, sqlite
+from . import sqlite
 from .engine import SAYS, DatabaseUnusable, Engine, LeaseLost, Trouble, retry_later
 
 __all__ = ["SAYS", "DatabaseUnusable", "Engine", "LeaseLost", "Trouble", "check_location", "connect",
@@ -25,6 +25,7 @@ def connect(location: Path, *, create: bool = True, read_only: bool = False) -> 
     with ``create=False`` a database that is not there is an error (the operators' tools).
     ``read_only``: an existing database, as it is (never upgraded), refusing every write."""
     if is_postgres(location):
+        from . import postgres      # here: a SQLite site never needs this engine, nor psycopg2.errorcodes
         return postgres.connect(location, create=create and not read_only, read_only=read_only)
     return sqlite.connect(location, create=create and not read_only, read_only=read_only)
 

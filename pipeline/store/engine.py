@@ -177,6 +177,15 @@ def _claim_statement(engine: type, *parts: str) -> tuple[str, bool]:
     return engine.claim_statement(*parts)
 
 
+def ddl_script(name: str) -> str:
+    """The text of ``name`` (an engine's DDL file), package data beside these modules (so an
+    installed copy has it too)."""
+    # Imported here: importlib.resources loads tempfile, shutil and the compression modules, and
+    # only a new or older database needs its DDL, never the start of a program on a current one.
+    import importlib.resources
+    return importlib.resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
 def newer_schema(location, found: int, known: int) -> DatabaseUnusable:
     """A database that a newer release upgraded is not this release's to write: its tables may
     mean more than this code knows."""

@@ -22,7 +22,6 @@ The password never comes from the TOML: libpq reads PGPASSWORD, PGPASSFILE or ~/
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
 import re
 import select
@@ -32,7 +31,7 @@ import time
 
 import peewee
 
-from .engine import DatabaseUnusable, Engine, first_line, newer_schema
+from .engine import DatabaseUnusable, Engine, ddl_script, first_line, newer_schema
 from .sqlite import SCHEMA_VERSION          # one version for both DDL files
 
 try:
@@ -173,7 +172,12 @@ class Database(Engine, peewee.PostgresqlDatabase):
             stopper.wait(seconds)
             return False
         try:
+            listening = self._listener is not None and not self._listener.closed
             conn = self._listening()
+            if not listening:
+                # A NOTIFY sent between the caller's last look and this LISTEN (at start, or after
+                # the connection broke) reached nobody: one more look.
+                return True
             if conn.notifies:
                 conn.notifies.clear()
                 return True
@@ -280,7 +284,8 @@ def transient(error: BaseException) -> str | None:
 
 
 def schema_script() -> str:
-    return importlib.resources.files(__package__).joinpath("postgres.sql").read_text(encoding="utf-8")
+    """The text of postgres.sql."""
+    return ddl_script("postgres.sql")
 
 
 def connect(url: str, *, create: bool = True, read_only: bool = False) -> Database:

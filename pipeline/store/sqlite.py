@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import importlib.resources
 import json
 import math
 import logging
@@ -19,7 +18,7 @@ import peewee
 
 from .. import files
 from . import wakeup
-from .engine import DatabaseUnusable, Engine, newer_schema
+from .engine import DatabaseUnusable, Engine, ddl_script, newer_schema
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +140,10 @@ class Database(Engine, peewee.SqliteDatabase):
             except OSError as e:
                 log.info("commits to %s cannot be watched (%s): idle programs poll", self.database, e)
                 self._watch = False
+            else:
+                # A commit between the caller's last look and this watch woke nobody (at start: the
+                # scanner's first jobs, while a router set up its first wait): one more look.
+                return True
         if not (listen and self._watch) or stopper.requested:
             stopper.wait(seconds)
             return False
@@ -298,8 +301,8 @@ _JOBS_STATES_NOW = "'notified', 'failed', 'held', 'dismissed'))"
 
 
 def schema_script() -> str:
-    """The text of sqlite.sql, package data beside this module (so an installed copy has it too)."""
-    return importlib.resources.files(__package__).joinpath("sqlite.sql").read_text(encoding="utf-8")
+    """The text of sqlite.sql."""
+    return ddl_script("sqlite.sql")
 
 
 def widen_state_check(conn: sqlite3.Connection) -> None:

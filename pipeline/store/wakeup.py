@@ -11,8 +11,6 @@ cannot be had (no inotify, watches used up) ``WalWatch.open`` says so and the pr
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import select
@@ -33,7 +31,10 @@ class WalWatch:
     @classmethod
     def open(cls, database: Path) -> "WalWatch":
         """A watch for commits to ``database``; raises OSError when inotify cannot be had."""
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        import ctypes       # here: only a program that waits for work opens a watch, not the scanner
+        # libc from the process's own symbols (Python is linked with it): ctypes.util.find_library
+        # would run ldconfig in a child process to find its file.
+        libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), f"inotify_init1: {os.strerror(ctypes.get_errno())}")
