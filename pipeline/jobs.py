@@ -120,32 +120,36 @@ class Renewal:
 _SQL_FIRST_WAITING_FULL = """
 SELECT waits_on, min(id) FROM jobs WHERE waits_on LIKE 'full:%' AND (lease_token IS NULL OR lease_token != ?)
 GROUP BY waits_on"""
-_SQL_CREATE = """
+# New jobs for sightings, ``v``: (uuid, path, client folder, file name, size, mtime, ctime, device,
+# inode) each; detected_by and the time (three times) before them, the time after (_FOLLOWS).
+_SQL_CREATE = ("""
 INSERT INTO jobs (uuid, state, source_path, client_folder, file_name, size, mtime_ns, ctime_ns,
                   device, inode, detected_by, detected_at, updated_at, next_attempt_at)
-SELECT ?, 'detected', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+SELECT v.column1, 'detected', v.column2, v.column3, v.column4, v.column5, v.column6, v.column7,
+       v.column8, v.column9, ?, ?, ?, ?
+FROM (""", """) AS v
 WHERE NOT EXISTS (
     -- The same appearance is already a job: one in flight, or a finished one seen again by a
     -- scan that listed the folder before the file was removed (its ctime is not newer). A job
     -- failed at detect never took its file (it was gone, or another file): that file seen again,
     -- say with its client folder moved back into the hot folder, is a new appearance.
     SELECT 1 FROM jobs
-    WHERE inode = ? AND size = ? AND mtime_ns = ?
+    WHERE inode = v.column9 AND size = v.column5 AND mtime_ns = v.column6
       AND (state IN ('detected', 'archived')
-           OR (ctime_ns >= ? AND (failed_step IS NULL OR failed_step <> 'detect'))))
+           OR (ctime_ns >= v.column7 AND (failed_step IS NULL OR failed_step <> 'detect'))))
   -- Nor is the same file changed in place (grown, rewritten) while its job has not taken its
   -- content, and no router holds that job: the job follows the file (_SQL_FOLLOW_FILE).
-  AND NOT EXISTS (SELECT 1 FROM jobs WHERE {follows})
+  AND NOT EXISTS (SELECT 1 FROM jobs WHERE inode = v.column9 AND source_path = v.column2 AND state = 'detected'
+                  AND failed_path IS NULL AND ctime_ns < v.column7 AND (lease_token IS NULL OR next_attempt_at <= ?))
 -- Where the engine has several writers, a unique index over the appearance of unfinished jobs
 -- stops the second of two concurrent inserts that both passed the check above.
 ON CONFLICT DO NOTHING
-RETURNING id"""
+RETURNING uuid, id""")
 
 # A detected job whose file, at its path with its inode, changed after an older look (its ctime),
 # and that no router holds (never leased, given back, or its lease run out).
 _FOLLOWS = """inode = ? AND source_path = ? AND state = 'detected' AND failed_path IS NULL AND ctime_ns < ?
     AND (lease_token IS NULL OR next_attempt_at <= ?)"""
-_SQL_CREATE = _SQL_CREATE.replace("{follows}", _FOLLOWS)
 
 # Such a job takes the file's new identity and is due at once; a stale lease can no longer write.
 _SQL_FOLLOW_FILE = f"""
@@ -477,21 +481,28 @@ class Jobs:
         Runs its own transaction: the duplicate check and the insert must see the same table.
         """
         now = self.clock()
+        sightings = list(sightings)
+        rows = [(uuid.uuid4().hex, s.path, s.client_folder, s.file_name, s.st.st_size, s.st.st_mtime_ns,
+                 s.st.st_ctime_ns, s.st.st_dev, s.st.st_ino) for s in sightings]
+        # One statement for all of them (a round trip per file on PostgreSQL otherwise), unless two
+        # share an inode: its checks look at the table as it was before the statement, so each of
+        # those sightings goes alone and in order, as a later one may follow an earlier one's job.
+        together = len({s.st.st_ino for s in sightings}) == len(sightings)
+        head, tail = _SQL_CREATE
         created, seen, followed = [], [], False
         with self.transaction():
-            for s in sightings:
-                st = s.st
-                follows = (st.st_ino, s.path, st.st_ctime_ns, now)
-                row = self._sql(_SQL_CREATE, (
-                    uuid.uuid4().hex, s.path, s.client_folder, s.file_name, st.st_size,
-                    st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino, detected_by, now, now, now,
-                    st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *follows)).fetchone()
-                if row:
-                    created.append(row[0])
+            made = {}
+            for chunk in [rows] if together else [[row] for row in rows]:
+                for cursor in self.db.run_rows(head, chunk, tail, before=(detected_by, now, now, now), after=(now,)):
+                    made.update(cursor.fetchall())
+            for row, s in zip(rows, sightings):
+                job_id = made.get(row[0])
+                if job_id is not None:
+                    created.append(job_id)
                     seen.append(s)
-                    self._event(row[0], now, None, "detected", f"{detected_by}: {s.path}")
+                    self._event(job_id, now, None, "detected", f"{detected_by}: {s.path}")
                 else:
-                    followed = self._follow_file(s, now, follows) or followed
+                    followed = self._follow_file(s, now, (s.st.st_ino, s.path, s.st.st_ctime_ns, now)) or followed
             if created or followed:
                 self._announce()
         for job_id, s in zip(created, seen):        # after the commit: the write lock is not held for it

@@ -156,6 +156,32 @@ def test_a_transactions_audit_rows_are_written_together_in_their_order(tree, job
                                                       for job_id, s in zip(created, sightings)]
 
 
+def test_a_scans_new_jobs_are_made_by_one_statement_and_seen_again_make_none(tree, jobs, monkeypatch):
+    inserts = _statements(monkeypatch, jobs.db, "\nINSERT INTO jobs")
+    sightings = [sight(tree, tree.drop("RANK", f"{i:03}.json")) for i in range(50)]
+    created = jobs.create(sightings, "startup")
+    assert len(created) == 50 and len(inserts) == 1          # not one statement (a round trip) per file
+    assert [Job.get_by_id(job_id).file_name for job_id in created] == [f"{i:03}.json" for i in range(50)]
+    assert jobs.create(sightings + [sight(tree, tree.drop("RANK", "new.json"))], "periodic") != []
+    assert Job.select().count() == 51                        # the 50 seen again make no job
+
+
+def test_two_sightings_of_one_file_in_one_call_give_one_job_that_follows_the_later(tree, jobs):
+    """Two looks at a file still being written, in one call: its checks cannot see a job the same
+    statement makes, so such sightings go one at a time, the later one followed by the job."""
+    path = tree.drop("RANK", "a.json", b'{"JobSpecification":')
+    first = sight(tree, path)
+    with open(path, "ab") as f:
+        f.write(b' {"JobDetails": {}}}')
+    os.utime(path, ns=(first.st.st_mtime_ns + 10**9, first.st.st_mtime_ns + 10**9))
+    later = sight(tree, path)
+    assert later.st.st_ino == first.st.st_ino and later.st.st_size != first.st.st_size
+    created = jobs.create([first, later], "startup")
+    assert len(created) == 1 and Job.select().count() == 1
+    row = Job.get_by_id(created[0])
+    assert (row.size, row.mtime_ns) == (later.st.st_size, later.st.st_mtime_ns)
+
+
 def test_a_savepoint_rolled_back_drops_its_audit_rows_and_the_transaction_keeps_the_others(tree, jobs):
     first, second = _one_job(tree, jobs), _one_job(tree, jobs)
     batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
