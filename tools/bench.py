@@ -100,6 +100,7 @@ class Pipeline:
         store.connect(self.config.paths.database).close()     # the schema, before anyone polls
         self.proc: subprocess.Popen | None = None
         self.first_id = 0
+        self._counting = None
 
     def mark_prefilled(self) -> None:
         with self.db() as conn:
@@ -141,6 +142,9 @@ class Pipeline:
         return out
 
     def stop(self) -> None:
+        if self._counting is not None:
+            self._counting.close()
+            self._counting = None
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -158,10 +162,13 @@ class Pipeline:
             engine.close()
 
     def count(self, state: str) -> int:
-        """Jobs in ``state`` among those this run created (a pre-filled table is not counted)."""
-        with self.db() as conn:
-            return conn.execute("SELECT count(*) FROM jobs WHERE state = ? AND id > ?",
-                                (state, self.first_id)).fetchone()[0]
+        """Jobs in ``state`` among those this run created (a pre-filled table is not counted), on
+        one connection kept for the run: a new one each time would be a new PostgreSQL backend
+        started beside the pipeline it measures."""
+        if self._counting is None:
+            self._counting = store.connect(self.config.paths.database)
+        return self._counting.run_sql("SELECT count(*) FROM jobs WHERE state = ? AND id > ?",
+                                      (state, self.first_id)).fetchone()[0]
 
     def wait_count(self, state: str, n: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
