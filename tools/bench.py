@@ -593,12 +593,7 @@ def postgres_figures(url: str, n: int, routers: int, drops: int) -> Results:
     by a new job, and the drop-to-routed latency."""
     results = Results()
     print(f"backlog of {n} files on SQLite, then on PostgreSQL", flush=True)
-    on_sqlite, _ = pipeline_backlog(n, routers)
-    schema = PostgresSchema(url)
-    try:
-        on_postgres, rss = pipeline_backlog(n, routers, database=schema.url)
-    finally:
-        schema.drop()
+    on_sqlite, on_postgres = both_engines_backlog(url, n, routers)
     results.add(f"backlog throughput on PostgreSQL, N={n}", f"{on_postgres:.0f} files/s",
                 f"{on_sqlite:.0f} files/s (SQLite)", f"{on_postgres / on_sqlite:.2f}", ">= 0.90",
                 on_postgres / on_sqlite >= 0.9)
@@ -622,6 +617,17 @@ def postgres_figures(url: str, n: int, routers: int, drops: int) -> Results:
                     f"{percentile(lat_sqlite, q) * 1000:.1f} ms (SQLite)",
                     f"{percentile(lat_postgres, q) / percentile(lat_sqlite, q):.2f}", "-")
     return results
+
+
+def both_engines_backlog(url: str, n: int, routers: int) -> tuple[float, float]:
+    """The backlog on SQLite, then in a fresh schema of the PostgreSQL database at ``url``: files/s each."""
+    on_sqlite, _ = pipeline_backlog(n, routers)
+    schema = PostgresSchema(url)
+    try:
+        on_postgres, _ = pipeline_backlog(n, routers, database=schema.url)
+    finally:
+        schema.drop()
+    return on_sqlite, on_postgres
 
 
 def hosts_backlog(url: str, n: int, hosts: int) -> float:
@@ -780,14 +786,8 @@ def table_figures(routers: int, database: str | None, rounds: int, quick: bool) 
     print(f"backlog of {n} files on SQLite, then on PostgreSQL, {rounds} rounds", flush=True)
     pairs = []
     for _ in range(rounds):
-        on_sqlite, _ = pipeline_backlog(n, routers)
-        schema = PostgresSchema(database)
-        try:
-            on_postgres, _ = pipeline_backlog(n, routers, database=schema.url)
-        finally:
-            schema.drop()
-        pairs.append((on_sqlite, on_postgres))
-        print(f"  SQLite {on_sqlite:.0f} files/s, PostgreSQL {on_postgres:.0f} files/s", flush=True)
+        pairs.append(both_engines_backlog(database, n, routers))
+        print(f"  SQLite {pairs[-1][0]:.0f} files/s, PostgreSQL {pairs[-1][1]:.0f} files/s", flush=True)
     ratios = [pg / lite for lite, pg in pairs]
     median = statistics.median(ratios)
     results.add(f"PostgreSQL backlog against SQLite, N={n} (median of {rounds}; rounds "
