@@ -650,15 +650,10 @@ class Jobs:
 
     # -- transitions (call inside transaction()) -------------------------------------------------
 
-    def archived(self, token: str, job_id: int, *, sha256: str, client_code: str, job_category: str,
-                 studio_code: str | None, title: str | None, archive_path: str) -> None:
-        """detected -> archived: the content is read, valid, and durable in the archive."""
-        self.archived_all(token, [Archived(job_id, sha256, client_code, job_category, studio_code, title,
-                                           archive_path)])
-
-    def archived_all(self, token: str, jobs: Sequence[Archived]) -> None:
-        """``archived`` for several jobs, in one statement; LeaseLost when one is no longer held
-        (the caller's savepoint undoes the others)."""
+    def archived(self, token: str, jobs: Sequence[Archived]) -> None:
+        """detected -> archived: the content is read, valid, and durable in the archive; for all of
+        ``jobs`` in one statement. LeaseLost when one is no longer held (the caller's savepoint
+        undoes the others)."""
         if not jobs:
             return
         now = self.clock()
@@ -706,25 +701,18 @@ class Jobs:
             now + delay, now, job.attempts, reason, job.id, token, job.state)), job.id)
         self._event(job.id, now, job.state, job.state, f"read again in {delay:.3g}s: {reason}")
 
-    def delivered(self, token: str, job_id: int, name: str, path: str, action: str) -> None:
-        """Record one committed copy to a destination (idempotent per job and path)."""
-        self.delivered_all(token, [(job_id, name, path, action)])
-
-    def delivered_all(self, token: str, copies: Sequence[tuple[int, str, str, str]]) -> None:
-        """``delivered`` for several copies ((job id, name, path, action)), in one statement; a copy
-        of a job the token no longer holds is left out."""
+    def delivered(self, token: str, copies: Sequence[tuple[int, str, str, str]]) -> None:
+        """Record committed copies to destinations ((job id, name, path, action)), in one statement,
+        once per job and path; a copy of a job the token no longer holds is left out."""
         head, tail = _SQL_DELIVERED
         for cursor in self.db.run_rows(head, copies, tail, before=(self.clock(),), after=(token,)):
             for (name,) in cursor.fetchall():
                 self._tally("deliveries", name)
 
-    def routed(self, token: str, job_id: int, detail: str) -> None:
-        """archived -> routed: every copy is committed and the original is gone."""
-        self.routed_all(token, [(job_id, detail)])
-
-    def routed_all(self, token: str, jobs: Sequence[tuple[int, str]]) -> None:
-        """``routed`` for several jobs ((job id, detail)), in one statement; LeaseLost when one is no
-        longer held (the caller's savepoint undoes the others)."""
+    def routed(self, token: str, jobs: Sequence[tuple[int, str]]) -> None:
+        """archived -> routed: every copy is committed and the original is gone; for all of ``jobs``
+        ((job id, detail)) in one statement. LeaseLost when one is no longer held (the caller's
+        savepoint undoes the others)."""
         if not jobs:
             return
         now = self.clock()

@@ -947,12 +947,12 @@ class Router(Program):
         for w in works:
             self._record_found(token, w)
         archived = [w for w in works if w.archived_now]
-        self.jobs.archived_all(token, [Archived(w.job.id, w.sha256, w.details.client_code, w.details.job_category,
+        self.jobs.archived(token, [Archived(w.job.id, w.sha256, w.details.client_code, w.details.job_category,
                                                 w.details.studio_code, w.details.title, str(w.archive_path))
                                        for w in archived])
         for w in archived:
             w.state = "archived"
-        self.jobs.delivered_all(token, [(w.job.id, *copy) for w in works for copy in w.delivered])
+        self.jobs.delivered(token, [(w.job.id, *copy) for w in works for copy in w.delivered])
         for w in works:
             self._record_ending(token, w)
 
@@ -1148,7 +1148,7 @@ class Router(Program):
         """The routed jobs in one statement, after any move of their files; the others one by one."""
         for w in works:
             self._record_move(token, w)
-        self.jobs.routed_all(token, [(w.job.id, _route_detail(w)) for w in works if w.outcome == "route"])
+        self.jobs.routed(token, [(w.job.id, _route_detail(w)) for w in works if w.outcome == "route"])
         for w in works:
             if w.outcome == "wait":
                 self._wait(token, w)

@@ -199,13 +199,13 @@ def test_a_lease_lost_between_the_two_commits_leaves_that_job_to_its_new_owner(t
 def test_a_job_whose_record_the_database_refuses_is_rolled_back_alone(tree, db, monkeypatch):
     drop_batch(tree, {"refused.json": job_document("RANK")})
     jobs = scan(tree, db)
-    archived_all = jobs.archived_all
+    archived = jobs.archived
 
-    def refuse(token, archived):
-        if any(Job.get_by_id(a.job_id).file_name == "refused.json" for a in archived):
+    def refuse(token, rows):
+        if any(Job.get_by_id(a.job_id).file_name == "refused.json" for a in rows):
             jobs.db.run_sql("INSERT INTO jobs (id) VALUES (NULL)")      # a NOT NULL violation
-        return archived_all(token, archived)
-    monkeypatch.setattr(jobs, "archived_all", refuse)
+        return archived(token, rows)
+    monkeypatch.setattr(jobs, "archived", refuse)
     Router(tree.config, jobs).run_batch()
     refused = job("refused.json")
     assert refused.state == "detected" and refused.lease_token is not None    # claimed again later
@@ -219,13 +219,13 @@ def test_a_job_whose_record_the_database_refuses_is_rolled_back_alone(tree, db, 
 def test_a_job_refused_after_its_audit_row_leaves_no_row_and_the_others_keep_theirs(tree, db, monkeypatch):
     drop_batch(tree, {"refused.json": job_document("RANK")})
     jobs = scan(tree, db)
-    archived_all = jobs.archived_all
+    archived = jobs.archived
 
-    def refuse(token, archived):
-        archived_all(token, archived)
-        if any(Job.get_by_id(a.job_id).file_name == "refused.json" for a in archived):
+    def refuse(token, rows):
+        archived(token, rows)
+        if any(Job.get_by_id(a.job_id).file_name == "refused.json" for a in rows):
             jobs.db.run_sql("INSERT INTO jobs (id) VALUES (NULL)")      # a NOT NULL violation
-    monkeypatch.setattr(jobs, "archived_all", refuse)
+    monkeypatch.setattr(jobs, "archived", refuse)
     Router(tree.config, jobs).run_batch()
     refused = job("refused.json")
     assert refused.state == "detected"
@@ -239,14 +239,14 @@ def test_a_job_refused_after_its_audit_row_leaves_no_row_and_the_others_keep_the
 def test_a_lease_found_lost_while_recording_leaves_that_job_and_records_the_others_once(tree, db, monkeypatch):
     drop_batch(tree, {"taken.json": job_document("RANK")})
     jobs = scan(tree, db)
-    routed_all = jobs.routed_all
+    routed = jobs.routed
 
-    def taken(token, routed):
-        for job_id, _ in routed:
+    def taken(token, rows):
+        for job_id, _ in rows:
             if Job.get_by_id(job_id).file_name == "taken.json":
                 raise LeaseLost(f"job {job_id} is no longer held")
-        return routed_all(token, routed)
-    monkeypatch.setattr(jobs, "routed_all", taken)
+        return routed(token, rows)
+    monkeypatch.setattr(jobs, "routed", taken)
     assert Router(tree.config, jobs).run_batch() == 4
     assert job("taken.json").state == "archived"        # left to whoever holds it now
     assert_good_routed(tree)

@@ -93,13 +93,11 @@ def test_a_stale_owner_cannot_overwrite_the_new_owners_work(tree, db, clock):
     job = old.jobs[0]
     with pytest.raises(LeaseLost):
         with a.transaction():
-            a.archived(old.token, job.id, sha256="0" * 64, client_code="RANK", job_category="X",
-                       studio_code=None, title=None, archive_path="/x")
+            a.archived(old.token, [Archived(job.id, "0" * 64, "RANK", "X", None, None, "/x")])
     assert a.owned(old.token, [job.id]) == set()
     assert b.owned(new.token, [job.id]) == {job.id}
     with b.transaction():
-        b.archived(new.token, job.id, sha256="1" * 64, client_code="RANK", job_category="X",
-                   studio_code=None, title=None, archive_path="/y")
+        b.archived(new.token, [Archived(job.id, "1" * 64, "RANK", "X", None, None, "/y")])
     row = Job.get_by_id(job.id)
     assert (row.state, row.sha256, row.claims) == ("archived", "1" * 64, 0)
 
@@ -109,17 +107,15 @@ def test_transitions_write_their_audit_row_in_the_same_transaction(tree, jobs):
     batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
     with pytest.raises(RuntimeError):
         with jobs.transaction():
-            jobs.archived(batch.token, job_id, sha256="0" * 64, client_code="RANK", job_category="X",
-                          studio_code=None, title=None, archive_path="/x")
+            jobs.archived(batch.token, [Archived(job_id, "0" * 64, "RANK", "X", None, None, "/x")])
             raise RuntimeError("crash before commit")
     assert Job.get_by_id(job_id).state == "detected"
     assert JobEvent.select().where(JobEvent.job == job_id).count() == 1   # only 'detected'
     with jobs.transaction():
-        jobs.archived(batch.token, job_id, sha256="0" * 64, client_code="RANK", job_category="X",
-                      studio_code=None, title=None, archive_path="/x")
-        jobs.delivered(batch.token, job_id, "Monday Rank", "/d/a.json", "written")
-        jobs.delivered(batch.token, job_id, "Monday Rank", "/d/a.json", "written")   # idempotent
-        jobs.routed(batch.token, job_id, "to Monday Rank")
+        jobs.archived(batch.token, [Archived(job_id, "0" * 64, "RANK", "X", None, None, "/x")])
+        jobs.delivered(batch.token, [(job_id, "Monday Rank", "/d/a.json", "written")])
+        jobs.delivered(batch.token, [(job_id, "Monday Rank", "/d/a.json", "written")])   # idempotent
+        jobs.routed(batch.token, [(job_id, "to Monday Rank")])
     history = [(e.from_state, e.to_state) for e in JobEvent.select().where(JobEvent.job == job_id).order_by(JobEvent.id)]
     assert history == [(None, "detected"), ("detected", "archived"), ("archived", "routed")]
     assert jobs.db.run_sql("SELECT count(*) FROM deliveries").fetchone()[0] == 1
@@ -128,8 +124,7 @@ def test_transitions_write_their_audit_row_in_the_same_transaction(tree, jobs):
 
 
 def _archive(jobs, token, job_id):
-    jobs.archived(token, job_id, sha256="0" * 64, client_code="RANK", job_category="X",
-                  studio_code=None, title=None, archive_path=f"/x/{job_id}")
+    jobs.archived(token, [Archived(job_id, "0" * 64, "RANK", "X", None, None, f"/x/{job_id}")])
 
 
 def _statements(monkeypatch, db, starting: str) -> list[str]:
@@ -220,7 +215,7 @@ def test_a_transaction_routing_several_jobs_wakes_the_idle_workers_once(tree, jo
     monkeypatch.setattr(jobs.db, "announce", lambda: (announced.append(1), announce()))
     with jobs.transaction():
         for job_id in ids:
-            jobs.routed(batch.token, job_id, "archive only")
+            jobs.routed(batch.token, [(job_id, "archive only")])
     assert announced == [1]
     assert jobs.has_due(NOTIFY_QUEUE)
 
@@ -228,14 +223,14 @@ def test_a_transaction_routing_several_jobs_wakes_the_idle_workers_once(tree, jo
 def test_a_batch_statement_finding_one_job_taken_over_raises_lease_lost_for_it(tree, db, clock):
     """archived and routed for a batch's jobs are one statement each: a job another router took
     over is named, and the caller's savepoint undoes the whole statement."""
-    a, b = Jobs(db, "router_00:1", clock), Jobs(db, "router_01:2", clock)
+    a = Jobs(db, "router_00:1", clock)
     mine, lost = _one_job(tree, a), _one_job(tree, a)
     old = a.claim(ROUTE_QUEUE, 10, lease=60)
     Job.update(lease_token="another-router").where(Job.id == lost).execute()
     with a.transaction():
         with pytest.raises(LeaseLost, match=f"job {lost} "):
             with a.transaction():
-                a.archived_all(old.token, [Archived(job_id, "0" * 64, "RANK", "X", None, None, f"/x/{job_id}")
+                a.archived(old.token, [Archived(job_id, "0" * 64, "RANK", "X", None, None, f"/x/{job_id}")
                                            for job_id in (mine, lost)])
         _archive(a, old.token, mine)
     assert [(j.id, j.state) for j in Job.select().order_by(Job.id)] == [(mine, "archived"), (lost, "detected")]
@@ -245,7 +240,7 @@ def test_a_batch_statement_finding_one_job_taken_over_raises_lease_lost_for_it(t
     Job.update(lease_token="another-router").where(Job.id == lost).execute()
     with pytest.raises(LeaseLost, match=f"job {lost} "):
         with a.transaction():
-            a.routed_all(old.token, [(mine, "archive only"), (lost, "archive only")])
+            a.routed(old.token, [(mine, "archive only"), (lost, "archive only")])
     assert Job.get_by_id(mine).state == "archived"
     assert JobEvent.select().where(JobEvent.to_state == "routed").count() == 0
 
@@ -258,9 +253,9 @@ def test_copies_of_a_batch_are_recorded_once_each_for_the_jobs_still_held(tree, 
     copies = [(held, "Monday Rank", "/d/a.json", "written"), (held, "Celtra", "/c/a.json", "written"),
               (held, "Monday Rank", "/d/a.json", "written"), (lost, "Monday Rank", "/d/b.json", "written")]
     with jobs.transaction():
-        jobs.delivered_all(batch.token, copies)
+        jobs.delivered(batch.token, copies)
     with jobs.transaction():
-        jobs.delivered_all(batch.token, copies[:1])                 # again: idempotent per job and path
+        jobs.delivered(batch.token, copies[:1])                 # again: idempotent per job and path
     assert sorted(db.run_sql("SELECT job_id, path FROM deliveries").fetchall()) == [
         (held, "/c/a.json"), (held, "/d/a.json")]
     tallies = dict(db.run_sql("SELECT labels, value FROM tallies WHERE name = 'deliveries'").fetchall())
@@ -271,9 +266,8 @@ def test_routed_jobs_move_to_the_notify_queue(tree, jobs):
     job_id = _one_job(tree, jobs)
     batch = jobs.claim(ROUTE_QUEUE, 10, lease=60)
     with jobs.transaction():
-        jobs.archived(batch.token, job_id, sha256="0" * 64, client_code="RANK", job_category="X",
-                      studio_code=None, title=None, archive_path="/x")
-        jobs.routed(batch.token, job_id, "archive only")
+        jobs.archived(batch.token, [Archived(job_id, "0" * 64, "RANK", "X", None, None, "/x")])
+        jobs.routed(batch.token, [(job_id, "archive only")])
     assert jobs.has_due(NOTIFY_QUEUE) and not jobs.has_due(ROUTE_QUEUE)
     assert [j.id for j in jobs.claim(NOTIFY_QUEUE, 10, lease=60).jobs] == [job_id]
 

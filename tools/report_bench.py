@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import config as config_module, rules, scanner, store  # noqa: E402
 from pipeline.reporting import render  # noqa: E402
 from pipeline.hotfolder import Sighting  # noqa: E402
-from pipeline.jobs import Jobs  # noqa: E402
+from pipeline.jobs import Archived, Jobs  # noqa: E402
 from pipeline.states import ROUTE_QUEUE  # noqa: E402
 from pipeline.reporting.figures import Day, figures  # noqa: E402
 
@@ -136,13 +136,14 @@ def build(db, cfg, day: Day, n: int, rng: random.Random, failure_rate: float = 0
                     step, reason = rng.choice(REASONS)
                     jobs.failed(batch.token, job, step, reason)
                     continue
-                jobs.archived(batch.token, job.id, sha256="0" * 64, client_code=client, job_category=category,
-                              studio_code=f"{client}_STUDIO", title=f"Job {job.file_name}",
-                              archive_path=f"{cfg.paths.store}/{client}/{job.file_name}")
+                jobs.archived(batch.token, [Archived(job.id, "0" * 64, client, category, f"{client}_STUDIO",
+                                                     f"Job {job.file_name}",
+                                                     f"{cfg.paths.store}/{client}/{job.file_name}")])
                 clock.now += rng.uniform(0.005, 0.06)
-                for dest in rules.destinations(cfg.routes, rules.Facts.plain(client, category)):
-                    jobs.delivered(batch.token, job.id, dest.name, str(dest.folder / job.file_name), "written")
-                jobs.routed(batch.token, job.id, "bench")
+                targets = rules.destinations(cfg.routes, rules.Facts.plain(client, category))
+                jobs.delivered(batch.token, [(job.id, dest.name, str(dest.folder / job.file_name), "written")
+                                             for dest in targets])
+                jobs.routed(batch.token, [(job.id, "bench")])
 
 
 def scans(db, day: Day, interval: float = 60) -> None:

@@ -14,7 +14,7 @@ import zoneinfo
 from conftest import FakeClock
 from pipeline import scanner
 from pipeline.hotfolder import Sighting
-from pipeline.jobs import Jobs
+from pipeline.jobs import Archived, Jobs
 from pipeline.states import ROUTE_QUEUE
 
 LONDON = zoneinfo.ZoneInfo("Europe/London")
@@ -56,14 +56,14 @@ def put_job(tree, jobs: Jobs, clock, client: str, name: str, *, drop: float, det
         return job_id
     clock.now = archived or (routed or failed) - 0.001
     with jobs.transaction():
-        jobs.archived(batch.token, job_id, sha256="0" * 64, client_code=client, job_category=category,
-                      studio_code=None, title=title, archive_path=str(tree.store / client / name))
+        jobs.archived(batch.token, [Archived(job_id, "0" * 64, client, category, None, title,
+                                             str(tree.store / client / name))])
     if routed is not None:
         clock.now = routed
         with jobs.transaction():
             for dest in to:
-                jobs.delivered(batch.token, job_id, dest, str(tree.dest(dest) / name), "written")
-            jobs.routed(batch.token, job_id, "to " + ", ".join(to))
+                jobs.delivered(batch.token, [(job_id, dest, str(tree.dest(dest) / name), "written")])
+            jobs.routed(batch.token, [(job_id, "to " + ", ".join(to))])
     elif failed is not None:
         clock.now = failed
         with jobs.transaction():
